@@ -1,0 +1,20 @@
+//! The CPU compute layer of deepseek-rs.
+//!
+//! Everything here works on plain slices of `f32` activations and on [`Matrix`] weights, whatever
+//! their storage format. The model code never sees SIMD: it calls [`matmul`], [`ops`] and
+//! [`attention`], so a different backend can replace this crate without touching the model.
+//!
+//! Each hot kernel has a plain scalar reference beside it (`*_reference`) and a test against it.
+
+pub mod attention;
+pub mod matrix;
+pub mod ops;
+pub mod simd;
+pub mod threads;
+
+pub use matrix::{Buffer, DType, Matrix, MatrixData};
+
+/// `out[t][r] = Σ_k w[r][k] · x[t][k]` for `n` tokens: a PyTorch `Linear` without bias.
+pub fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
+    matrix::matmul(w, x, n, out)
+}

@@ -1,0 +1,189 @@
+//! SIMD dot products with run-time CPU detection: AVX-512F, AVX2+FMA, else portable scalar code.
+//!
+//! The `*_multi` forms take one weight row and up to four activation rows: the weight row is
+//! loaded and converted to f32 once and used for every activation row, which is what makes
+//! batched decode and prefill cheaper than one GEMV per token.
+
+use std::sync::OnceLock;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+/// The widest instruction set this CPU supports (detected once). `DEEPSEEK_ISA=scalar|avx2`
+/// forces a narrower one, for testing and comparison.
+pub fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        let forced = std::env::var("DEEPSEEK_ISA").ok();
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            match forced.as_deref() {
+                Some("scalar") => Isa::Scalar,
+                Some("avx2") if avx2 => Isa::Avx2,
+                _ if avx512 => Isa::Avx512,
+                _ if avx2 => Isa::Avx2,
+                _ => Isa::Scalar,
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = forced;
+            Isa::Scalar
+        }
+    })
+}
+
+#[inline]
+pub fn bf16_bits_to_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
+
+pub fn bf16_to_f32(src: &[u16], dst: &mut [f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = bf16_bits_to_f32(s);
+    }
+}
+
+/// `acc[i] = w · xs[i]` for f32 weights.
+pub fn dot_f32_multi(w: &[f32], xs: &[&[f32]], acc: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    match isa() {
+        // SAFETY: the ISA was detected at run time.
+        Isa::Avx512 => return unsafe { x86::dot_f32_multi_avx512(w, xs, acc) },
+        Isa::Avx2 => return unsafe { x86::dot_f32_multi_avx2(w, xs, acc) },
+        Isa::Scalar => {}
+    }
+    for (a, x) in acc.iter_mut().zip(xs) {
+        *a = dot_scalar(w.iter().copied(), x);
+    }
+}
+
+/// `acc[i] = w · xs[i]` for bf16 weights (raw bits).
+pub fn dot_bf16_multi(w: &[u16], xs: &[&[f32]], acc: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    match isa() {
+        // SAFETY: the ISA was detected at run time.
+        Isa::Avx512 => return unsafe { x86::dot_bf16_multi_avx512(w, xs, acc) },
+        Isa::Avx2 => return unsafe { x86::dot_bf16_multi_avx2(w, xs, acc) },
+        Isa::Scalar => {}
+    }
+    for (a, x) in acc.iter_mut().zip(xs) {
+        *a = dot_scalar(w.iter().map(|&b| bf16_bits_to_f32(b)), x);
+    }
+}
+
+/// `acc[i] = w · xs[i]` for f16 weights (raw bits). Scalar: f16 checkpoints are rare for these models.
+pub fn dot_f16_multi(w: &[u16], xs: &[&[f32]], acc: &mut [f32]) {
+    for (a, x) in acc.iter_mut().zip(xs) {
+        *a = dot_scalar(w.iter().map(|&b| half::f16::from_bits(b).to_f32()), x);
+    }
+}
+
+fn dot_scalar(w: impl Iterator<Item = f32>, x: &[f32]) -> f32 {
+    // Eight partial sums, like the vector code, so rounding behaves alike.
+    let mut s = [0.0f32; 8];
+    for (i, (wv, &xv)) in w.zip(x).enumerate() {
+        s[i & 7] += wv * xv;
+    }
+    s.iter().sum()
+}
+
+/// `a · b` for f32 slices.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32];
+    dot_f32_multi(a, &[b], &mut acc);
+    acc[0]
+}
+
+/// `y += alpha * x`.
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yv, &xv) in y.iter_mut().zip(x) {
+        *yv += alpha * xv;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    macro_rules! multi_kernel {
+        ($name:ident, $feat:literal, $lanes:expr, $vec:ty, $zero:expr, $load_w:expr, $load_x:expr, $fma:expr, $reduce:expr, $wty:ty, $conv:expr) => {
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $name(w: &[$wty], xs: &[&[f32]], acc: &mut [f32]) {
+                let n = w.len();
+                let k = xs.len();
+                debug_assert!(k <= 4 && xs.iter().all(|x| x.len() >= n));
+                let main = n - n % $lanes;
+                let mut s: [$vec; 4] = [$zero; 4];
+                let wp = w.as_ptr();
+                let mut i = 0;
+                while i < main {
+                    let wv: $vec = $load_w(wp.add(i));
+                    for j in 0..k {
+                        let xv: $vec = $load_x(xs.get_unchecked(j).as_ptr().add(i));
+                        *s.get_unchecked_mut(j) = $fma(wv, xv, *s.get_unchecked(j));
+                    }
+                    i += $lanes;
+                }
+                for j in 0..k {
+                    let mut t: f32 = $reduce(s[j]);
+                    for c in main..n {
+                        t += $conv(*w.get_unchecked(c)) * *xs[j].get_unchecked(c);
+                    }
+                    acc[j] = t;
+                }
+            }
+        };
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn hsum256(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load_bf16_avx2(p: *const u16) -> __m256 {
+        let h = _mm_loadu_si128(p as *const __m128i);
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn load_bf16_avx512(p: *const u16) -> __m512 {
+        let h = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+    }
+
+    fn conv_f32(v: f32) -> f32 {
+        v
+    }
+    fn conv_bf16(v: u16) -> f32 {
+        super::bf16_bits_to_f32(v)
+    }
+
+    multi_kernel!(dot_f32_multi_avx2, "avx2,fma", 8, __m256, _mm256_setzero_ps(),
+        |p: *const f32| _mm256_loadu_ps(p), |p: *const f32| _mm256_loadu_ps(p),
+        |a, b, c| _mm256_fmadd_ps(a, b, c), |v| hsum256(v), f32, conv_f32);
+    multi_kernel!(dot_bf16_multi_avx2, "avx2,fma", 8, __m256, _mm256_setzero_ps(),
+        |p: *const u16| load_bf16_avx2(p), |p: *const f32| _mm256_loadu_ps(p),
+        |a, b, c| _mm256_fmadd_ps(a, b, c), |v| hsum256(v), u16, conv_bf16);
+    multi_kernel!(dot_f32_multi_avx512, "avx512f", 16, __m512, _mm512_setzero_ps(),
+        |p: *const f32| _mm512_loadu_ps(p), |p: *const f32| _mm512_loadu_ps(p),
+        |a, b, c| _mm512_fmadd_ps(a, b, c), |v| _mm512_reduce_add_ps(v), f32, conv_f32);
+    multi_kernel!(dot_bf16_multi_avx512, "avx512f,avx512bw", 16, __m512, _mm512_setzero_ps(),
+        |p: *const u16| load_bf16_avx512(p), |p: *const f32| _mm512_loadu_ps(p),
+        |a, b, c| _mm512_fmadd_ps(a, b, c), |v| _mm512_reduce_add_ps(v), u16, conv_bf16);
+}

@@ -1,0 +1,138 @@
+//! Memory-mapped safetensors checkpoints, single-file or sharded
+//! (`model.safetensors.index.json`). Weights stay in the mapping (zero copy) unless their format
+//! needs converting.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use deepseek_kernels::{Buffer, Matrix, MatrixData};
+use memmap2::Mmap;
+use safetensors::tensor::SafeTensors;
+use safetensors::Dtype;
+
+use crate::LoadError;
+
+/// Where one tensor lives.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub shard: usize,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Absolute byte offset in the shard file.
+    pub offset: usize,
+    pub len_bytes: usize,
+}
+
+pub struct WeightStore {
+    pub dir: PathBuf,
+    shards: Vec<(PathBuf, Arc<Mmap>)>,
+    tensors: HashMap<String, TensorInfo>,
+}
+
+impl WeightStore {
+    /// Opens `dir/model.safetensors`, or the shards listed in `dir/model.safetensors.index.json`,
+    /// or failing both every `*.safetensors` file in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, LoadError> {
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let files: Vec<PathBuf> = if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| LoadError::Io { path: index.clone(), source: e })?;
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| LoadError::Parse { path: index.clone(), msg: format!("invalid JSON: {e}") })?;
+            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| LoadError::Parse { path: index.clone(), msg: "missing object `weight_map`".into() })?;
+            let mut names: Vec<String> = map.values().filter_map(|s| s.as_str().map(str::to_string)).collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else if single.exists() {
+            vec![single]
+        } else {
+            let rd = std::fs::read_dir(dir).map_err(|e| LoadError::Io { path: dir.to_path_buf(), source: e })?;
+            let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "safetensors")).collect();
+            v.sort();
+            if v.is_empty() {
+                return Err(LoadError::Parse { path: dir.to_path_buf(), msg: "no model.safetensors, model.safetensors.index.json or *.safetensors found".into() });
+            }
+            v
+        };
+        let mut store = WeightStore { dir: dir.to_path_buf(), shards: vec![], tensors: HashMap::new() };
+        for path in files {
+            store.add_shard(path)?;
+        }
+        Ok(store)
+    }
+
+    fn add_shard(&mut self, path: PathBuf) -> Result<(), LoadError> {
+        let file = std::fs::File::open(&path).map_err(|e| LoadError::Io { path: path.clone(), source: e })?;
+        // SAFETY: the file is opened read-only; like every mmap-based loader we assume it is not
+        // truncated while mapped.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| LoadError::Io { path: path.clone(), source: e })?;
+        let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| LoadError::Parse { path: path.clone(), msg: format!("not a valid safetensors file: {e}") })?;
+        let data_start = 8 + header_len;
+        let shard = self.shards.len();
+        for (name, info) in meta.tensors() {
+            let (a, b) = info.data_offsets;
+            self.tensors.insert(name, TensorInfo { shard, dtype: info.dtype, shape: info.shape.clone(), offset: data_start + a, len_bytes: b - a });
+        }
+        self.shards.push((path, Arc::new(map)));
+        Ok(())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn info(&self, name: &str) -> Result<&TensorInfo, LoadError> {
+        self.tensors.get(name).ok_or_else(|| LoadError::MissingTensor { name: name.to_string(), dir: self.dir.clone() })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.keys()
+    }
+
+    /// Total bytes of all tensors.
+    pub fn total_bytes(&self) -> usize {
+        self.tensors.values().map(|t| t.len_bytes).sum()
+    }
+
+    fn check_shape(&self, name: &str, expected: &[usize]) -> Result<&TensorInfo, LoadError> {
+        let info = self.info(name)?;
+        if info.shape != expected {
+            return Err(LoadError::Shape { name: name.to_string(), expected: expected.to_vec(), found: info.shape.clone() });
+        }
+        Ok(info)
+    }
+
+    /// A `[rows, cols]` weight, memory-mapped in its stored format.
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix, LoadError> {
+        let info = self.check_shape(name, &[rows, cols])?;
+        self.matrix_any_shape(name, info, rows, cols)
+    }
+
+    /// A vector (norm weights, biases) converted to f32.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, LoadError> {
+        let info = self.check_shape(name, &[len])?;
+        Ok(self.matrix_any_shape(name, info, 1, len)?.to_f32())
+    }
+
+    fn matrix_any_shape(&self, name: &str, info: &TensorInfo, rows: usize, cols: usize) -> Result<Matrix, LoadError> {
+        let map = self.shards[info.shard].1.clone();
+        let n = rows * cols;
+        let data = match info.dtype {
+            Dtype::F32 => MatrixData::F32(Buffer::from_map(map, info.offset, n)),
+            Dtype::BF16 => MatrixData::BF16(Buffer::from_map(map, info.offset, n)),
+            Dtype::F16 => MatrixData::F16(Buffer::from_map(map, info.offset, n)),
+            other => return Err(LoadError::Dtype { name: name.to_string(), dtype: format!("{other:?}") }),
+        };
+        Ok(Matrix { rows, cols, data })
+    }
+
+    /// The dtype most weights are stored in (for `info`).
+    pub fn main_dtype(&self) -> String {
+        let mut by: HashMap<String, usize> = HashMap::new();
+        for t in self.tensors.values() {
+            *by.entry(format!("{:?}", t.dtype).to_lowercase()).or_default() += t.len_bytes;
+        }
+        by.into_iter().max_by_key(|(_, b)| *b).map(|(d, _)| d).unwrap_or_default()
+    }
+}

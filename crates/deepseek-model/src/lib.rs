@@ -1,0 +1,21 @@
+//! DeepSeek model definitions, one idea per file, weights named as the checkpoint names them:
+//!
+//! - [`mla`]: Multi-head Latent Attention over the latent cache, with weight absorption.
+//! - [`router`]: DeepSeekMoE routing (softmax/greedy, group-limited, V3 sigmoid + bias).
+//! - [`moe`]: routed + shared experts; [`mlp`]: the SwiGLU MLP they are made of.
+//! - [`llama_attention`]: DeepSeek LLM 7B/67B attention.
+//! - [`rope`]: RoPE and YaRN tables.
+//! - [`model`]: the decoder stack and the batched forward step.
+//!
+//! Math lives in `deepseek-kernels`; the cache lives in `deepseek-cache`.
+
+pub mod batch;
+pub mod llama_attention;
+pub mod mla;
+pub mod mlp;
+pub mod model;
+pub mod moe;
+pub mod rope;
+pub mod router;
+
+pub use model::{LogitsFor, Model, ModelError, PrefillPath, SeqStep, Trace};

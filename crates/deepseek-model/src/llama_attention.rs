@@ -1,0 +1,79 @@
+//! Llama attention (DeepSeek LLM 7B: MHA, 67B: GQA) with rotate-half RoPE; K and V cached.
+
+use deepseek_cache::{BlockPool, SequenceCache, BLOCK_TOKENS};
+use deepseek_kernels::attention::{attend_group, RowBlocks, RowLayout};
+use deepseek_kernels::ops::{rope, RopeStyle};
+use deepseek_kernels::{matmul, Matrix};
+use deepseek_loader::{LoadError, ModelConfig, WeightStore};
+use rayon::prelude::*;
+
+use crate::batch::BatchLayout;
+use crate::rope::Rope;
+
+pub struct LlamaAttention {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    q_proj: Matrix,
+    k_proj: Matrix,
+    v_proj: Matrix,
+    o_proj: Matrix,
+}
+
+impl LlamaAttention {
+    pub fn load(w: &WeightStore, cfg: &ModelConfig, prefix: &str) -> Result<Self, LoadError> {
+        let (h, kvh, hd, hid) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size);
+        Ok(LlamaAttention {
+            heads: h,
+            kv_heads: kvh,
+            head_dim: hd,
+            q_proj: w.matrix(&format!("{prefix}.q_proj.weight"), h * hd, hid)?,
+            k_proj: w.matrix(&format!("{prefix}.k_proj.weight"), kvh * hd, hid)?,
+            v_proj: w.matrix(&format!("{prefix}.v_proj.weight"), kvh * hd, hid)?,
+            o_proj: w.matrix(&format!("{prefix}.o_proj.weight"), hid, h * hd)?,
+        })
+    }
+
+    pub fn matrices(&self) -> Vec<&Matrix> {
+        vec![&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(&self, x: &[f32], batch: &BatchLayout, layer: usize, rope_table: &Rope, pool: &mut BlockPool, caches: &[&mut SequenceCache], out: &mut [f32]) {
+        let (h, kvh, hd, n) = (self.heads, self.kv_heads, self.head_dim, batch.tokens());
+        let kvw = kvh * hd;
+        let mut q = vec![0.0; n * h * hd];
+        let mut k = vec![0.0; n * kvw];
+        let mut v = vec![0.0; n * kvw];
+        matmul(&self.q_proj, x, n, &mut q);
+        matmul(&self.k_proj, x, n, &mut k);
+        matmul(&self.v_proj, x, n, &mut v);
+        let (mut cos, mut sin) = (vec![0.0; hd / 2], vec![0.0; hd / 2]);
+        for t in 0..n {
+            let pos = batch.position(t);
+            rope_table.cos_sin(pos, &mut cos, &mut sin);
+            for head in q[t * h * hd..(t + 1) * h * hd].chunks_exact_mut(hd) {
+                rope(head, &cos, &sin, RopeStyle::Half);
+            }
+            for head in k[t * kvw..(t + 1) * kvw].chunks_exact_mut(hd) {
+                rope(head, &cos, &sin, RopeStyle::Half);
+            }
+            let row = pool.row_mut(caches[batch.seq_of(t)], layer, pos);
+            row[..kvw].copy_from_slice(&k[t * kvw..(t + 1) * kvw]);
+            row[kvw..].copy_from_slice(&v[t * kvw..(t + 1) * kvw]);
+        }
+        let group = h / kvh;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let blocks: Vec<Vec<&[f32]>> = caches.iter().map(|c| pool.layer_blocks(c, layer)).collect();
+        let mut attn = vec![0.0; n * h * hd];
+        // One task per (token, kv head): its `group` query heads share the K/V rows.
+        attn.par_chunks_mut(group * hd).enumerate().for_each_init(Vec::new, |scores, (i, o)| {
+            let (t, j) = (i / kvh, i % kvh);
+            let rows = RowBlocks { blocks: blocks[batch.seq_of(t)].clone(), block_tokens: BLOCK_TOKENS };
+            let layout = RowLayout { row_width: 2 * kvw, key_offset: j * hd, key_len: hd, value_offset: kvw + j * hd, value_len: hd };
+            let qs = &q[(t * h + j * group) * hd..(t * h + (j + 1) * group) * hd];
+            attend_group(qs, &rows, layout, batch.position(t) + 1, scale, o, scores);
+        });
+        matmul(&self.o_proj, &attn, n, out);
+    }
+}

@@ -1,0 +1,238 @@
+//! Multi-head Latent Attention (DeepSeek-V2 §2.1).
+//!
+//! Per token and layer only `[c_kv | k_pe]` is cached: the RMS-normalised latent (kv_lora_rank
+//! values) and the rotated RoPE key shared by all heads (qk_rope_head_dim values).
+//!
+//! Two ways to attend, which agree up to rounding:
+//! - **absorbed** (decode, and any step over a long cached prefix): `kv_b_proj`'s key half `W_UK`
+//!   is folded into the query, `absorbed_q[h] = W_UK[h]ᵀ · q_nope[h]`, which is scored directly
+//!   against the cached latents; the softmax-weighted sum of latents goes through the value half
+//!   `W_UV[h]` afterwards. Full per-head K and V are never built.
+//! - **decompressed** (prefill): `kv_b_proj` expands every cached latent into per-head `k_nope`
+//!   and `v`, then ordinary attention; cheaper when many new tokens attend to a short context.
+
+use deepseek_cache::{BlockPool, SequenceCache, BLOCK_TOKENS};
+use deepseek_kernels::attention::{attend_group, RowBlocks, RowLayout};
+use deepseek_kernels::ops::{rms_norm_inplace, rope, RopeStyle};
+use deepseek_kernels::{matmul, Matrix};
+use deepseek_loader::{LoadError, MlaConfig, ModelConfig, WeightStore};
+use rayon::prelude::*;
+
+use crate::batch::BatchLayout;
+use crate::rope::{mla_softmax_scale, Rope};
+
+/// DeepSeek's q_a_layernorm and kv_a_layernorm use the RMSNorm default, not config.rms_norm_eps.
+const LATENT_NORM_EPS: f32 = 1e-6;
+
+pub enum QueryProjection {
+    /// V2-Lite: `q_proj`.
+    Direct { q_proj: Matrix },
+    /// V2/V3: `q_a_proj → q_a_layernorm → q_b_proj`.
+    LowRank { q_a_proj: Matrix, q_a_layernorm: Vec<f32>, q_b_proj: Matrix },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionPath {
+    Absorbed,
+    Decompressed,
+}
+
+pub struct MlaAttention {
+    dims: MlaConfig,
+    heads: usize,
+    q: QueryProjection,
+    kv_a_proj_with_mqa: Matrix,
+    kv_a_layernorm: Vec<f32>,
+    kv_b_proj: Matrix,
+    /// Per head `W_UK[h]ᵀ`: `[kv_lora_rank, qk_nope_head_dim]`, so `absorbed_q = W_UKᵀ · q_nope`
+    /// is one matmul.
+    w_uk_t: Vec<Matrix>,
+    /// Per head `W_UV[h]`: `[v_head_dim, kv_lora_rank]`, rows of `kv_b_proj` (shared storage).
+    w_uv: Vec<Matrix>,
+    o_proj: Matrix,
+    softmax_scale: f32,
+}
+
+impl MlaAttention {
+    pub fn load(w: &WeightStore, cfg: &ModelConfig, prefix: &str) -> Result<Self, LoadError> {
+        let d = cfg.mla.clone().expect("MLA config");
+        let (h, hid) = (cfg.num_attention_heads, cfg.hidden_size);
+        let name = |n: &str| format!("{prefix}.{n}");
+        let q = match d.q_lora_rank {
+            None => QueryProjection::Direct { q_proj: w.matrix(&name("q_proj.weight"), h * d.qk_head_dim(), hid)? },
+            Some(r) => QueryProjection::LowRank {
+                q_a_proj: w.matrix(&name("q_a_proj.weight"), r, hid)?,
+                q_a_layernorm: w.vector(&name("q_a_layernorm.weight"), r)?,
+                q_b_proj: w.matrix(&name("q_b_proj.weight"), h * d.qk_head_dim(), r)?,
+            },
+        };
+        let kv_b_proj = w.matrix(&name("kv_b_proj.weight"), h * (d.qk_nope_head_dim + d.v_head_dim), d.kv_lora_rank)?;
+        let per_head = d.qk_nope_head_dim + d.v_head_dim;
+        let w_uk_t = (0..h).map(|i| kv_b_proj.row_range(i * per_head, d.qk_nope_head_dim).transposed_f32()).collect();
+        let w_uv = (0..h).map(|i| kv_b_proj.row_range(i * per_head + d.qk_nope_head_dim, d.v_head_dim)).collect();
+        Ok(MlaAttention {
+            heads: h,
+            q,
+            kv_a_proj_with_mqa: w.matrix(&name("kv_a_proj_with_mqa.weight"), d.kv_lora_rank + d.qk_rope_head_dim, hid)?,
+            kv_a_layernorm: w.vector(&name("kv_a_layernorm.weight"), d.kv_lora_rank)?,
+            kv_b_proj,
+            w_uk_t,
+            w_uv,
+            o_proj: w.matrix(&name("o_proj.weight"), hid, h * d.v_head_dim)?,
+            softmax_scale: mla_softmax_scale(cfg),
+            dims: d,
+        })
+    }
+
+    /// The stored weights (the per-head absorbed views are derived from `kv_b_proj`).
+    pub fn matrices(&self) -> Vec<&Matrix> {
+        let mut v = match &self.q {
+            QueryProjection::Direct { q_proj } => vec![q_proj],
+            QueryProjection::LowRank { q_a_proj, q_b_proj, .. } => vec![q_a_proj, q_b_proj],
+        };
+        v.extend([&self.kv_a_proj_with_mqa, &self.kv_b_proj, &self.o_proj]);
+        v
+    }
+
+    /// Attention for all tokens of the batch. `x` is the normalised hidden state `[n, hidden]`;
+    /// writes `[n, hidden]` into `out`. The new tokens' latent rows are appended to the cache.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        batch: &BatchLayout,
+        layer: usize,
+        rope_table: &Rope,
+        pool: &mut BlockPool,
+        caches: &[&mut SequenceCache],
+        path: AttentionPath,
+        out: &mut [f32],
+    ) {
+        let d = &self.dims;
+        let (h, n) = (self.heads, batch.tokens());
+        let (nope, rdim, lora, vdim) = (d.qk_nope_head_dim, d.qk_rope_head_dim, d.kv_lora_rank, d.v_head_dim);
+        let qk = nope + rdim;
+
+        // Queries [n, h, nope | rope].
+        let mut q = vec![0.0; n * h * qk];
+        match &self.q {
+            QueryProjection::Direct { q_proj } => matmul(q_proj, x, n, &mut q),
+            QueryProjection::LowRank { q_a_proj, q_a_layernorm, q_b_proj } => {
+                let mut qa = vec![0.0; n * q_a_proj.rows];
+                matmul(q_a_proj, x, n, &mut qa);
+                rms_norm_inplace(&mut qa, q_a_layernorm, LATENT_NORM_EPS);
+                matmul(q_b_proj, &qa, n, &mut q);
+            }
+        }
+        // Latent + shared RoPE key [n, lora | rope].
+        let width = lora + rdim;
+        let mut kv_a = vec![0.0; n * width];
+        matmul(&self.kv_a_proj_with_mqa, x, n, &mut kv_a);
+
+        let (mut cos, mut sin) = (vec![0.0; rdim / 2], vec![0.0; rdim / 2]);
+        for t in 0..n {
+            let pos = batch.position(t);
+            rope_table.cos_sin(pos, &mut cos, &mut sin);
+            let row = &mut kv_a[t * width..(t + 1) * width];
+            rms_norm_inplace(&mut row[..lora], &self.kv_a_layernorm, LATENT_NORM_EPS);
+            rope(&mut row[lora..], &cos, &sin, RopeStyle::Interleaved);
+            for hh in 0..h {
+                let qh = &mut q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
+                rope(&mut qh[nope..], &cos, &sin, RopeStyle::Interleaved);
+            }
+            pool.row_mut(caches[batch.seq_of(t)], layer, pos).copy_from_slice(row);
+        }
+
+        let mut attn = vec![0.0; n * h * vdim];
+        match path {
+            AttentionPath::Absorbed => self.attend_absorbed(&q, batch, layer, pool, caches, &mut attn),
+            AttentionPath::Decompressed => self.attend_decompressed(&q, batch, layer, pool, caches, &mut attn),
+        }
+        matmul(&self.o_proj, &attn, n, out);
+    }
+
+    fn attend_absorbed(&self, q: &[f32], batch: &BatchLayout, layer: usize, pool: &BlockPool, caches: &[&mut SequenceCache], attn: &mut [f32]) {
+        let d = &self.dims;
+        let (h, n) = (self.heads, batch.tokens());
+        let (nope, rdim, lora, vdim) = (d.qk_nope_head_dim, d.qk_rope_head_dim, d.kv_lora_rank, d.v_head_dim);
+        let (qk, width) = (nope + rdim, lora + rdim);
+
+        // absorbed_q[t, h] = [W_UK[h]ᵀ q_nope[t, h] | q_pe[t, h]], one matmul per head over all tokens.
+        let mut absorbed_q = vec![0.0; n * h * width];
+        let mut q_nope = vec![0.0; n * nope];
+        let mut aq = vec![0.0; n * lora];
+        for hh in 0..h {
+            for t in 0..n {
+                q_nope[t * nope..(t + 1) * nope].copy_from_slice(&q[(t * h + hh) * qk..][..nope]);
+            }
+            matmul(&self.w_uk_t[hh], &q_nope, n, &mut aq);
+            for t in 0..n {
+                let dst = &mut absorbed_q[(t * h + hh) * width..(t * h + hh + 1) * width];
+                dst[..lora].copy_from_slice(&aq[t * lora..(t + 1) * lora]);
+                dst[lora..].copy_from_slice(&q[(t * h + hh) * qk + nope..][..rdim]);
+            }
+        }
+
+        // Scores against [c_kv | k_pe], values = c_kv: multi-query attention in latent space.
+        let layout = RowLayout { row_width: width, key_offset: 0, key_len: width, value_offset: 0, value_len: lora };
+        let mut latent_out = vec![0.0; n * h * lora];
+        let blocks: Vec<Vec<&[f32]>> = caches.iter().map(|c| pool.layer_blocks(c, layer)).collect();
+        latent_out.par_chunks_mut(h * lora).enumerate().for_each_init(Vec::new, |scores, (t, o)| {
+            let rows = RowBlocks { blocks: blocks[batch.seq_of(t)].clone(), block_tokens: BLOCK_TOKENS };
+            attend_group(&absorbed_q[t * h * width..(t + 1) * h * width], &rows, layout, batch.position(t) + 1, self.softmax_scale, o, scores);
+        });
+
+        // Back from latent space: out[t, h] = W_UV[h] · latent_out[t, h].
+        let mut lat = vec![0.0; n * lora];
+        let mut v = vec![0.0; n * vdim];
+        for hh in 0..h {
+            for t in 0..n {
+                lat[t * lora..(t + 1) * lora].copy_from_slice(&latent_out[(t * h + hh) * lora..][..lora]);
+            }
+            matmul(&self.w_uv[hh], &lat, n, &mut v);
+            for t in 0..n {
+                attn[(t * h + hh) * vdim..(t * h + hh + 1) * vdim].copy_from_slice(&v[t * vdim..(t + 1) * vdim]);
+            }
+        }
+    }
+
+    fn attend_decompressed(&self, q: &[f32], batch: &BatchLayout, layer: usize, pool: &BlockPool, caches: &[&mut SequenceCache], attn: &mut [f32]) {
+        let d = &self.dims;
+        let h = self.heads;
+        let (nope, rdim, lora, vdim) = (d.qk_nope_head_dim, d.qk_rope_head_dim, d.kv_lora_rank, d.v_head_dim);
+        let (qk, width) = (nope + rdim, lora + rdim);
+        // Per context token, per head: [k_nope | k_pe | v].
+        let head_w = nope + rdim + vdim;
+        for s in 0..batch.sequences() {
+            let tokens = batch.tokens_of(s);
+            if tokens.is_empty() {
+                continue;
+            }
+            let ctx = batch.position(tokens.end - 1) + 1;
+            let rows = RowBlocks { blocks: pool.layer_blocks(caches[s], layer), block_tokens: BLOCK_TOKENS };
+            let mut latents = vec![0.0; ctx * lora];
+            for c in 0..ctx {
+                latents[c * lora..(c + 1) * lora].copy_from_slice(&rows.row(c, width)[..lora]);
+            }
+            let mut kv = vec![0.0; ctx * h * (nope + vdim)];
+            matmul(&self.kv_b_proj, &latents, ctx, &mut kv);
+            let mut full = vec![0.0; ctx * h * head_w];
+            for c in 0..ctx {
+                let k_pe = &rows.row(c, width)[lora..];
+                for hh in 0..h {
+                    let src = &kv[(c * h + hh) * (nope + vdim)..][..nope + vdim];
+                    let dst = &mut full[(c * h + hh) * head_w..][..head_w];
+                    dst[..nope].copy_from_slice(&src[..nope]);
+                    dst[nope..qk].copy_from_slice(k_pe);
+                    dst[qk..].copy_from_slice(&src[nope..]);
+                }
+            }
+            let full_rows = RowBlocks { blocks: vec![&full[..]], block_tokens: ctx };
+            let out = &mut attn[tokens.start * h * vdim..tokens.end * h * vdim];
+            out.par_chunks_mut(vdim).enumerate().for_each_init(Vec::new, |scores, (i, o)| {
+                let (t, hh) = (tokens.start + i / h, i % h);
+                let layout = RowLayout { row_width: h * head_w, key_offset: hh * head_w, key_len: qk, value_offset: hh * head_w + qk, value_len: vdim };
+                attend_group(&q[(t * h + hh) * qk..][..qk], &full_rows, layout, batch.position(t) + 1, self.softmax_scale, o, scores);
+            });
+        }
+    }
+}
