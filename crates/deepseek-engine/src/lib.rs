@@ -1,1 +1,27 @@
+//! What turns a model into a text generator: the tokenizer (with streaming detokenization), chat
+//! templates, sampling, and the generation loop.
 
+pub mod chat_template;
+pub mod generate;
+pub mod sampler;
+pub mod tokenizer;
+
+pub use chat_template::ChatTemplate;
+pub use generate::{FinishReason, GenerateOptions, Generated, Generator};
+pub use sampler::{Sampler, SamplingParams};
+pub use tokenizer::{StreamDecoder, Tokenizer};
+
+/// Errors from the engine layer, each naming what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{path}: {msg}")]
+    File { path: std::path::PathBuf, msg: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error(transparent)]
+    Model(#[from] deepseek_model::ModelError),
+    #[error("{0}")]
+    Input(String),
+}

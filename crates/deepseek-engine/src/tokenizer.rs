@@ -1,0 +1,122 @@
+//! The model's tokenizer (`tokenizer.json` via the `tokenizers` crate, with the Oniguruma regex
+//! backend the DeepSeek-V3 pre-tokenizer's look-ahead needs), plus `tokenizer_config.json`:
+//! BOS/EOS, `add_bos_token`, and the chat template.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::EngineError;
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+    pub add_bos_token: bool,
+    pub chat_template: Option<String>,
+}
+
+fn token_content(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        _ => None,
+    }
+}
+
+impl Tokenizer {
+    /// Reads `dir/tokenizer.json` and, when present, `dir/tokenizer_config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self, EngineError> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(EngineError::File { path, msg: "not found (the model folder needs its tokenizer.json)".into() });
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| EngineError::File { path: path.clone(), msg: format!("cannot read tokenizer: {e}") })?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: Value = if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::File { path: cfg_path.clone(), msg: e.to_string() })?;
+            serde_json::from_str(&text).map_err(|e| EngineError::File { path: cfg_path.clone(), msg: format!("invalid JSON: {e}") })?
+        } else {
+            Value::Null
+        };
+        let chat_template = match cfg.get("chat_template") {
+            Some(Value::String(s)) => Some(s.clone()),
+            // A list of named templates: use "default".
+            Some(Value::Array(a)) => a.iter().find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default")).and_then(|t| t.get("template")).and_then(|t| t.as_str()).map(str::to_string),
+            _ => {
+                let jinja = dir.join("chat_template.jinja");
+                jinja.exists().then(|| std::fs::read_to_string(jinja).ok()).flatten()
+            }
+        };
+        Ok(Self::new(inner, token_content(cfg.get("bos_token")), token_content(cfg.get("eos_token")), cfg.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false), chat_template))
+    }
+
+    pub fn new(inner: tokenizers::Tokenizer, bos_token: Option<String>, eos_token: Option<String>, add_bos_token: bool, chat_template: Option<String>) -> Self {
+        let bos_id = bos_token.as_deref().and_then(|t| inner.token_to_id(t));
+        let eos_id = eos_token.as_deref().and_then(|t| inner.token_to_id(t));
+        Tokenizer { inner, bos_token, eos_token, bos_id, eos_id, add_bos_token, chat_template }
+    }
+
+    /// Token ids of `text`; BOS first when the tokenizer config says `add_bos_token` and
+    /// `add_special` is set. Special tokens written in the text are recognised.
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, EngineError> {
+        let enc = self.inner.encode(text, false).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if add_special && self.add_bos_token {
+            if let Some(b) = self.bos_id {
+                ids.push(b);
+            }
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, EngineError> {
+        self.inner.decode(ids, skip_special).map_err(|e| EngineError::Tokenizer(e.to_string()))
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+/// Turns a stream of token ids into text pieces that never split a UTF-8 character: a piece is
+/// released only once the bytes decoded so far form complete characters.
+pub struct StreamDecoder {
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+    skip_special: bool,
+}
+
+impl StreamDecoder {
+    pub fn new(skip_special: bool) -> Self {
+        StreamDecoder { ids: vec![], prefix_offset: 0, read_offset: 0, skip_special }
+    }
+
+    /// Adds one token; returns the new text it completes, if any.
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>, EngineError> {
+        self.ids.push(id);
+        // Decode with some context before, so tokenizers that strip leading spaces behave.
+        let before = tok.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special)?;
+        let after = tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
+        if after.len() > before.len() && !after.ends_with('\u{FFFD}') && after.is_char_boundary(before.len()) {
+            let piece = after[before.len()..].to_string();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            Ok(Some(piece))
+        } else {
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Token ids and chat templates of the real DeepSeek tokenizers against the Python reference
+//! (tests/tokenizer_refs.json, made by scripts/make_token_refs.py; tokenizer files fetched by
+//! scripts/fetch_tokenizers.py).
+
+use std::path::{Path, PathBuf};
+
+use deepseek_engine::{ChatTemplate, StreamDecoder, Tokenizer};
+use serde_json::Value;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn refs() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(workspace().join("tests/tokenizer_refs.json")).unwrap()).unwrap()
+}
+
+fn tokenizer_dir(name: &str) -> PathBuf {
+    let d = workspace().join("assets/tokenizers").join(name);
+    assert!(d.join("tokenizer.json").exists(), "{} missing: run `python3 scripts/fetch_tokenizers.py` first", d.display());
+    d
+}
+
+fn conversations() -> Value {
+    // Same conversations as scripts/make_token_refs.py.
+    serde_json::json!({
+        "single": [{"role": "user", "content": "What is MLA?"}],
+        "system": [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hi"}],
+        "multi_turn": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+                       {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}],
+        "unicode": [{"role": "user", "content": "你好！🚀\n\nline two"}],
+        "tool_call": [{"role": "user", "content": "Weather in Paris?"},
+                      {"role": "assistant", "content": null, "tool_calls": [
+                          {"type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                      {"role": "tool", "content": "{\"temp\": 21}"},
+                      {"role": "assistant", "content": "It is 21 degrees."},
+                      {"role": "user", "content": "Thanks"}],
+        "r1_think": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>greet</think>Hello!"},
+                     {"role": "user", "content": "Bye"}]
+    })
+}
+
+#[test]
+fn ids_match_the_python_tokenizers_library() {
+    let r = refs();
+    let texts: Vec<String> = serde_json::from_value(r["texts"].clone()).unwrap();
+    for (name, entry) in r["models"].as_object().unwrap() {
+        let tok = Tokenizer::from_dir(&tokenizer_dir(name)).unwrap();
+        assert_eq!(tok.add_bos_token, entry["add_bos_token"].as_bool().unwrap(), "{name}");
+        assert_eq!(tok.bos_id.map(|b| b as u64), entry["bos_id"].as_u64(), "{name}");
+        for (i, text) in texts.iter().enumerate() {
+            let want: Vec<u32> = serde_json::from_value(entry["raw_ids"][i].clone()).unwrap();
+            let got = tok.encode(text, false).unwrap();
+            assert_eq!(got, want, "{name}: ids of {text:?}");
+            let with_bos = tok.encode(text, true).unwrap();
+            assert_eq!(with_bos[0], tok.bos_id.unwrap(), "{name}: BOS first");
+            assert_eq!(&with_bos[1..], &want[..]);
+            let decoded = tok.decode(&want, true).unwrap();
+            assert_eq!(decoded, entry["decoded"][i].as_str().unwrap(), "{name}: decode of {text:?}");
+        }
+    }
+}
+
+#[test]
+fn chat_templates_render_byte_identical_to_transformers() {
+    let r = refs();
+    let convs = conversations();
+    let mut checked = 0;
+    for (name, entry) in r["models"].as_object().unwrap() {
+        let tok = Tokenizer::from_dir(&tokenizer_dir(name)).unwrap();
+        let Some(src) = &tok.chat_template else { continue };
+        let t = ChatTemplate::new(src, tok.bos_token.as_deref().unwrap_or(""), tok.eos_token.as_deref().unwrap_or("")).unwrap();
+        for (key, want) in entry["templates"].as_object().unwrap() {
+            let (conv, gen) = key.split_once('|').unwrap();
+            let got = t.render(&convs[conv], None, gen == "gen");
+            match want {
+                Value::String(w) => {
+                    assert_eq!(got.as_ref().unwrap(), w, "{name} {key}");
+                    checked += 1;
+                }
+                _ => assert!(got.is_err(), "{name} {key}: reference template raised, we rendered {got:?}"),
+            }
+        }
+    }
+    assert!(checked >= 30, "only {checked} templates checked");
+}
+
+#[test]
+fn streaming_decode_never_splits_a_character() {
+    let tok = Tokenizer::from_dir(&tokenizer_dir("deepseek-v3")).unwrap();
+    let text = "深度求索 🚀🔥 naïve — done";
+    let ids = tok.encode(text, false).unwrap();
+    let mut dec = StreamDecoder::new(true);
+    let mut out = String::new();
+    for id in ids {
+        if let Some(p) = dec.push(&tok, id).unwrap() {
+            assert!(!p.contains('\u{FFFD}'), "piece {p:?} holds half a character");
+            out.push_str(&p);
+        }
+    }
+    assert_eq!(out, text);
+}
