@@ -1,1 +1,81 @@
-fn main(){}
+//! `deepseek`: run DeepSeek models on the CPU.
+
+mod commands;
+mod common;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run DeepSeek-V2/V3-family and DeepSeek LLM checkpoints on the CPU.
+///
+/// A model is a Hugging Face folder: config.json, *.safetensors, and for text in or out
+/// tokenizer.json (+ tokenizer_config.json with its chat template). Without --model, commands use
+/// the model bundled in the repo (models/deepseek-coder-nano).
+#[derive(Parser)]
+#[command(name = "deepseek", version, propagate_version = true, arg_required_else_help = true)]
+struct Cli {
+    /// Worker threads for the kernels (default: every core).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe a model: family, size, active parameters, dtype, cache bytes per token.
+    Info(commands::info::Args),
+    /// Print the token ids of a text (needs only the tokenizer files).
+    Tokenize(commands::tokenize::Args),
+    /// Print the chat prompt the model's template makes of a messages file.
+    Template(commands::template::Args),
+    /// Write the logits of every position of a token sequence to a safetensors file.
+    Forward(commands::forward::Args),
+    /// Continue a prompt.
+    Generate(commands::generate::Args),
+    /// Chat interactively, with the model's chat template and streaming output.
+    Chat(commands::chat::Args),
+}
+
+fn main() -> ExitCode {
+    // A bug must still end in one line and exit code 2, never a backtrace wall.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();
+        let at = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
+        eprintln!("error: internal error: {msg}{at}; please report it");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_env("DEEPSEEK_LOG")).with_writer(std::io::stderr).init();
+    deepseek_kernels::threads::init(cli.threads);
+    let result = std::panic::catch_unwind(|| match cli.command {
+        Command::Info(a) => commands::info::run(a),
+        Command::Tokenize(a) => commands::tokenize::run(a),
+        Command::Template(a) => commands::template::run(a),
+        Command::Forward(a) => commands::forward::run(a),
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Chat(a) => commands::chat::run(a),
+    });
+    match result {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(&format!(": {c}"));
+                }
+            }
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+        Err(_) => ExitCode::from(2),
+    }
+}

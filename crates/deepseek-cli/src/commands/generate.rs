@@ -1,0 +1,121 @@
+use std::io::Write;
+
+use anyhow::{bail, Result};
+use deepseek_engine::{GenerateOptions, Generator, SamplingParams};
+
+use crate::common::{load_model, maybe_tokenizer, parse_token_ids, ModelArg};
+
+/// Sampling options shared by `generate` and `chat`.
+#[derive(clap::Args, Clone)]
+pub struct SamplingArgs {
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long = "max-tokens", default_value_t = 128)]
+    pub max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Nucleus sampling mass (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Drop tokens below this fraction of the top probability (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Penalise tokens already present (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Random seed: the same seed gives the same tokens.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop when the output contains this text (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn options(&self) -> Result<GenerateOptions> {
+        if self.temperature < 0.0 || !self.temperature.is_finite() {
+            bail!("--temperature must be 0 or more, got {}", self.temperature);
+        }
+        if !(0.0..=1.0).contains(&self.top_p) || self.top_p == 0.0 {
+            bail!("--top-p must be in (0, 1], got {}", self.top_p);
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            bail!("--min-p must be in [0, 1], got {}", self.min_p);
+        }
+        if self.repetition_penalty <= 0.0 {
+            bail!("--repetition-penalty must be positive, got {}", self.repetition_penalty);
+        }
+        Ok(GenerateOptions {
+            max_new_tokens: self.max_tokens,
+            sampling: SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, min_p: self.min_p, repetition_penalty: self.repetition_penalty, seed: self.seed, ..Default::default() },
+            stop: self.stop.clone(),
+            stop_on_eos: true,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Text to continue (BOS is added when the tokenizer says so).
+    #[arg(long, short = 'p', conflicts_with = "token_ids", required_unless_present = "token_ids")]
+    prompt: Option<String>,
+    /// Prompt as token ids instead, e.g. 0,5,7.
+    #[arg(long, value_name = "IDS")]
+    token_ids: Option<String>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Print one JSON object: {"token_ids": [...], "text": "...", ...}.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let opts = a.sampling.options()?;
+    let dir = a.model.dir()?;
+    let tokenizer = maybe_tokenizer(&dir)?;
+    let model = load_model(&dir)?;
+    let prompt = match (&a.prompt, &a.token_ids) {
+        (_, Some(ids)) => parse_token_ids(ids, model.config.vocab_size)?,
+        (Some(text), None) => match &tokenizer {
+            Some(t) => t.encode(text, true)?,
+            None => bail!("{} has no tokenizer.json: use --token-ids instead of --prompt", dir.display()),
+        },
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let gen = Generator::new(model, tokenizer);
+    let stream = !a.json;
+    let mut stdout = std::io::stdout();
+    if stream {
+        if let Some(text) = &a.prompt {
+            print!("{text}");
+            stdout.flush()?;
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let out = gen.generate(&prompt, &opts, &mut |piece| {
+        if stream {
+            print!("{piece}");
+            let _ = stdout.flush();
+        }
+    })?;
+    let secs = t0.elapsed().as_secs_f64();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"token_ids": out.token_ids, "text": out.text, "prompt_tokens": out.prompt_tokens,
+                               "completion_tokens": out.token_ids.len(), "finish_reason": out.finish_reason.as_str()})
+        );
+    } else {
+        if gen.tokenizer.is_none() {
+            print!("{}", out.token_ids.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" "));
+        }
+        println!();
+        eprintln!("[{} prompt + {} generated tokens in {:.2}s, {:.1} tok/s]", out.prompt_tokens, out.token_ids.len(), secs, out.token_ids.len() as f64 / secs);
+    }
+    Ok(())
+}

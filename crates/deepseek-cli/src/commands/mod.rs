@@ -1,0 +1,6 @@
+pub mod chat;
+pub mod forward;
+pub mod generate;
+pub mod info;
+pub mod template;
+pub mod tokenize;

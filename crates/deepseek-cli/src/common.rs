@@ -1,0 +1,100 @@
+//! What the subcommands share: finding the model, loading it with a progress bar, parsing ids.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use deepseek_engine::{ChatTemplate, Tokenizer};
+use deepseek_model::Model;
+
+/// The model bundled in the repo, used when --model is not given.
+pub const BUNDLED_MODEL: &str = "models/deepseek-coder-nano";
+
+#[derive(clap::Args, Clone)]
+pub struct ModelArg {
+    /// Model folder (config.json, *.safetensors, tokenizer.json). Default: the bundled model,
+    /// models/deepseek-coder-nano.
+    #[arg(long, short = 'm', value_name = "PATH", env = "DEEPSEEK_MODEL")]
+    pub model: Option<PathBuf>,
+}
+
+impl ModelArg {
+    /// The folder to use: --model, else the bundled model (looked up from the current
+    /// directory, then from where the binary was built).
+    pub fn dir(&self) -> Result<PathBuf> {
+        let dir = match &self.model {
+            Some(p) => p.clone(),
+            None => {
+                let here = PathBuf::from(BUNDLED_MODEL);
+                let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(BUNDLED_MODEL);
+                if here.exists() {
+                    here
+                } else if built.exists() {
+                    built
+                } else {
+                    bail!("no --model given and the bundled model {BUNDLED_MODEL} is not here; pass --model PATH")
+                }
+            }
+        };
+        if !dir.is_dir() {
+            bail!("model folder {} does not exist", dir.display());
+        }
+        Ok(dir)
+    }
+}
+
+pub fn load_model(dir: &Path) -> Result<Arc<Model>> {
+    let config = dir.join("config.json");
+    if !config.exists() {
+        bail!("{}: not found (is {} a Hugging Face model folder?)", config.display(), dir.display());
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers {elapsed}").unwrap().progress_chars("=> "));
+    bar.set_message(dir.display().to_string());
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let model = Model::load(dir, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .with_context(|| format!("loading {}", dir.display()))?;
+    bar.finish_and_clear();
+    Ok(Arc::new(model))
+}
+
+pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    Ok(Tokenizer::from_dir(dir)?)
+}
+
+/// The tokenizer when the folder has one (a model can run on ids alone).
+pub fn maybe_tokenizer(dir: &Path) -> Result<Option<Arc<Tokenizer>>> {
+    if dir.join("tokenizer.json").exists() {
+        Ok(Some(Arc::new(load_tokenizer(dir)?)))
+    } else {
+        Ok(None)
+    }
+}
+
+pub fn chat_template(tok: &Tokenizer, dir: &Path) -> Result<ChatTemplate> {
+    let Some(src) = &tok.chat_template else {
+        bail!("{}: no chat_template in tokenizer_config.json (and no chat_template.jinja)", dir.display());
+    };
+    Ok(ChatTemplate::new(src, tok.bos_token.as_deref().unwrap_or(""), tok.eos_token.as_deref().unwrap_or(""))?)
+}
+
+/// "0,5,7" or "0 5 7" → ids, each checked against the vocabulary.
+pub fn parse_token_ids(s: &str, vocab: usize) -> Result<Vec<u32>> {
+    let mut ids = vec![];
+    for part in s.split(|c: char| c == ',' || c.is_whitespace()).filter(|p| !p.is_empty()) {
+        let id: u64 = part.parse().with_context(|| format!("--token-ids: `{part}` is not a non-negative integer"))?;
+        if id >= vocab as u64 {
+            bail!("--token-ids: token id {id} is out of range: the vocabulary has {vocab} tokens (ids 0..{})", vocab - 1);
+        }
+        ids.push(id as u32);
+    }
+    if ids.is_empty() {
+        bail!("--token-ids: no ids given (expected a list like 0,5,7)");
+    }
+    Ok(ids)
+}
