@@ -68,7 +68,13 @@ pub struct BlockPool {
 impl BlockPool {
     /// A pool that grows on demand up to `max_blocks` blocks.
     pub fn new(shape: CacheShape, max_blocks: usize) -> Self {
-        BlockPool { shape, blocks: vec![], refcount: vec![], free: vec![], max_blocks }
+        BlockPool {
+            shape,
+            blocks: vec![],
+            refcount: vec![],
+            free: vec![],
+            max_blocks,
+        }
     }
 
     pub fn shape(&self) -> CacheShape {
@@ -90,9 +96,13 @@ impl BlockPool {
             return Ok(id);
         }
         if self.blocks.len() >= self.max_blocks {
-            return Err(CacheError::OutOfBlocks { needed: 1, limit: self.max_blocks });
+            return Err(CacheError::OutOfBlocks {
+                needed: 1,
+                limit: self.max_blocks,
+            });
         }
-        self.blocks.push(vec![0.0; self.shape.block_len()].into_boxed_slice());
+        self.blocks
+            .push(vec![0.0; self.shape.block_len()].into_boxed_slice());
         self.refcount.push(1);
         Ok((self.blocks.len() - 1) as u32)
     }
@@ -102,7 +112,10 @@ impl BlockPool {
         let need = new_len.div_ceil(BLOCK_TOKENS);
         let more = need.saturating_sub(seq.block_table.len());
         if more > self.free.len() + self.max_blocks.saturating_sub(self.blocks.len()) {
-            return Err(CacheError::OutOfBlocks { needed: more, limit: self.max_blocks });
+            return Err(CacheError::OutOfBlocks {
+                needed: more,
+                limit: self.max_blocks,
+            });
         }
         while seq.block_table.len() < need {
             let id = self.alloc()?;
@@ -147,7 +160,10 @@ impl BlockPool {
     /// The layer's part of each of `seq`'s blocks, in order: [`BLOCK_TOKENS`] rows each.
     pub fn layer_blocks(&self, seq: &SequenceCache, layer: usize) -> Vec<&[f32]> {
         let l = self.shape.layer_len();
-        seq.block_table.iter().map(|&b| &self.blocks[b as usize][layer * l..(layer + 1) * l]).collect()
+        seq.block_table
+            .iter()
+            .map(|&b| &self.blocks[b as usize][layer * l..(layer + 1) * l])
+            .collect()
     }
 }
 
@@ -157,7 +173,10 @@ mod tests {
 
     #[test]
     fn rows_land_in_the_right_block_and_blocks_are_recycled() {
-        let shape = CacheShape { layers: 2, row_width: 3 };
+        let shape = CacheShape {
+            layers: 2,
+            row_width: 3,
+        };
         let mut pool = BlockPool::new(shape, 4);
         let mut a = SequenceCache::default();
         pool.reserve(&mut a, 70).unwrap();

@@ -26,7 +26,9 @@ impl ModelArg {
             Some(p) => p.clone(),
             None => {
                 let here = PathBuf::from(BUNDLED_MODEL);
-                let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(BUNDLED_MODEL);
+                let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../..")
+                    .join(BUNDLED_MODEL);
                 if here.exists() {
                     here
                 } else if built.exists() {
@@ -46,10 +48,20 @@ impl ModelArg {
 pub fn load_model(dir: &Path) -> Result<Arc<Model>> {
     let config = dir.join("config.json");
     if !config.exists() {
-        bail!("{}: not found (is {} a Hugging Face model folder?)", config.display(), dir.display());
+        bail!(
+            "{}: not found (is {} a Hugging Face model folder?)",
+            config.display(),
+            dir.display()
+        );
     }
     let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {pos}/{len} layers {elapsed}").unwrap().progress_chars("=> "));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "loading {msg} [{bar:30}] {pos}/{len} layers {elapsed}",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
     bar.set_message(dir.display().to_string());
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -78,16 +90,28 @@ pub fn maybe_tokenizer(dir: &Path) -> Result<Option<Arc<Tokenizer>>> {
 
 pub fn chat_template(tok: &Tokenizer, dir: &Path) -> Result<ChatTemplate> {
     let Some(src) = &tok.chat_template else {
-        bail!("{}: no chat_template in tokenizer_config.json (and no chat_template.jinja)", dir.display());
+        bail!(
+            "{}: no chat_template in tokenizer_config.json (and no chat_template.jinja)",
+            dir.display()
+        );
     };
-    Ok(ChatTemplate::new(src, tok.bos_token.as_deref().unwrap_or(""), tok.eos_token.as_deref().unwrap_or(""))?)
+    Ok(ChatTemplate::new(
+        src,
+        tok.bos_token.as_deref().unwrap_or(""),
+        tok.eos_token.as_deref().unwrap_or(""),
+    )?)
 }
 
 /// "0,5,7" or "0 5 7" → ids, each checked against the vocabulary.
 pub fn parse_token_ids(s: &str, vocab: usize) -> Result<Vec<u32>> {
     let mut ids = vec![];
-    for part in s.split(|c: char| c == ',' || c.is_whitespace()).filter(|p| !p.is_empty()) {
-        let id: u64 = part.parse().with_context(|| format!("--token-ids: `{part}` is not a non-negative integer"))?;
+    for part in s
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+    {
+        let id: u64 = part
+            .parse()
+            .with_context(|| format!("--token-ids: `{part}` is not a non-negative integer"))?;
         if id >= vocab as u64 {
             bail!("--token-ids: token id {id} is out of range: the vocabulary has {vocab} tokens (ids 0..{})", vocab - 1);
         }

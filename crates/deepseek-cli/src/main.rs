@@ -13,7 +13,12 @@ use clap::{Parser, Subcommand};
 /// tokenizer.json (+ tokenizer_config.json with its chat template). Without --model, commands use
 /// the model bundled in the repo (models/deepseek-coder-nano).
 #[derive(Parser)]
-#[command(name = "deepseek", version, propagate_version = true, arg_required_else_help = true)]
+#[command(
+    name = "deepseek",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true
+)]
 struct Cli {
     /// Worker threads for the kernels (default: every core).
     #[arg(long, global = true, value_name = "N")]
@@ -41,8 +46,16 @@ enum Command {
 fn main() -> ExitCode {
     // A bug must still end in one line and exit code 2, never a backtrace wall.
     std::panic::set_hook(Box::new(|info| {
-        let msg = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned()).unwrap_or_default();
-        let at = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+            .unwrap_or_default();
         eprintln!("error: internal error: {msg}{at}; please report it");
     }));
     let cli = match Cli::try_parse() {
@@ -53,7 +66,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_env("DEEPSEEK_LOG")).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("DEEPSEEK_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
     deepseek_kernels::threads::init(cli.threads);
     let result = std::panic::catch_unwind(|| match cli.command {
         Command::Info(a) => commands::info::run(a),

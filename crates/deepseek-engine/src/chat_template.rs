@@ -45,7 +45,8 @@ fn python_json(v: &Json, out: &mut String) {
 }
 
 fn tojson(v: Value, kwargs: minijinja::value::Kwargs) -> Result<Value, Error> {
-    let json: Json = serde_json::to_value(&v).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let json: Json = serde_json::to_value(&v)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     let indent: Option<usize> = kwargs.get("indent")?;
     let _: Option<bool> = kwargs.get("ensure_ascii")?;
     let _: Option<bool> = kwargs.get("sort_keys")?;
@@ -55,7 +56,8 @@ fn tojson(v: Value, kwargs: minijinja::value::Kwargs) -> Result<Value, Error> {
             let ind = " ".repeat(n);
             let fmt = serde_json::ser::PrettyFormatter::with_indent(ind.as_bytes());
             let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
-            serde::Serialize::serialize(&json, &mut ser).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+            serde::Serialize::serialize(&json, &mut ser)
+                .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
             String::from_utf8(buf).unwrap_or_default()
         }
         None => {
@@ -73,16 +75,33 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<Value, Error> { Err(Error::new(ErrorKind::InvalidOperation, msg)) });
-        env.add_function("strftime_now", |fmt: String| chrono::Local::now().format(&fmt).to_string());
+        env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_function("strftime_now", |fmt: String| {
+            chrono::Local::now().format(&fmt).to_string()
+        });
         env.add_filter("tojson", tojson);
-        env.add_template_owned("chat", source.to_string()).map_err(|e| EngineError::Template(format!("cannot parse: {e}")))?;
-        Ok(ChatTemplate { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string() })
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| EngineError::Template(format!("cannot parse: {e}")))?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
     }
 
     /// Renders an OpenAI-style `messages` list (and optional `tools`).
-    pub fn render(&self, messages: &Json, tools: Option<&Json>, add_generation_prompt: bool) -> Result<String, EngineError> {
-        let tmpl = self.env.get_template("chat").map_err(|e| EngineError::Template(e.to_string()))?;
+    pub fn render(
+        &self,
+        messages: &Json,
+        tools: Option<&Json>,
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| EngineError::Template(e.to_string()))?;
         let ctx = minijinja::context! {
             messages => Value::from_serialize(messages),
             tools => tools.map(Value::from_serialize),

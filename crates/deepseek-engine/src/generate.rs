@@ -25,7 +25,12 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 128, sampling: SamplingParams::default(), stop: vec![], stop_on_eos: true }
+        GenerateOptions {
+            max_new_tokens: 128,
+            sampling: SamplingParams::default(),
+            stop: vec![],
+            stop_on_eos: true,
+        }
     }
 }
 
@@ -77,9 +82,16 @@ impl Generator {
 
     /// Generates from `prompt` ids; `on_text` receives each completed text piece (stop strings
     /// are held back until it is clear they do not match).
-    pub fn generate(&self, prompt: &[u32], opts: &GenerateOptions, on_text: &mut dyn FnMut(&str)) -> Result<Generated, EngineError> {
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generated, EngineError> {
         if prompt.is_empty() {
-            return Err(EngineError::Input("the prompt is empty: give at least one token".into()));
+            return Err(EngineError::Input(
+                "the prompt is empty: give at least one token".into(),
+            ));
         }
         let model = &self.model;
         let max_ctx = model.config.max_position_embeddings;
@@ -91,7 +103,16 @@ impl Generator {
 
         let mut logits = vec![];
         for chunk in prompt.chunks(PREFILL_CHUNK) {
-            logits = model.forward(&mut pool, &mut [SeqStep { tokens: chunk, cache: &mut cache }], LogitsFor::LastToken, PrefillPath::Auto, None)?;
+            logits = model.forward(
+                &mut pool,
+                &mut [SeqStep {
+                    tokens: chunk,
+                    cache: &mut cache,
+                }],
+                LogitsFor::LastToken,
+                PrefillPath::Auto,
+                None,
+            )?;
         }
         let mut history = prompt.to_vec();
         let mut out_ids = vec![];
@@ -110,7 +131,13 @@ impl Generator {
             if let Some(tok) = &self.tokenizer {
                 if let Some(piece) = decoder.push(tok, next)? {
                     text.push_str(&piece);
-                    if let Some(cut) = opts.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
+                    if let Some(cut) = opts
+                        .stop
+                        .iter()
+                        .filter(|s| !s.is_empty())
+                        .filter_map(|s| text.find(s.as_str()))
+                        .min()
+                    {
                         text.truncate(cut);
                         if text.len() > emitted {
                             on_text(&text[emitted..]);
@@ -129,12 +156,26 @@ impl Generator {
             if step + 1 == opts.max_new_tokens || cache.len >= max_ctx {
                 break;
             }
-            logits = model.forward(&mut pool, &mut [SeqStep { tokens: &[next], cache: &mut cache }], LogitsFor::LastToken, PrefillPath::Auto, None)?;
+            logits = model.forward(
+                &mut pool,
+                &mut [SeqStep {
+                    tokens: &[next],
+                    cache: &mut cache,
+                }],
+                LogitsFor::LastToken,
+                PrefillPath::Auto,
+                None,
+            )?;
         }
         if text.len() > emitted {
             on_text(&text[emitted..]);
         }
-        Ok(Generated { prompt_tokens: prompt.len(), token_ids: out_ids, text, finish_reason: finish })
+        Ok(Generated {
+            prompt_tokens: prompt.len(),
+            token_ids: out_ids,
+            text,
+            finish_reason: finish,
+        })
     }
 }
 

@@ -15,7 +15,10 @@ pub use tokenizer::{StreamDecoder, Tokenizer};
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("{path}: {msg}")]
-    File { path: std::path::PathBuf, msg: String },
+    File {
+        path: std::path::PathBuf,
+        msg: String,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]

@@ -23,7 +23,16 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0, frequency_penalty: 0.0, presence_penalty: 0.0, seed: None }
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            seed: None,
+        }
     }
 }
 
@@ -50,9 +59,15 @@ impl Sampler {
                 *counts.entry(t).or_default() += 1;
             }
             for (&t, &c) in &counts {
-                let Some(l) = logits.get_mut(t as usize) else { continue };
+                let Some(l) = logits.get_mut(t as usize) else {
+                    continue;
+                };
                 if p.repetition_penalty != 1.0 {
-                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repetition_penalty
+                    } else {
+                        *l * p.repetition_penalty
+                    };
                 }
                 *l -= p.frequency_penalty * c as f32 + p.presence_penalty;
             }
@@ -69,12 +84,19 @@ impl Sampler {
         }
         // Candidates sorted by logit, best first.
         let mut idx: Vec<u32> = (0..l.len() as u32).collect();
-        idx.sort_unstable_by(|&a, &b| l[b as usize].partial_cmp(&l[a as usize]).unwrap_or(std::cmp::Ordering::Equal));
+        idx.sort_unstable_by(|&a, &b| {
+            l[b as usize]
+                .partial_cmp(&l[a as usize])
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         if p.top_k > 0 && p.top_k < idx.len() {
             idx.truncate(p.top_k);
         }
         let m = l[idx[0] as usize];
-        let mut probs: Vec<f32> = idx.iter().map(|&i| ((l[i as usize] - m) / p.temperature).exp()).collect();
+        let mut probs: Vec<f32> = idx
+            .iter()
+            .map(|&i| ((l[i as usize] - m) / p.temperature).exp())
+            .collect();
         let z: f32 = probs.iter().sum();
         probs.iter_mut().for_each(|x| *x /= z);
         if p.top_p < 1.0 {
@@ -119,7 +141,12 @@ pub fn argmax(v: &[f32]) -> u32 {
 /// Log-softmax of `logits` (for logprobs and scoring).
 pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = logits.iter().map(|&x| ((x - m) as f64).exp()).sum::<f64>().ln() as f32 + m;
+    let lse = logits
+        .iter()
+        .map(|&x| ((x - m) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32
+        + m;
     logits.iter().map(|&x| x - lse).collect()
 }
 
@@ -132,7 +159,11 @@ mod tests {
         let logits = [0.1, 2.0, 1.9, -1.0];
         let mut s = Sampler::new(SamplingParams::default());
         assert_eq!(s.sample(&logits, &[]), 1);
-        let params = SamplingParams { temperature: 1.0, seed: Some(7), ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.0,
+            seed: Some(7),
+            ..Default::default()
+        };
         let a: Vec<u32> = {
             let mut s = Sampler::new(params.clone());
             (0..20).map(|_| s.sample(&logits, &[])).collect()
@@ -142,26 +173,50 @@ mod tests {
             (0..20).map(|_| s.sample(&logits, &[])).collect()
         };
         assert_eq!(a, b);
-        assert!(a.contains(&2), "temperature 1 should sometimes pick the runner-up");
+        assert!(
+            a.contains(&2),
+            "temperature 1 should sometimes pick the runner-up"
+        );
     }
 
     #[test]
     fn top_k_one_and_min_p_restrict_to_best() {
         let logits = [0.1, 2.0, 1.9, -1.0];
-        let mut s = Sampler::new(SamplingParams { temperature: 5.0, top_k: 1, seed: Some(1), ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 5.0,
+            top_k: 1,
+            seed: Some(1),
+            ..Default::default()
+        });
         assert!((0..50).all(|_| s.sample(&logits, &[]) == 1));
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, min_p: 0.99, seed: Some(1), ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            min_p: 0.99,
+            seed: Some(1),
+            ..Default::default()
+        });
         assert!((0..50).all(|_| s.sample(&logits, &[]) == 1));
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.1, seed: Some(1), ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_p: 0.1,
+            seed: Some(1),
+            ..Default::default()
+        });
         assert!((0..50).all(|_| s.sample(&logits, &[]) == 1));
     }
 
     #[test]
     fn repetition_penalty_can_flip_greedy_choice() {
         let logits = [0.0, 2.0, 1.9];
-        let mut s = Sampler::new(SamplingParams { repetition_penalty: 1.2, ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            repetition_penalty: 1.2,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&logits, &[1]), 2);
-        let mut s = Sampler::new(SamplingParams { presence_penalty: 0.5, ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            presence_penalty: 0.5,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&logits, &[1]), 2);
     }
 }

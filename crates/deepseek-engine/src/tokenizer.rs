@@ -21,7 +21,10 @@ pub struct Tokenizer {
 fn token_content(v: Option<&Value>) -> Option<String> {
     match v? {
         Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        Value::Object(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
         _ => None,
     }
 }
@@ -31,38 +34,83 @@ impl Tokenizer {
     pub fn from_dir(dir: &Path) -> Result<Self, EngineError> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
-            return Err(EngineError::File { path, msg: "not found (the model folder needs its tokenizer.json)".into() });
+            return Err(EngineError::File {
+                path,
+                msg: "not found (the model folder needs its tokenizer.json)".into(),
+            });
         }
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| EngineError::File { path: path.clone(), msg: format!("cannot read tokenizer: {e}") })?;
+        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| EngineError::File {
+            path: path.clone(),
+            msg: format!("cannot read tokenizer: {e}"),
+        })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: Value = if cfg_path.exists() {
-            let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::File { path: cfg_path.clone(), msg: e.to_string() })?;
-            serde_json::from_str(&text).map_err(|e| EngineError::File { path: cfg_path.clone(), msg: format!("invalid JSON: {e}") })?
+            let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::File {
+                path: cfg_path.clone(),
+                msg: e.to_string(),
+            })?;
+            serde_json::from_str(&text).map_err(|e| EngineError::File {
+                path: cfg_path.clone(),
+                msg: format!("invalid JSON: {e}"),
+            })?
         } else {
             Value::Null
         };
         let chat_template = match cfg.get("chat_template") {
             Some(Value::String(s)) => Some(s.clone()),
             // A list of named templates: use "default".
-            Some(Value::Array(a)) => a.iter().find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default")).and_then(|t| t.get("template")).and_then(|t| t.as_str()).map(str::to_string),
+            Some(Value::Array(a)) => a
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template"))
+                .and_then(|t| t.as_str())
+                .map(str::to_string),
             _ => {
                 let jinja = dir.join("chat_template.jinja");
-                jinja.exists().then(|| std::fs::read_to_string(jinja).ok()).flatten()
+                jinja
+                    .exists()
+                    .then(|| std::fs::read_to_string(jinja).ok())
+                    .flatten()
             }
         };
-        Ok(Self::new(inner, token_content(cfg.get("bos_token")), token_content(cfg.get("eos_token")), cfg.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false), chat_template))
+        Ok(Self::new(
+            inner,
+            token_content(cfg.get("bos_token")),
+            token_content(cfg.get("eos_token")),
+            cfg.get("add_bos_token")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            chat_template,
+        ))
     }
 
-    pub fn new(inner: tokenizers::Tokenizer, bos_token: Option<String>, eos_token: Option<String>, add_bos_token: bool, chat_template: Option<String>) -> Self {
+    pub fn new(
+        inner: tokenizers::Tokenizer,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+        add_bos_token: bool,
+        chat_template: Option<String>,
+    ) -> Self {
         let bos_id = bos_token.as_deref().and_then(|t| inner.token_to_id(t));
         let eos_id = eos_token.as_deref().and_then(|t| inner.token_to_id(t));
-        Tokenizer { inner, bos_token, eos_token, bos_id, eos_id, add_bos_token, chat_template }
+        Tokenizer {
+            inner,
+            bos_token,
+            eos_token,
+            bos_id,
+            eos_id,
+            add_bos_token,
+            chat_template,
+        }
     }
 
     /// Token ids of `text`; BOS first when the tokenizer config says `add_bos_token` and
     /// `add_special` is set. Special tokens written in the text are recognised.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, EngineError> {
-        let enc = self.inner.encode(text, false).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         let mut ids = Vec::with_capacity(enc.len() + 1);
         if add_special && self.add_bos_token {
             if let Some(b) = self.bos_id {
@@ -74,7 +122,9 @@ impl Tokenizer {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, EngineError> {
-        self.inner.decode(ids, skip_special).map_err(|e| EngineError::Tokenizer(e.to_string()))
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
@@ -101,16 +151,27 @@ pub struct StreamDecoder {
 
 impl StreamDecoder {
     pub fn new(skip_special: bool) -> Self {
-        StreamDecoder { ids: vec![], prefix_offset: 0, read_offset: 0, skip_special }
+        StreamDecoder {
+            ids: vec![],
+            prefix_offset: 0,
+            read_offset: 0,
+            skip_special,
+        }
     }
 
     /// Adds one token; returns the new text it completes, if any.
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<Option<String>, EngineError> {
         self.ids.push(id);
         // Decode with some context before, so tokenizers that strip leading spaces behave.
-        let before = tok.decode(&self.ids[self.prefix_offset..self.read_offset], self.skip_special)?;
+        let before = tok.decode(
+            &self.ids[self.prefix_offset..self.read_offset],
+            self.skip_special,
+        )?;
         let after = tok.decode(&self.ids[self.prefix_offset..], self.skip_special)?;
-        if after.len() > before.len() && !after.ends_with('\u{FFFD}') && after.is_char_boundary(before.len()) {
+        if after.len() > before.len()
+            && !after.ends_with('\u{FFFD}')
+            && after.is_char_boundary(before.len())
+        {
             let piece = after[before.len()..].to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();

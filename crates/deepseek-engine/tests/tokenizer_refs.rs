@@ -8,16 +8,26 @@ use deepseek_engine::{ChatTemplate, StreamDecoder, Tokenizer};
 use serde_json::Value;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn refs() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(workspace().join("tests/tokenizer_refs.json")).unwrap()).unwrap()
+    serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("tests/tokenizer_refs.json")).unwrap(),
+    )
+    .unwrap()
 }
 
 fn tokenizer_dir(name: &str) -> PathBuf {
     let d = workspace().join("assets/tokenizers").join(name);
-    assert!(d.join("tokenizer.json").exists(), "{} missing: run `python3 scripts/fetch_tokenizers.py` first", d.display());
+    assert!(
+        d.join("tokenizer.json").exists(),
+        "{} missing: run `python3 scripts/fetch_tokenizers.py` first",
+        d.display()
+    );
     d
 }
 
@@ -46,8 +56,16 @@ fn ids_match_the_python_tokenizers_library() {
     let texts: Vec<String> = serde_json::from_value(r["texts"].clone()).unwrap();
     for (name, entry) in r["models"].as_object().unwrap() {
         let tok = Tokenizer::from_dir(&tokenizer_dir(name)).unwrap();
-        assert_eq!(tok.add_bos_token, entry["add_bos_token"].as_bool().unwrap(), "{name}");
-        assert_eq!(tok.bos_id.map(|b| b as u64), entry["bos_id"].as_u64(), "{name}");
+        assert_eq!(
+            tok.add_bos_token,
+            entry["add_bos_token"].as_bool().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            tok.bos_id.map(|b| b as u64),
+            entry["bos_id"].as_u64(),
+            "{name}"
+        );
         for (i, text) in texts.iter().enumerate() {
             let want: Vec<u32> = serde_json::from_value(entry["raw_ids"][i].clone()).unwrap();
             let got = tok.encode(text, false).unwrap();
@@ -56,7 +74,11 @@ fn ids_match_the_python_tokenizers_library() {
             assert_eq!(with_bos[0], tok.bos_id.unwrap(), "{name}: BOS first");
             assert_eq!(&with_bos[1..], &want[..]);
             let decoded = tok.decode(&want, true).unwrap();
-            assert_eq!(decoded, entry["decoded"][i].as_str().unwrap(), "{name}: decode of {text:?}");
+            assert_eq!(
+                decoded,
+                entry["decoded"][i].as_str().unwrap(),
+                "{name}: decode of {text:?}"
+            );
         }
     }
 }
@@ -68,8 +90,15 @@ fn chat_templates_render_byte_identical_to_transformers() {
     let mut checked = 0;
     for (name, entry) in r["models"].as_object().unwrap() {
         let tok = Tokenizer::from_dir(&tokenizer_dir(name)).unwrap();
-        let Some(src) = &tok.chat_template else { continue };
-        let t = ChatTemplate::new(src, tok.bos_token.as_deref().unwrap_or(""), tok.eos_token.as_deref().unwrap_or("")).unwrap();
+        let Some(src) = &tok.chat_template else {
+            continue;
+        };
+        let t = ChatTemplate::new(
+            src,
+            tok.bos_token.as_deref().unwrap_or(""),
+            tok.eos_token.as_deref().unwrap_or(""),
+        )
+        .unwrap();
         for (key, want) in entry["templates"].as_object().unwrap() {
             let (conv, gen) = key.split_once('|').unwrap();
             let got = t.render(&convs[conv], None, gen == "gen");
@@ -78,7 +107,10 @@ fn chat_templates_render_byte_identical_to_transformers() {
                     assert_eq!(got.as_ref().unwrap(), w, "{name} {key}");
                     checked += 1;
                 }
-                _ => assert!(got.is_err(), "{name} {key}: reference template raised, we rendered {got:?}"),
+                _ => assert!(
+                    got.is_err(),
+                    "{name} {key}: reference template raised, we rendered {got:?}"
+                ),
             }
         }
     }
@@ -94,7 +126,10 @@ fn streaming_decode_never_splits_a_character() {
     let mut out = String::new();
     for id in ids {
         if let Some(p) = dec.push(&tok, id).unwrap() {
-            assert!(!p.contains('\u{FFFD}'), "piece {p:?} holds half a character");
+            assert!(
+                !p.contains('\u{FFFD}'),
+                "piece {p:?} holds half a character"
+            );
             out.push_str(&p);
         }
     }

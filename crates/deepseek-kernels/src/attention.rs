@@ -46,7 +46,13 @@ pub fn attend_group(
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
-    let RowLayout { row_width, key_offset, key_len, value_offset, value_len } = layout;
+    let RowLayout {
+        row_width,
+        key_offset,
+        key_len,
+        value_offset,
+        value_len,
+    } = layout;
     let groups = queries.len() / key_len;
     scores.clear();
     scores.resize(groups * n_ctx, 0.0);
@@ -78,13 +84,23 @@ pub fn attend_group(
         let row = rows.row(t, row_width);
         let v = &row[value_offset..value_offset + value_len];
         for g in 0..groups {
-            simd::axpy(scores[g * n_ctx + t], v, &mut out[g * value_len..(g + 1) * value_len]);
+            simd::axpy(
+                scores[g * n_ctx + t],
+                v,
+                &mut out[g * value_len..(g + 1) * value_len],
+            );
         }
     }
 }
 
 /// Plain reference of [`attend_group`].
-pub fn attend_group_reference(queries: &[f32], rows: &[f32], layout: RowLayout, n_ctx: usize, scale: f32) -> Vec<f32> {
+pub fn attend_group_reference(
+    queries: &[f32],
+    rows: &[f32],
+    layout: RowLayout,
+    n_ctx: usize,
+    scale: f32,
+) -> Vec<f32> {
     let groups = queries.len() / layout.key_len;
     let mut out = vec![0.0; groups * layout.value_len];
     for g in 0..groups {
@@ -92,17 +108,27 @@ pub fn attend_group_reference(queries: &[f32], rows: &[f32], layout: RowLayout, 
         let mut s: Vec<f64> = (0..n_ctx)
             .map(|t| {
                 let k = &rows[t * layout.row_width + layout.key_offset..][..layout.key_len];
-                q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale as f64
+                q.iter()
+                    .zip(k)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum::<f64>()
+                    * scale as f64
             })
             .collect();
         let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let z: f64 = s.iter_mut().map(|v| {
-            *v = (*v - m).exp();
-            *v
-        }).sum();
+        let z: f64 = s
+            .iter_mut()
+            .map(|v| {
+                *v = (*v - m).exp();
+                *v
+            })
+            .sum();
         for (t, p) in s.iter().enumerate() {
             let v = &rows[t * layout.row_width + layout.value_offset..][..layout.value_len];
-            for (o, x) in out[g * layout.value_len..][..layout.value_len].iter_mut().zip(v) {
+            for (o, x) in out[g * layout.value_len..][..layout.value_len]
+                .iter_mut()
+                .zip(v)
+            {
                 *o += (p / z * *x as f64) as f32;
             }
         }
@@ -116,15 +142,28 @@ mod tests {
 
     #[test]
     fn attend_group_matches_reference_across_blocks() {
-        let layout = RowLayout { row_width: 40, key_offset: 0, key_len: 36, value_offset: 0, value_len: 32 };
+        let layout = RowLayout {
+            row_width: 40,
+            key_offset: 0,
+            key_len: 36,
+            value_offset: 0,
+            value_len: 32,
+        };
         let n_ctx = 23;
         let block_tokens = 8;
-        let rows: Vec<f32> = (0..n_ctx * 40).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
-        let queries: Vec<f32> = (0..5 * 36).map(|i| ((i * 13 % 29) as f32 / 14.0) - 1.0).collect();
+        let rows: Vec<f32> = (0..n_ctx * 40)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let queries: Vec<f32> = (0..5 * 36)
+            .map(|i| ((i * 13 % 29) as f32 / 14.0) - 1.0)
+            .collect();
         let mut padded = rows.clone();
         padded.resize(24 * 40, 0.0);
         let blocks: Vec<&[f32]> = padded.chunks(block_tokens * 40).collect();
-        let rb = RowBlocks { blocks, block_tokens };
+        let rb = RowBlocks {
+            blocks,
+            block_tokens,
+        };
         let mut out = vec![0.0; 5 * 32];
         let mut scratch = Vec::new();
         attend_group(&queries, &rb, layout, n_ctx, 0.3, &mut out, &mut scratch);
@@ -133,7 +172,13 @@ mod tests {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
         // GQA-style offsets: keys and values at different places in the row.
-        let layout = RowLayout { row_width: 40, key_offset: 4, key_len: 12, value_offset: 20, value_len: 12 };
+        let layout = RowLayout {
+            row_width: 40,
+            key_offset: 4,
+            key_len: 12,
+            value_offset: 20,
+            value_len: 12,
+        };
         let q = &queries[..3 * 12];
         let mut out = vec![0.0; 3 * 12];
         attend_group(q, &rb, layout, n_ctx, 0.5, &mut out, &mut scratch);

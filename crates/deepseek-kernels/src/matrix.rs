@@ -47,9 +47,12 @@ impl<T: Copy + 'static> Buffer<T> {
     /// for `T` (safetensors aligns its data section, but we do not rely on it).
     pub fn from_map(map: Arc<memmap2::Mmap>, offset: usize, len: usize) -> Self {
         let bytes = len * std::mem::size_of::<T>();
-        assert!(offset + bytes <= map.len(), "buffer past the end of the mapping");
+        assert!(
+            offset + bytes <= map.len(),
+            "buffer past the end of the mapping"
+        );
         let ptr = map[offset..].as_ptr();
-        if (ptr as usize) % std::mem::align_of::<T>() == 0 {
+        if (ptr as usize).is_multiple_of(std::mem::align_of::<T>()) {
             Buffer::Mapped { map, offset, len }
         } else {
             let mut v = Vec::<T>::with_capacity(len);
@@ -98,7 +101,11 @@ pub struct Matrix {
 impl Matrix {
     pub fn from_f32(rows: usize, cols: usize, v: Vec<f32>) -> Self {
         assert_eq!(v.len(), rows * cols);
-        Matrix { rows, cols, data: MatrixData::F32(v.into()) }
+        Matrix {
+            rows,
+            cols,
+            data: MatrixData::F32(v.into()),
+        }
     }
 
     pub fn dtype(&self) -> DType {
@@ -122,7 +129,11 @@ impl Matrix {
             MatrixData::BF16(b) => MatrixData::BF16(sub(b, o, n)),
             MatrixData::F16(b) => MatrixData::F16(sub(b, o, n)),
         };
-        Matrix { rows: count, cols: self.cols, data }
+        Matrix {
+            rows: count,
+            cols: self.cols,
+            data,
+        }
     }
 
     /// One row converted to f32.
@@ -164,9 +175,17 @@ impl Matrix {
 fn sub<T: Copy + 'static>(b: &Buffer<T>, offset: usize, len: usize) -> Buffer<T> {
     match b {
         Buffer::Owned(v) => Buffer::Owned(Arc::new(v[offset..offset + len].to_vec())),
-        Buffer::Mapped { map, offset: o, len: l } => {
+        Buffer::Mapped {
+            map,
+            offset: o,
+            len: l,
+        } => {
             assert!(offset + len <= *l);
-            Buffer::Mapped { map: map.clone(), offset: o + offset * std::mem::size_of::<T>(), len }
+            Buffer::Mapped {
+                map: map.clone(),
+                offset: o + offset * std::mem::size_of::<T>(),
+                len,
+            }
         }
     }
 }
@@ -178,8 +197,16 @@ const TOKEN_BLOCK: usize = 64;
 
 pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
-    assert_eq!(x.len(), n * cols, "matmul: activation length does not match [n, cols]");
-    assert_eq!(out.len(), n * rows, "matmul: output length does not match [n, rows]");
+    assert_eq!(
+        x.len(),
+        n * cols,
+        "matmul: activation length does not match [n, cols]"
+    );
+    assert_eq!(
+        out.len(),
+        n * rows,
+        "matmul: output length does not match [n, rows]"
+    );
     if n == 0 || rows == 0 {
         return;
     }
@@ -230,12 +257,29 @@ fn rows_kernel(w: &Matrix, r0: usize, nr: usize, x: &[f32], n: usize, out: &mut 
             while t < tb_end {
                 let k = (tb_end - t).min(TOKEN_TILE);
                 let mut acc = [0.0f32; TOKEN_TILE];
-                let xs: [&[f32]; TOKEN_TILE] =
-                    std::array::from_fn(|i| if i < k { &x[(t + i) * cols..(t + i + 1) * cols] } else { &x[t * cols..(t + 1) * cols] });
+                let xs: [&[f32]; TOKEN_TILE] = std::array::from_fn(|i| {
+                    if i < k {
+                        &x[(t + i) * cols..(t + i + 1) * cols]
+                    } else {
+                        &x[t * cols..(t + 1) * cols]
+                    }
+                });
                 match &w.data {
-                    MatrixData::F32(b) => simd::dot_f32_multi(&b.as_slice()[row * cols..(row + 1) * cols], &xs[..k], &mut acc[..k]),
-                    MatrixData::BF16(b) => simd::dot_bf16_multi(&b.as_slice()[row * cols..(row + 1) * cols], &xs[..k], &mut acc[..k]),
-                    MatrixData::F16(b) => simd::dot_f16_multi(&b.as_slice()[row * cols..(row + 1) * cols], &xs[..k], &mut acc[..k]),
+                    MatrixData::F32(b) => simd::dot_f32_multi(
+                        &b.as_slice()[row * cols..(row + 1) * cols],
+                        &xs[..k],
+                        &mut acc[..k],
+                    ),
+                    MatrixData::BF16(b) => simd::dot_bf16_multi(
+                        &b.as_slice()[row * cols..(row + 1) * cols],
+                        &xs[..k],
+                        &mut acc[..k],
+                    ),
+                    MatrixData::F16(b) => simd::dot_f16_multi(
+                        &b.as_slice()[row * cols..(row + 1) * cols],
+                        &xs[..k],
+                        &mut acc[..k],
+                    ),
                 }
                 for i in 0..k {
                     out[(t + i) * ld + r] = acc[i];
@@ -279,7 +323,11 @@ mod tests {
         matmul(w, &x, n, &mut out);
         let want = matmul_reference(w, &x, n);
         for (i, (a, b)) in out.iter().zip(&want).enumerate() {
-            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "elem {i}: {a} vs {b} ({:?}, n={n})", w.dtype());
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "elem {i}: {a} vs {b} ({:?}, n={n})",
+                w.dtype()
+            );
         }
     }
 
@@ -287,12 +335,26 @@ mod tests {
     fn matmul_matches_reference_all_formats_and_shapes() {
         for &(rows, cols) in &[(1, 1), (7, 13), (33, 64), (130, 257), (5, 1000)] {
             let f = rand_vec(rows * cols, 3);
-            let bf: Vec<u16> = f.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
-            let hf: Vec<u16> = f.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+            let bf: Vec<u16> = f
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_bits())
+                .collect();
+            let hf: Vec<u16> = f
+                .iter()
+                .map(|&v| half::f16::from_f32(v).to_bits())
+                .collect();
             let mats = [
                 Matrix::from_f32(rows, cols, f.clone()),
-                Matrix { rows, cols, data: MatrixData::BF16(bf.into()) },
-                Matrix { rows, cols, data: MatrixData::F16(hf.into()) },
+                Matrix {
+                    rows,
+                    cols,
+                    data: MatrixData::BF16(bf.into()),
+                },
+                Matrix {
+                    rows,
+                    cols,
+                    data: MatrixData::F16(hf.into()),
+                },
             ];
             for m in &mats {
                 for n in [1, 2, 3, 4, 5, 9, 70] {

@@ -111,7 +111,10 @@ mod tests {
         let mut a = x.clone();
         rope(&mut a, &cos, &sin, RopeStyle::Interleaved);
         // Reference: permute to [evens | odds], then rotate-half.
-        let mut b: Vec<f32> = (0..4).map(|i| x[2 * i]).chain((0..4).map(|i| x[2 * i + 1])).collect();
+        let mut b: Vec<f32> = (0..4)
+            .map(|i| x[2 * i])
+            .chain((0..4).map(|i| x[2 * i + 1]))
+            .collect();
         rope(&mut b, &cos, &sin, RopeStyle::Half);
         assert_eq!(a, b);
     }

@@ -21,7 +21,8 @@ pub fn isa() -> Isa {
         let forced = std::env::var("DEEPSEEK_ISA").ok();
         #[cfg(target_arch = "x86_64")]
         {
-            let avx512 = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
+            let avx512 =
+                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
             match forced.as_deref() {
                 Some("scalar") => Isa::Scalar,
@@ -174,16 +175,56 @@ mod x86 {
         super::bf16_bits_to_f32(v)
     }
 
-    multi_kernel!(dot_f32_multi_avx2, "avx2,fma", 8, __m256, _mm256_setzero_ps(),
-        |p: *const f32| _mm256_loadu_ps(p), |p: *const f32| _mm256_loadu_ps(p),
-        |a, b, c| _mm256_fmadd_ps(a, b, c), |v| hsum256(v), f32, conv_f32);
-    multi_kernel!(dot_bf16_multi_avx2, "avx2,fma", 8, __m256, _mm256_setzero_ps(),
-        |p: *const u16| load_bf16_avx2(p), |p: *const f32| _mm256_loadu_ps(p),
-        |a, b, c| _mm256_fmadd_ps(a, b, c), |v| hsum256(v), u16, conv_bf16);
-    multi_kernel!(dot_f32_multi_avx512, "avx512f", 16, __m512, _mm512_setzero_ps(),
-        |p: *const f32| _mm512_loadu_ps(p), |p: *const f32| _mm512_loadu_ps(p),
-        |a, b, c| _mm512_fmadd_ps(a, b, c), |v| _mm512_reduce_add_ps(v), f32, conv_f32);
-    multi_kernel!(dot_bf16_multi_avx512, "avx512f,avx512bw", 16, __m512, _mm512_setzero_ps(),
-        |p: *const u16| load_bf16_avx512(p), |p: *const f32| _mm512_loadu_ps(p),
-        |a, b, c| _mm512_fmadd_ps(a, b, c), |v| _mm512_reduce_add_ps(v), u16, conv_bf16);
+    multi_kernel!(
+        dot_f32_multi_avx2,
+        "avx2,fma",
+        8,
+        __m256,
+        _mm256_setzero_ps(),
+        |p: *const f32| _mm256_loadu_ps(p),
+        |p: *const f32| _mm256_loadu_ps(p),
+        |a, b, c| _mm256_fmadd_ps(a, b, c),
+        |v| hsum256(v),
+        f32,
+        conv_f32
+    );
+    multi_kernel!(
+        dot_bf16_multi_avx2,
+        "avx2,fma",
+        8,
+        __m256,
+        _mm256_setzero_ps(),
+        |p: *const u16| load_bf16_avx2(p),
+        |p: *const f32| _mm256_loadu_ps(p),
+        |a, b, c| _mm256_fmadd_ps(a, b, c),
+        |v| hsum256(v),
+        u16,
+        conv_bf16
+    );
+    multi_kernel!(
+        dot_f32_multi_avx512,
+        "avx512f",
+        16,
+        __m512,
+        _mm512_setzero_ps(),
+        |p: *const f32| _mm512_loadu_ps(p),
+        |p: *const f32| _mm512_loadu_ps(p),
+        |a, b, c| _mm512_fmadd_ps(a, b, c),
+        |v| _mm512_reduce_add_ps(v),
+        f32,
+        conv_f32
+    );
+    multi_kernel!(
+        dot_bf16_multi_avx512,
+        "avx512f,avx512bw",
+        16,
+        __m512,
+        _mm512_setzero_ps(),
+        |p: *const u16| load_bf16_avx512(p),
+        |p: *const f32| _mm512_loadu_ps(p),
+        |a, b, c| _mm512_fmadd_ps(a, b, c),
+        |v| _mm512_reduce_add_ps(v),
+        u16,
+        conv_bf16
+    );
 }

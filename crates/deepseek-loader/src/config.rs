@@ -86,7 +86,7 @@ pub struct MoeConfig {
 impl MoeConfig {
     /// Whether decoder layer `layer` uses experts (else a dense MLP), as DeepSeek's code decides.
     pub fn is_moe_layer(&self, layer: usize) -> bool {
-        layer >= self.first_k_dense_replace && layer % self.moe_layer_freq == 0
+        layer >= self.first_k_dense_replace && layer.is_multiple_of(self.moe_layer_freq)
     }
 }
 
@@ -94,7 +94,9 @@ impl MoeConfig {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor`.
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// YaRN as DeepSeek-V2 uses it.
     Yarn {
         factor: f32,
@@ -137,24 +139,32 @@ impl Fields<'_> {
         self.0.get(k).filter(|v| !v.is_null())
     }
     fn usize(&self, k: &str) -> Result<usize, LoadError> {
-        self.opt_usize(k)?.ok_or_else(|| LoadError::config(k, "missing (a positive integer is required)"))
+        self.opt_usize(k)?
+            .ok_or_else(|| LoadError::config(k, "missing (a positive integer is required)"))
     }
     fn opt_usize(&self, k: &str) -> Result<Option<usize>, LoadError> {
         match self.get(k) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| LoadError::config(k, format!("expected a non-negative integer, found {v}"))),
+            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| {
+                LoadError::config(k, format!("expected a non-negative integer, found {v}"))
+            }),
         }
     }
     fn f32_or(&self, k: &str, d: f32) -> Result<f32, LoadError> {
         match self.get(k) {
             None => Ok(d),
-            Some(v) => v.as_f64().map(|x| x as f32).ok_or_else(|| LoadError::config(k, format!("expected a number, found {v}"))),
+            Some(v) => v
+                .as_f64()
+                .map(|x| x as f32)
+                .ok_or_else(|| LoadError::config(k, format!("expected a number, found {v}"))),
         }
     }
     fn bool_or(&self, k: &str, d: bool) -> Result<bool, LoadError> {
         match self.get(k) {
             None => Ok(d),
-            Some(v) => v.as_bool().ok_or_else(|| LoadError::config(k, format!("expected true or false, found {v}"))),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| LoadError::config(k, format!("expected true or false, found {v}"))),
         }
     }
     fn str(&self, k: &str) -> Option<&str> {
@@ -164,31 +174,59 @@ impl Fields<'_> {
 
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|e| LoadError::Io { path: path.to_path_buf(), source: e })?;
-        let v: Value = serde_json::from_str(&text).map_err(|e| LoadError::Parse { path: path.to_path_buf(), msg: format!("invalid JSON: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| LoadError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| LoadError::Parse {
+            path: path.to_path_buf(),
+            msg: format!("invalid JSON: {e}"),
+        })?;
         Self::from_json(&v)
     }
 
     pub fn from_json(v: &Value) -> Result<Self, LoadError> {
-        let obj = v.as_object().ok_or_else(|| LoadError::config("(root)", "config.json must be a JSON object"))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| LoadError::config("(root)", "config.json must be a JSON object"))?;
         let f = Fields(obj);
         let family = match f.str("model_type") {
             Some("deepseek_v2") => Family::DeepseekV2,
             Some("deepseek_v3") => Family::DeepseekV3,
             Some("llama") => Family::Llama,
-            Some(other) => return Err(LoadError::config("model_type", format!("`{other}` is not supported; supported: {}", Family::SUPPORTED))),
-            None => return Err(LoadError::config("model_type", format!("missing; supported: {}", Family::SUPPORTED))),
+            Some(other) => {
+                return Err(LoadError::config(
+                    "model_type",
+                    format!(
+                        "`{other}` is not supported; supported: {}",
+                        Family::SUPPORTED
+                    ),
+                ))
+            }
+            None => {
+                return Err(LoadError::config(
+                    "model_type",
+                    format!("missing; supported: {}", Family::SUPPORTED),
+                ))
+            }
         };
         let hidden_size = f.usize("hidden_size")?;
         let num_attention_heads = f.usize("num_attention_heads")?;
         if num_attention_heads == 0 {
-            return Err(LoadError::config("num_attention_heads", "must be at least 1"));
+            return Err(LoadError::config(
+                "num_attention_heads",
+                "must be at least 1",
+            ));
         }
-        let num_key_value_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads = f
+            .opt_usize("num_key_value_heads")?
+            .unwrap_or(num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(LoadError::config(
                 "num_key_value_heads",
-                format!("{num_key_value_heads} must divide num_attention_heads ({num_attention_heads})"),
+                format!(
+                    "{num_key_value_heads} must divide num_attention_heads ({num_attention_heads})"
+                ),
             ));
         }
 
@@ -198,27 +236,41 @@ impl ModelConfig {
         let mut rope_theta = f.f32_or("rope_theta", 10000.0)?;
         let mut rope_scaling = RopeScaling::None;
         if let Some(r) = rope_obj {
-            let field = if f.get("rope_parameters").is_some() { "rope_parameters" } else { "rope_scaling" };
-            let ro = r.as_object().ok_or_else(|| LoadError::config(field, "expected an object"))?;
+            let field = if f.get("rope_parameters").is_some() {
+                "rope_parameters"
+            } else {
+                "rope_scaling"
+            };
+            let ro = r
+                .as_object()
+                .ok_or_else(|| LoadError::config(field, "expected an object"))?;
             let rf = Fields(ro);
             if rf.get("rope_theta").is_some() {
                 rope_theta = rf.f32_or("rope_theta", rope_theta)?;
             }
-            let kind = rf.str("rope_type").or_else(|| rf.str("type")).unwrap_or("default");
+            let kind = rf
+                .str("rope_type")
+                .or_else(|| rf.str("type"))
+                .unwrap_or("default");
             let factor = rf.f32_or("factor", 1.0)?;
             rope_scaling = match kind {
                 "default" => RopeScaling::None,
                 "linear" => RopeScaling::Linear { factor },
                 "yarn" => RopeScaling::Yarn {
                     factor,
-                    original_max_position_embeddings: rf.opt_usize("original_max_position_embeddings")?.unwrap_or(4096),
+                    original_max_position_embeddings: rf
+                        .opt_usize("original_max_position_embeddings")?
+                        .unwrap_or(4096),
                     beta_fast: rf.f32_or("beta_fast", 32.0)?,
                     beta_slow: rf.f32_or("beta_slow", 1.0)?,
                     mscale: rf.f32_or("mscale", 1.0)?,
                     mscale_all_dim: rf.f32_or("mscale_all_dim", 0.0)?,
                 },
                 other => {
-                    return Err(LoadError::config(&format!("{field}.type"), format!("`{other}` is not supported; supported: default, linear, yarn")))
+                    return Err(LoadError::config(
+                        &format!("{field}.type"),
+                        format!("`{other}` is not supported; supported: default, linear, yarn"),
+                    ))
                 }
             };
         }
@@ -233,8 +285,11 @@ impl ModelConfig {
                 qk_rope_head_dim: f.usize("qk_rope_head_dim")?,
                 v_head_dim: f.usize("v_head_dim")?,
             };
-            if mla.qk_rope_head_dim % 2 != 0 {
-                return Err(LoadError::config("qk_rope_head_dim", format!("{} must be even", mla.qk_rope_head_dim)));
+            if !mla.qk_rope_head_dim.is_multiple_of(2) {
+                return Err(LoadError::config(
+                    "qk_rope_head_dim",
+                    format!("{} must be even", mla.qk_rope_head_dim),
+                ));
             }
             let moe = match f.opt_usize("n_routed_experts")? {
                 None | Some(0) => None,
@@ -250,11 +305,20 @@ impl ModelConfig {
                             ))
                         }
                     };
-                    let default_scoring = if family == Family::DeepseekV3 { "sigmoid" } else { "softmax" };
+                    let default_scoring = if family == Family::DeepseekV3 {
+                        "sigmoid"
+                    } else {
+                        "softmax"
+                    };
                     let scoring_func = match f.str("scoring_func").unwrap_or(default_scoring) {
                         "softmax" => ScoringFunc::Softmax,
                         "sigmoid" => ScoringFunc::Sigmoid,
-                        other => return Err(LoadError::config("scoring_func", format!("`{other}` is not supported; supported: softmax, sigmoid"))),
+                        other => {
+                            return Err(LoadError::config(
+                                "scoring_func",
+                                format!("`{other}` is not supported; supported: softmax, sigmoid"),
+                            ))
+                        }
                     };
                     let m = MoeConfig {
                         n_routed_experts: n_routed,
@@ -271,16 +335,33 @@ impl ModelConfig {
                         routed_scaling_factor: f.f32_or("routed_scaling_factor", 1.0)?,
                     };
                     if m.num_experts_per_tok == 0 || m.num_experts_per_tok > n_routed {
-                        return Err(LoadError::config("num_experts_per_tok", format!("{} must be between 1 and n_routed_experts ({n_routed})", m.num_experts_per_tok)));
+                        return Err(LoadError::config(
+                            "num_experts_per_tok",
+                            format!(
+                                "{} must be between 1 and n_routed_experts ({n_routed})",
+                                m.num_experts_per_tok
+                            ),
+                        ));
                     }
                     if n_routed % m.n_group != 0 {
-                        return Err(LoadError::config("n_group", format!("{} must divide n_routed_experts ({n_routed})", m.n_group)));
+                        return Err(LoadError::config(
+                            "n_group",
+                            format!("{} must divide n_routed_experts ({n_routed})", m.n_group),
+                        ));
                     }
                     if m.topk_group > m.n_group {
-                        return Err(LoadError::config("topk_group", format!("{} must not exceed n_group ({})", m.topk_group, m.n_group)));
+                        return Err(LoadError::config(
+                            "topk_group",
+                            format!("{} must not exceed n_group ({})", m.topk_group, m.n_group),
+                        ));
                     }
-                    if m.topk_method != TopkMethod::Greedy && m.topk_group * (n_routed / m.n_group) < m.num_experts_per_tok {
-                        return Err(LoadError::config("topk_group", "the kept groups hold fewer experts than num_experts_per_tok"));
+                    if m.topk_method != TopkMethod::Greedy
+                        && m.topk_group * (n_routed / m.n_group) < m.num_experts_per_tok
+                    {
+                        return Err(LoadError::config(
+                            "topk_group",
+                            "the kept groups hold fewer experts than num_experts_per_tok",
+                        ));
                     }
                     Some(m)
                 }
@@ -289,13 +370,23 @@ impl ModelConfig {
         };
 
         let head_dim = match family {
-            Family::Llama => f.opt_usize("head_dim")?.unwrap_or(hidden_size / num_attention_heads),
+            Family::Llama => f
+                .opt_usize("head_dim")?
+                .unwrap_or(hidden_size / num_attention_heads),
             _ => mla.as_ref().map(|m| m.qk_head_dim()).unwrap_or(0),
         };
         let eos_token_ids = match f.get("eos_token_id") {
             None => vec![],
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|x| x as u32)).collect(),
-            Some(v) => v.as_u64().map(|x| vec![x as u32]).ok_or_else(|| LoadError::config("eos_token_id", format!("expected an integer or a list, found {v}")))?,
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_u64().map(|x| x as u32))
+                .collect(),
+            Some(v) => v.as_u64().map(|x| vec![x as u32]).ok_or_else(|| {
+                LoadError::config(
+                    "eos_token_id",
+                    format!("expected an integer or a list, found {v}"),
+                )
+            })?,
         };
         let cfg = ModelConfig {
             family,
@@ -315,12 +406,18 @@ impl ModelConfig {
             eos_token_ids,
             mla,
             moe,
-            torch_dtype: f.str("torch_dtype").or_else(|| f.str("dtype")).map(str::to_string),
+            torch_dtype: f
+                .str("torch_dtype")
+                .or_else(|| f.str("dtype"))
+                .map(str::to_string),
         };
         if cfg.vocab_size == 0 || cfg.hidden_size == 0 || cfg.num_hidden_layers == 0 {
-            return Err(LoadError::config("vocab_size/hidden_size/num_hidden_layers", "must all be positive"));
+            return Err(LoadError::config(
+                "vocab_size/hidden_size/num_hidden_layers",
+                "must all be positive",
+            ));
         }
-        if family == Family::Llama && cfg.head_dim % 2 != 0 {
+        if family == Family::Llama && !cfg.head_dim.is_multiple_of(2) {
             return Err(LoadError::config("head_dim", "must be even"));
         }
         Ok(cfg)
@@ -363,7 +460,9 @@ mod tests {
         let c = ModelConfig::from_json(&v2_lite()).unwrap();
         assert_eq!(c.cache_row_width(), 576);
         assert!(matches!(c.rope_scaling, RopeScaling::Yarn { factor, .. } if factor == 40.0));
-        assert!(!c.moe.as_ref().unwrap().is_moe_layer(0) && c.moe.as_ref().unwrap().is_moe_layer(1));
+        assert!(
+            !c.moe.as_ref().unwrap().is_moe_layer(0) && c.moe.as_ref().unwrap().is_moe_layer(1)
+        );
         assert_eq!(c.eos_token_ids, vec![100001]);
     }
 

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {msg}")]
     Parse { path: PathBuf, msg: String },
     #[error("config.json field `{field}`: {msg}")]
@@ -13,13 +16,20 @@ pub enum LoadError {
     #[error("tensor `{name}` not found in {dir}")]
     MissingTensor { name: String, dir: PathBuf },
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape { name: String, expected: Vec<usize>, found: Vec<usize> },
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("tensor `{name}` has dtype {dtype}; supported: F32, BF16, F16")]
     Dtype { name: String, dtype: String },
 }
 
 impl LoadError {
     pub fn config(field: &str, msg: impl Into<String>) -> Self {
-        LoadError::Config { field: field.to_string(), msg: msg.into() }
+        LoadError::Config {
+            field: field.to_string(),
+            msg: msg.into(),
+        }
     }
 }

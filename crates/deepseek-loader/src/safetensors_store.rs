@@ -37,25 +37,56 @@ impl WeightStore {
         let index = dir.join("model.safetensors.index.json");
         let single = dir.join("model.safetensors");
         let files: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|e| LoadError::Io { path: index.clone(), source: e })?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| LoadError::Parse { path: index.clone(), msg: format!("invalid JSON: {e}") })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| LoadError::Parse { path: index.clone(), msg: "missing object `weight_map`".into() })?;
-            let mut names: Vec<String> = map.values().filter_map(|s| s.as_str().map(str::to_string)).collect();
+            let text = std::fs::read_to_string(&index).map_err(|e| LoadError::Io {
+                path: index.clone(),
+                source: e,
+            })?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| LoadError::Parse {
+                    path: index.clone(),
+                    msg: format!("invalid JSON: {e}"),
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| LoadError::Parse {
+                    path: index.clone(),
+                    msg: "missing object `weight_map`".into(),
+                })?;
+            let mut names: Vec<String> = map
+                .values()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect();
             names.sort();
             names.dedup();
             names.into_iter().map(|n| dir.join(n)).collect()
         } else if single.exists() {
             vec![single]
         } else {
-            let rd = std::fs::read_dir(dir).map_err(|e| LoadError::Io { path: dir.to_path_buf(), source: e })?;
-            let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "safetensors")).collect();
+            let rd = std::fs::read_dir(dir).map_err(|e| LoadError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
+            let mut v: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
             v.sort();
             if v.is_empty() {
-                return Err(LoadError::Parse { path: dir.to_path_buf(), msg: "no model.safetensors, model.safetensors.index.json or *.safetensors found".into() });
+                return Err(LoadError::Parse {
+                    path: dir.to_path_buf(),
+                    msg:
+                        "no model.safetensors, model.safetensors.index.json or *.safetensors found"
+                            .into(),
+                });
             }
             v
         };
-        let mut store = WeightStore { dir: dir.to_path_buf(), shards: vec![], tensors: HashMap::new() };
+        let mut store = WeightStore {
+            dir: dir.to_path_buf(),
+            shards: vec![],
+            tensors: HashMap::new(),
+        };
         for path in files {
             store.add_shard(path)?;
         }
@@ -63,16 +94,35 @@ impl WeightStore {
     }
 
     fn add_shard(&mut self, path: PathBuf) -> Result<(), LoadError> {
-        let file = std::fs::File::open(&path).map_err(|e| LoadError::Io { path: path.clone(), source: e })?;
+        let file = std::fs::File::open(&path).map_err(|e| LoadError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
         // SAFETY: the file is opened read-only; like every mmap-based loader we assume it is not
         // truncated while mapped.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| LoadError::Io { path: path.clone(), source: e })?;
-        let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| LoadError::Parse { path: path.clone(), msg: format!("not a valid safetensors file: {e}") })?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| LoadError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        let (header_len, meta) =
+            SafeTensors::read_metadata(&map).map_err(|e| LoadError::Parse {
+                path: path.clone(),
+                msg: format!("not a valid safetensors file: {e}"),
+            })?;
         let data_start = 8 + header_len;
         let shard = self.shards.len();
         for (name, info) in meta.tensors() {
             let (a, b) = info.data_offsets;
-            self.tensors.insert(name, TensorInfo { shard, dtype: info.dtype, shape: info.shape.clone(), offset: data_start + a, len_bytes: b - a });
+            self.tensors.insert(
+                name,
+                TensorInfo {
+                    shard,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    offset: data_start + a,
+                    len_bytes: b - a,
+                },
+            );
         }
         self.shards.push((path, Arc::new(map)));
         Ok(())
@@ -83,7 +133,12 @@ impl WeightStore {
     }
 
     pub fn info(&self, name: &str) -> Result<&TensorInfo, LoadError> {
-        self.tensors.get(name).ok_or_else(|| LoadError::MissingTensor { name: name.to_string(), dir: self.dir.clone() })
+        self.tensors
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                name: name.to_string(),
+                dir: self.dir.clone(),
+            })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &String> {
@@ -98,7 +153,11 @@ impl WeightStore {
     fn check_shape(&self, name: &str, expected: &[usize]) -> Result<&TensorInfo, LoadError> {
         let info = self.info(name)?;
         if info.shape != expected {
-            return Err(LoadError::Shape { name: name.to_string(), expected: expected.to_vec(), found: info.shape.clone() });
+            return Err(LoadError::Shape {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: info.shape.clone(),
+            });
         }
         Ok(info)
     }
@@ -115,14 +174,25 @@ impl WeightStore {
         Ok(self.matrix_any_shape(name, info, 1, len)?.to_f32())
     }
 
-    fn matrix_any_shape(&self, name: &str, info: &TensorInfo, rows: usize, cols: usize) -> Result<Matrix, LoadError> {
+    fn matrix_any_shape(
+        &self,
+        name: &str,
+        info: &TensorInfo,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Matrix, LoadError> {
         let map = self.shards[info.shard].1.clone();
         let n = rows * cols;
         let data = match info.dtype {
             Dtype::F32 => MatrixData::F32(Buffer::from_map(map, info.offset, n)),
             Dtype::BF16 => MatrixData::BF16(Buffer::from_map(map, info.offset, n)),
             Dtype::F16 => MatrixData::F16(Buffer::from_map(map, info.offset, n)),
-            other => return Err(LoadError::Dtype { name: name.to_string(), dtype: format!("{other:?}") }),
+            other => {
+                return Err(LoadError::Dtype {
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
         };
         Ok(Matrix { rows, cols, data })
     }
@@ -131,8 +201,12 @@ impl WeightStore {
     pub fn main_dtype(&self) -> String {
         let mut by: HashMap<String, usize> = HashMap::new();
         for t in self.tensors.values() {
-            *by.entry(format!("{:?}", t.dtype).to_lowercase()).or_default() += t.len_bytes;
+            *by.entry(format!("{:?}", t.dtype).to_lowercase())
+                .or_default() += t.len_bytes;
         }
-        by.into_iter().max_by_key(|(_, b)| *b).map(|(d, _)| d).unwrap_or_default()
+        by.into_iter()
+            .max_by_key(|(_, b)| *b)
+            .map(|(d, _)| d)
+            .unwrap_or_default()
     }
 }

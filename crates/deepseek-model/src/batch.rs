@@ -20,7 +20,11 @@ impl BatchLayout {
             token_seq.extend(std::iter::repeat_n(s, n));
             t += n;
         }
-        BatchLayout { ranges, start_pos, token_seq }
+        BatchLayout {
+            ranges,
+            start_pos,
+            token_seq,
+        }
     }
     pub fn tokens(&self) -> usize {
         self.token_seq.len()

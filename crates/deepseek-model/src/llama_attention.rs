@@ -22,7 +22,12 @@ pub struct LlamaAttention {
 
 impl LlamaAttention {
     pub fn load(w: &WeightStore, cfg: &ModelConfig, prefix: &str) -> Result<Self, LoadError> {
-        let (h, kvh, hd, hid) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size);
+        let (h, kvh, hd, hid) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.hidden_size,
+        );
         Ok(LlamaAttention {
             heads: h,
             kv_heads: kvh,
@@ -39,7 +44,16 @@ impl LlamaAttention {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(&self, x: &[f32], batch: &BatchLayout, layer: usize, rope_table: &Rope, pool: &mut BlockPool, caches: &[&mut SequenceCache], out: &mut [f32]) {
+    pub fn forward(
+        &self,
+        x: &[f32],
+        batch: &BatchLayout,
+        layer: usize,
+        rope_table: &Rope,
+        pool: &mut BlockPool,
+        caches: &[&mut SequenceCache],
+        out: &mut [f32],
+    ) {
         let (h, kvh, hd, n) = (self.heads, self.kv_heads, self.head_dim, batch.tokens());
         let kvw = kvh * hd;
         let mut q = vec![0.0; n * h * hd];
@@ -67,13 +81,24 @@ impl LlamaAttention {
         let blocks: Vec<Vec<&[f32]>> = caches.iter().map(|c| pool.layer_blocks(c, layer)).collect();
         let mut attn = vec![0.0; n * h * hd];
         // One task per (token, kv head): its `group` query heads share the K/V rows.
-        attn.par_chunks_mut(group * hd).enumerate().for_each_init(Vec::new, |scores, (i, o)| {
-            let (t, j) = (i / kvh, i % kvh);
-            let rows = RowBlocks { blocks: blocks[batch.seq_of(t)].clone(), block_tokens: BLOCK_TOKENS };
-            let layout = RowLayout { row_width: 2 * kvw, key_offset: j * hd, key_len: hd, value_offset: kvw + j * hd, value_len: hd };
-            let qs = &q[(t * h + j * group) * hd..(t * h + (j + 1) * group) * hd];
-            attend_group(qs, &rows, layout, batch.position(t) + 1, scale, o, scores);
-        });
+        attn.par_chunks_mut(group * hd)
+            .enumerate()
+            .for_each_init(Vec::new, |scores, (i, o)| {
+                let (t, j) = (i / kvh, i % kvh);
+                let rows = RowBlocks {
+                    blocks: blocks[batch.seq_of(t)].clone(),
+                    block_tokens: BLOCK_TOKENS,
+                };
+                let layout = RowLayout {
+                    row_width: 2 * kvw,
+                    key_offset: j * hd,
+                    key_len: hd,
+                    value_offset: kvw + j * hd,
+                    value_len: hd,
+                };
+                let qs = &q[(t * h + j * group) * hd..(t * h + (j + 1) * group) * hd];
+                attend_group(qs, &rows, layout, batch.position(t) + 1, scale, o, scores);
+            });
         matmul(&self.o_proj, &attn, n, out);
     }
 }

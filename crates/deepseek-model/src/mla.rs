@@ -28,7 +28,11 @@ pub enum QueryProjection {
     /// V2-Lite: `q_proj`.
     Direct { q_proj: Matrix },
     /// V2/V3: `q_a_proj → q_a_layernorm → q_b_proj`.
-    LowRank { q_a_proj: Matrix, q_a_layernorm: Vec<f32>, q_b_proj: Matrix },
+    LowRank {
+        q_a_proj: Matrix,
+        q_a_layernorm: Vec<f32>,
+        q_b_proj: Matrix,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,21 +63,39 @@ impl MlaAttention {
         let (h, hid) = (cfg.num_attention_heads, cfg.hidden_size);
         let name = |n: &str| format!("{prefix}.{n}");
         let q = match d.q_lora_rank {
-            None => QueryProjection::Direct { q_proj: w.matrix(&name("q_proj.weight"), h * d.qk_head_dim(), hid)? },
+            None => QueryProjection::Direct {
+                q_proj: w.matrix(&name("q_proj.weight"), h * d.qk_head_dim(), hid)?,
+            },
             Some(r) => QueryProjection::LowRank {
                 q_a_proj: w.matrix(&name("q_a_proj.weight"), r, hid)?,
                 q_a_layernorm: w.vector(&name("q_a_layernorm.weight"), r)?,
                 q_b_proj: w.matrix(&name("q_b_proj.weight"), h * d.qk_head_dim(), r)?,
             },
         };
-        let kv_b_proj = w.matrix(&name("kv_b_proj.weight"), h * (d.qk_nope_head_dim + d.v_head_dim), d.kv_lora_rank)?;
+        let kv_b_proj = w.matrix(
+            &name("kv_b_proj.weight"),
+            h * (d.qk_nope_head_dim + d.v_head_dim),
+            d.kv_lora_rank,
+        )?;
         let per_head = d.qk_nope_head_dim + d.v_head_dim;
-        let w_uk_t = (0..h).map(|i| kv_b_proj.row_range(i * per_head, d.qk_nope_head_dim).transposed_f32()).collect();
-        let w_uv = (0..h).map(|i| kv_b_proj.row_range(i * per_head + d.qk_nope_head_dim, d.v_head_dim)).collect();
+        let w_uk_t = (0..h)
+            .map(|i| {
+                kv_b_proj
+                    .row_range(i * per_head, d.qk_nope_head_dim)
+                    .transposed_f32()
+            })
+            .collect();
+        let w_uv = (0..h)
+            .map(|i| kv_b_proj.row_range(i * per_head + d.qk_nope_head_dim, d.v_head_dim))
+            .collect();
         Ok(MlaAttention {
             heads: h,
             q,
-            kv_a_proj_with_mqa: w.matrix(&name("kv_a_proj_with_mqa.weight"), d.kv_lora_rank + d.qk_rope_head_dim, hid)?,
+            kv_a_proj_with_mqa: w.matrix(
+                &name("kv_a_proj_with_mqa.weight"),
+                d.kv_lora_rank + d.qk_rope_head_dim,
+                hid,
+            )?,
             kv_a_layernorm: w.vector(&name("kv_a_layernorm.weight"), d.kv_lora_rank)?,
             kv_b_proj,
             w_uk_t,
@@ -88,7 +110,9 @@ impl MlaAttention {
     pub fn matrices(&self) -> Vec<&Matrix> {
         let mut v = match &self.q {
             QueryProjection::Direct { q_proj } => vec![q_proj],
-            QueryProjection::LowRank { q_a_proj, q_b_proj, .. } => vec![q_a_proj, q_b_proj],
+            QueryProjection::LowRank {
+                q_a_proj, q_b_proj, ..
+            } => vec![q_a_proj, q_b_proj],
         };
         v.extend([&self.kv_a_proj_with_mqa, &self.kv_b_proj, &self.o_proj]);
         v
@@ -96,6 +120,7 @@ impl MlaAttention {
 
     /// Attention for all tokens of the batch. `x` is the normalised hidden state `[n, hidden]`;
     /// writes `[n, hidden]` into `out`. The new tokens' latent rows are appended to the cache.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: &[f32],
@@ -109,14 +134,23 @@ impl MlaAttention {
     ) {
         let d = &self.dims;
         let (h, n) = (self.heads, batch.tokens());
-        let (nope, rdim, lora, vdim) = (d.qk_nope_head_dim, d.qk_rope_head_dim, d.kv_lora_rank, d.v_head_dim);
+        let (nope, rdim, lora, vdim) = (
+            d.qk_nope_head_dim,
+            d.qk_rope_head_dim,
+            d.kv_lora_rank,
+            d.v_head_dim,
+        );
         let qk = nope + rdim;
 
         // Queries [n, h, nope | rope].
         let mut q = vec![0.0; n * h * qk];
         match &self.q {
             QueryProjection::Direct { q_proj } => matmul(q_proj, x, n, &mut q),
-            QueryProjection::LowRank { q_a_proj, q_a_layernorm, q_b_proj } => {
+            QueryProjection::LowRank {
+                q_a_proj,
+                q_a_layernorm,
+                q_b_proj,
+            } => {
                 let mut qa = vec![0.0; n * q_a_proj.rows];
                 matmul(q_a_proj, x, n, &mut qa);
                 rms_norm_inplace(&mut qa, q_a_layernorm, LATENT_NORM_EPS);
@@ -139,21 +173,39 @@ impl MlaAttention {
                 let qh = &mut q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
                 rope(&mut qh[nope..], &cos, &sin, RopeStyle::Interleaved);
             }
-            pool.row_mut(caches[batch.seq_of(t)], layer, pos).copy_from_slice(row);
+            pool.row_mut(caches[batch.seq_of(t)], layer, pos)
+                .copy_from_slice(row);
         }
 
         let mut attn = vec![0.0; n * h * vdim];
         match path {
-            AttentionPath::Absorbed => self.attend_absorbed(&q, batch, layer, pool, caches, &mut attn),
-            AttentionPath::Decompressed => self.attend_decompressed(&q, batch, layer, pool, caches, &mut attn),
+            AttentionPath::Absorbed => {
+                self.attend_absorbed(&q, batch, layer, pool, caches, &mut attn)
+            }
+            AttentionPath::Decompressed => {
+                self.attend_decompressed(&q, batch, layer, pool, caches, &mut attn)
+            }
         }
         matmul(&self.o_proj, &attn, n, out);
     }
 
-    fn attend_absorbed(&self, q: &[f32], batch: &BatchLayout, layer: usize, pool: &BlockPool, caches: &[&mut SequenceCache], attn: &mut [f32]) {
+    fn attend_absorbed(
+        &self,
+        q: &[f32],
+        batch: &BatchLayout,
+        layer: usize,
+        pool: &BlockPool,
+        caches: &[&mut SequenceCache],
+        attn: &mut [f32],
+    ) {
         let d = &self.dims;
         let (h, n) = (self.heads, batch.tokens());
-        let (nope, rdim, lora, vdim) = (d.qk_nope_head_dim, d.qk_rope_head_dim, d.kv_lora_rank, d.v_head_dim);
+        let (nope, rdim, lora, vdim) = (
+            d.qk_nope_head_dim,
+            d.qk_rope_head_dim,
+            d.kv_lora_rank,
+            d.v_head_dim,
+        );
         let (qk, width) = (nope + rdim, lora + rdim);
 
         // absorbed_q[t, h] = [W_UK[h]ᵀ q_nope[t, h] | q_pe[t, h]], one matmul per head over all tokens.
@@ -173,42 +225,80 @@ impl MlaAttention {
         }
 
         // Scores against [c_kv | k_pe], values = c_kv: multi-query attention in latent space.
-        let layout = RowLayout { row_width: width, key_offset: 0, key_len: width, value_offset: 0, value_len: lora };
+        let layout = RowLayout {
+            row_width: width,
+            key_offset: 0,
+            key_len: width,
+            value_offset: 0,
+            value_len: lora,
+        };
         let mut latent_out = vec![0.0; n * h * lora];
         let blocks: Vec<Vec<&[f32]>> = caches.iter().map(|c| pool.layer_blocks(c, layer)).collect();
-        latent_out.par_chunks_mut(h * lora).enumerate().for_each_init(Vec::new, |scores, (t, o)| {
-            let rows = RowBlocks { blocks: blocks[batch.seq_of(t)].clone(), block_tokens: BLOCK_TOKENS };
-            attend_group(&absorbed_q[t * h * width..(t + 1) * h * width], &rows, layout, batch.position(t) + 1, self.softmax_scale, o, scores);
-        });
+        latent_out
+            .par_chunks_mut(h * lora)
+            .enumerate()
+            .for_each_init(Vec::new, |scores, (t, o)| {
+                let rows = RowBlocks {
+                    blocks: blocks[batch.seq_of(t)].clone(),
+                    block_tokens: BLOCK_TOKENS,
+                };
+                attend_group(
+                    &absorbed_q[t * h * width..(t + 1) * h * width],
+                    &rows,
+                    layout,
+                    batch.position(t) + 1,
+                    self.softmax_scale,
+                    o,
+                    scores,
+                );
+            });
 
         // Back from latent space: out[t, h] = W_UV[h] · latent_out[t, h].
         let mut lat = vec![0.0; n * lora];
         let mut v = vec![0.0; n * vdim];
         for hh in 0..h {
             for t in 0..n {
-                lat[t * lora..(t + 1) * lora].copy_from_slice(&latent_out[(t * h + hh) * lora..][..lora]);
+                lat[t * lora..(t + 1) * lora]
+                    .copy_from_slice(&latent_out[(t * h + hh) * lora..][..lora]);
             }
             matmul(&self.w_uv[hh], &lat, n, &mut v);
             for t in 0..n {
-                attn[(t * h + hh) * vdim..(t * h + hh + 1) * vdim].copy_from_slice(&v[t * vdim..(t + 1) * vdim]);
+                attn[(t * h + hh) * vdim..(t * h + hh + 1) * vdim]
+                    .copy_from_slice(&v[t * vdim..(t + 1) * vdim]);
             }
         }
     }
 
-    fn attend_decompressed(&self, q: &[f32], batch: &BatchLayout, layer: usize, pool: &BlockPool, caches: &[&mut SequenceCache], attn: &mut [f32]) {
+    fn attend_decompressed(
+        &self,
+        q: &[f32],
+        batch: &BatchLayout,
+        layer: usize,
+        pool: &BlockPool,
+        caches: &[&mut SequenceCache],
+        attn: &mut [f32],
+    ) {
         let d = &self.dims;
         let h = self.heads;
-        let (nope, rdim, lora, vdim) = (d.qk_nope_head_dim, d.qk_rope_head_dim, d.kv_lora_rank, d.v_head_dim);
+        let (nope, rdim, lora, vdim) = (
+            d.qk_nope_head_dim,
+            d.qk_rope_head_dim,
+            d.kv_lora_rank,
+            d.v_head_dim,
+        );
         let (qk, width) = (nope + rdim, lora + rdim);
         // Per context token, per head: [k_nope | k_pe | v].
         let head_w = nope + rdim + vdim;
-        for s in 0..batch.sequences() {
+        for (s, cache) in caches.iter().enumerate() {
             let tokens = batch.tokens_of(s);
             if tokens.is_empty() {
                 continue;
             }
             let ctx = batch.position(tokens.end - 1) + 1;
-            let rows = RowBlocks { blocks: pool.layer_blocks(caches[s], layer), block_tokens: BLOCK_TOKENS };
+            let rows = RowBlocks {
+                blocks: pool.layer_blocks(cache, layer),
+                block_tokens: BLOCK_TOKENS,
+            };
             let mut latents = vec![0.0; ctx * lora];
             for c in 0..ctx {
                 latents[c * lora..(c + 1) * lora].copy_from_slice(&rows.row(c, width)[..lora]);
@@ -226,13 +316,32 @@ impl MlaAttention {
                     dst[qk..].copy_from_slice(&src[nope..]);
                 }
             }
-            let full_rows = RowBlocks { blocks: vec![&full[..]], block_tokens: ctx };
+            let full_rows = RowBlocks {
+                blocks: vec![&full[..]],
+                block_tokens: ctx,
+            };
             let out = &mut attn[tokens.start * h * vdim..tokens.end * h * vdim];
-            out.par_chunks_mut(vdim).enumerate().for_each_init(Vec::new, |scores, (i, o)| {
-                let (t, hh) = (tokens.start + i / h, i % h);
-                let layout = RowLayout { row_width: h * head_w, key_offset: hh * head_w, key_len: qk, value_offset: hh * head_w + qk, value_len: vdim };
-                attend_group(&q[(t * h + hh) * qk..][..qk], &full_rows, layout, batch.position(t) + 1, self.softmax_scale, o, scores);
-            });
+            out.par_chunks_mut(vdim)
+                .enumerate()
+                .for_each_init(Vec::new, |scores, (i, o)| {
+                    let (t, hh) = (tokens.start + i / h, i % h);
+                    let layout = RowLayout {
+                        row_width: h * head_w,
+                        key_offset: hh * head_w,
+                        key_len: qk,
+                        value_offset: hh * head_w + qk,
+                        value_len: vdim,
+                    };
+                    attend_group(
+                        &q[(t * h + hh) * qk..][..qk],
+                        &full_rows,
+                        layout,
+                        batch.position(t) + 1,
+                        self.softmax_scale,
+                        o,
+                        scores,
+                    );
+                });
         }
     }
 }

@@ -12,7 +12,12 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn load(w: &WeightStore, prefix: &str, hidden: usize, inter: usize) -> Result<Self, LoadError> {
+    pub fn load(
+        w: &WeightStore,
+        prefix: &str,
+        hidden: usize,
+        inter: usize,
+    ) -> Result<Self, LoadError> {
         Ok(Mlp {
             gate_proj: w.matrix(&format!("{prefix}.gate_proj.weight"), inter, hidden)?,
             up_proj: w.matrix(&format!("{prefix}.up_proj.weight"), inter, hidden)?,

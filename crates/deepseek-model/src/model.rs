@@ -23,7 +23,9 @@ pub enum ModelError {
     Cache(#[from] CacheError),
     #[error("token id {id} is out of range: the vocabulary has {vocab} tokens (ids 0..{})", vocab - 1)]
     TokenOutOfRange { id: u32, vocab: usize },
-    #[error("position {pos} is beyond the model's context of {max} tokens (max_position_embeddings)")]
+    #[error(
+        "position {pos} is beyond the model's context of {max} tokens (max_position_embeddings)"
+    )]
     ContextExceeded { pos: usize, max: usize },
 }
 
@@ -97,7 +99,11 @@ impl Model {
         Self::from_store(config, &w, progress)
     }
 
-    pub fn from_store(config: ModelConfig, w: &WeightStore, progress: &mut dyn FnMut(usize, usize)) -> Result<Self, LoadError> {
+    pub fn from_store(
+        config: ModelConfig,
+        w: &WeightStore,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self, LoadError> {
         let c = &config;
         let (v, hid) = (c.vocab_size, c.hidden_size);
         let embed_tokens = w.matrix("model.embed_tokens.weight", v, hid)?;
@@ -105,32 +111,56 @@ impl Model {
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let self_attn = match c.family {
-                Family::Llama => Attention::Llama(LlamaAttention::load(w, c, &format!("{p}.self_attn"))?),
+                Family::Llama => {
+                    Attention::Llama(LlamaAttention::load(w, c, &format!("{p}.self_attn"))?)
+                }
                 _ => Attention::Mla(MlaAttention::load(w, c, &format!("{p}.self_attn"))?),
             };
             let mlp = match &c.moe {
-                Some(m) if m.is_moe_layer(i) => FeedForward::Moe(Moe::load(w, c, &format!("{p}.mlp"))?),
-                _ => FeedForward::Dense(Mlp::load(w, &format!("{p}.mlp"), hid, c.intermediate_size)?),
+                Some(m) if m.is_moe_layer(i) => {
+                    FeedForward::Moe(Moe::load(w, c, &format!("{p}.mlp"))?)
+                }
+                _ => {
+                    FeedForward::Dense(Mlp::load(w, &format!("{p}.mlp"), hid, c.intermediate_size)?)
+                }
             };
             layers.push(DecoderLayer {
                 input_layernorm: w.vector(&format!("{p}.input_layernorm.weight"), hid)?,
                 self_attn,
-                post_attention_layernorm: w.vector(&format!("{p}.post_attention_layernorm.weight"), hid)?,
+                post_attention_layernorm: w
+                    .vector(&format!("{p}.post_attention_layernorm.weight"), hid)?,
                 mlp,
             });
             progress(i + 1, c.num_hidden_layers);
         }
-        let lm_head = if w.contains("lm_head.weight") || !c.tie_word_embeddings { w.matrix("lm_head.weight", v, hid)? } else { embed_tokens.clone() };
-        Ok(Model { rope: Rope::new(c), embed_tokens, layers, norm: w.vector("model.norm.weight", hid)?, lm_head, config })
+        let lm_head = if w.contains("lm_head.weight") || !c.tie_word_embeddings {
+            w.matrix("lm_head.weight", v, hid)?
+        } else {
+            embed_tokens.clone()
+        };
+        Ok(Model {
+            rope: Rope::new(c),
+            embed_tokens,
+            layers,
+            norm: w.vector("model.norm.weight", hid)?,
+            lm_head,
+            config,
+        })
     }
 
     pub fn cache_shape(&self) -> CacheShape {
-        CacheShape { layers: self.config.num_hidden_layers, row_width: self.config.cache_row_width() }
+        CacheShape {
+            layers: self.config.num_hidden_layers,
+            row_width: self.config.cache_row_width(),
+        }
     }
 
     /// A cache pool for this model that can hold `max_tokens` tokens in all.
     pub fn new_cache_pool(&self, max_tokens: usize) -> BlockPool {
-        BlockPool::new(self.cache_shape(), max_tokens.div_ceil(deepseek_cache::BLOCK_TOKENS).max(1))
+        BlockPool::new(
+            self.cache_shape(),
+            max_tokens.div_ceil(deepseek_cache::BLOCK_TOKENS).max(1),
+        )
     }
 
     /// Parameter counts: (total, active per token). Active counts the chosen routed experts
@@ -181,16 +211,29 @@ impl Model {
 
     /// Runs one step over the new tokens of every sequence in `seqs`, appending to their caches.
     /// Returns logits `[rows, vocab]`: every new token, or each sequence's last one.
-    pub fn forward(&self, pool: &mut BlockPool, seqs: &mut [SeqStep], logits_for: LogitsFor, prefill: PrefillPath, mut trace: Option<&mut Trace>) -> Result<Vec<f32>, ModelError> {
+    pub fn forward(
+        &self,
+        pool: &mut BlockPool,
+        seqs: &mut [SeqStep],
+        logits_for: LogitsFor,
+        prefill: PrefillPath,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let hid = c.hidden_size;
         for s in seqs.iter() {
             if let Some(&id) = s.tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-                return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab_size });
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    vocab: c.vocab_size,
+                });
             }
             let end = s.cache.len + s.tokens.len();
             if end > c.max_position_embeddings {
-                return Err(ModelError::ContextExceeded { pos: end, max: c.max_position_embeddings });
+                return Err(ModelError::ContextExceeded {
+                    pos: end,
+                    max: c.max_position_embeddings,
+                });
             }
         }
         for s in seqs.iter_mut() {
@@ -216,7 +259,8 @@ impl Model {
         let mut x = vec![0.0; n * hid];
         let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         for (t, &id) in tokens.iter().enumerate() {
-            self.embed_tokens.row_f32(id as usize, &mut x[t * hid..(t + 1) * hid]);
+            self.embed_tokens
+                .row_f32(id as usize, &mut x[t * hid..(t + 1) * hid]);
         }
         if let Some(tr) = trace.as_deref_mut() {
             tr.resid.push(x.clone());
@@ -227,7 +271,9 @@ impl Model {
         for (li, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.input_layernorm, c.rms_norm_eps, &mut h);
             match &layer.self_attn {
-                Attention::Mla(a) => a.forward(&h, &batch, li, &self.rope, pool, &caches, path, &mut o),
+                Attention::Mla(a) => {
+                    a.forward(&h, &batch, li, &self.rope, pool, &caches, path, &mut o)
+                }
                 Attention::Llama(a) => a.forward(&h, &batch, li, &self.rope, pool, &caches, &mut o),
             }
             add_inplace(&mut x, &o);
@@ -258,13 +304,20 @@ impl Model {
         }
         let rows: Vec<usize> = match logits_for {
             LogitsFor::AllTokens => (0..n).collect(),
-            LogitsFor::LastToken => (0..batch.sequences()).filter_map(|s| batch.tokens_of(s).last()).collect(),
+            LogitsFor::LastToken => (0..batch.sequences())
+                .filter_map(|s| batch.tokens_of(s).last())
+                .collect(),
         };
         let mut normed = vec![0.0; rows.len() * hid];
         for (i, &t) in rows.iter().enumerate() {
-            rms_norm(&x[t * hid..(t + 1) * hid], &self.norm, c.rms_norm_eps, &mut normed[i * hid..(i + 1) * hid]);
+            rms_norm(
+                &x[t * hid..(t + 1) * hid],
+                &self.norm,
+                c.rms_norm_eps,
+                &mut normed[i * hid..(i + 1) * hid],
+            );
         }
-        if let Some(tr) = trace.as_deref_mut() {
+        if let Some(tr) = trace {
             tr.final_norm = normed.clone();
         }
         let mut logits = vec![0.0; rows.len() * c.vocab_size];

@@ -21,15 +21,35 @@ impl Moe {
         let m = cfg.moe.as_ref().expect("MoE config");
         let hid = cfg.hidden_size;
         let experts = (0..m.n_routed_experts)
-            .map(|e| Mlp::load(w, &format!("{prefix}.experts.{e}"), hid, m.moe_intermediate_size))
+            .map(|e| {
+                Mlp::load(
+                    w,
+                    &format!("{prefix}.experts.{e}"),
+                    hid,
+                    m.moe_intermediate_size,
+                )
+            })
             .collect::<Result<_, _>>()?;
         let shared_experts = if m.n_shared_experts > 0 {
-            Some(Mlp::load(w, &format!("{prefix}.shared_experts"), hid, m.moe_intermediate_size * m.n_shared_experts)?)
+            Some(Mlp::load(
+                w,
+                &format!("{prefix}.shared_experts"),
+                hid,
+                m.moe_intermediate_size * m.n_shared_experts,
+            )?)
         } else {
             None
         };
-        let family = if cfg.family == Family::DeepseekV3 { Family::DeepseekV3 } else { Family::DeepseekV2 };
-        Ok(Moe { router: Router::load(w, m, family, hid, &format!("{prefix}.gate"))?, experts, shared_experts })
+        let family = if cfg.family == Family::DeepseekV3 {
+            Family::DeepseekV3
+        } else {
+            Family::DeepseekV2
+        };
+        Ok(Moe {
+            router: Router::load(w, m, family, hid, &format!("{prefix}.gate"))?,
+            experts,
+            shared_experts,
+        })
     }
 
     /// `x`: normalised `[n, hidden]` → `out` `[n, hidden]`. Returns the routing decisions.
@@ -58,7 +78,11 @@ impl Moe {
             ys.resize(m * hid, 0.0);
             self.experts[e].forward(&xs, m, &mut ys);
             for (i, &(t, w)) in toks.iter().enumerate() {
-                axpy(w, &ys[i * hid..(i + 1) * hid], &mut out[t * hid..(t + 1) * hid]);
+                axpy(
+                    w,
+                    &ys[i * hid..(i + 1) * hid],
+                    &mut out[t * hid..(t + 1) * hid],
+                );
             }
         }
         if let Some(shared) = &self.shared_experts {

@@ -21,7 +21,8 @@ pub fn yarn_mscale(scale: f32, m: f32) -> f32 {
 }
 
 fn yarn_correction_dim(num_rotations: f64, dim: usize, base: f64, max_pos: usize) -> f64 {
-    (dim as f64 * (max_pos as f64 / (num_rotations * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln())
+    (dim as f64 * (max_pos as f64 / (num_rotations * 2.0 * std::f64::consts::PI)).ln())
+        / (2.0 * base.ln())
 }
 
 impl Rope {
@@ -32,11 +33,40 @@ impl Rope {
         let pow = |i: usize| (base as f32).powf((2 * i) as f32 / dim as f32);
         let freq_extra: Vec<f32> = (0..dim / 2).map(|i| 1.0 / pow(i)).collect();
         match cfg.rope_scaling {
-            RopeScaling::None => Rope { inv_freq: freq_extra, magnitude: 1.0, position_divisor: 1.0 },
-            RopeScaling::Linear { factor } => Rope { inv_freq: freq_extra, magnitude: 1.0, position_divisor: factor },
-            RopeScaling::Yarn { factor, original_max_position_embeddings, beta_fast, beta_slow, mscale, mscale_all_dim } => {
-                let low = yarn_correction_dim(beta_fast as f64, dim, base, original_max_position_embeddings).floor().max(0.0);
-                let high = yarn_correction_dim(beta_slow as f64, dim, base, original_max_position_embeddings).ceil().min(dim as f64 - 1.0);
+            RopeScaling::None => Rope {
+                inv_freq: freq_extra,
+                magnitude: 1.0,
+                position_divisor: 1.0,
+            },
+            RopeScaling::Linear { factor } => Rope {
+                inv_freq: freq_extra,
+                magnitude: 1.0,
+                position_divisor: factor,
+            },
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                mscale,
+                mscale_all_dim,
+            } => {
+                let low = yarn_correction_dim(
+                    beta_fast as f64,
+                    dim,
+                    base,
+                    original_max_position_embeddings,
+                )
+                .floor()
+                .max(0.0);
+                let high = yarn_correction_dim(
+                    beta_slow as f64,
+                    dim,
+                    base,
+                    original_max_position_embeddings,
+                )
+                .ceil()
+                .min(dim as f64 - 1.0);
                 let (low, mut high) = (low as f32, high as f32);
                 if low == high {
                     high += 0.001;
@@ -49,7 +79,11 @@ impl Rope {
                         inter * (1.0 - extra_mask) + freq_extra[i] * extra_mask
                     })
                     .collect();
-                Rope { inv_freq, magnitude: yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim), position_divisor: 1.0 }
+                Rope {
+                    inv_freq,
+                    magnitude: yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim),
+                    position_divisor: 1.0,
+                }
             }
         }
     }
@@ -71,9 +105,18 @@ impl Rope {
 
 /// MLA's softmax scale: `qk_head_dim^-0.5 · mscale(factor, mscale_all_dim)²` under YaRN.
 pub fn mla_softmax_scale(cfg: &ModelConfig) -> f32 {
-    let qk = cfg.mla.as_ref().map(|m| m.qk_head_dim()).unwrap_or(cfg.head_dim) as f32;
+    let qk = cfg
+        .mla
+        .as_ref()
+        .map(|m| m.qk_head_dim())
+        .unwrap_or(cfg.head_dim) as f32;
     let mut scale = 1.0 / qk.sqrt();
-    if let RopeScaling::Yarn { factor, mscale_all_dim, .. } = cfg.rope_scaling {
+    if let RopeScaling::Yarn {
+        factor,
+        mscale_all_dim,
+        ..
+    } = cfg.rope_scaling
+    {
         if mscale_all_dim != 0.0 {
             let m = yarn_mscale(factor, mscale_all_dim);
             scale *= m * m;

@@ -31,15 +31,33 @@ pub struct Routing {
 }
 
 impl Router {
-    pub fn load(w: &WeightStore, cfg: &MoeConfig, family: Family, hidden: usize, prefix: &str) -> Result<Self, LoadError> {
+    pub fn load(
+        w: &WeightStore,
+        cfg: &MoeConfig,
+        family: Family,
+        hidden: usize,
+        prefix: &str,
+    ) -> Result<Self, LoadError> {
         let m = w.matrix(&format!("{prefix}.weight"), cfg.n_routed_experts, hidden)?;
         let weight = Matrix::from_f32(m.rows, m.cols, m.to_f32());
         let bias_name = format!("{prefix}.e_score_correction_bias");
-        let e_score_correction_bias = if w.contains(&bias_name) { Some(w.vector(&bias_name, cfg.n_routed_experts)?) } else { None };
+        let e_score_correction_bias = if w.contains(&bias_name) {
+            Some(w.vector(&bias_name, cfg.n_routed_experts)?)
+        } else {
+            None
+        };
         if cfg.topk_method == TopkMethod::NoauxTc && e_score_correction_bias.is_none() {
-            return Err(LoadError::MissingTensor { name: bias_name, dir: w.dir.clone() });
+            return Err(LoadError::MissingTensor {
+                name: bias_name,
+                dir: w.dir.clone(),
+            });
         }
-        Ok(Router { cfg: cfg.clone(), family, weight, e_score_correction_bias })
+        Ok(Router {
+            cfg: cfg.clone(),
+            family,
+            weight,
+            e_score_correction_bias,
+        })
     }
 
     pub fn weight(&self) -> &Matrix {
@@ -60,7 +78,10 @@ impl Router {
     /// Routes every token of `x` (`[n, hidden]`, normalised).
     pub fn route_tokens(&self, x: &[f32], n: usize) -> Vec<Routing> {
         let e = self.cfg.n_routed_experts;
-        self.logits(x, n).chunks_exact(e).map(|l| self.route_one(l)).collect()
+        self.logits(x, n)
+            .chunks_exact(e)
+            .map(|l| self.route_one(l))
+            .collect()
     }
 
     /// The routing rule for one token's logits.
@@ -74,7 +95,9 @@ impl Router {
         }
         // Scores used to choose; the bias (V3) shifts choice only, never the weights.
         let mut choice: Vec<f32> = match &self.e_score_correction_bias {
-            Some(b) if c.topk_method == TopkMethod::NoauxTc => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
+            Some(b) if c.topk_method == TopkMethod::NoauxTc => {
+                scores.iter().zip(b).map(|(s, b)| s + b).collect()
+            }
             _ => scores.clone(),
         };
         if c.topk_method != TopkMethod::Greedy && c.n_group > 1 {
@@ -82,7 +105,9 @@ impl Router {
             let group_scores: Vec<f32> = choice
                 .chunks_exact(gsize)
                 .map(|g| match c.topk_method {
-                    TopkMethod::NoauxTc => top_k_indices(g, 2.min(gsize)).iter().map(|&i| g[i]).sum(),
+                    TopkMethod::NoauxTc => {
+                        top_k_indices(g, 2.min(gsize)).iter().map(|&i| g[i]).sum()
+                    }
                     _ => g.iter().copied().fold(f32::NEG_INFINITY, f32::max),
                 })
                 .collect();
@@ -102,7 +127,9 @@ impl Router {
         }
         // DeepSeek-V2's code scales only when it does not normalise; V3 always scales.
         if !normalise || self.family == Family::DeepseekV3 {
-            weights.iter_mut().for_each(|w| *w *= c.routed_scaling_factor);
+            weights
+                .iter_mut()
+                .for_each(|w| *w *= c.routed_scaling_factor);
         }
         Routing { experts, weights }
     }
@@ -111,7 +138,11 @@ impl Router {
 /// Indices of the `k` largest values, largest first (ties: lower index first).
 pub fn top_k_indices(v: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..v.len()).collect();
-    idx.sort_by(|&a, &b| v[b].partial_cmp(&v[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| {
+        v[b].partial_cmp(&v[a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(&b))
+    });
     idx.truncate(k);
     idx
 }
@@ -120,7 +151,13 @@ pub fn top_k_indices(v: &[f32], k: usize) -> Vec<usize> {
 mod tests {
     use super::*;
 
-    fn router(method: TopkMethod, scoring: ScoringFunc, family: Family, norm: bool, bias: Option<Vec<f32>>) -> Router {
+    fn router(
+        method: TopkMethod,
+        scoring: ScoringFunc,
+        family: Family,
+        norm: bool,
+        bias: Option<Vec<f32>>,
+    ) -> Router {
         Router {
             cfg: MoeConfig {
                 n_routed_experts: 8,
@@ -145,7 +182,13 @@ mod tests {
     #[test]
     fn group_limited_greedy_keeps_best_groups_by_max() {
         // Groups: [0,1] [2,3] [4,5] [6,7]. Group maxima 0.9, 0.8, 0.85, 0.1 → keep groups 0 and 2.
-        let r = router(TopkMethod::GroupLimitedGreedy, ScoringFunc::Softmax, Family::DeepseekV2, false, None);
+        let r = router(
+            TopkMethod::GroupLimitedGreedy,
+            ScoringFunc::Softmax,
+            Family::DeepseekV2,
+            false,
+            None,
+        );
         let logits = [0.9f32, 0.0, 0.8, 0.79, 0.85, 0.84, 0.1, 0.0];
         let out = r.route_one(&logits);
         assert_eq!(out.experts, vec![0, 4]);
@@ -157,7 +200,13 @@ mod tests {
     #[test]
     fn noaux_tc_chooses_with_bias_but_weights_without() {
         let bias = vec![0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0, 0.0];
-        let r = router(TopkMethod::NoauxTc, ScoringFunc::Sigmoid, Family::DeepseekV3, true, Some(bias));
+        let r = router(
+            TopkMethod::NoauxTc,
+            ScoringFunc::Sigmoid,
+            Family::DeepseekV3,
+            true,
+            Some(bias),
+        );
         let logits = [3.0f32, 2.9, -1.0, -1.0, 1.0, 1.0, -4.0, -4.0];
         let out = r.route_one(&logits);
         // Group 3 wins through the bias of expert 6 (sum of top-2), group 0 on its own merit.
@@ -168,7 +217,13 @@ mod tests {
 
     #[test]
     fn v2_normalised_weights_are_not_scaled() {
-        let r = router(TopkMethod::Greedy, ScoringFunc::Softmax, Family::DeepseekV2, true, None);
+        let r = router(
+            TopkMethod::Greedy,
+            ScoringFunc::Softmax,
+            Family::DeepseekV2,
+            true,
+            None,
+        );
         let out = r.route_one(&[1.0, 2.0, 3.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         assert_eq!(out.experts, vec![2, 1]);
         assert!((out.weights.iter().sum::<f32>() - 1.0).abs() < 1e-6);

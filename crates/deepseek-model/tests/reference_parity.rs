@@ -13,16 +13,24 @@ use safetensors::SafeTensors;
 const TOL: f32 = 1e-3;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn fixture_dirs() -> Vec<PathBuf> {
     let mut dirs = vec![];
     let own = workspace().join("tests/fixtures");
-    let shared = std::env::var_os("DEEPSEEK_SHARED_FIXTURES").map(PathBuf::from).unwrap_or_else(|| workspace().join("../shared/fixtures"));
+    let shared = std::env::var_os("DEEPSEEK_SHARED_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("../shared/fixtures"));
     for root in [own, shared] {
         if let Ok(rd) = std::fs::read_dir(&root) {
-            let mut v: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("reference.safetensors").exists()).collect();
+            let mut v: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("reference.safetensors").exists())
+                .collect();
             v.sort();
             dirs.extend(v);
         }
@@ -41,9 +49,21 @@ impl Reference {
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {
             let data: Vec<f32> = match view.dtype() {
-                safetensors::Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-                safetensors::Dtype::I32 => view.data().chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
-                safetensors::Dtype::I64 => view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+                safetensors::Dtype::F32 => view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                safetensors::Dtype::I32 => view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f32)
+                    .collect(),
+                safetensors::Dtype::I64 => view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
+                    .collect(),
                 d => panic!("unexpected dtype {d:?} for {name}"),
             };
             tensors.insert(name, (view.shape().to_vec(), data));
@@ -54,13 +74,20 @@ impl Reference {
         self.tensors.get(name).map(|(_, d)| d.as_slice())
     }
     fn ids(&self, name: &str) -> Vec<u32> {
-        self.get(name).unwrap_or_else(|| panic!("{name} missing")).iter().map(|&v| v as u32).collect()
+        self.get(name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .iter()
+            .map(|&v| v as u32)
+            .collect()
     }
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -74,7 +101,11 @@ fn argmax(v: &[f32]) -> u32 {
 }
 
 fn prompts(r: &Reference) -> Vec<usize> {
-    let mut v: Vec<usize> = r.tensors.keys().filter_map(|k| k.strip_prefix("prompt.").and_then(|i| i.parse().ok())).collect();
+    let mut v: Vec<usize> = r
+        .tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix("prompt.").and_then(|i| i.parse().ok()))
+        .collect();
     v.sort();
     v
 }
@@ -96,7 +127,16 @@ fn check_fixture(dir: &Path) {
         let mut cache = Default::default();
         let mut trace = Trace::default();
         let got = model
-            .forward(&mut pool, &mut [SeqStep { tokens: &prompt, cache: &mut cache }], LogitsFor::AllTokens, PrefillPath::Decompressed, Some(&mut trace))
+            .forward(
+                &mut pool,
+                &mut [SeqStep {
+                    tokens: &prompt,
+                    cache: &mut cache,
+                }],
+                LogitsFor::AllTokens,
+                PrefillPath::Decompressed,
+                Some(&mut trace),
+            )
             .unwrap();
         let d = max_abs_diff(&got, want);
         worst = worst.max(d);
@@ -104,42 +144,89 @@ fn check_fixture(dir: &Path) {
         if let Some(resid) = r.get(&format!("resid.{i}")) {
             let flat: Vec<f32> = trace.resid.concat();
             let d = max_abs_diff(&flat, resid);
-            assert!(d <= TOL * 10.0, "{name} prompt {i}: residual stream differs by {d}");
+            assert!(
+                d <= TOL * 10.0,
+                "{name} prompt {i}: residual stream differs by {d}"
+            );
         }
         for (l, routing) in trace.routing.iter().enumerate() {
             let key = format!("router.{i}.layer{l}.indices");
-            let Some(want_idx) = r.get(&key) else { continue };
+            let Some(want_idx) = r.get(&key) else {
+                continue;
+            };
             let k = r.tensors[&key].0[1];
             let want_w = r.get(&format!("router.{i}.layer{l}.weights")).unwrap();
             for (t, rt) in routing.iter().enumerate() {
-                let mut pairs: Vec<(usize, f32)> = rt.experts.iter().copied().zip(rt.weights.iter().copied()).collect();
+                let mut pairs: Vec<(usize, f32)> = rt
+                    .experts
+                    .iter()
+                    .copied()
+                    .zip(rt.weights.iter().copied())
+                    .collect();
                 pairs.sort_by_key(|p| p.0);
                 let got_idx: Vec<usize> = pairs.iter().map(|p| p.0).collect();
-                let exp_idx: Vec<usize> = want_idx[t * k..(t + 1) * k].iter().map(|&v| v as usize).collect();
-                assert_eq!(got_idx, exp_idx, "{name} prompt {i} layer {l} token {t}: chosen experts");
+                let exp_idx: Vec<usize> = want_idx[t * k..(t + 1) * k]
+                    .iter()
+                    .map(|&v| v as usize)
+                    .collect();
+                assert_eq!(
+                    got_idx, exp_idx,
+                    "{name} prompt {i} layer {l} token {t}: chosen experts"
+                );
                 let got_w: Vec<f32> = pairs.iter().map(|p| p.1).collect();
                 let dw = max_abs_diff(&got_w, &want_w[t * k..(t + 1) * k]);
-                assert!(dw <= TOL, "{name} prompt {i} layer {l} token {t}: expert weights differ by {dw}");
+                assert!(
+                    dw <= TOL,
+                    "{name} prompt {i} layer {l} token {t}: expert weights differ by {dw}"
+                );
             }
             if let Some(want_logits) = r.get(&format!("router.{i}.layer{l}.logits")) {
                 let d = max_abs_diff(&trace.router_logits[l], want_logits);
-                assert!(d <= TOL, "{name} prompt {i} layer {l}: router logits differ by {d}");
+                assert!(
+                    d <= TOL,
+                    "{name} prompt {i} layer {l}: router logits differ by {d}"
+                );
             }
         }
 
         // Prefill through the absorbed path must agree too.
         let mut pool2 = model.new_cache_pool(4096);
         let mut cache2 = Default::default();
-        let got = model.forward(&mut pool2, &mut [SeqStep { tokens: &prompt, cache: &mut cache2 }], LogitsFor::AllTokens, PrefillPath::Absorbed, None).unwrap();
+        let got = model
+            .forward(
+                &mut pool2,
+                &mut [SeqStep {
+                    tokens: &prompt,
+                    cache: &mut cache2,
+                }],
+                LogitsFor::AllTokens,
+                PrefillPath::Absorbed,
+                None,
+            )
+            .unwrap();
         let d = max_abs_diff(&got, want);
-        assert!(d <= TOL, "{name} prompt {i}: absorbed prefill max |Δlogit| = {d}");
+        assert!(
+            d <= TOL,
+            "{name} prompt {i}: absorbed prefill max |Δlogit| = {d}"
+        );
 
         // Decode: one token at a time through the cache.
         let mut pool3 = model.new_cache_pool(4096);
         let mut cache3 = Default::default();
         let mut all = vec![];
         for &tok in &prompt {
-            let l = model.forward(&mut pool3, &mut [SeqStep { tokens: &[tok], cache: &mut cache3 }], LogitsFor::LastToken, PrefillPath::Auto, None).unwrap();
+            let l = model
+                .forward(
+                    &mut pool3,
+                    &mut [SeqStep {
+                        tokens: &[tok],
+                        cache: &mut cache3,
+                    }],
+                    LogitsFor::LastToken,
+                    PrefillPath::Auto,
+                    None,
+                )
+                .unwrap();
             all.extend(l);
         }
         let d = max_abs_diff(&all, want);
@@ -155,12 +242,26 @@ fn check_fixture(dir: &Path) {
             for step in 0..gen_want.len() {
                 if let Some(sl) = step_logits {
                     let d = max_abs_diff(&last, &sl[step * vocab..(step + 1) * vocab]);
-                    assert!(d <= TOL, "{name} prompt {i}: generation step {step} logits differ by {d}");
+                    assert!(
+                        d <= TOL,
+                        "{name} prompt {i}: generation step {step} logits differ by {d}"
+                    );
                 }
                 let next = argmax(&last);
                 generated.push(next);
                 if step + 1 < gen_want.len() {
-                    last = model.forward(&mut pool2, &mut [SeqStep { tokens: &[next], cache: &mut cache2 }], LogitsFor::LastToken, PrefillPath::Auto, None).unwrap();
+                    last = model
+                        .forward(
+                            &mut pool2,
+                            &mut [SeqStep {
+                                tokens: &[next],
+                                cache: &mut cache2,
+                            }],
+                            LogitsFor::LastToken,
+                            PrefillPath::Auto,
+                            None,
+                        )
+                        .unwrap();
                 }
             }
             assert_eq!(generated, gen_want, "{name} prompt {i}: greedy tokens");
@@ -181,20 +282,51 @@ fn every_fixture_matches_the_reference() {
 #[test]
 fn batched_step_equals_separate_steps() {
     // Two sequences of different lengths in one forward step give the same logits as alone.
-    let Some(dir) = fixture_dirs().into_iter().find(|d| d.join("config.json").exists()) else { return };
+    let Some(dir) = fixture_dirs()
+        .into_iter()
+        .find(|d| d.join("config.json").exists())
+    else {
+        return;
+    };
     let model = Model::load(&dir, &mut |_, _| {}).unwrap();
     let a: Vec<u32> = vec![0, 5, 9, 13, 2];
     let b: Vec<u32> = vec![0, 7, 3];
     let single = |toks: &[u32]| {
         let mut pool = model.new_cache_pool(256);
         let mut c = Default::default();
-        model.forward(&mut pool, &mut [SeqStep { tokens: toks, cache: &mut c }], LogitsFor::AllTokens, PrefillPath::Auto, None).unwrap()
+        model
+            .forward(
+                &mut pool,
+                &mut [SeqStep {
+                    tokens: toks,
+                    cache: &mut c,
+                }],
+                LogitsFor::AllTokens,
+                PrefillPath::Auto,
+                None,
+            )
+            .unwrap()
     };
     let (la, lb) = (single(&a), single(&b));
     let mut pool = model.new_cache_pool(512);
     let (mut ca, mut cb) = (Default::default(), Default::default());
     let both = model
-        .forward(&mut pool, &mut [SeqStep { tokens: &a, cache: &mut ca }, SeqStep { tokens: &b, cache: &mut cb }], LogitsFor::AllTokens, PrefillPath::Auto, None)
+        .forward(
+            &mut pool,
+            &mut [
+                SeqStep {
+                    tokens: &a,
+                    cache: &mut ca,
+                },
+                SeqStep {
+                    tokens: &b,
+                    cache: &mut cb,
+                },
+            ],
+            LogitsFor::AllTokens,
+            PrefillPath::Auto,
+            None,
+        )
         .unwrap();
     let v = model.config.vocab_size;
     assert!(max_abs_diff(&both[..5 * v], &la) < 1e-4);

@@ -21,7 +21,9 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let opts = a.sampling.options()?;
     let dir = a.model.dir()?;
-    let Some(tok) = maybe_tokenizer(&dir)? else { bail!("{} has no tokenizer.json: chat needs one", dir.display()) };
+    let Some(tok) = maybe_tokenizer(&dir)? else {
+        bail!("{} has no tokenizer.json: chat needs one", dir.display())
+    };
     let template = chat_template(&tok, &dir)?;
     let gen = Generator::new(load_model(&dir)?, Some(tok.clone()));
     let mut messages = vec![];
@@ -30,7 +32,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
     if interactive {
-        eprintln!("chatting with {} — /reset clears the conversation, /exit or Ctrl-D quits", dir.display());
+        eprintln!(
+            "chatting with {} — /reset clears the conversation, /exit or Ctrl-D quits",
+            dir.display()
+        );
     }
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
@@ -53,7 +58,8 @@ pub fn run(a: Args) -> Result<()> {
             _ => {}
         }
         messages.push(json!({"role": "user", "content": line}));
-        let prompt_text = template.render(&serde_json::Value::Array(messages.clone()), None, true)?;
+        let prompt_text =
+            template.render(&serde_json::Value::Array(messages.clone()), None, true)?;
         // The template writes BOS itself.
         let prompt = tok.encode(&prompt_text, false)?;
         let out = gen.generate(&prompt, &opts, &mut |piece| {

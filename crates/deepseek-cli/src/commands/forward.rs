@@ -34,18 +34,50 @@ pub fn run(a: Args) -> Result<()> {
     let mut pool = model.new_cache_pool(ids.len());
     let mut cache = Default::default();
     let logits = match a.mode {
-        Mode::Prefill => model.forward(&mut pool, &mut [SeqStep { tokens: &ids, cache: &mut cache }], LogitsFor::AllTokens, PrefillPath::Decompressed, None)?,
+        Mode::Prefill => model.forward(
+            &mut pool,
+            &mut [SeqStep {
+                tokens: &ids,
+                cache: &mut cache,
+            }],
+            LogitsFor::AllTokens,
+            PrefillPath::Decompressed,
+            None,
+        )?,
         Mode::Decode => {
             let mut all = Vec::with_capacity(ids.len() * model.config.vocab_size);
             for t in &ids {
-                all.extend(model.forward(&mut pool, &mut [SeqStep { tokens: std::slice::from_ref(t), cache: &mut cache }], LogitsFor::LastToken, PrefillPath::Absorbed, None)?);
+                all.extend(model.forward(
+                    &mut pool,
+                    &mut [SeqStep {
+                        tokens: std::slice::from_ref(t),
+                        cache: &mut cache,
+                    }],
+                    LogitsFor::LastToken,
+                    PrefillPath::Absorbed,
+                    None,
+                )?);
             }
             all
         }
     };
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![ids.len(), model.config.vocab_size], &bytes)?;
-    safetensors::tensor::serialize_to_file(HashMap::from([("logits".to_string(), view)]), None, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
-    eprintln!("wrote logits [{}, {}] to {}", ids.len(), model.config.vocab_size, a.out.display());
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![ids.len(), model.config.vocab_size],
+        &bytes,
+    )?;
+    safetensors::tensor::serialize_to_file(
+        HashMap::from([("logits".to_string(), view)]),
+        None,
+        &a.out,
+    )
+    .with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!(
+        "wrote logits [{}, {}] to {}",
+        ids.len(),
+        model.config.vocab_size,
+        a.out.display()
+    );
     Ok(())
 }

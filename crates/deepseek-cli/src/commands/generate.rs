@@ -46,11 +46,22 @@ impl SamplingArgs {
             bail!("--min-p must be in [0, 1], got {}", self.min_p);
         }
         if self.repetition_penalty <= 0.0 {
-            bail!("--repetition-penalty must be positive, got {}", self.repetition_penalty);
+            bail!(
+                "--repetition-penalty must be positive, got {}",
+                self.repetition_penalty
+            );
         }
         Ok(GenerateOptions {
             max_new_tokens: self.max_tokens,
-            sampling: SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, min_p: self.min_p, repetition_penalty: self.repetition_penalty, seed: self.seed, ..Default::default() },
+            sampling: SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repetition_penalty: self.repetition_penalty,
+                seed: self.seed,
+                ..Default::default()
+            },
             stop: self.stop.clone(),
             stop_on_eos: true,
         })
@@ -62,7 +73,12 @@ pub struct Args {
     #[command(flatten)]
     model: ModelArg,
     /// Text to continue (BOS is added when the tokenizer says so).
-    #[arg(long, short = 'p', conflicts_with = "token_ids", required_unless_present = "token_ids")]
+    #[arg(
+        long,
+        short = 'p',
+        conflicts_with = "token_ids",
+        required_unless_present = "token_ids"
+    )]
     prompt: Option<String>,
     /// Prompt as token ids instead, e.g. 0,5,7.
     #[arg(long, value_name = "IDS")]
@@ -83,7 +99,10 @@ pub fn run(a: Args) -> Result<()> {
         (_, Some(ids)) => parse_token_ids(ids, model.config.vocab_size)?,
         (Some(text), None) => match &tokenizer {
             Some(t) => t.encode(text, true)?,
-            None => bail!("{} has no tokenizer.json: use --token-ids instead of --prompt", dir.display()),
+            None => bail!(
+                "{} has no tokenizer.json: use --token-ids instead of --prompt",
+                dir.display()
+            ),
         },
         (None, None) => unreachable!("clap requires one"),
     };
@@ -112,10 +131,23 @@ pub fn run(a: Args) -> Result<()> {
         );
     } else {
         if gen.tokenizer.is_none() {
-            print!("{}", out.token_ids.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" "));
+            print!(
+                "{}",
+                out.token_ids
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
         }
         println!();
-        eprintln!("[{} prompt + {} generated tokens in {:.2}s, {:.1} tok/s]", out.prompt_tokens, out.token_ids.len(), secs, out.token_ids.len() as f64 / secs);
+        eprintln!(
+            "[{} prompt + {} generated tokens in {:.2}s, {:.1} tok/s]",
+            out.prompt_tokens,
+            out.token_ids.len(),
+            secs,
+            out.token_ids.len() as f64 / secs
+        );
     }
     Ok(())
 }

