@@ -101,7 +101,7 @@ def config():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=75.0, help="training time budget")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -188,6 +188,7 @@ def main():
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if step % 20 == 0:
             log["step"].append(step); log["train_loss"].append(ema); log["seconds"].append(elapsed)
+            print(f"step {step} {elapsed / 60:.1f} min train {ema:.3f}", flush=True)
         if step % 200 == 0:
             v = val_loss()
             log["val_step"].append(step); log["val_loss"].append(v)

@@ -41,6 +41,10 @@ enum Command {
     Generate(commands::generate::Args),
     /// Chat interactively, with the model's chat template and streaming output.
     Chat(commands::chat::Args),
+    /// Write a checkpoint with the real shapes of a published model and random weights.
+    Synth(commands::synth::Args),
+    /// Measure prefill and decode speed, and decode's share of the memory bandwidth.
+    Bench(commands::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +82,8 @@ fn main() -> ExitCode {
         Command::Forward(a) => commands::forward::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Chat(a) => commands::chat::run(a),
+        Command::Synth(a) => commands::synth::run(a),
+        Command::Bench(a) => commands::bench::run(a),
     });
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@
 pub mod attention;
 pub mod matrix;
 pub mod ops;
+pub mod probe;
 pub mod simd;
 pub mod threads;
 

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 pub mod safetensors_store;
+pub mod synth;
 
 pub use config::{Family, MlaConfig, ModelConfig, MoeConfig, RopeScaling, ScoringFunc, TopkMethod};
 pub use error::LoadError;

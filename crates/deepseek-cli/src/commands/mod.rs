@@ -1,6 +1,8 @@
+pub mod bench;
 pub mod chat;
 pub mod forward;
 pub mod generate;
 pub mod info;
 pub mod template;
 pub mod tokenize;
+pub mod synth;

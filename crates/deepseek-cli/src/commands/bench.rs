@@ -1,0 +1,145 @@
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use deepseek_cache::SequenceCache;
+use deepseek_model::{LogitsFor, PrefillPath, SeqStep};
+use serde_json::json;
+
+use crate::common::{load_model, ModelArg};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Prompt tokens for the prefill test (0 skips it).
+    #[arg(short = 'p', long, default_value_t = 512)]
+    prompt: usize,
+    /// Tokens to decode (0 skips it).
+    #[arg(short = 'n', long, default_value_t = 128)]
+    gen: usize,
+    /// Context already in the cache before decoding starts.
+    #[arg(long, default_value_t = 0)]
+    depth: usize,
+    /// How the depth context is made: `synthetic` writes random cache rows (fast; attention
+    /// costs the same), `prefill` runs the model over random tokens.
+    #[arg(long, default_value = "synthetic", value_parser = ["synthetic", "prefill"])]
+    depth_fill: String,
+    /// Repetitions; the median and spread are reported.
+    #[arg(short = 'r', long, default_value_t = 3)]
+    repetitions: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn median_spread(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    let dir = a.model.dir()?;
+    let model = load_model(&dir)?;
+    let c = &model.config;
+    if a.depth + a.gen + 1 > c.max_position_embeddings || a.prompt > c.max_position_embeddings {
+        bail!("--depth {} + -n {} exceeds the model's context of {} tokens", a.depth, a.gen, c.max_position_embeddings);
+    }
+    let threads = deepseek_kernels::threads::current();
+    let bw = deepseek_kernels::probe::read_bandwidth(1 << 30, 5);
+    let mut seed = 12345u64;
+    let mut rand_token = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % c.vocab_size as u64) as u32
+    };
+
+    // Warm-up: page the weights in (a decode step touches every dense weight, experts vary).
+    {
+        let mut pool = model.new_cache_pool(64);
+        let mut cache = SequenceCache::default();
+        let toks: Vec<u32> = (0..16).map(|_| rand_token()).collect();
+        model.forward(&mut pool, &mut [SeqStep { tokens: &toks, cache: &mut cache }], LogitsFor::LastToken, PrefillPath::Auto, None)?;
+    }
+
+    let mut prefill = vec![];
+    if a.prompt > 0 {
+        for _ in 0..a.repetitions {
+            let toks: Vec<u32> = (0..a.prompt).map(|_| rand_token()).collect();
+            let mut pool = model.new_cache_pool(a.prompt);
+            let mut cache = SequenceCache::default();
+            let t = Instant::now();
+            for chunk in toks.chunks(deepseek_engine::generate::PREFILL_CHUNK) {
+                model.forward(&mut pool, &mut [SeqStep { tokens: chunk, cache: &mut cache }], LogitsFor::LastToken, PrefillPath::Auto, None)?;
+            }
+            prefill.push(a.prompt as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+
+    let shape = model.cache_shape();
+    let bytes_per_token = model.active_weight_bytes() + a.depth * shape.bytes_per_token();
+    let mut decode = vec![];
+    if a.gen > 0 {
+        for _ in 0..a.repetitions {
+            let mut pool = model.new_cache_pool(a.depth + a.gen + 1);
+            let mut cache = SequenceCache::default();
+            if a.depth > 0 {
+                if a.depth_fill == "prefill" {
+                    let toks: Vec<u32> = (0..a.depth).map(|_| rand_token()).collect();
+                    for chunk in toks.chunks(deepseek_engine::generate::PREFILL_CHUNK) {
+                        model.forward(&mut pool, &mut [SeqStep { tokens: chunk, cache: &mut cache }], LogitsFor::LastToken, PrefillPath::Auto, None)?;
+                    }
+                } else {
+                    pool.reserve(&mut cache, a.depth)?;
+                    for layer in 0..shape.layers {
+                        for pos in 0..a.depth {
+                            for (i, v) in pool.row_mut(&cache, layer, pos).iter_mut().enumerate() {
+                                *v = (((pos * 31 + i * 17 + layer) % 97) as f32 / 97.0 - 0.5) * 0.2;
+                            }
+                        }
+                    }
+                    cache.len = a.depth;
+                }
+            }
+            let mut tok = rand_token();
+            let t = Instant::now();
+            for _ in 0..a.gen {
+                let logits = model.forward(&mut pool, &mut [SeqStep { tokens: &[tok], cache: &mut cache }], LogitsFor::LastToken, PrefillPath::Auto, None)?;
+                tok = deepseek_engine::sampler::argmax(&logits);
+            }
+            decode.push(a.gen as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+
+    let (pp, pp_min, pp_max) = if prefill.is_empty() { (0.0, 0.0, 0.0) } else { median_spread(&mut prefill) };
+    let (tg, tg_min, tg_max) = if decode.is_empty() { (0.0, 0.0, 0.0) } else { median_spread(&mut decode) };
+    let gbs = tg * bytes_per_token as f64 / 1e9;
+    let store = deepseek_loader::WeightStore::open(&dir)?;
+    let v = json!({
+        "model": dir.display().to_string(), "dtype": store.main_dtype(), "threads": threads, "isa": format!("{:?}", deepseek_kernels::simd::isa()),
+        "prompt_tokens": a.prompt, "gen_tokens": a.gen, "depth": a.depth, "repetitions": a.repetitions,
+        "prefill_tok_s": pp, "prefill_tok_s_min": pp_min, "prefill_tok_s_max": pp_max,
+        "decode_tok_s": tg, "decode_tok_s_min": tg_min, "decode_tok_s_max": tg_max,
+        "decode_bytes_per_token": bytes_per_token, "active_weight_bytes": model.active_weight_bytes(),
+        "decode_gb_s": gbs, "bandwidth_gb_s": bw / 1e9, "bandwidth_share": if bw > 0.0 { gbs * 1e9 / bw } else { 0.0 },
+        "kv_bytes_per_token": shape.bytes_per_token(),
+    });
+    if a.json {
+        println!("{v}");
+    } else {
+        println!("model        {} ({}, {} threads, {:?})", dir.display(), store.main_dtype(), threads, deepseek_kernels::simd::isa());
+        println!("bandwidth    {:.1} GB/s read (probe)", bw / 1e9);
+        if a.prompt > 0 {
+            println!("prefill      pp{}: {pp:.1} tok/s  [{pp_min:.1} – {pp_max:.1}]", a.prompt);
+        }
+        if a.gen > 0 {
+            println!("decode       tg{} @ depth {}: {tg:.2} tok/s  [{tg_min:.2} – {tg_max:.2}]", a.gen, a.depth);
+            println!("             {:.2} GB/token → {gbs:.1} GB/s = {:.0}% of measured bandwidth", bytes_per_token as f64 / 1e9, 100.0 * gbs * 1e9 / bw);
+        }
+        println!("kv cache     {} bytes/token", shape.bytes_per_token());
+    }
+    Ok(())
+}

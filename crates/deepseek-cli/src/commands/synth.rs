@@ -1,0 +1,66 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use deepseek_loader::synth::{preset, write_checkpoint, SynthDtype, PRESETS};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Dtype {
+    Bf16,
+    F32,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Shapes to copy: v2-lite, coder-v2-lite, v2, v3.
+    #[arg(long)]
+    preset: String,
+    /// Keep only the first N decoder layers (memory and disk).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Keep only N routed experts per layer (top-k and groups shrink to fit).
+    #[arg(long)]
+    experts: Option<usize>,
+    #[arg(long, value_enum, default_value = "bf16")]
+    dtype: Dtype,
+    /// Output folder (Hugging Face layout).
+    #[arg(long)]
+    out: PathBuf,
+    /// Shard size in GiB.
+    #[arg(long, default_value_t = 4.0)]
+    shard_gib: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let Some(mut cfg) = preset(&a.preset) else { bail!("--preset: `{}` is not a preset; presets: {PRESETS}", a.preset) };
+    if let Some(l) = a.layers {
+        if l == 0 {
+            bail!("--layers must be at least 1");
+        }
+        cfg["num_hidden_layers"] = l.into();
+    }
+    if let Some(e) = a.experts {
+        let k = cfg["num_experts_per_tok"].as_u64().unwrap_or(1) as usize;
+        if e < k {
+            bail!("--experts {e} is fewer than num_experts_per_tok ({k})");
+        }
+        let groups = cfg["n_group"].as_u64().unwrap_or(1) as usize;
+        if e % groups != 0 {
+            cfg["n_group"] = 1.into();
+            cfg["topk_group"] = 1.into();
+        }
+        cfg["n_routed_experts"] = e.into();
+    }
+    let dtype = match a.dtype { Dtype::Bf16 => SynthDtype::BF16, Dtype::F32 => SynthDtype::F32 };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(indicatif::ProgressStyle::with_template("writing {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").unwrap().progress_chars("=> "));
+    write_checkpoint(&cfg, dtype, &a.out, (a.shard_gib * (1u64 << 30) as f64) as usize, a.seed, &mut |d, t| {
+        bar.set_length(t as u64);
+        bar.set_position(d as u64);
+    })?;
+    bar.finish_and_clear();
+    eprintln!("wrote {} ({} preset{}) to {}", match dtype { SynthDtype::BF16 => "bf16", SynthDtype::F32 => "f32" }, a.preset,
+              a.layers.map(|l| format!(", {l} layers")).unwrap_or_default(), a.out.display());
+    Ok(())
+}
