@@ -4,15 +4,26 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn deepseek(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_deepseek")).args(args).current_dir(workspace()).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_deepseek"))
+        .args(args)
+        .current_dir(workspace())
+        .output()
+        .unwrap()
 }
 
 fn fixture(name: &str) -> String {
-    workspace().join("tests/fixtures").join(name).to_string_lossy().into_owned()
+    workspace()
+        .join("tests/fixtures")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn read_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
@@ -20,17 +31,33 @@ fn read_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let t = st.tensor(name).unwrap();
     let v = match t.dtype() {
-        safetensors::Dtype::F32 => t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect(),
-        safetensors::Dtype::I32 => t.data().chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f32).collect(),
+        safetensors::Dtype::F32 => t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect(),
+        safetensors::Dtype::I32 => t
+            .data()
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f32)
+            .collect(),
         d => panic!("{d:?}"),
     };
     (t.shape().to_vec(), v)
 }
 
 fn assert_usage_error(out: &Output, needle: &str) {
-    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit code; stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(needle), "stderr should mention {needle:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "stderr should mention {needle:?}: {err}"
+    );
     assert!(!err.contains("panicked"), "must not panic: {err}");
 }
 
@@ -40,16 +67,38 @@ fn forward_writes_reference_logits_in_both_modes() {
     let reference = Path::new(&dir).join("reference.safetensors");
     let (_, prompt) = read_f32(&reference, "prompt.1");
     let (_, want) = read_f32(&reference, "logits.1");
-    let ids = prompt.iter().map(|v| (*v as u32).to_string()).collect::<Vec<_>>().join(",");
+    let ids = prompt
+        .iter()
+        .map(|v| (*v as u32).to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let tmp = std::env::temp_dir().join(format!("deepseek-cli-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     for mode in ["prefill", "decode"] {
         let out_file = tmp.join(format!("{mode}.safetensors"));
-        let out = deepseek(&["forward", "--model", &dir, "--token-ids", &ids, "--out", out_file.to_str().unwrap(), "--mode", mode]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = deepseek(&[
+            "forward",
+            "--model",
+            &dir,
+            "--token-ids",
+            &ids,
+            "--out",
+            out_file.to_str().unwrap(),
+            "--mode",
+            mode,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let (shape, got) = read_f32(&out_file, "logits");
         assert_eq!(shape, vec![prompt.len(), 512]);
-        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let d = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(d < 1e-3, "{mode}: max |Δlogit| {d}");
     }
     std::fs::remove_dir_all(&tmp).ok();
@@ -61,11 +110,33 @@ fn generate_json_gives_the_reference_greedy_tokens() {
     let reference = Path::new(&dir).join("reference.safetensors");
     let (_, prompt) = read_f32(&reference, "prompt.2");
     let (_, want) = read_f32(&reference, "generated.2");
-    let ids = prompt.iter().map(|v| (*v as u32).to_string()).collect::<Vec<_>>().join(",");
-    let out = deepseek(&["generate", "--model", &dir, "--token-ids", &ids, "-n", &want.len().to_string(), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ids = prompt
+        .iter()
+        .map(|v| (*v as u32).to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let out = deepseek(&[
+        "generate",
+        "--model",
+        &dir,
+        "--token-ids",
+        &ids,
+        "-n",
+        &want.len().to_string(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let got: Vec<f32> = v["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as f32).collect();
+    let got: Vec<f32> = v["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as f32)
+        .collect();
     // The fixture's config has eos_token_id 1; the reference generated without stopping.
     let stop = want.iter().position(|&t| t == 1.0).unwrap_or(want.len());
     assert_eq!(got, want[..stop].to_vec());
@@ -84,21 +155,67 @@ fn info_json_reports_the_latent_cache_size() {
 
 #[test]
 fn bad_input_is_one_line_and_exit_code_2() {
-    assert_usage_error(&deepseek(&["info", "--model", "/no/such/folder"]), "/no/such/folder");
-    assert_usage_error(&deepseek(&["generate", "--model", &fixture("v2_lite_vdim"), "--token-ids", "0,99999"]), "99999");
-    assert_usage_error(&deepseek(&["generate", "--model", &fixture("v2_lite_vdim"), "--token-ids", "0,x"]), "`x`");
+    assert_usage_error(
+        &deepseek(&["info", "--model", "/no/such/folder"]),
+        "/no/such/folder",
+    );
+    assert_usage_error(
+        &deepseek(&[
+            "generate",
+            "--model",
+            &fixture("v2_lite_vdim"),
+            "--token-ids",
+            "0,99999",
+        ]),
+        "99999",
+    );
+    assert_usage_error(
+        &deepseek(&[
+            "generate",
+            "--model",
+            &fixture("v2_lite_vdim"),
+            "--token-ids",
+            "0,x",
+        ]),
+        "`x`",
+    );
     assert_usage_error(&deepseek(&["info", "--no-such-option"]), "--no-such-option");
-    assert_usage_error(&deepseek(&["generate", "--model", &fixture("v2_lite_vdim"), "--token-ids", "0", "--temperature=-1"]), "--temperature");
+    assert_usage_error(
+        &deepseek(&[
+            "generate",
+            "--model",
+            &fixture("v2_lite_vdim"),
+            "--token-ids",
+            "0",
+            "--temperature=-1",
+        ]),
+        "--temperature",
+    );
     let tmp = std::env::temp_dir().join(format!("deepseek-bad-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     std::fs::write(tmp.join("config.json"), "{ not json").unwrap();
-    assert_usage_error(&deepseek(&["info", "--model", tmp.to_str().unwrap()]), "config.json");
+    assert_usage_error(
+        &deepseek(&["info", "--model", tmp.to_str().unwrap()]),
+        "config.json",
+    );
     std::fs::write(tmp.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
-    assert_usage_error(&deepseek(&["info", "--model", tmp.to_str().unwrap()]), "model_type");
+    assert_usage_error(
+        &deepseek(&["info", "--model", tmp.to_str().unwrap()]),
+        "model_type",
+    );
     let msgs = tmp.join("m.json");
     std::fs::write(&msgs, "[{oops").unwrap();
     let tok = workspace().join("assets/tokenizers/deepseek-v3");
-    assert_usage_error(&deepseek(&["template", "--model", tok.to_str().unwrap(), "--messages", msgs.to_str().unwrap()]), "invalid JSON");
+    assert_usage_error(
+        &deepseek(&[
+            "template",
+            "--model",
+            tok.to_str().unwrap(),
+            "--messages",
+            msgs.to_str().unwrap(),
+        ]),
+        "invalid JSON",
+    );
     std::fs::remove_dir_all(&tmp).ok();
 }
 
@@ -108,30 +225,70 @@ fn missing_tensor_names_the_tensor() {
     let tmp = std::env::temp_dir().join(format!("deepseek-missing-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let src = Path::new(&fixture("v2_lite_vdim")).to_path_buf();
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
     cfg["num_hidden_layers"] = 4.into();
     std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
     std::fs::copy(src.join("model.safetensors"), tmp.join("model.safetensors")).unwrap();
-    assert_usage_error(&deepseek(&["info", "--model", tmp.to_str().unwrap()]), "model.layers.3.");
+    assert_usage_error(
+        &deepseek(&["info", "--model", tmp.to_str().unwrap()]),
+        "model.layers.3.",
+    );
     cfg["num_hidden_layers"] = 3.into();
     cfg["kv_lora_rank"] = 48.into();
     std::fs::write(tmp.join("config.json"), cfg.to_string()).unwrap();
-    assert_usage_error(&deepseek(&["info", "--model", tmp.to_str().unwrap()]), "expected [");
+    assert_usage_error(
+        &deepseek(&["info", "--model", tmp.to_str().unwrap()]),
+        "expected [",
+    );
     std::fs::remove_dir_all(&tmp).ok();
 }
 
 #[test]
 fn tokenize_and_template_need_only_tokenizer_files() {
     let tok = workspace().join("assets/tokenizers/deepseek-v3");
-    let out = deepseek(&["tokenize", "--model", tok.to_str().unwrap(), "--json", "Hello world"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = deepseek(&[
+        "tokenize",
+        "--model",
+        tok.to_str().unwrap(),
+        "--json",
+        "Hello world",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ids"][0], 0, "BOS first");
     let tmp = std::env::temp_dir().join(format!("deepseek-msgs-{}.json", std::process::id()));
-    std::fs::write(&tmp, r#"[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}]"#).unwrap();
-    let out = deepseek(&["template", "--model", tok.to_str().unwrap(), "--messages", tmp.to_str().unwrap()]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi<｜Assistant｜>");
-    let out = deepseek(&["template", "--model", tok.to_str().unwrap(), "--messages", tmp.to_str().unwrap(), "--no-generation-prompt"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi");
+    std::fs::write(
+        &tmp,
+        r#"[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}]"#,
+    )
+    .unwrap();
+    let out = deepseek(&[
+        "template",
+        "--model",
+        tok.to_str().unwrap(),
+        "--messages",
+        tmp.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi<｜Assistant｜>"
+    );
+    let out = deepseek(&[
+        "template",
+        "--model",
+        tok.to_str().unwrap(),
+        "--messages",
+        tmp.to_str().unwrap(),
+        "--no-generation-prompt",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi"
+    );
     std::fs::remove_file(&tmp).ok();
 }

@@ -190,11 +190,6 @@ fn sub<T: Copy + 'static>(b: &Buffer<T>, offset: usize, len: usize) -> Buffer<T>
     }
 }
 
-/// Tokens processed together against one weight row: the row is converted once and used for all.
-const TOKEN_TILE: usize = 4;
-/// Tokens per outer block, so the activations of a block stay in cache while all rows stream by.
-const TOKEN_BLOCK: usize = 64;
-
 pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     let (rows, cols) = (w.rows, w.cols);
     assert_eq!(
@@ -210,21 +205,30 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     if n == 0 || rows == 0 {
         return;
     }
-    // Split the output rows into chunks, one task each; enough chunks to balance, big enough to
-    // amortise scheduling (a chunk streams at least ~64 KiB of weights).
+    // Split the output rows into chunks, one task each: enough chunks to balance the threads,
+    // each big enough (≥ 64 KiB of weights) to amortise scheduling. Multiple of 8 rows for the
+    // GEMV tiles.
     let row_bytes = cols * w.dtype().size_bytes();
     let min_rows = (65536 / row_bytes.max(1)).clamp(1, rows);
     let threads = rayon::current_num_threads();
-    let chunk = rows.div_ceil(threads * 4).max(min_rows);
+    let chunk = rows
+        .div_ceil(threads * 4)
+        .max(min_rows)
+        .next_multiple_of(8)
+        .min(rows);
+    if threads == 1 || chunk >= rows {
+        rows_kernel(w, 0, rows, x, n, out, rows);
+        return;
+    }
     if n == 1 {
-        // GEMV: each chunk writes its own rows of the single output row.
+        // GEMV: each chunk writes its own slice of the single output row.
         out.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
-            let r0 = ci * chunk;
-            rows_kernel(w, r0, o.len(), x, 1, o, o.len());
+            let len = o.len();
+            rows_kernel(w, ci * chunk, len, x, 1, o, len);
         });
         return;
     }
-    // GEMM: outputs for a row chunk are strided across tokens, so compute into a per-chunk
+    // GEMM: a row chunk's outputs are strided across tokens; compute into a per-chunk
     // [tokens, chunk] scratch and scatter.
     let n_chunks = rows.div_ceil(chunk);
     let parts: Vec<(usize, Vec<f32>)> = (0..n_chunks)
@@ -245,50 +249,130 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     }
 }
 
-/// Rows `r0..r0+nr` of `w` against `n` tokens; `out[t * ld + r]`.
+/// Rows `r0..r0+nr` of `w` against `n` tokens; `out[t * ld + r]` (r relative to `r0`).
 fn rows_kernel(w: &Matrix, r0: usize, nr: usize, x: &[f32], n: usize, out: &mut [f32], ld: usize) {
-    let cols = w.cols;
+    match &w.data {
+        MatrixData::F32(b) => rows_tiled(b.as_slice(), w.cols, r0, nr, x, n, out, ld),
+        MatrixData::BF16(b) => rows_tiled(b.as_slice(), w.cols, r0, nr, x, n, out, ld),
+        MatrixData::F16(b) => {
+            // Rare format: plain per-row dot products.
+            let cols = w.cols;
+            for r in 0..nr {
+                let row = &b.as_slice()[(r0 + r) * cols..(r0 + r + 1) * cols];
+                for t in 0..n {
+                    let mut acc = [0.0f32];
+                    simd::dot_f16_multi(row, &[&x[t * cols..(t + 1) * cols]], &mut acc);
+                    out[t * ld + r] = acc[0];
+                }
+            }
+        }
+    }
+}
+
+/// Tokens per outer block, so a block's activations stay in cache while the rows stream by.
+const TOKEN_BLOCK: usize = 64;
+
+#[allow(clippy::too_many_arguments)]
+fn rows_tiled<W: simd::TileWeight>(
+    wd: &[W],
+    cols: usize,
+    r0: usize,
+    nr: usize,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+    ld: usize,
+) {
+    let row = |r: usize| &wd[(r0 + r) * cols..(r0 + r + 1) * cols];
+    let xt = |t: usize| &x[t * cols..(t + 1) * cols];
+    if n == 1 {
+        // GEMV: eight rows at a time, eight independent accumulator chains.
+        let x0 = xt(0);
+        let mut r = 0;
+        while r + 8 <= nr {
+            let mut acc = [[0.0f32; 1]; 8];
+            W::tile::<8, 1>(std::array::from_fn(|i| row(r + i)), [x0], &mut acc);
+            for i in 0..8 {
+                out[r + i] = acc[i][0];
+            }
+            r += 8;
+        }
+        while r < nr {
+            let mut acc = [[0.0f32; 1]; 1];
+            W::tile::<1, 1>([row(r)], [x0], &mut acc);
+            out[r] = acc[0][0];
+            r += 1;
+        }
+        return;
+    }
+    // GEMM: 4 rows × 4 tokens per tile; edge tiles repeat the last row/token and drop the extra.
     let mut tb = 0;
     while tb < n {
         let tb_end = (tb + TOKEN_BLOCK).min(n);
-        for r in 0..nr {
-            let row = r0 + r;
+        let mut r = 0;
+        while r < nr {
+            let rows: [&[W]; 4] = std::array::from_fn(|i| row((r + i).min(nr - 1)));
             let mut t = tb;
             while t < tb_end {
-                let k = (tb_end - t).min(TOKEN_TILE);
-                let mut acc = [0.0f32; TOKEN_TILE];
-                let xs: [&[f32]; TOKEN_TILE] = std::array::from_fn(|i| {
-                    if i < k {
-                        &x[(t + i) * cols..(t + i + 1) * cols]
-                    } else {
-                        &x[t * cols..(t + 1) * cols]
+                let xs: [&[f32]; 4] = std::array::from_fn(|i| xt((t + i).min(tb_end - 1)));
+                let mut acc = [[0.0f32; 4]; 4];
+                W::tile::<4, 4>(rows, xs, &mut acc);
+                for (i, accr) in acc.iter().enumerate().take((nr - r).min(4)) {
+                    for (j, &v) in accr.iter().enumerate().take((tb_end - t).min(4)) {
+                        out[(t + j) * ld + r + i] = v;
                     }
-                });
-                match &w.data {
-                    MatrixData::F32(b) => simd::dot_f32_multi(
-                        &b.as_slice()[row * cols..(row + 1) * cols],
-                        &xs[..k],
-                        &mut acc[..k],
-                    ),
-                    MatrixData::BF16(b) => simd::dot_bf16_multi(
-                        &b.as_slice()[row * cols..(row + 1) * cols],
-                        &xs[..k],
-                        &mut acc[..k],
-                    ),
-                    MatrixData::F16(b) => simd::dot_f16_multi(
-                        &b.as_slice()[row * cols..(row + 1) * cols],
-                        &xs[..k],
-                        &mut acc[..k],
-                    ),
                 }
-                for i in 0..k {
-                    out[(t + i) * ld + r] = acc[i];
-                }
-                t += k;
+                t += 4;
             }
+            r += 4;
         }
         tb = tb_end;
     }
+}
+
+/// `out[t][c] = Σ_r x[t][r] · w[r][c]`: multiplies by the matrix's transpose without building
+/// it (MLA's absorbed query reads `W_UK` this way). `x`: `[n, rows]`, `out`: `[n, cols]`.
+pub fn matmul_transposed(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
+    let (rows, cols) = (w.rows, w.cols);
+    assert_eq!(x.len(), n * rows);
+    assert_eq!(out.len(), n * cols);
+    out.fill(0.0);
+    match &w.data {
+        MatrixData::BF16(b) => {
+            let b = b.as_slice();
+            for r in 0..rows {
+                let wr = &b[r * cols..(r + 1) * cols];
+                for t in 0..n {
+                    simd::axpy_bf16(x[t * rows + r], wr, &mut out[t * cols..(t + 1) * cols]);
+                }
+            }
+        }
+        MatrixData::F32(b) => {
+            let b = b.as_slice();
+            for r in 0..rows {
+                let wr = &b[r * cols..(r + 1) * cols];
+                for t in 0..n {
+                    simd::axpy(x[t * rows + r], wr, &mut out[t * cols..(t + 1) * cols]);
+                }
+            }
+        }
+        MatrixData::F16(_) => {
+            let mut wr = vec![0.0; cols];
+            for r in 0..rows {
+                w.row_f32(r, &mut wr);
+                for t in 0..n {
+                    simd::axpy(x[t * rows + r], &wr, &mut out[t * cols..(t + 1) * cols]);
+                }
+            }
+        }
+    }
+}
+
+/// Single-threaded [`matmul`], for callers that parallelise across many small matrices.
+pub fn matmul_serial(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
+    assert_eq!(x.len(), n * w.cols);
+    assert_eq!(out.len(), n * w.rows);
+    rows_kernel(w, 0, w.rows, x, n, out, w.rows);
 }
 
 /// Plain reference: convert everything to f32 and multiply in f64.
@@ -359,6 +443,43 @@ mod tests {
             for m in &mats {
                 for n in [1, 2, 3, 4, 5, 9, 70] {
                     check(m, n);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_and_serial_match_reference() {
+        for &(rows, cols) in &[(3, 5), (16, 40), (33, 17)] {
+            let f = rand_vec(rows * cols, 5);
+            let bf: Vec<u16> = f
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_bits())
+                .collect();
+            for m in [
+                Matrix::from_f32(rows, cols, f.clone()),
+                Matrix {
+                    rows,
+                    cols,
+                    data: MatrixData::BF16(bf.into()),
+                },
+            ] {
+                let t = m.transposed_f32();
+                for n in [1, 3] {
+                    let x = rand_vec(n * rows, 9);
+                    let mut out = vec![0.0; n * cols];
+                    matmul_transposed(&m, &x, n, &mut out);
+                    let want = matmul_reference(&t, &x, n);
+                    for (a, b) in out.iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+                    }
+                    let x = rand_vec(n * cols, 2);
+                    let mut out = vec![0.0; n * rows];
+                    matmul_serial(&m, &x, n, &mut out);
+                    let want = matmul_reference(&m, &x, n);
+                    for (a, b) in out.iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+                    }
                 }
             }
         }

@@ -95,6 +95,79 @@ fn dot_scalar(w: impl Iterator<Item = f32>, x: &[f32]) -> f32 {
     s.iter().sum()
 }
 
+/// Register tile: `acc[r][t] = w[r] · x[t]` for `R` weight rows and `T` activation rows, all of
+/// length `len`. Each weight vector is loaded and converted once for all `T` tokens; each
+/// activation vector once for all `R` rows; the `R×T` accumulators are independent FMA chains.
+pub trait TileWeight: Copy + 'static {
+    fn tile<const R: usize, const T: usize>(
+        w: [&[Self]; R],
+        x: [&[f32]; T],
+        acc: &mut [[f32; T]; R],
+    );
+}
+
+impl TileWeight for f32 {
+    #[inline]
+    fn tile<const R: usize, const T: usize>(
+        w: [&[f32]; R],
+        x: [&[f32]; T],
+        acc: &mut [[f32; T]; R],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        match isa() {
+            // SAFETY: the ISA was detected at run time; slices are checked below.
+            Isa::Avx512 => return unsafe { x86::tile_f32_avx512(w, x, acc) },
+            Isa::Avx2 => return unsafe { x86::tile_f32_avx2(w, x, acc) },
+            Isa::Scalar => {}
+        }
+        tile_scalar(w, x, acc, |v| v)
+    }
+}
+
+impl TileWeight for u16 {
+    /// bf16 bits.
+    #[inline]
+    fn tile<const R: usize, const T: usize>(
+        w: [&[u16]; R],
+        x: [&[f32]; T],
+        acc: &mut [[f32; T]; R],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        match isa() {
+            // SAFETY: the ISA was detected at run time.
+            Isa::Avx512 => return unsafe { x86::tile_bf16_avx512(w, x, acc) },
+            Isa::Avx2 => return unsafe { x86::tile_bf16_avx2(w, x, acc) },
+            Isa::Scalar => {}
+        }
+        tile_scalar(w, x, acc, bf16_bits_to_f32)
+    }
+}
+
+pub fn tile_scalar<W: Copy, const R: usize, const T: usize>(
+    w: [&[W]; R],
+    x: [&[f32]; T],
+    acc: &mut [[f32; T]; R],
+    conv: impl Fn(W) -> f32,
+) {
+    for r in 0..R {
+        for t in 0..T {
+            acc[r][t] = dot_scalar(w[r].iter().map(|&v| conv(v)), x[t]);
+        }
+    }
+}
+
+/// `y += alpha · w` for a bf16 row `w` (the transposed-matmul inner step).
+pub fn axpy_bf16(alpha: f32, w: &[u16], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512 {
+        // SAFETY: AVX-512 detected at run time.
+        return unsafe { x86::axpy_bf16_avx512(alpha, w, y) };
+    }
+    for (yv, &b) in y.iter_mut().zip(w) {
+        *yv += alpha * bf16_bits_to_f32(b);
+    }
+}
+
 /// `a · b` for f32 slices.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32];
@@ -227,4 +300,110 @@ mod x86 {
         u16,
         conv_bf16
     );
+
+    macro_rules! tile_kernel {
+        ($name:ident, $feat:literal, $lanes:expr, $vec:ty, $zero:expr, $load_w:expr, $load_x:expr, $fma:expr, $reduce:expr, $wty:ty, $conv:expr) => {
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $name<const R: usize, const T: usize>(
+                w: [&[$wty]; R],
+                x: [&[f32]; T],
+                acc: &mut [[f32; T]; R],
+            ) {
+                let n = w[0].len();
+                assert!(w.iter().all(|r| r.len() == n) && x.iter().all(|r| r.len() >= n));
+                let main = n - n % $lanes;
+                let mut s: [[$vec; T]; R] = [[$zero; T]; R];
+                let mut i = 0;
+                while i < main {
+                    let xv: [$vec; T] = std::array::from_fn(|t| $load_x(x[t].as_ptr().add(i)));
+                    for r in 0..R {
+                        let wv: $vec = $load_w(w[r].as_ptr().add(i));
+                        for t in 0..T {
+                            s[r][t] = $fma(wv, xv[t], s[r][t]);
+                        }
+                    }
+                    i += $lanes;
+                }
+                for r in 0..R {
+                    for t in 0..T {
+                        let mut v: f32 = $reduce(s[r][t]);
+                        for c in main..n {
+                            v += $conv(*w[r].get_unchecked(c)) * *x[t].get_unchecked(c);
+                        }
+                        acc[r][t] = v;
+                    }
+                }
+            }
+        };
+    }
+
+    tile_kernel!(
+        tile_f32_avx2,
+        "avx2,fma",
+        8,
+        __m256,
+        _mm256_setzero_ps(),
+        |p: *const f32| _mm256_loadu_ps(p),
+        |p: *const f32| _mm256_loadu_ps(p),
+        |a, b, c| _mm256_fmadd_ps(a, b, c),
+        |v| hsum256(v),
+        f32,
+        conv_f32
+    );
+    tile_kernel!(
+        tile_bf16_avx2,
+        "avx2,fma",
+        8,
+        __m256,
+        _mm256_setzero_ps(),
+        |p: *const u16| load_bf16_avx2(p),
+        |p: *const f32| _mm256_loadu_ps(p),
+        |a, b, c| _mm256_fmadd_ps(a, b, c),
+        |v| hsum256(v),
+        u16,
+        conv_bf16
+    );
+    tile_kernel!(
+        tile_f32_avx512,
+        "avx512f",
+        16,
+        __m512,
+        _mm512_setzero_ps(),
+        |p: *const f32| _mm512_loadu_ps(p),
+        |p: *const f32| _mm512_loadu_ps(p),
+        |a, b, c| _mm512_fmadd_ps(a, b, c),
+        |v| _mm512_reduce_add_ps(v),
+        f32,
+        conv_f32
+    );
+    tile_kernel!(
+        tile_bf16_avx512,
+        "avx512f,avx512bw",
+        16,
+        __m512,
+        _mm512_setzero_ps(),
+        |p: *const u16| load_bf16_avx512(p),
+        |p: *const f32| _mm512_loadu_ps(p),
+        |a, b, c| _mm512_fmadd_ps(a, b, c),
+        |v| _mm512_reduce_add_ps(v),
+        u16,
+        conv_bf16
+    );
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn axpy_bf16_avx512(alpha: f32, w: &[u16], y: &mut [f32]) {
+        let n = w.len().min(y.len());
+        let main = n - n % 16;
+        let a = _mm512_set1_ps(alpha);
+        let mut i = 0;
+        while i < main {
+            let wv = load_bf16_avx512(w.as_ptr().add(i));
+            let yp = y.as_mut_ptr().add(i);
+            _mm512_storeu_ps(yp, _mm512_fmadd_ps(a, wv, _mm512_loadu_ps(yp)));
+            i += 16;
+        }
+        for c in main..n {
+            y[c] += alpha * super::bf16_bits_to_f32(w[c]);
+        }
+    }
 }

@@ -32,10 +32,20 @@ pub fn preset(name: &str) -> Option<Value> {
         }
         "v2" => {
             let mut v = lite;
-            for (k, x) in [("hidden_size", json!(5120)), ("intermediate_size", json!(12288)), ("moe_intermediate_size", json!(1536)),
-                           ("num_hidden_layers", json!(60)), ("num_attention_heads", json!(128)), ("num_key_value_heads", json!(128)),
-                           ("n_routed_experts", json!(160)), ("routed_scaling_factor", json!(16.0)), ("q_lora_rank", json!(1536)),
-                           ("topk_method", json!("group_limited_greedy")), ("n_group", json!(8)), ("topk_group", json!(3))] {
+            for (k, x) in [
+                ("hidden_size", json!(5120)),
+                ("intermediate_size", json!(12288)),
+                ("moe_intermediate_size", json!(1536)),
+                ("num_hidden_layers", json!(60)),
+                ("num_attention_heads", json!(128)),
+                ("num_key_value_heads", json!(128)),
+                ("n_routed_experts", json!(160)),
+                ("routed_scaling_factor", json!(16.0)),
+                ("q_lora_rank", json!(1536)),
+                ("topk_method", json!("group_limited_greedy")),
+                ("n_group", json!(8)),
+                ("topk_group", json!(3)),
+            ] {
                 v[k] = x;
             }
             v
@@ -67,7 +77,10 @@ pub enum SynthDtype {
 pub fn tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let mut v = vec![];
     let (h, hid) = (cfg.num_attention_heads, cfg.hidden_size);
-    v.push(("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, hid]));
+    v.push((
+        "model.embed_tokens.weight".to_string(),
+        vec![cfg.vocab_size, hid],
+    ));
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
         v.push((format!("{p}.input_layernorm.weight"), vec![hid]));
@@ -83,9 +96,15 @@ pub fn tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
                         v.push((format!("{a}.q_b_proj.weight"), vec![h * m.qk_head_dim(), r]));
                     }
                 }
-                v.push((format!("{a}.kv_a_proj_with_mqa.weight"), vec![m.kv_lora_rank + m.qk_rope_head_dim, hid]));
+                v.push((
+                    format!("{a}.kv_a_proj_with_mqa.weight"),
+                    vec![m.kv_lora_rank + m.qk_rope_head_dim, hid],
+                ));
                 v.push((format!("{a}.kv_a_layernorm.weight"), vec![m.kv_lora_rank]));
-                v.push((format!("{a}.kv_b_proj.weight"), vec![h * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank]));
+                v.push((
+                    format!("{a}.kv_b_proj.weight"),
+                    vec![h * (m.qk_nope_head_dim + m.v_head_dim), m.kv_lora_rank],
+                ));
                 v.push((format!("{a}.o_proj.weight"), vec![hid, h * m.v_head_dim]));
             }
             None => {
@@ -104,15 +123,29 @@ pub fn tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         };
         match &cfg.moe {
             Some(m) if m.is_moe_layer(i) => {
-                v.push((format!("{p}.mlp.gate.weight"), vec![m.n_routed_experts, hid]));
+                v.push((
+                    format!("{p}.mlp.gate.weight"),
+                    vec![m.n_routed_experts, hid],
+                ));
                 if m.topk_method == crate::TopkMethod::NoauxTc {
-                    v.push((format!("{p}.mlp.gate.e_score_correction_bias"), vec![m.n_routed_experts]));
+                    v.push((
+                        format!("{p}.mlp.gate.e_score_correction_bias"),
+                        vec![m.n_routed_experts],
+                    ));
                 }
                 for e in 0..m.n_routed_experts {
-                    mlp(&mut v, format!("{p}.mlp.experts.{e}"), m.moe_intermediate_size);
+                    mlp(
+                        &mut v,
+                        format!("{p}.mlp.experts.{e}"),
+                        m.moe_intermediate_size,
+                    );
                 }
                 if m.n_shared_experts > 0 {
-                    mlp(&mut v, format!("{p}.mlp.shared_experts"), m.moe_intermediate_size * m.n_shared_experts);
+                    mlp(
+                        &mut v,
+                        format!("{p}.mlp.shared_experts"),
+                        m.moe_intermediate_size * m.n_shared_experts,
+                    );
                 }
             }
             _ => mlp(&mut v, format!("{p}.mlp"), cfg.intermediate_size),
@@ -137,16 +170,39 @@ impl Rng {
 
 /// Writes `config` (a preset, possibly edited) and random weights to `out`, sharded at about
 /// `shard_bytes`. `progress(bytes_done, bytes_total)`.
-pub fn write_checkpoint(config: &Value, dtype: SynthDtype, out: &Path, shard_bytes: usize, seed: u64, progress: &mut dyn FnMut(usize, usize)) -> Result<(), LoadError> {
+pub fn write_checkpoint(
+    config: &Value,
+    dtype: SynthDtype,
+    out: &Path,
+    shard_bytes: usize,
+    seed: u64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), LoadError> {
     let cfg = ModelConfig::from_json(config)?;
-    let io = |e: std::io::Error| LoadError::Io { path: out.to_path_buf(), source: e };
+    let io = |e: std::io::Error| LoadError::Io {
+        path: out.to_path_buf(),
+        source: e,
+    };
     std::fs::create_dir_all(out).map_err(io)?;
     let mut config = config.clone();
-    config["torch_dtype"] = json!(match dtype { SynthDtype::F32 => "float32", SynthDtype::BF16 => "bfloat16" });
-    std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&config).unwrap()).map_err(io)?;
-    let esize = match dtype { SynthDtype::F32 => 4, SynthDtype::BF16 => 2 };
+    config["torch_dtype"] = json!(match dtype {
+        SynthDtype::F32 => "float32",
+        SynthDtype::BF16 => "bfloat16",
+    });
+    std::fs::write(
+        out.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .map_err(io)?;
+    let esize = match dtype {
+        SynthDtype::F32 => 4,
+        SynthDtype::BF16 => 2,
+    };
     let tensors = tensor_shapes(&cfg);
-    let total: usize = tensors.iter().map(|(_, s)| s.iter().product::<usize>() * esize).sum();
+    let total: usize = tensors
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>() * esize)
+        .sum();
     // Group into shards.
     let mut shards: Vec<Vec<(String, Vec<usize>)>> = vec![vec![]];
     let mut cur = 0;
@@ -164,7 +220,11 @@ pub fn write_checkpoint(config: &Value, dtype: SynthDtype, out: &Path, shard_byt
     let mut done = 0;
     let mut rng = Rng(seed.max(1));
     for (si, shard) in shards.iter().enumerate() {
-        let fname = if n == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{:05}.safetensors", si + 1, n) };
+        let fname = if n == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", si + 1, n)
+        };
         let mut header = serde_json::Map::new();
         let mut off = 0;
         for (name, shape) in shard {
@@ -174,7 +234,7 @@ pub fn write_checkpoint(config: &Value, dtype: SynthDtype, out: &Path, shard_byt
             weight_map.insert(name.clone(), json!(fname));
         }
         let mut h = serde_json::to_vec(&Value::Object(header)).unwrap();
-        while h.len() % 8 != 0 {
+        while !h.len().is_multiple_of(8) {
             h.push(b' ');
         }
         let path = out.join(&fname);
@@ -189,16 +249,28 @@ pub fn write_checkpoint(config: &Value, dtype: SynthDtype, out: &Path, shard_byt
             // in range through many layers); the router sharper, as trained routers are.
             let is_norm = shape.len() == 1 && !name.ends_with("e_score_correction_bias");
             let fan_in = *shape.last().unwrap() as f32;
-            let scale = if name.ends_with("e_score_correction_bias") { 0.01 } else if name.contains("mlp.gate.") { 4.0 / fan_in.sqrt() } else { 1.7 / fan_in.sqrt() };
+            let scale = if name.ends_with("e_score_correction_bias") {
+                0.01
+            } else if name.contains("mlp.gate.") {
+                4.0 / fan_in.sqrt()
+            } else {
+                1.7 / fan_in.sqrt()
+            };
             let mut left = count;
             while left > 0 {
                 let k = left.min(1 << 18);
                 buf.clear();
                 for _ in 0..k {
-                    let x = if is_norm { 1.0 + 0.1 * rng.next_f32() } else { scale * rng.next_f32() };
+                    let x = if is_norm {
+                        1.0 + 0.1 * rng.next_f32()
+                    } else {
+                        scale * rng.next_f32()
+                    };
                     match dtype {
                         SynthDtype::F32 => buf.extend_from_slice(&x.to_le_bytes()),
-                        SynthDtype::BF16 => buf.extend_from_slice(&half::bf16::from_f32(x).to_bits().to_le_bytes()),
+                        SynthDtype::BF16 => {
+                            buf.extend_from_slice(&half::bf16::from_f32(x).to_bits().to_le_bytes())
+                        }
                     }
                 }
                 w.write_all(&buf).map_err(io)?;
@@ -210,8 +282,13 @@ pub fn write_checkpoint(config: &Value, dtype: SynthDtype, out: &Path, shard_byt
         w.flush().map_err(io)?;
     }
     if n > 1 {
-        let index = json!({"metadata": {"total_size": total}, "weight_map": Value::Object(weight_map)});
-        std::fs::write(out.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index).unwrap()).map_err(io)?;
+        let index =
+            json!({"metadata": {"total_size": total}, "weight_map": Value::Object(weight_map)});
+        std::fs::write(
+            out.join("model.safetensors.index.json"),
+            serde_json::to_string_pretty(&index).unwrap(),
+        )
+        .map_err(io)?;
     }
     Ok(())
 }

@@ -13,6 +13,7 @@
 
 use deepseek_cache::{BlockPool, SequenceCache, BLOCK_TOKENS};
 use deepseek_kernels::attention::{attend_group, RowBlocks, RowLayout};
+use deepseek_kernels::matrix::{matmul_serial, matmul_transposed};
 use deepseek_kernels::ops::{rms_norm_inplace, rope, RopeStyle};
 use deepseek_kernels::{matmul, Matrix};
 use deepseek_loader::{LoadError, MlaConfig, ModelConfig, WeightStore};
@@ -48,9 +49,9 @@ pub struct MlaAttention {
     kv_a_proj_with_mqa: Matrix,
     kv_a_layernorm: Vec<f32>,
     kv_b_proj: Matrix,
-    /// Per head `W_UK[h]ᵀ`: `[kv_lora_rank, qk_nope_head_dim]`, so `absorbed_q = W_UKᵀ · q_nope`
-    /// is one matmul.
-    w_uk_t: Vec<Matrix>,
+    /// Per head `W_UK[h]`: `[qk_nope_head_dim, kv_lora_rank]`, rows of `kv_b_proj` (shared
+    /// storage); `absorbed_q = W_UKᵀ · q_nope` is read through it without a transposed copy.
+    w_uk: Vec<Matrix>,
     /// Per head `W_UV[h]`: `[v_head_dim, kv_lora_rank]`, rows of `kv_b_proj` (shared storage).
     w_uv: Vec<Matrix>,
     o_proj: Matrix,
@@ -78,12 +79,8 @@ impl MlaAttention {
             d.kv_lora_rank,
         )?;
         let per_head = d.qk_nope_head_dim + d.v_head_dim;
-        let w_uk_t = (0..h)
-            .map(|i| {
-                kv_b_proj
-                    .row_range(i * per_head, d.qk_nope_head_dim)
-                    .transposed_f32()
-            })
+        let w_uk = (0..h)
+            .map(|i| kv_b_proj.row_range(i * per_head, d.qk_nope_head_dim))
             .collect();
         let w_uv = (0..h)
             .map(|i| kv_b_proj.row_range(i * per_head + d.qk_nope_head_dim, d.v_head_dim))
@@ -98,7 +95,7 @@ impl MlaAttention {
             )?,
             kv_a_layernorm: w.vector(&name("kv_a_layernorm.weight"), d.kv_lora_rank)?,
             kv_b_proj,
-            w_uk_t,
+            w_uk,
             w_uv,
             o_proj: w.matrix(&name("o_proj.weight"), hid, h * d.v_head_dim)?,
             softmax_scale: mla_softmax_scale(cfg),
@@ -208,15 +205,21 @@ impl MlaAttention {
         );
         let (qk, width) = (nope + rdim, lora + rdim);
 
-        // absorbed_q[t, h] = [W_UK[h]ᵀ q_nope[t, h] | q_pe[t, h]], one matmul per head over all tokens.
+        // absorbed_q[t, h] = [W_UK[h]ᵀ q_nope[t, h] | q_pe[t, h]]; heads in parallel, each one
+        // pass over its W_UK for all tokens.
+        let per_head: Vec<Vec<f32>> = (0..h)
+            .into_par_iter()
+            .map(|hh| {
+                let q_nope: Vec<f32> = (0..n)
+                    .flat_map(|t| q[(t * h + hh) * qk..][..nope].iter().copied())
+                    .collect();
+                let mut aq = vec![0.0; n * lora];
+                matmul_transposed(&self.w_uk[hh], &q_nope, n, &mut aq);
+                aq
+            })
+            .collect();
         let mut absorbed_q = vec![0.0; n * h * width];
-        let mut q_nope = vec![0.0; n * nope];
-        let mut aq = vec![0.0; n * lora];
-        for hh in 0..h {
-            for t in 0..n {
-                q_nope[t * nope..(t + 1) * nope].copy_from_slice(&q[(t * h + hh) * qk..][..nope]);
-            }
-            matmul(&self.w_uk_t[hh], &q_nope, n, &mut aq);
+        for (hh, aq) in per_head.iter().enumerate() {
             for t in 0..n {
                 let dst = &mut absorbed_q[(t * h + hh) * width..(t * h + hh + 1) * width];
                 dst[..lora].copy_from_slice(&aq[t * lora..(t + 1) * lora]);
@@ -253,15 +256,19 @@ impl MlaAttention {
                 );
             });
 
-        // Back from latent space: out[t, h] = W_UV[h] · latent_out[t, h].
-        let mut lat = vec![0.0; n * lora];
-        let mut v = vec![0.0; n * vdim];
-        for hh in 0..h {
-            for t in 0..n {
-                lat[t * lora..(t + 1) * lora]
-                    .copy_from_slice(&latent_out[(t * h + hh) * lora..][..lora]);
-            }
-            matmul(&self.w_uv[hh], &lat, n, &mut v);
+        // Back from latent space: out[t, h] = W_UV[h] · latent_out[t, h], heads in parallel.
+        let per_head: Vec<Vec<f32>> = (0..h)
+            .into_par_iter()
+            .map(|hh| {
+                let lat: Vec<f32> = (0..n)
+                    .flat_map(|t| latent_out[(t * h + hh) * lora..][..lora].iter().copied())
+                    .collect();
+                let mut v = vec![0.0; n * vdim];
+                matmul_serial(&self.w_uv[hh], &lat, n, &mut v);
+                v
+            })
+            .collect();
+        for (hh, v) in per_head.iter().enumerate() {
             for t in 0..n {
                 attn[(t * h + hh) * vdim..(t * h + hh + 1) * vdim]
                     .copy_from_slice(&v[t * vdim..(t + 1) * vdim]);

@@ -45,7 +45,12 @@ pub fn run(a: Args) -> Result<()> {
     let model = load_model(&dir)?;
     let c = &model.config;
     if a.depth + a.gen + 1 > c.max_position_embeddings || a.prompt > c.max_position_embeddings {
-        bail!("--depth {} + -n {} exceeds the model's context of {} tokens", a.depth, a.gen, c.max_position_embeddings);
+        bail!(
+            "--depth {} + -n {} exceeds the model's context of {} tokens",
+            a.depth,
+            a.gen,
+            c.max_position_embeddings
+        );
     }
     let threads = deepseek_kernels::threads::current();
     let bw = deepseek_kernels::probe::read_bandwidth(1 << 30, 5);
@@ -62,7 +67,16 @@ pub fn run(a: Args) -> Result<()> {
         let mut pool = model.new_cache_pool(64);
         let mut cache = SequenceCache::default();
         let toks: Vec<u32> = (0..16).map(|_| rand_token()).collect();
-        model.forward(&mut pool, &mut [SeqStep { tokens: &toks, cache: &mut cache }], LogitsFor::LastToken, PrefillPath::Auto, None)?;
+        model.forward(
+            &mut pool,
+            &mut [SeqStep {
+                tokens: &toks,
+                cache: &mut cache,
+            }],
+            LogitsFor::LastToken,
+            PrefillPath::Auto,
+            None,
+        )?;
     }
 
     let mut prefill = vec![];
@@ -73,7 +87,16 @@ pub fn run(a: Args) -> Result<()> {
             let mut cache = SequenceCache::default();
             let t = Instant::now();
             for chunk in toks.chunks(deepseek_engine::generate::PREFILL_CHUNK) {
-                model.forward(&mut pool, &mut [SeqStep { tokens: chunk, cache: &mut cache }], LogitsFor::LastToken, PrefillPath::Auto, None)?;
+                model.forward(
+                    &mut pool,
+                    &mut [SeqStep {
+                        tokens: chunk,
+                        cache: &mut cache,
+                    }],
+                    LogitsFor::LastToken,
+                    PrefillPath::Auto,
+                    None,
+                )?;
             }
             prefill.push(a.prompt as f64 / t.elapsed().as_secs_f64());
         }
@@ -90,7 +113,16 @@ pub fn run(a: Args) -> Result<()> {
                 if a.depth_fill == "prefill" {
                     let toks: Vec<u32> = (0..a.depth).map(|_| rand_token()).collect();
                     for chunk in toks.chunks(deepseek_engine::generate::PREFILL_CHUNK) {
-                        model.forward(&mut pool, &mut [SeqStep { tokens: chunk, cache: &mut cache }], LogitsFor::LastToken, PrefillPath::Auto, None)?;
+                        model.forward(
+                            &mut pool,
+                            &mut [SeqStep {
+                                tokens: chunk,
+                                cache: &mut cache,
+                            }],
+                            LogitsFor::LastToken,
+                            PrefillPath::Auto,
+                            None,
+                        )?;
                     }
                 } else {
                     pool.reserve(&mut cache, a.depth)?;
@@ -107,15 +139,32 @@ pub fn run(a: Args) -> Result<()> {
             let mut tok = rand_token();
             let t = Instant::now();
             for _ in 0..a.gen {
-                let logits = model.forward(&mut pool, &mut [SeqStep { tokens: &[tok], cache: &mut cache }], LogitsFor::LastToken, PrefillPath::Auto, None)?;
+                let logits = model.forward(
+                    &mut pool,
+                    &mut [SeqStep {
+                        tokens: &[tok],
+                        cache: &mut cache,
+                    }],
+                    LogitsFor::LastToken,
+                    PrefillPath::Auto,
+                    None,
+                )?;
                 tok = deepseek_engine::sampler::argmax(&logits);
             }
             decode.push(a.gen as f64 / t.elapsed().as_secs_f64());
         }
     }
 
-    let (pp, pp_min, pp_max) = if prefill.is_empty() { (0.0, 0.0, 0.0) } else { median_spread(&mut prefill) };
-    let (tg, tg_min, tg_max) = if decode.is_empty() { (0.0, 0.0, 0.0) } else { median_spread(&mut decode) };
+    let (pp, pp_min, pp_max) = if prefill.is_empty() {
+        (0.0, 0.0, 0.0)
+    } else {
+        median_spread(&mut prefill)
+    };
+    let (tg, tg_min, tg_max) = if decode.is_empty() {
+        (0.0, 0.0, 0.0)
+    } else {
+        median_spread(&mut decode)
+    };
     let gbs = tg * bytes_per_token as f64 / 1e9;
     let store = deepseek_loader::WeightStore::open(&dir)?;
     let v = json!({
@@ -130,14 +179,30 @@ pub fn run(a: Args) -> Result<()> {
     if a.json {
         println!("{v}");
     } else {
-        println!("model        {} ({}, {} threads, {:?})", dir.display(), store.main_dtype(), threads, deepseek_kernels::simd::isa());
+        println!(
+            "model        {} ({}, {} threads, {:?})",
+            dir.display(),
+            store.main_dtype(),
+            threads,
+            deepseek_kernels::simd::isa()
+        );
         println!("bandwidth    {:.1} GB/s read (probe)", bw / 1e9);
         if a.prompt > 0 {
-            println!("prefill      pp{}: {pp:.1} tok/s  [{pp_min:.1} – {pp_max:.1}]", a.prompt);
+            println!(
+                "prefill      pp{}: {pp:.1} tok/s  [{pp_min:.1} – {pp_max:.1}]",
+                a.prompt
+            );
         }
         if a.gen > 0 {
-            println!("decode       tg{} @ depth {}: {tg:.2} tok/s  [{tg_min:.2} – {tg_max:.2}]", a.gen, a.depth);
-            println!("             {:.2} GB/token → {gbs:.1} GB/s = {:.0}% of measured bandwidth", bytes_per_token as f64 / 1e9, 100.0 * gbs * 1e9 / bw);
+            println!(
+                "decode       tg{} @ depth {}: {tg:.2} tok/s  [{tg_min:.2} – {tg_max:.2}]",
+                a.gen, a.depth
+            );
+            println!(
+                "             {:.2} GB/token → {gbs:.1} GB/s = {:.0}% of measured bandwidth",
+                bytes_per_token as f64 / 1e9,
+                100.0 * gbs * 1e9 / bw
+            );
         }
         println!("kv cache     {} bytes/token", shape.bytes_per_token());
     }

@@ -3,6 +3,6 @@ pub mod chat;
 pub mod forward;
 pub mod generate;
 pub mod info;
+pub mod synth;
 pub mod template;
 pub mod tokenize;
-pub mod synth;

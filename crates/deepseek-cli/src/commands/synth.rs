@@ -33,7 +33,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let Some(mut cfg) = preset(&a.preset) else { bail!("--preset: `{}` is not a preset; presets: {PRESETS}", a.preset) };
+    let Some(mut cfg) = preset(&a.preset) else {
+        bail!(
+            "--preset: `{}` is not a preset; presets: {PRESETS}",
+            a.preset
+        )
+    };
     if let Some(l) = a.layers {
         if l == 0 {
             bail!("--layers must be at least 1");
@@ -52,15 +57,41 @@ pub fn run(a: Args) -> Result<()> {
         }
         cfg["n_routed_experts"] = e.into();
     }
-    let dtype = match a.dtype { Dtype::Bf16 => SynthDtype::BF16, Dtype::F32 => SynthDtype::F32 };
+    let dtype = match a.dtype {
+        Dtype::Bf16 => SynthDtype::BF16,
+        Dtype::F32 => SynthDtype::F32,
+    };
     let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(indicatif::ProgressStyle::with_template("writing {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").unwrap().progress_chars("=> "));
-    write_checkpoint(&cfg, dtype, &a.out, (a.shard_gib * (1u64 << 30) as f64) as usize, a.seed, &mut |d, t| {
-        bar.set_length(t as u64);
-        bar.set_position(d as u64);
-    })?;
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "writing {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    write_checkpoint(
+        &cfg,
+        dtype,
+        &a.out,
+        (a.shard_gib * (1u64 << 30) as f64) as usize,
+        a.seed,
+        &mut |d, t| {
+            bar.set_length(t as u64);
+            bar.set_position(d as u64);
+        },
+    )?;
     bar.finish_and_clear();
-    eprintln!("wrote {} ({} preset{}) to {}", match dtype { SynthDtype::BF16 => "bf16", SynthDtype::F32 => "f32" }, a.preset,
-              a.layers.map(|l| format!(", {l} layers")).unwrap_or_default(), a.out.display());
+    eprintln!(
+        "wrote {} ({} preset{}) to {}",
+        match dtype {
+            SynthDtype::BF16 => "bf16",
+            SynthDtype::F32 => "f32",
+        },
+        a.preset,
+        a.layers
+            .map(|l| format!(", {l} layers"))
+            .unwrap_or_default(),
+        a.out.display()
+    );
     Ok(())
 }

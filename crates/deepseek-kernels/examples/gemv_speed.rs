@@ -1,0 +1,47 @@
+//! Streams a large bf16 matrix through the GEMV kernel and reports GB/s, beside the read
+//! bandwidth probe. `cargo run --release --example gemv_speed -- [rows] [cols] [threads]`
+use std::time::Instant;
+
+use deepseek_kernels::{matmul, Matrix, MatrixData};
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let (rows, cols) = (
+        args.first().copied().unwrap_or(102400),
+        args.get(1).copied().unwrap_or(2048),
+    );
+    deepseek_kernels::threads::init(args.get(2).copied());
+    let w: Vec<u16> = (0..rows * cols)
+        .map(|i| half::bf16::from_f32(((i * 7919) % 1000) as f32 / 1000.0 - 0.5).to_bits())
+        .collect();
+    let m = Matrix {
+        rows,
+        cols,
+        data: MatrixData::BF16(w.into()),
+    };
+    let x: Vec<f32> = (0..cols).map(|i| (i % 13) as f32 / 13.0).collect();
+    let mut out = vec![0.0; rows];
+    let bw = deepseek_kernels::probe::read_bandwidth(1 << 30, 5);
+    for n in [1usize, 4, 16] {
+        let xs: Vec<f32> = x.iter().cycle().take(n * cols).copied().collect();
+        let mut out_n = vec![0.0; n * rows];
+        matmul(&m, &xs, n, &mut out_n);
+        let reps = 5;
+        let t = Instant::now();
+        for _ in 0..reps {
+            matmul(&m, &xs, n, &mut out_n);
+        }
+        let s = t.elapsed().as_secs_f64() / reps as f64;
+        println!(
+            "n={n:>2}: {:.1} GB/s of weights ({:.1} GFLOP/s); probe {:.1} GB/s",
+            m.size_bytes() as f64 / s / 1e9,
+            2.0 * (rows * cols * n) as f64 / s / 1e9,
+            bw / 1e9
+        );
+    }
+    matmul(&m, &x, 1, &mut out);
+    std::hint::black_box(&out);
+}
