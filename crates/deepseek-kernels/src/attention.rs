@@ -93,6 +93,101 @@ pub fn attend_group(
     }
 }
 
+/// Rows per task when one query's context is split across threads (flash-decoding): below this
+/// the split costs more than it saves.
+const SPLIT_ROWS: usize = 512;
+
+/// [`attend_group`] with the context split across the thread pool: each part computes its own
+/// softmax maximum, normaliser and weighted sum, and the parts are merged exactly. This keeps
+/// every core busy when a single decode token attends to a long context.
+pub fn attend_group_split(
+    queries: &[f32],
+    rows: &RowBlocks,
+    layout: RowLayout,
+    n_ctx: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    use rayon::prelude::*;
+    let groups = queries.len() / layout.key_len;
+    let vl = layout.value_len;
+    let parts = n_ctx
+        .div_ceil(SPLIT_ROWS)
+        .min(rayon::current_num_threads() * 2)
+        .max(1);
+    if parts == 1 {
+        let mut scratch = Vec::new();
+        attend_group(queries, rows, layout, n_ctx, scale, out, &mut scratch);
+        return;
+    }
+    let per = n_ctx.div_ceil(parts);
+    // Each part: (max[g], sum[g], unnormalised out[g × vl]).
+    let partials: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let (start, end) = (p * per, ((p + 1) * per).min(n_ctx));
+            let len = end.saturating_sub(start);
+            let mut scores = vec![0.0f32; groups * len];
+            for t in start..end {
+                let row = rows.row(t, layout.row_width);
+                let k = &row[layout.key_offset..layout.key_offset + layout.key_len];
+                let mut g = 0;
+                while g < groups {
+                    let m = (groups - g).min(4);
+                    let qs: [&[f32]; 4] = std::array::from_fn(|i| {
+                        let gi = g + i.min(m - 1);
+                        &queries[gi * layout.key_len..(gi + 1) * layout.key_len]
+                    });
+                    let mut acc = [0.0f32; 4];
+                    simd::dot_f32_multi(k, &qs[..m], &mut acc[..m]);
+                    for i in 0..m {
+                        scores[(g + i) * len + (t - start)] = acc[i] * scale;
+                    }
+                    g += m;
+                }
+            }
+            let mut maxes = vec![f32::NEG_INFINITY; groups];
+            let mut sums = vec![0.0f32; groups];
+            for g in 0..groups {
+                let s = &mut scores[g * len..(g + 1) * len];
+                let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut z = 0.0;
+                for v in s.iter_mut() {
+                    *v = (*v - m).exp();
+                    z += *v;
+                }
+                maxes[g] = m;
+                sums[g] = z;
+            }
+            let mut o = vec![0.0f32; groups * vl];
+            for t in start..end {
+                let row = rows.row(t, layout.row_width);
+                let v = &row[layout.value_offset..layout.value_offset + vl];
+                for g in 0..groups {
+                    simd::axpy(
+                        scores[g * len + (t - start)],
+                        v,
+                        &mut o[g * vl..(g + 1) * vl],
+                    );
+                }
+            }
+            (maxes, sums, o)
+        })
+        .collect();
+    for g in 0..groups {
+        let m = partials
+            .iter()
+            .map(|p| p.0[g])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let z: f32 = partials.iter().map(|p| p.1[g] * (p.0[g] - m).exp()).sum();
+        let dst = &mut out[g * vl..(g + 1) * vl];
+        dst.fill(0.0);
+        for p in &partials {
+            simd::axpy((p.0[g] - m).exp() / z, &p.2[g * vl..(g + 1) * vl], dst);
+        }
+    }
+}
+
 /// Plain reference of [`attend_group`].
 pub fn attend_group_reference(
     queries: &[f32],
@@ -170,6 +265,22 @@ mod tests {
         let want = attend_group_reference(&queries, &rows, layout, n_ctx, 0.3);
         for (a, b) in out.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        // Split across threads: same result.
+        let mut long = vec![];
+        for i in 0..3000 * 40 {
+            long.push(((i * 37 % 101) as f32 / 50.0) - 1.0);
+        }
+        let lb: Vec<&[f32]> = long.chunks(64 * 40).collect();
+        let lrows = RowBlocks {
+            blocks: lb,
+            block_tokens: 64,
+        };
+        let mut split_out = vec![0.0; 5 * 32];
+        attend_group_split(&queries, &lrows, layout, 3000, 0.3, &mut split_out);
+        let want_long = attend_group_reference(&queries, &long, layout, 3000, 0.3);
+        for (a, b) in split_out.iter().zip(&want_long) {
+            assert!((a - b).abs() < 1e-5, "split: {a} vs {b}");
         }
         // GQA-style offsets: keys and values at different places in the row.
         let layout = RowLayout {

@@ -12,7 +12,7 @@
 //!   and `v`, then ordinary attention; cheaper when many new tokens attend to a short context.
 
 use deepseek_cache::{BlockPool, SequenceCache, BLOCK_TOKENS};
-use deepseek_kernels::attention::{attend_group, RowBlocks, RowLayout};
+use deepseek_kernels::attention::{attend_group, attend_group_split, RowBlocks, RowLayout};
 use deepseek_kernels::matrix::{matmul_serial, matmul_transposed};
 use deepseek_kernels::ops::{rms_norm_inplace, rope, RopeStyle};
 use deepseek_kernels::{matmul, Matrix};
@@ -237,24 +237,43 @@ impl MlaAttention {
         };
         let mut latent_out = vec![0.0; n * h * lora];
         let blocks: Vec<Vec<&[f32]>> = caches.iter().map(|c| pool.layer_blocks(c, layer)).collect();
-        latent_out
-            .par_chunks_mut(h * lora)
-            .enumerate()
-            .for_each_init(Vec::new, |scores, (t, o)| {
+        if n < rayon::current_num_threads() {
+            // Few query tokens (decode): split each one's context across the threads instead.
+            for (t, o) in latent_out.chunks_mut(h * lora).enumerate() {
                 let rows = RowBlocks {
                     blocks: blocks[batch.seq_of(t)].clone(),
                     block_tokens: BLOCK_TOKENS,
                 };
-                attend_group(
-                    &absorbed_q[t * h * width..(t + 1) * h * width],
+                let q = &absorbed_q[t * h * width..(t + 1) * h * width];
+                attend_group_split(
+                    q,
                     &rows,
                     layout,
                     batch.position(t) + 1,
                     self.softmax_scale,
                     o,
-                    scores,
                 );
-            });
+            }
+        } else {
+            latent_out
+                .par_chunks_mut(h * lora)
+                .enumerate()
+                .for_each_init(Vec::new, |scores, (t, o)| {
+                    let rows = RowBlocks {
+                        blocks: blocks[batch.seq_of(t)].clone(),
+                        block_tokens: BLOCK_TOKENS,
+                    };
+                    attend_group(
+                        &absorbed_q[t * h * width..(t + 1) * h * width],
+                        &rows,
+                        layout,
+                        batch.position(t) + 1,
+                        self.softmax_scale,
+                        o,
+                        scores,
+                    );
+                });
+        }
 
         // Back from latent space: out[t, h] = W_UV[h] · latent_out[t, h], heads in parallel.
         let per_head: Vec<Vec<f32>> = (0..h)

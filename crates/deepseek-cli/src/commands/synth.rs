@@ -30,6 +30,9 @@ pub struct Args {
     shard_gib: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Copy tokenizer.json and tokenizer_config.json from this folder (converters need them).
+    #[arg(long, value_name = "DIR")]
+    tokenizer: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -81,6 +84,13 @@ pub fn run(a: Args) -> Result<()> {
         },
     )?;
     bar.finish_and_clear();
+    if let Some(t) = &a.tokenizer {
+        for f in ["tokenizer.json", "tokenizer_config.json"] {
+            let src = t.join(f);
+            std::fs::copy(&src, a.out.join(f))
+                .map_err(|e| anyhow::anyhow!("--tokenizer: copying {}: {e}", src.display()))?;
+        }
+    }
     eprintln!(
         "wrote {} ({} preset{}) to {}",
         match dtype {

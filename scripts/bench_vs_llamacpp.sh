@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Side-by-side decode/prefill benchmark: deepseek-rs vs llama.cpp (and optionally HF transformers)
+# on the same synthetic DeepSeek-V2-Lite checkpoint (8 layers, bf16), in one run.
+#
+#   scripts/bench_vs_llamacpp.sh [WORKDIR]        (default WORKDIR: /tmp/deepseek-rs-bench)
+#
+# llama.cpp comes from the PyPI sdist of llama-cpp-python (vendor/llama.cpp), built in WORKDIR;
+# nothing of it enters the repo. Needs cmake, a C++ compiler, python3 with pip; the converter
+# needs numpy, torch, transformers, sentencepiece (installed into WORKDIR/venv).
+# Env: LAYERS (8), PP (512), TG (128), REPS (3), THREADS (all cores), DEPTHS ("0"), HF=1 to add
+# transformers' decode.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${1:-/tmp/deepseek-rs-bench}
+LAYERS=${LAYERS:-8}; PP=${PP:-512}; TG=${TG:-128}; REPS=${REPS:-3}; THREADS=${THREADS:-$(nproc)}
+DEPTHS=${DEPTHS:-0}
+mkdir -p "$WORK"
+cd "$ROOT"
+cargo build --release -q
+DS="$ROOT/target/release/deepseek"
+python3 scripts/fetch_tokenizers.py
+
+# 1. llama.cpp from the llama-cpp-python sdist.
+LCPP="$WORK/llama.cpp"
+if [ ! -x "$LCPP/build/bin/llama-bench" ]; then
+  (cd "$WORK" && python3 -m pip download -q --no-deps --no-binary llama-cpp-python -d sdist llama-cpp-python)
+  rm -rf "$WORK/src" && mkdir -p "$WORK/src" && tar xzf "$WORK"/sdist/llama_cpp_python-*.tar.gz -C "$WORK/src"
+  rm -rf "$LCPP" && cp -r "$WORK"/src/llama_cpp_python-*/vendor/llama.cpp "$LCPP"
+  cmake -S "$LCPP" -B "$LCPP/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
+  cmake --build "$LCPP/build" -j "$(nproc)" --target llama-bench llama-quantize >/dev/null
+fi
+LCPP_VERSION=$(cd "$WORK" && ls src | head -1)
+
+# 2. The synthetic model, in HF layout with the real DeepSeek-V2 tokenizer (for the converter).
+MODEL="$WORK/v2lite-${LAYERS}l-bf16"
+[ -f "$MODEL/config.json" ] || "$DS" synth --preset v2-lite --layers "$LAYERS" --dtype bf16 --tokenizer assets/tokenizers/deepseek-v2 --out "$MODEL"
+
+# 3. GGUF for llama.cpp (bf16, no re-quantization).
+GGUF="$WORK/v2lite-${LAYERS}l-bf16.gguf"
+if [ ! -f "$GGUF" ]; then
+  [ -x "$WORK/venv/bin/python" ] || python3 -m venv "$WORK/venv"
+  # The converter identifies the pre-tokenizer by hashing transformers 4 output (5 drops BOS).
+  "$WORK/venv/bin/pip" install -q numpy sentencepiece "transformers<5" "huggingface_hub<1" "tokenizers<0.23" safetensors torch "$LCPP/gguf-py"
+  "$WORK/venv/bin/python" "$LCPP/convert_hf_to_gguf.py" "$MODEL" --outtype bf16 --outfile "$GGUF"
+fi
+
+OUT="$WORK/results.jsonl"; : > "$OUT"
+for D in $DEPTHS; do
+  echo "deepseek-rs depth $D ..." >&2
+  "$DS" bench --model "$MODEL" -p "$PP" -n "$TG" --depth "$D" -r "$REPS" --threads "$THREADS" --json | sed "s/^/{\"engine\":\"deepseek-rs\",\"result\":/; s/\$/}/" >> "$OUT"
+  echo "llama.cpp depth $D ..." >&2
+  "$LCPP/build/bin/llama-bench" -m "$GGUF" -p "$PP" -n "$TG" -d "$D" -r "$REPS" -t "$THREADS" -o jsonl 2>/dev/null \
+    | sed "s/^/{\"engine\":\"llama.cpp\",\"result\":/; s/\$/}/" >> "$OUT"
+done
+if [ "${HF:-0}" = 1 ]; then
+  echo "transformers decode ..." >&2
+  "$WORK/venv/bin/python" "$ROOT/scripts/hf_decode_speed.py" "$MODEL" "$TG" "$THREADS" | sed "s/^/{\"engine\":\"transformers\",\"result\":/; s/\$/}/" >> "$OUT"
+fi
+
+python3 - "$OUT" "$LCPP_VERSION" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print(f"llama.cpp from {sys.argv[2]}\n")
+print("| engine | test | depth | tokens/s | GB/s (decode) | share of probe bandwidth |")
+print("|---|---|---|---|---|---|")
+for r in rows:
+    e, x = r["engine"], r["result"]
+    if e == "deepseek-rs":
+        if x["prompt_tokens"]:
+            print(f"| deepseek-rs | pp{x['prompt_tokens']} | {x['depth']} | {x['prefill_tok_s']:.1f} ({x['prefill_tok_s_min']:.1f}–{x['prefill_tok_s_max']:.1f}) | | |")
+        print(f"| deepseek-rs | tg{x['gen_tokens']} | {x['depth']} | {x['decode_tok_s']:.2f} ({x['decode_tok_s_min']:.2f}–{x['decode_tok_s_max']:.2f}) | {x['decode_gb_s']:.1f} | {100*x['bandwidth_share']:.0f}% of {x['bandwidth_gb_s']:.1f} GB/s |")
+        bw, active = x["bandwidth_gb_s"], x["active_weight_bytes"]
+    elif e == "llama.cpp":
+        test = f"pp{x['n_prompt']}" if x["n_prompt"] else f"tg{x['n_gen']}"
+        gbs = "" if x["n_prompt"] else f"{x['avg_ts'] * active / 1e9:.1f}"
+        print(f"| llama.cpp | {test} | {x.get('n_depth', 0)} | {x['avg_ts']:.2f} ± {x['stddev_ts']:.2f} | {gbs} | |")
+    else:
+        print(f"| transformers | tg{x['gen_tokens']} | 0 | {x['decode_tok_s']:.2f} | {x['decode_tok_s'] * active / 1e9:.1f} | |")
+PY
