@@ -42,7 +42,13 @@ if [ ! -f "$GGUF" ]; then
   [ -x "$WORK/venv/bin/python" ] || python3 -m venv "$WORK/venv"
   # The converter identifies the pre-tokenizer by hashing transformers 4 output (5 drops BOS).
   "$WORK/venv/bin/pip" install -q numpy sentencepiece "transformers<5" "huggingface_hub<1" "tokenizers<0.23" safetensors torch "$LCPP/gguf-py"
-  "$WORK/venv/bin/python" "$LCPP/convert_hf_to_gguf.py" "$MODEL" --outtype bf16 --outfile "$GGUF"
+  # llama.cpp reads deepseek2.attention.q_lora_rank unless the model has 26 or 27 layers (its
+  # test for "Lite"); give the converter a view of the model whose config says 0.
+  CONV="$WORK/convert-view"; rm -rf "$CONV"; mkdir -p "$CONV"
+  for f in "$MODEL"/*; do ln -s "$f" "$CONV/"; done
+  rm "$CONV/config.json"
+  python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c['q_lora_rank']=c.get('q_lora_rank') or 0; json.dump(c, open(sys.argv[2],'w'))" "$MODEL/config.json" "$CONV/config.json"
+  "$WORK/venv/bin/python" "$LCPP/convert_hf_to_gguf.py" "$CONV" --outtype bf16 --outfile "$GGUF"
 fi
 
 OUT="$WORK/results.jsonl"; : > "$OUT"

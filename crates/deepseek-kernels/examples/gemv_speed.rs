@@ -25,7 +25,7 @@ fn main() {
     let x: Vec<f32> = (0..cols).map(|i| (i % 13) as f32 / 13.0).collect();
     let mut out = vec![0.0; rows];
     let bw = deepseek_kernels::probe::read_bandwidth(1 << 30, 5);
-    for n in [1usize, 4, 16] {
+    for n in [1usize, 4, 16, 64] {
         let xs: Vec<f32> = x.iter().cycle().take(n * cols).copied().collect();
         let mut out_n = vec![0.0; n * rows];
         matmul(&m, &xs, n, &mut out_n);

@@ -279,7 +279,8 @@ impl ModelConfig {
             (None, None)
         } else {
             let mla = MlaConfig {
-                q_lora_rank: f.opt_usize("q_lora_rank")?,
+                // 0 and null both mean "no query compression" (llama.cpp's converter needs 0).
+                q_lora_rank: f.opt_usize("q_lora_rank")?.filter(|&r| r > 0),
                 kv_lora_rank: f.usize("kv_lora_rank")?,
                 qk_nope_head_dim: f.usize("qk_nope_head_dim")?,
                 qk_rope_head_dim: f.usize("qk_rope_head_dim")?,
