@@ -61,7 +61,7 @@ for D in $DEPTHS; do
 done
 if [ "${HF:-0}" = 1 ]; then
   echo "transformers decode ..." >&2
-  "$WORK/venv/bin/python" "$ROOT/scripts/hf_decode_speed.py" "$MODEL" "$TG" "$THREADS" | sed "s/^/{\"engine\":\"transformers\",\"result\":/; s/\$/}/" >> "$OUT"
+  "$WORK/venv/bin/python" "$ROOT/scripts/hf_decode_speed.py" "$MODEL" "${HF_TG:-32}" "$THREADS" | sed "s/^/{\"engine\":\"transformers\",\"result\":/; s/\$/}/" >> "$OUT"
 fi
 
 python3 - "$OUT" "$LCPP_VERSION" <<'PY'

@@ -34,18 +34,27 @@ impl RowBlocks<'_> {
     }
 }
 
-/// `out[g] = Σ_t softmax_t(scale · q[g]·k_t) v_t` over the first `n_ctx` rows, for each of the
-/// `groups` query vectors in `queries` (each `layout.key_len` long). `out` holds `groups ×
-/// value_len`. `scores` is scratch of at least `n_ctx` per group.
-pub fn attend_group(
+/// Rows scored and summed together: the block's scores and rows stay in L1/L2 between the
+/// score pass and the value pass, so the cache is streamed from memory once.
+const BLOCK_ROWS: usize = 64;
+
+/// Softmax state of a group of heads over part of the context: running maximum, normaliser and
+/// unnormalised weighted sum of values (online softmax).
+struct Partial {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    out: Vec<f32>,
+}
+
+/// Online-softmax attention of every query in `queries` over rows `start..end`.
+fn attend_partial(
     queries: &[f32],
     rows: &RowBlocks,
     layout: RowLayout,
-    n_ctx: usize,
+    start: usize,
+    end: usize,
     scale: f32,
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
+) -> Partial {
     let RowLayout {
         row_width,
         key_offset,
@@ -54,41 +63,96 @@ pub fn attend_group(
         value_len,
     } = layout;
     let groups = queries.len() / key_len;
-    scores.clear();
-    scores.resize(groups * n_ctx, 0.0);
-    // Pass 1: scores, row-major over tokens so each cache row is touched once for all heads.
-    for t in 0..n_ctx {
-        let row = rows.row(t, row_width);
-        let k = &row[key_offset..key_offset + key_len];
-        let mut g = 0;
-        while g < groups {
-            let m = (groups - g).min(4);
-            let qs: [&[f32]; 4] = std::array::from_fn(|i| {
-                let gi = g + i.min(m - 1);
-                &queries[gi * key_len..(gi + 1) * key_len]
-            });
-            let mut acc = [0.0f32; 4];
-            simd::dot_f32_multi(k, &qs[..m], &mut acc[..m]);
-            for i in 0..m {
-                scores[(g + i) * n_ctx + t] = acc[i] * scale;
+    let mut p = Partial {
+        max: vec![f32::NEG_INFINITY; groups],
+        sum: vec![0.0; groups],
+        out: vec![0.0; groups * value_len],
+    };
+    let mut s = vec![0.0f32; groups * BLOCK_ROWS];
+    let mut b0 = start;
+    while b0 < end {
+        let len = (end - b0).min(BLOCK_ROWS);
+        // Scores of the block, four heads per pass over a row.
+        for i in 0..len {
+            let k = &rows.row(b0 + i, row_width)[key_offset..key_offset + key_len];
+            let mut g = 0;
+            while g < groups {
+                let m = (groups - g).min(4);
+                let qs: [&[f32]; 4] = std::array::from_fn(|j| {
+                    let gi = g + j.min(m - 1);
+                    &queries[gi * key_len..(gi + 1) * key_len]
+                });
+                let mut acc = [0.0f32; 4];
+                simd::dot_f32_multi(k, &qs[..m], &mut acc[..m]);
+                for j in 0..m {
+                    s[(g + j) * BLOCK_ROWS + i] = acc[j] * scale;
+                }
+                g += m;
             }
-            g += m;
         }
-    }
-    for g in 0..groups {
-        crate::ops::softmax(&mut scores[g * n_ctx..(g + 1) * n_ctx]);
-    }
-    // Pass 2: weighted sum of values.
-    out[..groups * value_len].fill(0.0);
-    for t in 0..n_ctx {
-        let row = rows.row(t, row_width);
-        let v = &row[value_offset..value_offset + value_len];
+        // Fold the block into the running softmax.
         for g in 0..groups {
-            simd::axpy(
-                scores[g * n_ctx + t],
-                v,
-                &mut out[g * value_len..(g + 1) * value_len],
-            );
+            let sg = &mut s[g * BLOCK_ROWS..g * BLOCK_ROWS + len];
+            let bm = sg.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let new_max = p.max[g].max(bm);
+            let correction = (p.max[g] - new_max).exp();
+            if correction != 1.0 {
+                p.sum[g] *= correction;
+                p.out[g * value_len..(g + 1) * value_len]
+                    .iter_mut()
+                    .for_each(|v| *v *= correction);
+            }
+            for v in sg.iter_mut() {
+                // exp below e^-80 would be denormal: flush to zero (denormals cost ~100x).
+                let d = *v - new_max;
+                *v = if d < -80.0 { 0.0 } else { d.exp() };
+                p.sum[g] += *v;
+            }
+            p.max[g] = new_max;
+        }
+        for i in 0..len {
+            let v = &rows.row(b0 + i, row_width)[value_offset..value_offset + value_len];
+            for g in 0..groups {
+                simd::axpy(
+                    s[g * BLOCK_ROWS + i],
+                    v,
+                    &mut p.out[g * value_len..(g + 1) * value_len],
+                );
+            }
+        }
+        b0 += len;
+    }
+    p
+}
+
+/// `out[g] = Σ_t softmax_t(scale · q[g]·k_t) v_t` over the first `n_ctx` rows, for each of the
+/// `groups` query vectors in `queries` (each `layout.key_len` long). `out` holds `groups ×
+/// value_len`.
+pub fn attend_group(
+    queries: &[f32],
+    rows: &RowBlocks,
+    layout: RowLayout,
+    n_ctx: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let p = attend_partial(queries, rows, layout, 0, n_ctx, scale);
+    merge(&[p], layout.value_len, out);
+}
+
+/// Combines partial softmax states over disjoint row ranges exactly.
+fn merge(parts: &[Partial], vl: usize, out: &mut [f32]) {
+    let groups = parts[0].max.len();
+    for g in 0..groups {
+        let m = parts
+            .iter()
+            .map(|p| p.max[g])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let z: f32 = parts.iter().map(|p| p.sum[g] * (p.max[g] - m).exp()).sum();
+        let dst = &mut out[g * vl..(g + 1) * vl];
+        dst.fill(0.0);
+        for p in parts {
+            simd::axpy((p.max[g] - m).exp() / z, &p.out[g * vl..(g + 1) * vl], dst);
         }
     }
 }
@@ -97,9 +161,9 @@ pub fn attend_group(
 /// the split costs more than it saves.
 const SPLIT_ROWS: usize = 512;
 
-/// [`attend_group`] with the context split across the thread pool: each part computes its own
-/// softmax maximum, normaliser and weighted sum, and the parts are merged exactly. This keeps
-/// every core busy when a single decode token attends to a long context.
+/// [`attend_group`] with the context split across the thread pool: each part keeps its own
+/// softmax state and the parts are merged exactly. This keeps every core busy when a single
+/// decode token attends to a long context.
 pub fn attend_group_split(
     queries: &[f32],
     rows: &RowBlocks,
@@ -109,83 +173,25 @@ pub fn attend_group_split(
     out: &mut [f32],
 ) {
     use rayon::prelude::*;
-    let groups = queries.len() / layout.key_len;
-    let vl = layout.value_len;
     let parts = n_ctx
         .div_ceil(SPLIT_ROWS)
         .min(rayon::current_num_threads() * 2)
         .max(1);
-    if parts == 1 {
-        let mut scratch = Vec::new();
-        attend_group(queries, rows, layout, n_ctx, scale, out, &mut scratch);
-        return;
-    }
     let per = n_ctx.div_ceil(parts);
-    // Each part: (max[g], sum[g], unnormalised out[g × vl]).
-    let partials: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..parts)
+    let partials: Vec<Partial> = (0..parts)
         .into_par_iter()
         .map(|p| {
-            let (start, end) = (p * per, ((p + 1) * per).min(n_ctx));
-            let len = end.saturating_sub(start);
-            let mut scores = vec![0.0f32; groups * len];
-            for t in start..end {
-                let row = rows.row(t, layout.row_width);
-                let k = &row[layout.key_offset..layout.key_offset + layout.key_len];
-                let mut g = 0;
-                while g < groups {
-                    let m = (groups - g).min(4);
-                    let qs: [&[f32]; 4] = std::array::from_fn(|i| {
-                        let gi = g + i.min(m - 1);
-                        &queries[gi * layout.key_len..(gi + 1) * layout.key_len]
-                    });
-                    let mut acc = [0.0f32; 4];
-                    simd::dot_f32_multi(k, &qs[..m], &mut acc[..m]);
-                    for i in 0..m {
-                        scores[(g + i) * len + (t - start)] = acc[i] * scale;
-                    }
-                    g += m;
-                }
-            }
-            let mut maxes = vec![f32::NEG_INFINITY; groups];
-            let mut sums = vec![0.0f32; groups];
-            for g in 0..groups {
-                let s = &mut scores[g * len..(g + 1) * len];
-                let m = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut z = 0.0;
-                for v in s.iter_mut() {
-                    *v = (*v - m).exp();
-                    z += *v;
-                }
-                maxes[g] = m;
-                sums[g] = z;
-            }
-            let mut o = vec![0.0f32; groups * vl];
-            for t in start..end {
-                let row = rows.row(t, layout.row_width);
-                let v = &row[layout.value_offset..layout.value_offset + vl];
-                for g in 0..groups {
-                    simd::axpy(
-                        scores[g * len + (t - start)],
-                        v,
-                        &mut o[g * vl..(g + 1) * vl],
-                    );
-                }
-            }
-            (maxes, sums, o)
+            attend_partial(
+                queries,
+                rows,
+                layout,
+                p * per,
+                ((p + 1) * per).min(n_ctx),
+                scale,
+            )
         })
         .collect();
-    for g in 0..groups {
-        let m = partials
-            .iter()
-            .map(|p| p.0[g])
-            .fold(f32::NEG_INFINITY, f32::max);
-        let z: f32 = partials.iter().map(|p| p.1[g] * (p.0[g] - m).exp()).sum();
-        let dst = &mut out[g * vl..(g + 1) * vl];
-        dst.fill(0.0);
-        for p in &partials {
-            simd::axpy((p.0[g] - m).exp() / z, &p.2[g * vl..(g + 1) * vl], dst);
-        }
-    }
+    merge(&partials, layout.value_len, out);
 }
 
 /// Plain reference of [`attend_group`].
@@ -260,8 +266,7 @@ mod tests {
             block_tokens,
         };
         let mut out = vec![0.0; 5 * 32];
-        let mut scratch = Vec::new();
-        attend_group(&queries, &rb, layout, n_ctx, 0.3, &mut out, &mut scratch);
+        attend_group(&queries, &rb, layout, n_ctx, 0.3, &mut out);
         let want = attend_group_reference(&queries, &rows, layout, n_ctx, 0.3);
         for (a, b) in out.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
@@ -292,7 +297,7 @@ mod tests {
         };
         let q = &queries[..3 * 12];
         let mut out = vec![0.0; 3 * 12];
-        attend_group(q, &rb, layout, n_ctx, 0.5, &mut out, &mut scratch);
+        attend_group(q, &rb, layout, n_ctx, 0.5, &mut out);
         let want = attend_group_reference(q, &rows, layout, n_ctx, 0.5);
         for (a, b) in out.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");

@@ -83,7 +83,7 @@ impl LlamaAttention {
         // One task per (token, kv head): its `group` query heads share the K/V rows.
         attn.par_chunks_mut(group * hd)
             .enumerate()
-            .for_each_init(Vec::new, |scores, (i, o)| {
+            .for_each(|(i, o)| {
                 let (t, j) = (i / kvh, i % kvh);
                 let rows = RowBlocks {
                     blocks: blocks[batch.seq_of(t)].clone(),
@@ -97,7 +97,7 @@ impl LlamaAttention {
                     value_len: hd,
                 };
                 let qs = &q[(t * h + j * group) * hd..(t * h + (j + 1) * group) * hd];
-                attend_group(qs, &rows, layout, batch.position(t) + 1, scale, o, scores);
+                attend_group(qs, &rows, layout, batch.position(t) + 1, scale, o);
             });
         matmul(&self.o_proj, &attn, n, out);
     }

@@ -258,7 +258,7 @@ impl MlaAttention {
             latent_out
                 .par_chunks_mut(h * lora)
                 .enumerate()
-                .for_each_init(Vec::new, |scores, (t, o)| {
+                .for_each(|(t, o)| {
                     let rows = RowBlocks {
                         blocks: blocks[batch.seq_of(t)].clone(),
                         block_tokens: BLOCK_TOKENS,
@@ -270,7 +270,6 @@ impl MlaAttention {
                         batch.position(t) + 1,
                         self.softmax_scale,
                         o,
-                        scores,
                     );
                 });
         }
@@ -347,27 +346,24 @@ impl MlaAttention {
                 block_tokens: ctx,
             };
             let out = &mut attn[tokens.start * h * vdim..tokens.end * h * vdim];
-            out.par_chunks_mut(vdim)
-                .enumerate()
-                .for_each_init(Vec::new, |scores, (i, o)| {
-                    let (t, hh) = (tokens.start + i / h, i % h);
-                    let layout = RowLayout {
-                        row_width: h * head_w,
-                        key_offset: hh * head_w,
-                        key_len: qk,
-                        value_offset: hh * head_w + qk,
-                        value_len: vdim,
-                    };
-                    attend_group(
-                        &q[(t * h + hh) * qk..][..qk],
-                        &full_rows,
-                        layout,
-                        batch.position(t) + 1,
-                        self.softmax_scale,
-                        o,
-                        scores,
-                    );
-                });
+            out.par_chunks_mut(vdim).enumerate().for_each(|(i, o)| {
+                let (t, hh) = (tokens.start + i / h, i % h);
+                let layout = RowLayout {
+                    row_width: h * head_w,
+                    key_offset: hh * head_w,
+                    key_len: qk,
+                    value_offset: hh * head_w + qk,
+                    value_len: vdim,
+                };
+                attend_group(
+                    &q[(t * h + hh) * qk..][..qk],
+                    &full_rows,
+                    layout,
+                    batch.position(t) + 1,
+                    self.softmax_scale,
+                    o,
+                );
+            });
         }
     }
 }
