@@ -73,13 +73,14 @@ print("|---|---|---|---|---|---|")
 for r in rows:
     e, x = r["engine"], r["result"]
     if e == "deepseek-rs":
-        if x["prompt_tokens"]:
+        if x["prompt_tokens"] and x["depth"] == 0:  # our prefill test always starts empty
             print(f"| deepseek-rs | pp{x['prompt_tokens']} | {x['depth']} | {x['prefill_tok_s']:.1f} ({x['prefill_tok_s_min']:.1f}–{x['prefill_tok_s_max']:.1f}) | | |")
         print(f"| deepseek-rs | tg{x['gen_tokens']} | {x['depth']} | {x['decode_tok_s']:.2f} ({x['decode_tok_s_min']:.2f}–{x['decode_tok_s_max']:.2f}) | {x['decode_gb_s']:.1f} | {100*x['bandwidth_share']:.0f}% of {x['bandwidth_gb_s']:.1f} GB/s |")
         bw, active = x["bandwidth_gb_s"], x["active_weight_bytes"]
     elif e == "llama.cpp":
         test = f"pp{x['n_prompt']}" if x["n_prompt"] else f"tg{x['n_gen']}"
-        gbs = "" if x["n_prompt"] else f"{x['avg_ts'] * active / 1e9:.1f}"
+        # Weights only: at depth > 0 llama.cpp also reads its KV cache, which we do not size here.
+        gbs = "" if x["n_prompt"] or x.get("n_depth", 0) else f"{x['avg_ts'] * active / 1e9:.1f}"
         print(f"| llama.cpp | {test} | {x.get('n_depth', 0)} | {x['avg_ts']:.2f} ± {x['stddev_ts']:.2f} | {gbs} | |")
     else:
         print(f"| transformers | tg{x['gen_tokens']} | 0 | {x['decode_tok_s']:.2f} | {x['decode_tok_s'] * active / 1e9:.1f} | |")
