@@ -292,3 +292,30 @@ fn tokenize_and_template_need_only_tokenizer_files() {
     );
     std::fs::remove_file(&tmp).ok();
 }
+
+#[test]
+fn chat_reads_turns_from_stdin_and_default_model_is_bundled() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deepseek"))
+        .args(["chat", "-n", "8"])
+        .current_dir(workspace())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Write a function\n/reset\nAnother one\n/exit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Two answers, one line each at least.
+    assert!(String::from_utf8_lossy(&out.stdout).lines().count() >= 2);
+}

@@ -85,3 +85,43 @@ fn validation_loss_equals_the_training_scripts() {
         "engine validation loss {got:.5} vs training script {want:.5}"
     );
 }
+
+#[test]
+fn stop_strings_cut_the_text_and_streamed_pieces_add_up() {
+    let dir = nano();
+    let tok = Arc::new(Tokenizer::from_dir(&dir).unwrap());
+    let gen = Generator::new(
+        Arc::new(Model::load(&dir, &mut |_, _| {}).unwrap()),
+        Some(tok.clone()),
+    );
+    let prompt = tok.encode("def parse_args(argv):\n", true).unwrap();
+    let full = gen
+        .generate(
+            &prompt,
+            &GenerateOptions {
+                max_new_tokens: 40,
+                ..Default::default()
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+    // Stop at the second line of the greedy continuation.
+    let cut = full.text.find('\n').expect("greedy text has a newline") + 1;
+    let stop = full.text[cut..].chars().take(4).collect::<String>();
+    let at = full.text.find(&stop).unwrap();
+    let mut streamed = String::new();
+    let opts = GenerateOptions {
+        max_new_tokens: 40,
+        stop: vec![stop.clone()],
+        ..Default::default()
+    };
+    let out = gen
+        .generate(&prompt, &opts, &mut |p| streamed.push_str(p))
+        .unwrap();
+    assert_eq!(out.text, full.text[..at]);
+    assert_eq!(
+        streamed, out.text,
+        "streamed pieces must equal the final text"
+    );
+    assert_eq!(out.finish_reason, deepseek_engine::FinishReason::Stop);
+}
