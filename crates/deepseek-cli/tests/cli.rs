@@ -319,3 +319,40 @@ fn chat_reads_turns_from_stdin_and_default_model_is_bundled() {
     // Two answers, one line each at least.
     assert!(String::from_utf8_lossy(&out.stdout).lines().count() >= 2);
 }
+
+#[test]
+fn bench_json_has_the_fields_scripts_rely_on() {
+    let out = deepseek(&[
+        "bench",
+        "--model",
+        &fixture("v2_lite_vdim"),
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "--depth",
+        "70",
+        "-r",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in [
+        "prefill_tok_s",
+        "decode_tok_s",
+        "decode_gb_s",
+        "bandwidth_gb_s",
+        "kv_bytes_per_token",
+    ] {
+        assert!(
+            v[k].as_f64().is_some_and(|x| x > 0.0),
+            "{k} missing or zero in {v}"
+        );
+    }
+    assert_eq!(v["kv_bytes_per_token"], 40 * 3 * 4);
+}

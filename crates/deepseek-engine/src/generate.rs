@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use deepseek_cache::SequenceCache;
-use deepseek_model::{LogitsFor, Model, PrefillPath, SeqStep};
+use deepseek_cache::{BlockPool, SequenceCache};
+use deepseek_model::{LogitsFor, Model, ModelError, PrefillPath, SeqStep};
 
 use crate::sampler::{Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -101,19 +101,7 @@ impl Generator {
         let mut sampler = Sampler::new(opts.sampling.clone());
         let eos = self.eos_ids();
 
-        let mut logits = vec![];
-        for chunk in prompt.chunks(PREFILL_CHUNK) {
-            logits = model.forward(
-                &mut pool,
-                &mut [SeqStep {
-                    tokens: chunk,
-                    cache: &mut cache,
-                }],
-                LogitsFor::LastToken,
-                PrefillPath::Auto,
-                None,
-            )?;
-        }
+        let mut logits = prefill(model, &mut pool, &mut cache, prompt)?;
         let mut history = prompt.to_vec();
         let mut out_ids = vec![];
         let mut text = String::new();
@@ -177,6 +165,29 @@ impl Generator {
             finish_reason: finish,
         })
     }
+}
+
+/// Runs `tokens` into `cache` in chunks of [`PREFILL_CHUNK`]; returns the last token's logits.
+pub fn prefill(
+    model: &Model,
+    pool: &mut BlockPool,
+    cache: &mut SequenceCache,
+    tokens: &[u32],
+) -> Result<Vec<f32>, ModelError> {
+    let mut logits = vec![];
+    for chunk in tokens.chunks(PREFILL_CHUNK) {
+        logits = model.forward(
+            pool,
+            &mut [SeqStep {
+                tokens: chunk,
+                cache,
+            }],
+            LogitsFor::LastToken,
+            PrefillPath::Auto,
+            None,
+        )?;
+    }
+    Ok(logits)
 }
 
 /// Bytes at the end of `text` that could be the start of a stop string.

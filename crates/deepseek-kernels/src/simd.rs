@@ -51,31 +51,19 @@ pub fn bf16_to_f32(src: &[u16], dst: &mut [f32]) {
     }
 }
 
-/// `acc[i] = w · xs[i]` for f32 weights.
+/// `acc[i] = w · xs[i]` for f32 weights and one to four activation rows (one register tile).
 pub fn dot_f32_multi(w: &[f32], xs: &[&[f32]], acc: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    match isa() {
-        // SAFETY: the ISA was detected at run time.
-        Isa::Avx512 => return unsafe { x86::dot_f32_multi_avx512(w, xs, acc) },
-        Isa::Avx2 => return unsafe { x86::dot_f32_multi_avx2(w, xs, acc) },
-        Isa::Scalar => {}
+    fn one<const T: usize>(w: &[f32], xs: &[&[f32]], acc: &mut [f32]) {
+        let mut a = [[0.0f32; T]; 1];
+        f32::tile::<1, T>([w], std::array::from_fn(|t| &xs[t][..w.len()]), &mut a);
+        acc[..T].copy_from_slice(&a[0]);
     }
-    for (a, x) in acc.iter_mut().zip(xs) {
-        *a = dot_scalar(w.iter().copied(), x);
-    }
-}
-
-/// `acc[i] = w · xs[i]` for bf16 weights (raw bits).
-pub fn dot_bf16_multi(w: &[u16], xs: &[&[f32]], acc: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    match isa() {
-        // SAFETY: the ISA was detected at run time.
-        Isa::Avx512 => return unsafe { x86::dot_bf16_multi_avx512(w, xs, acc) },
-        Isa::Avx2 => return unsafe { x86::dot_bf16_multi_avx2(w, xs, acc) },
-        Isa::Scalar => {}
-    }
-    for (a, x) in acc.iter_mut().zip(xs) {
-        *a = dot_scalar(w.iter().map(|&b| bf16_bits_to_f32(b)), x);
+    match xs.len() {
+        1 => one::<1>(w, xs, acc),
+        2 => one::<2>(w, xs, acc),
+        3 => one::<3>(w, xs, acc),
+        4 => one::<4>(w, xs, acc),
+        n => panic!("dot_f32_multi takes 1 to 4 rows, got {n}"),
     }
 }
 
@@ -186,36 +174,6 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    macro_rules! multi_kernel {
-        ($name:ident, $feat:literal, $lanes:expr, $vec:ty, $zero:expr, $load_w:expr, $load_x:expr, $fma:expr, $reduce:expr, $wty:ty, $conv:expr) => {
-            #[target_feature(enable = $feat)]
-            pub unsafe fn $name(w: &[$wty], xs: &[&[f32]], acc: &mut [f32]) {
-                let n = w.len();
-                let k = xs.len();
-                debug_assert!(k <= 4 && xs.iter().all(|x| x.len() >= n));
-                let main = n - n % $lanes;
-                let mut s: [$vec; 4] = [$zero; 4];
-                let wp = w.as_ptr();
-                let mut i = 0;
-                while i < main {
-                    let wv: $vec = $load_w(wp.add(i));
-                    for j in 0..k {
-                        let xv: $vec = $load_x(xs.get_unchecked(j).as_ptr().add(i));
-                        *s.get_unchecked_mut(j) = $fma(wv, xv, *s.get_unchecked(j));
-                    }
-                    i += $lanes;
-                }
-                for j in 0..k {
-                    let mut t: f32 = $reduce(s[j]);
-                    for c in main..n {
-                        t += $conv(*w.get_unchecked(c)) * *xs[j].get_unchecked(c);
-                    }
-                    acc[j] = t;
-                }
-            }
-        };
-    }
-
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     unsafe fn hsum256(v: __m256) -> f32 {
@@ -247,59 +205,6 @@ mod x86 {
     fn conv_bf16(v: u16) -> f32 {
         super::bf16_bits_to_f32(v)
     }
-
-    multi_kernel!(
-        dot_f32_multi_avx2,
-        "avx2,fma",
-        8,
-        __m256,
-        _mm256_setzero_ps(),
-        |p: *const f32| _mm256_loadu_ps(p),
-        |p: *const f32| _mm256_loadu_ps(p),
-        |a, b, c| _mm256_fmadd_ps(a, b, c),
-        |v| hsum256(v),
-        f32,
-        conv_f32
-    );
-    multi_kernel!(
-        dot_bf16_multi_avx2,
-        "avx2,fma",
-        8,
-        __m256,
-        _mm256_setzero_ps(),
-        |p: *const u16| load_bf16_avx2(p),
-        |p: *const f32| _mm256_loadu_ps(p),
-        |a, b, c| _mm256_fmadd_ps(a, b, c),
-        |v| hsum256(v),
-        u16,
-        conv_bf16
-    );
-    multi_kernel!(
-        dot_f32_multi_avx512,
-        "avx512f",
-        16,
-        __m512,
-        _mm512_setzero_ps(),
-        |p: *const f32| _mm512_loadu_ps(p),
-        |p: *const f32| _mm512_loadu_ps(p),
-        |a, b, c| _mm512_fmadd_ps(a, b, c),
-        |v| _mm512_reduce_add_ps(v),
-        f32,
-        conv_f32
-    );
-    multi_kernel!(
-        dot_bf16_multi_avx512,
-        "avx512f,avx512bw",
-        16,
-        __m512,
-        _mm512_setzero_ps(),
-        |p: *const u16| load_bf16_avx512(p),
-        |p: *const f32| _mm512_loadu_ps(p),
-        |a, b, c| _mm512_fmadd_ps(a, b, c),
-        |v| _mm512_reduce_add_ps(v),
-        u16,
-        conv_bf16
-    );
 
     macro_rules! tile_kernel {
         ($name:ident, $feat:literal, $lanes:expr, $vec:ty, $zero:expr, $load_w:expr, $load_x:expr, $fma:expr, $reduce:expr, $wty:ty, $conv:expr) => {
@@ -405,5 +310,81 @@ mod x86 {
         for c in main..n {
             y[c] += alpha * super::bf16_bits_to_f32(w[c]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every ISA path this CPU has, against the scalar code (the dispatcher only ever picks the
+    /// widest, so the others are exercised here).
+    #[test]
+    fn all_isa_tiles_agree_with_scalar() {
+        let n = 77;
+        let w: Vec<Vec<f32>> = (0..4)
+            .map(|r| {
+                (0..n)
+                    .map(|i| ((i * 13 + r * 7) % 17) as f32 / 8.0 - 1.0)
+                    .collect()
+            })
+            .collect();
+        let wb: Vec<Vec<u16>> = w
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|&v| half::bf16::from_f32(v).to_bits())
+                    .collect()
+            })
+            .collect();
+        let x: Vec<Vec<f32>> = (0..3)
+            .map(|t| {
+                (0..n)
+                    .map(|i| ((i * 5 + t) % 11) as f32 / 5.0 - 1.0)
+                    .collect()
+            })
+            .collect();
+        let wr: [&[f32]; 4] = std::array::from_fn(|r| &w[r][..]);
+        let wbr: [&[u16]; 4] = std::array::from_fn(|r| &wb[r][..]);
+        let xr: [&[f32]; 3] = std::array::from_fn(|t| &x[t][..]);
+        let mut want = [[0.0f32; 3]; 4];
+        tile_scalar(wr, xr, &mut want, |v| v);
+        let mut want_b = [[0.0f32; 3]; 4];
+        tile_scalar(wbr, xr, &mut want_b, bf16_bits_to_f32);
+        let close = |a: &[[f32; 3]; 4], b: &[[f32; 3]; 4]| {
+            a.iter()
+                .flatten()
+                .zip(b.iter().flatten())
+                .all(|(x, y)| (x - y).abs() < 1e-4)
+        };
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut got = [[0.0f32; 3]; 4];
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                unsafe { x86::tile_f32_avx2(wr, xr, &mut got) };
+                assert!(close(&got, &want), "avx2 f32");
+                unsafe { x86::tile_bf16_avx2(wbr, xr, &mut got) };
+                assert!(close(&got, &want_b), "avx2 bf16");
+            }
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+                unsafe { x86::tile_f32_avx512(wr, xr, &mut got) };
+                assert!(close(&got, &want), "avx512 f32");
+                unsafe { x86::tile_bf16_avx512(wbr, xr, &mut got) };
+                assert!(close(&got, &want_b), "avx512 bf16");
+                let mut y = vec![0.5f32; n];
+                let mut y_ref = y.clone();
+                unsafe { x86::axpy_bf16_avx512(0.25, &wb[0], &mut y) };
+                for (yv, &b) in y_ref.iter_mut().zip(&wb[0]) {
+                    *yv += 0.25 * bf16_bits_to_f32(b);
+                }
+                assert!(
+                    y.iter().zip(&y_ref).all(|(a, b)| (a - b).abs() < 1e-6),
+                    "avx512 axpy_bf16"
+                );
+            }
+        }
+        let mut acc = [0.0f32; 3];
+        dot_f32_multi(&w[0], &xr, &mut acc);
+        assert!(acc.iter().zip(&want[0]).all(|(a, b)| (a - b).abs() < 1e-4));
     }
 }

@@ -2,6 +2,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use deepseek_cache::SequenceCache;
+use deepseek_engine::generate::prefill;
 use deepseek_model::{LogitsFor, PrefillPath, SeqStep};
 use serde_json::json;
 
@@ -79,26 +80,15 @@ pub fn run(a: Args) -> Result<()> {
         )?;
     }
 
-    let mut prefill = vec![];
+    let mut prefill_tok_s = vec![];
     if a.prompt > 0 {
         for _ in 0..a.repetitions {
             let toks: Vec<u32> = (0..a.prompt).map(|_| rand_token()).collect();
             let mut pool = model.new_cache_pool(a.prompt);
             let mut cache = SequenceCache::default();
             let t = Instant::now();
-            for chunk in toks.chunks(deepseek_engine::generate::PREFILL_CHUNK) {
-                model.forward(
-                    &mut pool,
-                    &mut [SeqStep {
-                        tokens: chunk,
-                        cache: &mut cache,
-                    }],
-                    LogitsFor::LastToken,
-                    PrefillPath::Auto,
-                    None,
-                )?;
-            }
-            prefill.push(a.prompt as f64 / t.elapsed().as_secs_f64());
+            prefill(&model, &mut pool, &mut cache, &toks)?;
+            prefill_tok_s.push(a.prompt as f64 / t.elapsed().as_secs_f64());
         }
     }
 
@@ -112,18 +102,7 @@ pub fn run(a: Args) -> Result<()> {
             if a.depth > 0 {
                 if a.depth_fill == "prefill" {
                     let toks: Vec<u32> = (0..a.depth).map(|_| rand_token()).collect();
-                    for chunk in toks.chunks(deepseek_engine::generate::PREFILL_CHUNK) {
-                        model.forward(
-                            &mut pool,
-                            &mut [SeqStep {
-                                tokens: chunk,
-                                cache: &mut cache,
-                            }],
-                            LogitsFor::LastToken,
-                            PrefillPath::Auto,
-                            None,
-                        )?;
-                    }
+                    prefill(&model, &mut pool, &mut cache, &toks)?;
                 } else {
                     pool.reserve(&mut cache, a.depth)?;
                     for layer in 0..shape.layers {
@@ -155,10 +134,10 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
 
-    let (pp, pp_min, pp_max) = if prefill.is_empty() {
+    let (pp, pp_min, pp_max) = if prefill_tok_s.is_empty() {
         (0.0, 0.0, 0.0)
     } else {
-        median_spread(&mut prefill)
+        median_spread(&mut prefill_tok_s)
     };
     let (tg, tg_min, tg_max) = if decode.is_empty() {
         (0.0, 0.0, 0.0)
