@@ -144,11 +144,6 @@ impl BlockPool {
         seq.len = 0;
     }
 
-    /// Drops rows from `len` on (used to roll back a speculative or failed step).
-    pub fn truncate(&mut self, seq: &mut SequenceCache, len: usize) {
-        seq.len = seq.len.min(len);
-    }
-
     /// Mutable row of token `pos` in `layer`. The block must be reserved.
     pub fn row_mut(&mut self, seq: &SequenceCache, layer: usize, pos: usize) -> &mut [f32] {
         let w = self.shape.row_width;

@@ -159,7 +159,8 @@ impl Matrix {
         v
     }
 
-    /// `[cols, rows]` copy in f32.
+    /// `[cols, rows]` copy in f32 (tests compare the transposed kernels with it).
+    #[cfg(test)]
     pub fn transposed_f32(&self) -> Matrix {
         let src = self.to_f32();
         let mut t = vec![0.0; src.len()];

@@ -156,13 +156,6 @@ pub fn axpy_bf16(alpha: f32, w: &[u16], y: &mut [f32]) {
     }
 }
 
-/// `a · b` for f32 slices.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32];
-    dot_f32_multi(a, &[b], &mut acc);
-    acc[0]
-}
-
 /// `y += alpha * x`.
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yv, &xv) in y.iter_mut().zip(x) {

@@ -97,10 +97,6 @@ impl Rope {
             sin[i] = angle.sin() * self.magnitude;
         }
     }
-
-    pub fn half_dim(&self) -> usize {
-        self.inv_freq.len()
-    }
 }
 
 /// MLA's softmax scale: `qk_head_dim^-0.5 · mscale(factor, mscale_all_dim)²` under YaRN.
