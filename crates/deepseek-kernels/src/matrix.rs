@@ -34,7 +34,12 @@ impl DType {
 /// A typed read-only buffer: either owned, or a window of a memory-mapped file (zero copy).
 #[derive(Clone)]
 pub enum Buffer<T: Copy + 'static> {
-    Owned(Arc<Vec<T>>),
+    /// `len` elements from `offset` of a shared vector (views made by `row_range` share it).
+    Owned {
+        data: Arc<Vec<T>>,
+        offset: usize,
+        len: usize,
+    },
     Mapped {
         map: Arc<memmap2::Mmap>,
         offset: usize,
@@ -61,13 +66,13 @@ impl<T: Copy + 'static> Buffer<T> {
                 std::ptr::copy_nonoverlapping(ptr, v.as_mut_ptr() as *mut u8, bytes);
                 v.set_len(len);
             }
-            Buffer::Owned(Arc::new(v))
+            v.into()
         }
     }
 
     pub fn as_slice(&self) -> &[T] {
         match self {
-            Buffer::Owned(v) => v,
+            Buffer::Owned { data, offset, len } => &data[*offset..*offset + *len],
             Buffer::Mapped { map, offset, len } => {
                 // SAFETY: alignment and bounds were checked in `from_map`; T is plain data.
                 unsafe { std::slice::from_raw_parts(map[*offset..].as_ptr() as *const T, *len) }
@@ -78,7 +83,12 @@ impl<T: Copy + 'static> Buffer<T> {
 
 impl<T: Copy + 'static> From<Vec<T>> for Buffer<T> {
     fn from(v: Vec<T>) -> Self {
-        Buffer::Owned(Arc::new(v))
+        let len = v.len();
+        Buffer::Owned {
+            data: Arc::new(v),
+            offset: 0,
+            len,
+        }
     }
 }
 
@@ -175,7 +185,18 @@ impl Matrix {
 
 fn sub<T: Copy + 'static>(b: &Buffer<T>, offset: usize, len: usize) -> Buffer<T> {
     match b {
-        Buffer::Owned(v) => Buffer::Owned(Arc::new(v[offset..offset + len].to_vec())),
+        Buffer::Owned {
+            data,
+            offset: o,
+            len: l,
+        } => {
+            assert!(offset + len <= *l);
+            Buffer::Owned {
+                data: data.clone(),
+                offset: o + offset,
+                len,
+            }
+        }
         Buffer::Mapped {
             map,
             offset: o,

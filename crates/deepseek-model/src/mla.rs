@@ -207,17 +207,9 @@ impl MlaAttention {
 
         // absorbed_q[t, h] = [W_UK[h]ᵀ q_nope[t, h] | q_pe[t, h]]; heads in parallel, each one
         // pass over its W_UK for all tokens.
-        let per_head: Vec<Vec<f32>> = (0..h)
-            .into_par_iter()
-            .map(|hh| {
-                let q_nope: Vec<f32> = (0..n)
-                    .flat_map(|t| q[(t * h + hh) * qk..][..nope].iter().copied())
-                    .collect();
-                let mut aq = vec![0.0; n * lora];
-                matmul_transposed(&self.w_uk[hh], &q_nope, n, &mut aq);
-                aq
-            })
-            .collect();
+        let per_head = per_head_par(q, n, h, qk, nope, lora, |hh, q_nope, aq| {
+            matmul_transposed(&self.w_uk[hh], q_nope, n, aq)
+        });
         let mut absorbed_q = vec![0.0; n * h * width];
         for (hh, aq) in per_head.iter().enumerate() {
             for t in 0..n {
@@ -275,17 +267,9 @@ impl MlaAttention {
         }
 
         // Back from latent space: out[t, h] = W_UV[h] · latent_out[t, h], heads in parallel.
-        let per_head: Vec<Vec<f32>> = (0..h)
-            .into_par_iter()
-            .map(|hh| {
-                let lat: Vec<f32> = (0..n)
-                    .flat_map(|t| latent_out[(t * h + hh) * lora..][..lora].iter().copied())
-                    .collect();
-                let mut v = vec![0.0; n * vdim];
-                matmul_serial(&self.w_uv[hh], &lat, n, &mut v);
-                v
-            })
-            .collect();
+        let per_head = per_head_par(&latent_out, n, h, lora, lora, vdim, |hh, lat, v| {
+            matmul_serial(&self.w_uv[hh], lat, n, v)
+        });
         for (hh, v) in per_head.iter().enumerate() {
             for t in 0..n {
                 attn[(t * h + hh) * vdim..(t * h + hh + 1) * vdim]
@@ -366,4 +350,29 @@ impl MlaAttention {
             });
         }
     }
+}
+
+/// For each of `h` heads in parallel: gathers the first `in_len` values of that head's slot in
+/// every token's `[h, stride]` row of `x` into `[n, in_len]`, and lets `f` map it to
+/// `[n, out_len]`. Returns the outputs per head.
+fn per_head_par(
+    x: &[f32],
+    n: usize,
+    h: usize,
+    stride: usize,
+    in_len: usize,
+    out_len: usize,
+    f: impl Fn(usize, &[f32], &mut [f32]) + Sync,
+) -> Vec<Vec<f32>> {
+    (0..h)
+        .into_par_iter()
+        .map(|hh| {
+            let input: Vec<f32> = (0..n)
+                .flat_map(|t| x[(t * h + hh) * stride..][..in_len].iter().copied())
+                .collect();
+            let mut out = vec![0.0; n * out_len];
+            f(hh, &input, &mut out);
+            out
+        })
+        .collect()
 }
