@@ -1,7 +1,9 @@
-//! Streams a large bf16 matrix through the GEMV kernel and reports GB/s, beside the read
-//! bandwidth probe. `cargo run --release --example gemv_speed -- [rows] [cols] [threads]`
+//! Streams a large matrix through the GEMV/GEMM kernels and reports GB/s, beside the read
+//! bandwidth probe. `cargo run --release --example gemv_speed -- [rows] [cols] [threads] [type]`
+//! with type bf16 (default) or a GGML block type (q8_0, q4_k, q6_k, …).
 use std::time::Instant;
 
+use deepseek_kernels::quant::{quantize_row, QuantType};
 use deepseek_kernels::{matmul, Matrix, MatrixData};
 
 fn main() {
@@ -14,14 +16,32 @@ fn main() {
         args.get(1).copied().unwrap_or(2048),
     );
     deepseek_kernels::threads::init(args.get(2).copied());
-    let w: Vec<u16> = (0..rows * cols)
-        .map(|i| half::bf16::from_f32(((i * 7919) % 1000) as f32 / 1000.0 - 0.5).to_bits())
-        .collect();
-    let m = Matrix {
-        rows,
-        cols,
-        data: MatrixData::BF16(w.into()),
+    let value = |i: usize| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5;
+    let ty = std::env::args().nth(4).unwrap_or_else(|| "bf16".into());
+    let data = match QuantType::from_name(&ty) {
+        Some(q) => {
+            let rb = q.row_bytes(cols);
+            let mut bytes = vec![0u8; rows * rb];
+            let mut row = vec![0.0; cols];
+            for (r, o) in bytes.chunks_mut(rb).enumerate() {
+                for (c, v) in row.iter_mut().enumerate() {
+                    *v = value(r * cols + c);
+                }
+                quantize_row(q, &row, o);
+            }
+            MatrixData::Quant {
+                ty: q,
+                data: bytes.into(),
+            }
+        }
+        None => MatrixData::BF16(
+            (0..rows * cols)
+                .map(|i| half::bf16::from_f32(value(i)).to_bits())
+                .collect::<Vec<_>>()
+                .into(),
+        ),
     };
+    let m = Matrix { rows, cols, data };
     let x: Vec<f32> = (0..cols).map(|i| (i % 13) as f32 / 13.0).collect();
     let mut out = vec![0.0; rows];
     let bw = deepseek_kernels::probe::read_bandwidth(1 << 30, 5);

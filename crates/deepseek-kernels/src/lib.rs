@@ -10,10 +10,14 @@ pub mod attention;
 pub mod matrix;
 pub mod ops;
 pub mod probe;
+pub mod quant;
+#[cfg(target_arch = "x86_64")]
+mod quant_x86;
 pub mod simd;
 pub mod threads;
 
 pub use matrix::{Buffer, DType, Matrix, MatrixData};
+pub use quant::QuantType;
 
 /// `out[t][r] = Σ_k w[r][k] · x[t][k]` for `n` tokens: a PyTorch `Linear` without bias.
 pub fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {

@@ -1,10 +1,11 @@
-//! Weight matrices in their stored format (f32, bf16, f16), owned or memory-mapped, and the
-//! matmul over them with f32 accumulation.
+//! Weight matrices in their stored format (f32, bf16, f16, or a GGML block format), owned or
+//! memory-mapped, and the matmul over them with f32 accumulation.
 
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::quant::{self, QuantType, QuantizedActivations};
 use crate::simd;
 
 /// Storage format of a weight matrix.
@@ -13,13 +14,16 @@ pub enum DType {
     F32,
     BF16,
     F16,
+    Quant(QuantType),
 }
 
 impl DType {
-    pub fn size_bytes(self) -> usize {
+    /// Bytes of a row of `cols` values.
+    pub fn row_bytes(self, cols: usize) -> usize {
         match self {
-            DType::F32 => 4,
-            DType::BF16 | DType::F16 => 2,
+            DType::F32 => 4 * cols,
+            DType::BF16 | DType::F16 => 2 * cols,
+            DType::Quant(q) => q.row_bytes(cols),
         }
     }
     pub fn name(self) -> &'static str {
@@ -27,6 +31,7 @@ impl DType {
             DType::F32 => "f32",
             DType::BF16 => "bf16",
             DType::F16 => "f16",
+            DType::Quant(q) => q.name(),
         }
     }
 }
@@ -98,6 +103,11 @@ pub enum MatrixData {
     F32(Buffer<f32>),
     BF16(Buffer<u16>),
     F16(Buffer<u16>),
+    /// GGML blocks, each row `ty.row_bytes(cols)` bytes.
+    Quant {
+        ty: QuantType,
+        data: Buffer<u8>,
+    },
 }
 
 /// A row-major `[rows, cols]` weight, rows being output features (PyTorch `Linear` layout).
@@ -123,11 +133,12 @@ impl Matrix {
             MatrixData::F32(_) => DType::F32,
             MatrixData::BF16(_) => DType::BF16,
             MatrixData::F16(_) => DType::F16,
+            MatrixData::Quant { ty, .. } => DType::Quant(ty),
         }
     }
 
     pub fn size_bytes(&self) -> usize {
-        self.rows * self.cols * self.dtype().size_bytes()
+        self.rows * self.dtype().row_bytes(self.cols)
     }
 
     /// Rows `start..start+count` as a matrix sharing this one's storage.
@@ -138,6 +149,13 @@ impl Matrix {
             MatrixData::F32(b) => MatrixData::F32(sub(b, o, n)),
             MatrixData::BF16(b) => MatrixData::BF16(sub(b, o, n)),
             MatrixData::F16(b) => MatrixData::F16(sub(b, o, n)),
+            MatrixData::Quant { ty, data } => {
+                let rb = ty.row_bytes(self.cols);
+                MatrixData::Quant {
+                    ty: *ty,
+                    data: sub(data, start * rb, count * rb),
+                }
+            }
         };
         Matrix {
             rows: count,
@@ -156,6 +174,10 @@ impl Matrix {
                 for (o, &h) in out.iter_mut().zip(&b.as_slice()[r * c..(r + 1) * c]) {
                     *o = half::f16::from_bits(h).to_f32();
                 }
+            }
+            MatrixData::Quant { ty, data } => {
+                let rb = ty.row_bytes(c);
+                quant::dequantize_row(*ty, &data.as_slice()[r * rb..(r + 1) * rb], out)
             }
         }
     }
@@ -230,7 +252,7 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     // Split the output rows into chunks, one task each: enough chunks to balance the threads,
     // each big enough (≥ 64 KiB of weights) to amortise scheduling. Multiple of 8 rows for the
     // GEMV tiles.
-    let row_bytes = cols * w.dtype().size_bytes();
+    let row_bytes = w.dtype().row_bytes(cols);
     let min_rows = (65536 / row_bytes.max(1)).clamp(1, rows);
     let threads = rayon::current_num_threads();
     let chunk = rows
@@ -238,15 +260,21 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
         .max(min_rows)
         .next_multiple_of(8)
         .min(rows);
+    // Quantized weights take 8-bit activations, quantized once for all row chunks.
+    let qx = match w.data {
+        MatrixData::Quant { .. } => Some(QuantizedActivations::new(x, cols)),
+        _ => None,
+    };
+    let act = Act { x, q: qx.as_ref() };
     if threads == 1 || chunk >= rows {
-        rows_kernel(w, 0, rows, x, n, out, rows);
+        rows_kernel(w, 0, rows, &act, n, out, rows);
         return;
     }
     if n == 1 {
         // GEMV: each chunk writes its own slice of the single output row.
         out.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
             let len = o.len();
-            rows_kernel(w, ci * chunk, len, x, 1, o, len);
+            rows_kernel(w, ci * chunk, len, &act, 1, o, len);
         });
         return;
     }
@@ -259,7 +287,7 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
             let r0 = ci * chunk;
             let nr = chunk.min(rows - r0);
             let mut o = vec![0.0f32; n * nr];
-            rows_kernel(w, r0, nr, x, n, &mut o, nr);
+            rows_kernel(w, r0, nr, &act, n, &mut o, nr);
             (r0, o)
         })
         .collect();
@@ -271,9 +299,36 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     }
 }
 
+/// The activations of a matmul: f32, and their 8-bit form when the weights are quantized.
+struct Act<'a> {
+    x: &'a [f32],
+    q: Option<&'a QuantizedActivations>,
+}
+
 /// Rows `r0..r0+nr` of `w` against `n` tokens; `out[t * ld + r]` (r relative to `r0`).
-fn rows_kernel(w: &Matrix, r0: usize, nr: usize, x: &[f32], n: usize, out: &mut [f32], ld: usize) {
+fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut [f32], ld: usize) {
+    let x = act.x;
     match &w.data {
+        MatrixData::Quant { ty, data } => {
+            let qx = act.q.expect("quantized activations");
+            let rb = ty.row_bytes(w.cols);
+            let d = data.as_slice();
+            for r in 0..nr {
+                let row = &d[(r0 + r) * rb..(r0 + r + 1) * rb];
+                let mut t = 0;
+                while t + 4 <= n {
+                    let v = quant::dot_rows::<4>(*ty, row, qx, t);
+                    for (k, v) in v.into_iter().enumerate() {
+                        out[(t + k) * ld + r] = v;
+                    }
+                    t += 4;
+                }
+                while t < n {
+                    out[t * ld + r] = quant::dot_row(*ty, row, qx, t);
+                    t += 1;
+                }
+            }
+        }
         MatrixData::F32(b) => rows_tiled(b.as_slice(), w.cols, r0, nr, x, n, out, ld),
         MatrixData::BF16(b) => rows_tiled(b.as_slice(), w.cols, r0, nr, x, n, out, ld),
         MatrixData::F16(b) => {
@@ -378,7 +433,7 @@ pub fn matmul_transposed(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
                 }
             }
         }
-        MatrixData::F16(_) => {
+        MatrixData::F16(_) | MatrixData::Quant { .. } => {
             let mut wr = vec![0.0; cols];
             for r in 0..rows {
                 w.row_f32(r, &mut wr);
@@ -394,7 +449,12 @@ pub fn matmul_transposed(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
 pub fn matmul_serial(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n * w.cols);
     assert_eq!(out.len(), n * w.rows);
-    rows_kernel(w, 0, w.rows, x, n, out, w.rows);
+    let qx = match w.data {
+        MatrixData::Quant { .. } => Some(QuantizedActivations::new(x, w.cols)),
+        _ => None,
+    };
+    let act = Act { x, q: qx.as_ref() };
+    rows_kernel(w, 0, w.rows, &act, n, out, w.rows);
 }
 
 /// Plain reference: convert everything to f32 and multiply in f64.

@@ -21,8 +21,9 @@ pub fn isa() -> Isa {
         let forced = std::env::var("DEEPSEEK_ISA").ok();
         #[cfg(target_arch = "x86_64")]
         {
-            let avx512 =
-                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw");
+            let avx512 = is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl");
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
             match forced.as_deref() {
                 Some("scalar") => Isa::Scalar,

@@ -1,0 +1,789 @@
+//! llama.cpp's (GGML) quantized block formats: their byte layouts, dequantization, quantization,
+//! and the dot product of a quantized weight row with an 8-bit quantized activation.
+//!
+//! Activations are quantized per 32 values (an f32 scale, the int8 values and their sum), for
+//! every weight format: a K-quant super-block of 256 is eight such activation blocks. That is at
+//! least as precise as llama.cpp's Q8_0/Q8_K activations, and lets one integer dot product of 32
+//! (or 16) int8 pairs serve every format: each weight block is unpacked to int8 on the stack, and
+//! its scale (and min) applied once per block.
+
+/// Values per block of the 32-wide formats (and per activation block).
+pub const QK: usize = 32;
+/// Values per K-quant super-block.
+pub const QK_K: usize = 256;
+
+/// A GGML block format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuantType {
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl QuantType {
+    pub const ALL: [QuantType; 7] = [
+        QuantType::Q8_0,
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q5_0,
+        QuantType::Q4K,
+        QuantType::Q5K,
+        QuantType::Q6K,
+    ];
+
+    /// Values per block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 => QK,
+            QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => QK_K,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QuantType::Q8_0 => 2 + 32,
+            QuantType::Q4_0 => 2 + 16,
+            QuantType::Q4_1 => 2 + 2 + 16,
+            QuantType::Q5_0 => 2 + 4 + 16,
+            QuantType::Q4K => 2 + 2 + 12 + 128,
+            QuantType::Q5K => 2 + 2 + 12 + 32 + 128,
+            QuantType::Q6K => 128 + 64 + 16 + 2,
+        }
+    }
+
+    /// Bytes of a row of `cols` values (`cols` must be a multiple of the block size).
+    pub fn row_bytes(self, cols: usize) -> usize {
+        cols / self.block_elems() * self.block_bytes()
+    }
+
+    /// GGML's type id (as stored in GGUF tensor infos).
+    pub fn ggml_type(self) -> u32 {
+        match self {
+            QuantType::Q4_0 => 2,
+            QuantType::Q4_1 => 3,
+            QuantType::Q5_0 => 6,
+            QuantType::Q8_0 => 8,
+            QuantType::Q4K => 12,
+            QuantType::Q5K => 13,
+            QuantType::Q6K => 14,
+        }
+    }
+
+    pub fn from_ggml_type(id: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.ggml_type() == id)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantType::Q8_0 => "q8_0",
+            QuantType::Q4_0 => "q4_0",
+            QuantType::Q4_1 => "q4_1",
+            QuantType::Q5_0 => "q5_0",
+            QuantType::Q4K => "q4_k",
+            QuantType::Q5K => "q5_k",
+            QuantType::Q6K => "q6_k",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(s))
+    }
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+fn put_f16(b: &mut [u8], i: usize, v: f32) {
+    b[i..i + 2].copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes());
+}
+
+/// Scale and min of sub-block `j` (0..8) from a K-quant's 12 packed 6-bit scale bytes.
+#[inline(always)]
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+// ---- unpacking one block into integers (shared by dequantization and the dot products) ----
+
+/// Q4_0 / Q5_0 / Q8_0: the block's int8 values (offsets removed) and its scale.
+#[inline(always)]
+fn unpack_32(t: QuantType, b: &[u8], q: &mut [i8; QK]) -> f32 {
+    match t {
+        QuantType::Q8_0 => {
+            for (o, &v) in q.iter_mut().zip(&b[2..34]) {
+                *o = v as i8;
+            }
+        }
+        QuantType::Q4_0 => {
+            let qs = &b[2..18];
+            for j in 0..16 {
+                q[j] = (qs[j] & 0xF) as i8 - 8;
+                q[j + 16] = (qs[j] >> 4) as i8 - 8;
+            }
+        }
+        QuantType::Q4_1 => {
+            let qs = &b[4..20];
+            for j in 0..16 {
+                q[j] = (qs[j] & 0xF) as i8;
+                q[j + 16] = (qs[j] >> 4) as i8;
+            }
+        }
+        QuantType::Q5_0 => {
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            let qs = &b[6..22];
+            for j in 0..16 {
+                let h0 = ((qh >> j) << 4) as u8 & 0x10;
+                let h1 = (qh >> (j + 12)) as u8 & 0x10;
+                q[j] = ((qs[j] & 0xF) | h0) as i8 - 16;
+                q[j + 16] = ((qs[j] >> 4) | h1) as i8 - 16;
+            }
+        }
+        _ => unreachable!("unpack_32 on a K-quant"),
+    }
+    f16_at(b, 0)
+}
+
+/// A K-quant super-block unpacked: 256 integer values, and per 32-value sub-block the factors
+/// such that value = d_sub[i] * q - m_sub[i] (Q4_K, Q5_K). Q6_K has 16-value sub-blocks with
+/// signed scales: value = d * scale16[i] * q.
+struct KBlock {
+    q: [i8; QK_K],
+    d: f32,
+    dmin: f32,
+    scales: [u8; 8],
+    mins: [u8; 8],
+    scales16: [i8; 16],
+}
+
+#[inline(always)]
+fn unpack_k(t: QuantType, b: &[u8], k: &mut KBlock) {
+    match t {
+        QuantType::Q4K | QuantType::Q5K => {
+            k.d = f16_at(b, 0);
+            k.dmin = f16_at(b, 2);
+            let sc = &b[4..16];
+            for j in 0..8 {
+                let (s, m) = scale_min_k4(j, sc);
+                k.scales[j] = s;
+                k.mins[j] = m;
+            }
+            if t == QuantType::Q4K {
+                let qs = &b[16..144];
+                for c in 0..4 {
+                    for l in 0..32 {
+                        k.q[c * 64 + l] = (qs[c * 32 + l] & 0xF) as i8;
+                        k.q[c * 64 + 32 + l] = (qs[c * 32 + l] >> 4) as i8;
+                    }
+                }
+            } else {
+                let qh = &b[16..48];
+                let qs = &b[48..176];
+                for c in 0..4 {
+                    for l in 0..32 {
+                        let h = qh[l] >> (2 * c);
+                        k.q[c * 64 + l] = ((qs[c * 32 + l] & 0xF) | ((h & 1) << 4)) as i8;
+                        k.q[c * 64 + 32 + l] = ((qs[c * 32 + l] >> 4) | ((h & 2) << 3)) as i8;
+                    }
+                }
+            }
+        }
+        QuantType::Q6K => {
+            let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+            k.d = f16_at(b, 208);
+            for (o, &s) in k.scales16.iter_mut().zip(sc) {
+                *o = s as i8;
+            }
+            for n in 0..2 {
+                let (ql, qh) = (&ql[n * 64..], &qh[n * 32..]);
+                let y = &mut k.q[n * 128..];
+                for l in 0..32 {
+                    y[l] = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
+                    y[l + 32] = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+                    y[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+                    y[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+                }
+            }
+        }
+        _ => unreachable!("unpack_k on a 32-wide format"),
+    }
+}
+
+impl KBlock {
+    fn new() -> Self {
+        KBlock {
+            q: [0; QK_K],
+            d: 0.0,
+            dmin: 0.0,
+            scales: [0; 8],
+            mins: [0; 8],
+            scales16: [0; 16],
+        }
+    }
+}
+
+/// Dequantizes a row of blocks into `out` (`out.len()` values).
+pub fn dequantize_row(t: QuantType, bytes: &[u8], out: &mut [f32]) {
+    let (be, bb) = (t.block_elems(), t.block_bytes());
+    assert_eq!(out.len() % be, 0);
+    assert!(bytes.len() >= out.len() / be * bb);
+    match t {
+        QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => {
+            let mut k = KBlock::new();
+            for (o, b) in out.chunks_exact_mut(QK_K).zip(bytes.chunks_exact(bb)) {
+                unpack_k(t, b, &mut k);
+                if t == QuantType::Q6K {
+                    for (i, v) in o.iter_mut().enumerate() {
+                        *v = k.d * k.scales16[i / 16] as f32 * k.q[i] as f32;
+                    }
+                } else {
+                    for (i, v) in o.iter_mut().enumerate() {
+                        let j = i / 32;
+                        *v = k.d * k.scales[j] as f32 * k.q[i] as f32 - k.dmin * k.mins[j] as f32;
+                    }
+                }
+            }
+        }
+        _ => {
+            let mut q = [0i8; QK];
+            for (o, b) in out.chunks_exact_mut(QK).zip(bytes.chunks_exact(bb)) {
+                let d = unpack_32(t, b, &mut q);
+                let m = if t == QuantType::Q4_1 {
+                    f16_at(b, 2)
+                } else {
+                    0.0
+                };
+                for (v, &qi) in o.iter_mut().zip(&q) {
+                    *v = d * qi as f32 + m;
+                }
+            }
+        }
+    }
+}
+
+// ---- activations ----
+
+/// `n` rows of activations quantized per 32 values: scale, int8 values, and their sum.
+pub struct QuantizedActivations {
+    pub cols: usize,
+    pub d: Vec<f32>,
+    pub sums: Vec<i32>,
+    pub qs: Vec<i8>,
+}
+
+impl QuantizedActivations {
+    /// Quantizes `x` (`[n, cols]`, `cols` a multiple of 32).
+    pub fn new(x: &[f32], cols: usize) -> Self {
+        assert_eq!(cols % QK, 0, "activation width must be a multiple of 32");
+        let nb = x.len() / QK;
+        let mut a = QuantizedActivations {
+            cols,
+            d: vec![0.0; nb],
+            sums: vec![0; nb],
+            qs: vec![0; x.len()],
+        };
+        for (b, (xb, qb)) in x
+            .chunks_exact(QK)
+            .zip(a.qs.chunks_exact_mut(QK))
+            .enumerate()
+        {
+            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let mut s = 0i32;
+            for (q, &v) in qb.iter_mut().zip(xb) {
+                *q = (v * id).round() as i8;
+                s += *q as i32;
+            }
+            a.d[b] = d;
+            a.sums[b] = s;
+        }
+        a
+    }
+
+    /// Row `t` as (scales, sums, values).
+    pub fn row(&self, t: usize) -> (&[f32], &[i32], &[i8]) {
+        let nb = self.cols / QK;
+        (
+            &self.d[t * nb..(t + 1) * nb],
+            &self.sums[t * nb..(t + 1) * nb],
+            &self.qs[t * self.cols..(t + 1) * self.cols],
+        )
+    }
+}
+
+#[inline(always)]
+fn idot<const N: usize>(a: &[i8], b: &[i8]) -> i32 {
+    let (a, b) = (&a[..N], &b[..N]);
+    let mut s = 0i32;
+    for i in 0..N {
+        s += a[i] as i32 * b[i] as i32;
+    }
+    s
+}
+
+/// Dot product of one quantized weight row with one activation row.
+#[inline(always)]
+fn dot_row_generic(t: QuantType, w: &[u8], ad: &[f32], asum: &[i32], aq: &[i8]) -> f32 {
+    let bb = t.block_bytes();
+    let mut acc = 0.0f32;
+    match t {
+        QuantType::Q4K | QuantType::Q5K => {
+            let mut k = KBlock::new();
+            for (sb, b) in w.chunks_exact(bb).enumerate() {
+                unpack_k(t, b, &mut k);
+                let mut s_sc = 0.0f32;
+                let mut s_min = 0.0f32;
+                for j in 0..8 {
+                    let ab = sb * 8 + j;
+                    let i = idot::<32>(&k.q[j * 32..], &aq[ab * 32..]);
+                    s_sc += ad[ab] * (k.scales[j] as i32 * i) as f32;
+                    s_min += ad[ab] * (k.mins[j] as i32 * asum[ab]) as f32;
+                }
+                acc += k.d * s_sc - k.dmin * s_min;
+            }
+        }
+        QuantType::Q6K => {
+            let mut k = KBlock::new();
+            for (sb, b) in w.chunks_exact(bb).enumerate() {
+                unpack_k(t, b, &mut k);
+                let mut s = 0.0f32;
+                for j in 0..8 {
+                    let ab = sb * 8 + j;
+                    let lo = idot::<16>(&k.q[j * 32..], &aq[ab * 32..]);
+                    let hi = idot::<16>(&k.q[j * 32 + 16..], &aq[ab * 32 + 16..]);
+                    let i = k.scales16[2 * j] as i32 * lo + k.scales16[2 * j + 1] as i32 * hi;
+                    s += ad[ab] * i as f32;
+                }
+                acc += k.d * s;
+            }
+        }
+        _ => {
+            let mut q = [0i8; QK];
+            for (ab, b) in w.chunks_exact(bb).enumerate() {
+                let d = unpack_32(t, b, &mut q);
+                let i = idot::<32>(&q, &aq[ab * 32..]);
+                acc += d * ad[ab] * i as f32;
+                if t == QuantType::Q4_1 {
+                    acc += f16_at(b, 2) * ad[ab] * asum[ab] as f32;
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Which integer dot-product code this CPU runs (detected once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ByteDotIsa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
+}
+
+fn byte_dot_isa() -> ByteDotIsa {
+    static ISA: std::sync::OnceLock<ByteDotIsa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| match crate::simd::isa() {
+        crate::simd::Isa::Scalar => ByteDotIsa::Scalar,
+        #[cfg(target_arch = "x86_64")]
+        _ if !is_x86_feature_detected!("f16c") => ByteDotIsa::Scalar,
+        #[cfg(target_arch = "x86_64")]
+        _ if is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512vl")
+            && crate::simd::isa() == crate::simd::Isa::Avx512 =>
+        {
+            ByteDotIsa::Vnni
+        }
+        #[cfg(target_arch = "x86_64")]
+        _ => ByteDotIsa::Avx2,
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => ByteDotIsa::Scalar,
+    })
+}
+
+/// `Σ w·x` of one quantized weight row (`row_bytes(cols)` bytes) with `T` activation rows of
+/// `a` starting at `row0`: the weight blocks are unpacked once for all `T`.
+pub fn dot_rows<const T: usize>(
+    t: QuantType,
+    w: &[u8],
+    a: &QuantizedActivations,
+    row0: usize,
+) -> [f32; T] {
+    assert!(w.len() >= t.row_bytes(a.cols));
+    let acts: [(&[f32], &[i32], &[i8]); T] = std::array::from_fn(|k| a.row(row0 + k));
+    match byte_dot_isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the features were detected at run time; row lengths checked above.
+        ByteDotIsa::Vnni => unsafe { crate::quant_x86::dot_rows_vnni::<T>(t, w, &acts) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        ByteDotIsa::Avx2 => unsafe { crate::quant_x86::dot_rows_avx2::<T>(t, w, &acts) },
+        ByteDotIsa::Scalar => {
+            std::array::from_fn(|k| dot_row_generic(t, w, acts[k].0, acts[k].1, acts[k].2))
+        }
+    }
+}
+
+/// `Σ w·x` for a quantized weight row and activation row `row` of `a`.
+pub fn dot_row(t: QuantType, w: &[u8], a: &QuantizedActivations, row: usize) -> f32 {
+    dot_rows::<1>(t, w, a, row)[0]
+}
+
+/// Plain reference for tests: dequantize the row and multiply in f64.
+pub fn dot_row_reference(t: QuantType, w: &[u8], x: &[f32]) -> f32 {
+    let mut deq = vec![0.0; x.len()];
+    dequantize_row(t, w, &mut deq);
+    deq.iter()
+        .zip(x)
+        .map(|(&a, &b)| a as f64 * b as f64)
+        .sum::<f64>() as f32
+}
+
+// ---- quantization (for `deepseek quantize`) ----
+
+/// Quantizes `x` (a multiple of the block size) into `out` (`row_bytes(x.len())` bytes).
+/// The 32-wide formats round as llama.cpp's reference quantizers do (byte-identical to them);
+/// the K-quants use a simpler min/max search than llama.cpp's, in the same format.
+pub fn quantize_row(t: QuantType, x: &[f32], out: &mut [u8]) {
+    let (be, bb) = (t.block_elems(), t.block_bytes());
+    assert_eq!(
+        x.len() % be,
+        0,
+        "{} needs rows that are a multiple of {be}",
+        t.name()
+    );
+    assert_eq!(out.len(), x.len() / be * bb);
+    for (xb, ob) in x.chunks_exact(be).zip(out.chunks_exact_mut(bb)) {
+        match t {
+            QuantType::Q8_0 => {
+                let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                put_f16(ob, 0, d);
+                for (o, &v) in ob[2..].iter_mut().zip(xb) {
+                    *o = (v * id).round() as i8 as u8;
+                }
+            }
+            QuantType::Q4_0 | QuantType::Q5_0 => {
+                // The value of largest magnitude maps to -8 (-16), keeping its sign.
+                let (nmax, levels) = if t == QuantType::Q4_0 {
+                    (-8.0, 15)
+                } else {
+                    (-16.0, 31)
+                };
+                let max = xb
+                    .iter()
+                    .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                let d = max / nmax;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                put_f16(ob, 0, d);
+                let off = -nmax + 0.5;
+                let q = |v: f32| ((v * id + off) as i32).min(levels) as u8;
+                if t == QuantType::Q4_0 {
+                    for j in 0..16 {
+                        ob[2 + j] = q(xb[j]) | (q(xb[j + 16]) << 4);
+                    }
+                } else {
+                    let mut qh = 0u32;
+                    for j in 0..16 {
+                        let (a, b) = (q(xb[j]), q(xb[j + 16]));
+                        ob[6 + j] = (a & 0xF) | ((b & 0xF) << 4);
+                        qh |= (((a & 0x10) >> 4) as u32) << j;
+                        qh |= (((b & 0x10) >> 4) as u32) << (j + 16);
+                    }
+                    ob[2..6].copy_from_slice(&qh.to_le_bytes());
+                }
+            }
+            QuantType::Q4_1 => {
+                let min = xb.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+                let max = xb.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let d = (max - min) / 15.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                put_f16(ob, 0, d);
+                put_f16(ob, 2, min);
+                let q = |v: f32| (((v - min) * id + 0.5) as i32).min(15) as u8;
+                for j in 0..16 {
+                    ob[4 + j] = q(xb[j]) | (q(xb[j + 16]) << 4);
+                }
+            }
+            QuantType::Q4K | QuantType::Q5K => quantize_k_minmax(t, xb, ob),
+            QuantType::Q6K => quantize_q6k(xb, ob),
+        }
+    }
+}
+
+/// Q4_K / Q5_K: per 32-value sub-block an affine (scale, min) fit by min/max, then the eight
+/// scales and mins quantized to 6 bits against the super-block's `d` and `dmin`.
+fn quantize_k_minmax(t: QuantType, x: &[f32], out: &mut [u8]) {
+    let levels = if t == QuantType::Q4K { 15.0 } else { 31.0 };
+    let mut sc = [0.0f32; 8];
+    let mut mn = [0.0f32; 8];
+    for j in 0..8 {
+        let s = &x[j * 32..(j + 1) * 32];
+        let lo = s.iter().fold(0.0f32, |m, &v| m.min(v)); // min ≤ 0: stored as a positive min
+        let hi = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        sc[j] = (hi - lo) / levels;
+        mn[j] = -lo;
+    }
+    let max_sc = sc.iter().fold(0.0f32, |m, &v| m.max(v));
+    let max_mn = mn.iter().fold(0.0f32, |m, &v| m.max(v));
+    let d = max_sc / 63.0;
+    let dmin = max_mn / 63.0;
+    put_f16(out, 0, d);
+    put_f16(out, 2, dmin);
+    // Use the f16-rounded super scales so the 6-bit codes match what is decoded.
+    let (d, dmin) = (f16_at(out, 0), f16_at(out, 2));
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    for j in 0..8 {
+        ls[j] = if d > 0.0 {
+            ((sc[j] / d).round() as i32).clamp(0, 63) as u8
+        } else {
+            0
+        };
+        lm[j] = if dmin > 0.0 {
+            ((mn[j] / dmin).round() as i32).clamp(0, 63) as u8
+        } else {
+            0
+        };
+    }
+    let scales = &mut out[4..16];
+    for j in 0..8 {
+        if j < 4 {
+            scales[j] = ls[j];
+            scales[j + 4] = lm[j];
+        } else {
+            scales[j + 4] = (ls[j] & 0xF) | ((lm[j] & 0xF) << 4);
+            scales[j - 4] |= (ls[j] >> 4) << 6;
+            scales[j] |= (lm[j] >> 4) << 6;
+        }
+    }
+    let mut q = [0u8; QK_K];
+    for j in 0..8 {
+        let (dj, mj) = (d * ls[j] as f32, dmin * lm[j] as f32);
+        let id = if dj > 0.0 { 1.0 / dj } else { 0.0 };
+        for l in 0..32 {
+            let v = ((x[j * 32 + l] + mj) * id).round() as i32;
+            q[j * 32 + l] = v.clamp(0, levels as i32) as u8;
+        }
+    }
+    if t == QuantType::Q4K {
+        let qs = &mut out[16..144];
+        for c in 0..4 {
+            for l in 0..32 {
+                qs[c * 32 + l] = q[c * 64 + l] | (q[c * 64 + 32 + l] << 4);
+            }
+        }
+    } else {
+        let (qh, qs) = out[16..176].split_at_mut(32);
+        qh.fill(0);
+        for c in 0..4 {
+            for l in 0..32 {
+                let (a, b) = (q[c * 64 + l], q[c * 64 + 32 + l]);
+                qs[c * 32 + l] = (a & 0xF) | ((b & 0xF) << 4);
+                qh[l] |= ((a >> 4) << (2 * c)) | ((b >> 4) << (2 * c + 1));
+            }
+        }
+    }
+}
+
+/// Q6_K: per 16-value sub-block a signed scale (largest magnitude maps to -32), the 16 scales
+/// quantized to int8 against the super-block's `d`.
+fn quantize_q6k(x: &[f32], out: &mut [u8]) {
+    let mut sc = [0.0f32; 16];
+    for (j, s) in sc.iter_mut().enumerate() {
+        let max =
+            x[j * 16..(j + 1) * 16]
+                .iter()
+                .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        *s = max / -32.0;
+    }
+    let max_sc = sc
+        .iter()
+        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let d = max_sc / -128.0;
+    out[208..210].copy_from_slice(&half::f16::from_f32(d).to_bits().to_le_bytes());
+    let d = f16_at(out, 208);
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut ls = [0i8; 16];
+    for j in 0..16 {
+        ls[j] = ((sc[j] * id).round() as i32).clamp(-128, 127) as i8;
+    }
+    let mut q = [0u8; QK_K];
+    for j in 0..16 {
+        let dj = d * ls[j] as f32;
+        let idj = if dj != 0.0 { 1.0 / dj } else { 0.0 };
+        for l in 0..16 {
+            let v = (x[j * 16 + l] * idj).round() as i32;
+            q[j * 16 + l] = (v.clamp(-32, 31) + 32) as u8;
+        }
+    }
+    let (ql, rest) = out.split_at_mut(128);
+    let (qh, scales) = rest.split_at_mut(64);
+    for (o, &s) in scales[..16].iter_mut().zip(&ls) {
+        *o = s as u8;
+    }
+    for n in 0..2 {
+        let (ql, qh, q) = (&mut ql[n * 64..], &mut qh[n * 32..], &q[n * 128..]);
+        for l in 0..32 {
+            let (q1, q2, q3, q4) = (q[l], q[l + 32], q[l + 64], q[l + 96]);
+            ql[l] = (q1 & 0xF) | ((q3 & 0xF) << 4);
+            ql[l + 32] = (q2 & 0xF) | ((q4 & 0xF) << 4);
+            qh[l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn vectors() -> serde_json::Value {
+        let p = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/quant/vectors.json"
+        );
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn floats(v: &serde_json::Value) -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    }
+
+    fn ty(name: &str) -> QuantType {
+        QuantType::from_name(name).unwrap()
+    }
+
+    #[test]
+    fn dequantize_matches_gguf_py_for_every_type() {
+        let v = vectors();
+        for (name, case) in v.as_object().unwrap() {
+            let t = ty(name);
+            let blocks = hex(case["blocks"].as_str().unwrap());
+            let want = floats(&case["dequant"]);
+            let mut got = vec![0.0; want.len()];
+            dequantize_row(t, &blocks, &mut got);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                    "{name}[{i}]: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn quantize_is_byte_identical_to_gguf_py() {
+        let v = vectors();
+        for name in ["Q8_0", "Q4_0", "Q4_1", "Q5_0"] {
+            let case = &v[name];
+            let t = ty(name);
+            let x = floats(&case["input"]);
+            let mut out = vec![0u8; t.row_bytes(x.len())];
+            quantize_row(t, &x, &mut out);
+            assert_eq!(out, hex(case["blocks"].as_str().unwrap()), "{name}");
+        }
+    }
+
+    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
+    }
+
+    #[test]
+    fn k_quant_round_trip_error_is_small() {
+        let x = rand_vec(QK_K * 4, 3);
+        for (t, tol) in [
+            (QuantType::Q4K, 0.08),
+            (QuantType::Q5K, 0.04),
+            (QuantType::Q6K, 0.035), // one step where a value mirrors the sub-block extreme
+            (QuantType::Q8_0, 0.005),
+        ] {
+            let mut q = vec![0u8; t.row_bytes(x.len())];
+            quantize_row(t, &x, &mut q);
+            let mut y = vec![0.0; x.len()];
+            dequantize_row(t, &q, &mut y);
+            let err = x
+                .iter()
+                .zip(&y)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err < tol, "{t:?}: max error {err}");
+        }
+    }
+
+    #[test]
+    fn dot_matches_dequantized_reference_on_every_isa() {
+        let cols = QK_K * 3;
+        let x = rand_vec(cols * 2, 11);
+        let a = QuantizedActivations::new(&x, cols);
+        let w = rand_vec(cols, 12);
+        for t in QuantType::ALL {
+            let mut q = vec![0u8; t.row_bytes(cols)];
+            quantize_row(t, &w, &mut q);
+            for row in 0..2 {
+                let want = dot_row_reference(t, &q, &x[row * cols..(row + 1) * cols]);
+                let (ad, s, aq) = a.row(row);
+                let mut got = vec![dot_row_generic(t, &q, ad, s, aq)];
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let acts = [a.row(row)];
+                    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
+                        got.push(unsafe { crate::quant_x86::dot_rows_avx2::<1>(t, &q, &acts)[0] });
+                    }
+                    if is_x86_feature_detected!("avx512vnni")
+                        && is_x86_feature_detected!("avx512vl")
+                    {
+                        got.push(unsafe { crate::quant_x86::dot_rows_vnni::<1>(t, &q, &acts)[0] });
+                    }
+                }
+                got.push(dot_row(t, &q, &a, row));
+                if row == 0 {
+                    // The batched forms agree with the single-row one.
+                    let two = dot_rows::<2>(t, &q, &a, 0);
+                    assert!((two[0] - got[0]).abs() < 1e-3 * (1.0 + got[0].abs()));
+                    assert!(
+                        (two[1] - dot_row_generic(t, &q, a.row(1).0, a.row(1).1, a.row(1).2)).abs()
+                            < 1e-3 * (1.0 + two[1].abs())
+                    );
+                }
+                for g in got {
+                    // The activation's 8-bit rounding: ~0.4% of Σ|w·x|.
+                    let scale: f32 = w
+                        .iter()
+                        .zip(&x[row * cols..])
+                        .map(|(a, b)| (a * b).abs())
+                        .sum();
+                    assert!((g - want).abs() < 0.01 * scale, "{t:?}: {g} vs {want}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Hand-written x86 dot products of GGML weight blocks with 8-bit activations.
+//!
+//! Each 32-value weight block is unpacked into one 256-bit register of bytes and multiplied with
+//! up to four tokens' activations while it is in registers (batched decode and prefill read the
+//! weights once). The int8 products go through `vpdpbusd` (AVX-512 VNNI) or
+//! `vpmaddubsw`+`vpmaddwd` (AVX2); both take unsigned × signed bytes, so signed weights use the
+//! usual trick |w| · (a · sign w). Scales are applied in f32 per 32-value block because the
+//! activations carry one scale per 32 values.
+
+#![allow(clippy::missing_safety_doc, clippy::needless_range_loop)]
+
+use std::arch::x86_64::*;
+
+use super::quant::{QuantType, QK_K};
+
+/// Unsigned × signed byte dot product, accumulated into 8 i32 lanes.
+pub trait ByteDot {
+    unsafe fn dot(acc: __m256i, w_u8: __m256i, a_i8: __m256i) -> __m256i;
+}
+
+pub struct Vnni;
+pub struct Avx2;
+
+impl ByteDot for Vnni {
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, w, a)
+    }
+}
+
+impl ByteDot for Avx2 {
+    #[inline(always)]
+    unsafe fn dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+        // |w| ≤ 127 or ≤ 63 here, so the pairwise i16 sums cannot saturate.
+        let p16 = _mm256_maddubs_epi16(w, a);
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+    }
+}
+
+/// An f16 scale via F16C (the `half` crate's portable conversion costs more than a block's dot).
+#[inline(always)]
+unsafe fn f16(p: *const u8) -> f32 {
+    let bits = u16::from_le_bytes([*p, *p.add(1)]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Signed weights: |w| · (a with w's sign).
+#[inline(always)]
+unsafe fn dot_signed<B: ByteDot>(w: __m256i, a: __m256i) -> __m256i {
+    B::dot(
+        _mm256_setzero_si256(),
+        _mm256_sign_epi8(w, w),
+        _mm256_sign_epi8(a, w),
+    )
+}
+
+/// 16 packed bytes → 32 values: low nibbles then high nibbles.
+#[inline(always)]
+unsafe fn nibbles_16(p: *const u8) -> __m256i {
+    let x = _mm_loadu_si128(p as *const __m128i);
+    let both = _mm256_set_m128i(_mm_srli_epi16(x, 4), x);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// 32 bits → 32 bytes holding 0x10 where the bit is set (Q5_0's fifth bits).
+#[inline(always)]
+unsafe fn bits_to_0x10(bits: u32) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    // Byte i takes byte i/8 of the word; then test bit i%8.
+    let shuf = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0x0000000000000000,
+    );
+    let bytes = _mm256_shuffle_epi8(v, shuf);
+    let mask = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, mask), mask);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// Two high bits of Q6_K at bit offset `s`, moved to bits 4–5.
+#[inline(always)]
+unsafe fn q6_high(qh: __m256i, s: i32, three: __m256i) -> __m256i {
+    let v = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s));
+    _mm256_slli_epi16(_mm256_and_si256(v, three), 4)
+}
+
+/// One activation row: per-32 scales, per-32 sums, int8 values.
+pub type ActRow<'a> = (&'a [f32], &'a [i32], &'a [i8]);
+
+#[inline(always)]
+unsafe fn load_a(a: &ActRow, block: usize) -> __m256i {
+    _mm256_loadu_si256(a.2.as_ptr().add(block * 32) as *const __m256i)
+}
+
+/// The 32-wide formats, `KIND` 0..4 = Q8_0, Q4_0, Q4_1, Q5_0 (a constant, so each format gets
+/// its own loop), two blocks per iteration.
+#[inline(always)]
+unsafe fn dot32<B: ByteDot, const T: usize, const KIND: u8>(
+    base: *const u8,
+    nblocks: usize,
+    acts: &[ActRow; T],
+    acc: &mut [[__m256; 2]; T],
+    extra: &mut [f32; T],
+) {
+    let bb = [34, 18, 20, 22][KIND as usize];
+    let unpack = |b: *const u8| match KIND {
+        0 => _mm256_loadu_si256(b.add(2) as *const __m256i),
+        1 => _mm256_sub_epi8(nibbles_16(b.add(2)), _mm256_set1_epi8(8)),
+        2 => nibbles_16(b.add(4)), // unsigned, plus a min
+        _ => {
+            let qh = (b.add(2) as *const u32).read_unaligned();
+            let q = _mm256_or_si256(nibbles_16(b.add(6)), bits_to_0x10(qh));
+            _mm256_sub_epi8(q, _mm256_set1_epi8(16))
+        }
+    };
+    let mut ib = 0;
+    while ib < nblocks {
+        let pair = if ib + 1 < nblocks { 2 } else { 1 };
+        _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add((ib + 16) * bb) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add((ib + 16) * bb + 64) as *const i8);
+        for h in 0..pair {
+            let b = base.add((ib + h) * bb);
+            let d = f16(b);
+            let wv = unpack(b);
+            for (k, a) in acts.iter().enumerate() {
+                let av = load_a(a, ib + h);
+                let p = if KIND == 2 {
+                    B::dot(_mm256_setzero_si256(), wv, av)
+                } else {
+                    dot_signed::<B>(wv, av)
+                };
+                let f = _mm256_set1_ps(d * *a.0.get_unchecked(ib + h));
+                let ch = &mut acc[k][h];
+                *ch = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), f, *ch);
+                if KIND == 2 {
+                    extra[k] += f16(b.add(2)) * a.0[ib + h] * a.1[ib + h] as f32;
+                }
+            }
+        }
+        ib += 2;
+    }
+}
+
+/// `Σ w·a` for one weight row against `T` activation rows.
+#[inline(always)]
+pub unsafe fn dot_rows<B: ByteDot, const T: usize>(
+    t: QuantType,
+    w: &[u8],
+    acts: &[ActRow; T],
+) -> [f32; T] {
+    // Two independent accumulator chains per token (indexed by constants, so they stay in
+    // registers): one chain's FMAs would wait on each other every 32 values.
+    let mut acc = [[_mm256_setzero_ps(); 2]; T];
+    let mut extra = [0.0f32; T];
+    let bb = t.block_bytes();
+    let nblocks = w.len() / bb;
+    let base = w.as_ptr();
+    match t {
+        QuantType::Q8_0 => dot32::<B, T, 0>(base, nblocks, acts, &mut acc, &mut extra),
+        QuantType::Q4_0 => dot32::<B, T, 1>(base, nblocks, acts, &mut acc, &mut extra),
+        QuantType::Q4_1 => dot32::<B, T, 2>(base, nblocks, acts, &mut acc, &mut extra),
+        QuantType::Q5_0 => dot32::<B, T, 3>(base, nblocks, acts, &mut acc, &mut extra),
+        QuantType::Q4K | QuantType::Q5K => {
+            for sb in 0..nblocks {
+                let b = base.add(sb * bb);
+                let (d, dmin) = (f16(b), f16(b.add(2)));
+                let sc = std::slice::from_raw_parts(b.add(4), 12);
+                let mut scales = [0u8; 8];
+                let mut mins = [0u8; 8];
+                for j in 0..8 {
+                    let (s, m) = super::quant::scale_min_k4(j, sc);
+                    scales[j] = s;
+                    mins[j] = m;
+                }
+                let (qs, qh) = if t == QuantType::Q4K {
+                    (b.add(16), std::ptr::null())
+                } else {
+                    (b.add(48), b.add(16))
+                };
+                let low4 = _mm256_set1_epi8(0x0F);
+                let qhv = if t == QuantType::Q5K {
+                    _mm256_loadu_si256(qh as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                };
+                for c in 0..4 {
+                    let q = _mm256_loadu_si256(qs.add(c * 32) as *const __m256i);
+                    let mut lo = _mm256_and_si256(q, low4);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+                    if t == QuantType::Q5K {
+                        let one = _mm256_set1_epi8(1);
+                        let sh = _mm_cvtsi32_si128(2 * c as i32);
+                        let h = _mm256_srl_epi16(qhv, sh);
+                        let h0 = _mm256_slli_epi16(_mm256_and_si256(h, one), 4);
+                        let h1 =
+                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 1), one), 4);
+                        lo = _mm256_or_si256(lo, h0);
+                        hi = _mm256_or_si256(hi, h1);
+                    }
+                    let (j0, j1) = (2 * c, 2 * c + 1);
+                    for (k, a) in acts.iter().enumerate() {
+                        let (ab0, ab1) = (sb * 8 + j0, sb * 8 + j1);
+                        let p0 = B::dot(_mm256_setzero_si256(), lo, load_a(a, ab0));
+                        let p1 = B::dot(_mm256_setzero_si256(), hi, load_a(a, ab1));
+                        let [c0, c1] = &mut acc[k];
+                        *c0 = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(p0),
+                            _mm256_set1_ps(d * scales[j0] as f32 * a.0[ab0]),
+                            *c0,
+                        );
+                        *c1 = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(p1),
+                            _mm256_set1_ps(d * scales[j1] as f32 * a.0[ab1]),
+                            *c1,
+                        );
+                    }
+                }
+                for (k, a) in acts.iter().enumerate() {
+                    let mut m = 0.0f32;
+                    for j in 0..8 {
+                        let ab = sb * 8 + j;
+                        m += mins[j] as f32 * a.0[ab] * a.1[ab] as f32;
+                    }
+                    extra[k] -= dmin * m;
+                }
+            }
+        }
+        QuantType::Q6K => {
+            let low4 = _mm256_set1_epi8(0x0F);
+            let three = _mm256_set1_epi8(3);
+            let off = _mm256_set1_epi8(32);
+            for sb in 0..nblocks {
+                let b = base.add(sb * bb);
+                let d = f16(b.add(208));
+                let scales = std::slice::from_raw_parts(b.add(192) as *const i8, 16);
+                for n in 0..2 {
+                    let ql = b.add(n * 64);
+                    let qh = _mm256_loadu_si256(b.add(128 + n * 32) as *const __m256i);
+                    let l0 = _mm256_loadu_si256(ql as *const __m256i);
+                    let l1 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+                    let h = |s: i32| q6_high(qh, s, three);
+                    let qv = [
+                        _mm256_or_si256(_mm256_and_si256(l0, low4), h(0)),
+                        _mm256_or_si256(_mm256_and_si256(l1, low4), h(2)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), h(4)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), h(6)),
+                    ];
+                    for (i, q) in qv.iter().enumerate() {
+                        let w8 = _mm256_sub_epi8(*q, off);
+                        let j = n * 4 + i; // 32-value sub-block within the super-block
+                        let (s0, s1) = (scales[2 * j] as f32, scales[2 * j + 1] as f32);
+                        for (k, a) in acts.iter().enumerate() {
+                            let ab = sb * (QK_K / 32) + j;
+                            let p = dot_signed::<B>(w8, load_a(a, ab));
+                            let f = d * a.0[ab];
+                            let sv = _mm256_set_m128(_mm_set1_ps(f * s1), _mm_set1_ps(f * s0));
+                            let ch = &mut acc[k][i & 1];
+                            *ch = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sv, *ch);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    std::array::from_fn(|k| hsum(_mm256_add_ps(acc[k][0], acc[k][1])) + extra[k])
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_rows_vnni<const T: usize>(
+    t: QuantType,
+    w: &[u8],
+    acts: &[ActRow; T],
+) -> [f32; T] {
+    dot_rows::<Vnni, T>(t, w, acts)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_rows_avx2<const T: usize>(
+    t: QuantType,
+    w: &[u8],
+    acts: &[ActRow; T],
+) -> [f32; T] {
+    dot_rows::<Avx2, T>(t, w, acts)
+}

@@ -1,0 +1,45 @@
+"""Writes tests/fixtures/quant/vectors.json: test vectors for our GGUF block formats, made with the
+`gguf` package's numpy (de)quantizers (the reference llama.cpp ships with its converter).
+
+For types gguf can quantize (Q8_0, Q4_0, Q4_1, Q5_0) the vectors hold the input floats, the
+blocks gguf made from them and their dequantization; for the K-quants, which gguf only
+dequantizes, random but valid blocks and their dequantization.
+
+    pip install gguf==0.19.0 numpy; python scripts/make_quant_vectors.py
+"""
+import json, pathlib
+import numpy as np
+from gguf import quants, GGMLQuantizationType as T
+
+rng = np.random.default_rng(1234)
+out = {}
+for name in ["Q8_0", "Q4_0", "Q4_1", "Q5_0"]:
+    t = getattr(T, name)
+    x = (rng.standard_normal(32 * 4) * np.array([0.02, 1.0, 3.0, 1e-3]).repeat(32)).astype(np.float32)
+    x[5] = 0.0
+    q = quants.quantize(x.reshape(1, -1), t)
+    deq = quants.dequantize(q, t).reshape(-1)
+    out[name] = {"input": x.tolist(), "blocks": q.reshape(-1).tobytes().hex(), "dequant": deq.tolist()}
+
+def f16(v):
+    return np.array([v], dtype=np.float16).tobytes()
+
+def kblock(name):
+    if name == "Q4_K":
+        return f16(rng.uniform(0.001, 0.05)) + f16(rng.uniform(0.001, 0.05)) + rng.integers(0, 256, 12 + 128, dtype=np.uint8).tobytes()
+    if name == "Q5_K":
+        return f16(rng.uniform(0.001, 0.05)) + f16(rng.uniform(0.001, 0.05)) + rng.integers(0, 256, 12 + 32 + 128, dtype=np.uint8).tobytes()
+    if name == "Q6_K":
+        return rng.integers(0, 256, 128 + 64 + 16, dtype=np.uint8).tobytes() + f16(rng.uniform(0.0005, 0.01))
+    raise ValueError(name)
+
+for name in ["Q4_K", "Q5_K", "Q6_K"]:
+    t = getattr(T, name)
+    raw = b"".join(kblock(name) for _ in range(3))
+    q = np.frombuffer(raw, dtype=np.uint8).reshape(1, -1)
+    deq = quants.dequantize(q, t).reshape(-1)
+    out[name] = {"blocks": raw.hex(), "dequant": deq.tolist()}
+
+path = pathlib.Path(__file__).resolve().parent.parent / "tests/fixtures/quant/vectors.json"
+path.write_text(json.dumps(out))
+print("wrote", path, path.stat().st_size, "bytes")
