@@ -12,7 +12,8 @@ pub const BUNDLED_MODEL: &str = "models/deepseek-coder-nano";
 
 #[derive(clap::Args, Clone)]
 pub struct ModelArg {
-    /// Model folder (config.json, *.safetensors, tokenizer.json). Default: the bundled model,
+    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a GGUF file
+    /// (llama.cpp's `deepseek2` or `llama` architecture). Default: the bundled model,
     /// models/deepseek-coder-nano.
     #[arg(long, short = 'm', value_name = "PATH", env = "DEEPSEEK_MODEL")]
     pub model: Option<PathBuf>,
@@ -38,8 +39,8 @@ impl ModelArg {
                 }
             }
         };
-        if !dir.is_dir() {
-            bail!("model folder {} does not exist", dir.display());
+        if !dir.exists() {
+            bail!("model {} does not exist", dir.display());
         }
         Ok(dir)
     }
@@ -47,9 +48,9 @@ impl ModelArg {
 
 pub fn load_model(dir: &Path) -> Result<Arc<Model>> {
     let config = dir.join("config.json");
-    if !config.exists() {
+    if deepseek_loader::gguf_path(dir)?.is_none() && !config.exists() {
         bail!(
-            "{}: not found (is {} a Hugging Face model folder?)",
+            "{}: not found (is {} a Hugging Face model folder or a GGUF file?)",
             config.display(),
             dir.display()
         );
@@ -76,12 +77,12 @@ pub fn load_model(dir: &Path) -> Result<Arc<Model>> {
 }
 
 pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
-    Ok(Tokenizer::from_dir(dir)?)
+    Ok(Tokenizer::from_model_path(dir)?)
 }
 
-/// The tokenizer when the folder has one (a model can run on ids alone).
+/// The tokenizer when the model has one (a model can run on ids alone).
 pub fn maybe_tokenizer(dir: &Path) -> Result<Option<Arc<Tokenizer>>> {
-    if dir.join("tokenizer.json").exists() {
+    if Tokenizer::exists_at(dir) {
         Ok(Some(Arc::new(load_tokenizer(dir)?)))
     } else {
         Ok(None)

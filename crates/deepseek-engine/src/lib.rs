@@ -3,6 +3,7 @@
 
 pub mod chat_template;
 pub mod generate;
+pub mod gguf_tokenizer;
 pub mod sampler;
 pub mod tokenizer;
 

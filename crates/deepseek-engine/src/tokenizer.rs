@@ -84,6 +84,53 @@ impl Tokenizer {
         ))
     }
 
+    /// The tokenizer of a model path: `tokenizer.json` in a Hugging Face folder, or the
+    /// metadata of a GGUF file.
+    pub fn from_model_path(path: &Path) -> Result<Self, EngineError> {
+        let gguf = deepseek_loader::gguf_path(path).map_err(|e| EngineError::File {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        match gguf {
+            Some(g) => {
+                let file = deepseek_loader::gguf::GgufFile::open(&g).map_err(|e| {
+                    EngineError::File {
+                        path: g.clone(),
+                        msg: e.to_string(),
+                    }
+                })?;
+                Self::from_gguf(&file)
+            }
+            None => Self::from_dir(path),
+        }
+    }
+
+    /// Whether `path` has a tokenizer we can read.
+    pub fn exists_at(path: &Path) -> bool {
+        match deepseek_loader::gguf_path(path) {
+            Ok(Some(_)) => true,
+            _ => path.join("tokenizer.json").exists(),
+        }
+    }
+
+    /// The tokenizer stored in a GGUF file's metadata.
+    pub fn from_gguf(g: &deepseek_loader::gguf::GgufFile) -> Result<Self, EngineError> {
+        let parts = crate::gguf_tokenizer::tokenizer_parts(g)?;
+        let inner: tokenizers::Tokenizer = parts.tokenizer_json.to_string().parse().map_err(
+            |e| EngineError::File {
+                path: g.path.clone(),
+                msg: format!("cannot build the tokenizer from its metadata: {e}"),
+            },
+        )?;
+        Ok(Self::new(
+            inner,
+            parts.bos_token,
+            parts.eos_token,
+            parts.add_bos_token,
+            parts.chat_template,
+        ))
+    }
+
     pub fn new(
         inner: tokenizers::Tokenizer,
         bos_token: Option<String>,

@@ -21,7 +21,7 @@ pub enum LoadError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    #[error("tensor `{name}` has dtype {dtype}; supported: F32, BF16, F16")]
+    #[error("tensor `{name}` has dtype {dtype}; supported: F32, BF16, F16, F8_E4M3 (with scales), and GGUF's Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K")]
     Dtype { name: String, dtype: String },
 }
 

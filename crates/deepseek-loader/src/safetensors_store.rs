@@ -1,23 +1,58 @@
-//! Memory-mapped safetensors checkpoints, single-file or sharded
-//! (`model.safetensors.index.json`). Weights stay in the mapping (zero copy) unless their format
-//! needs converting.
+//! The weights of a checkpoint by their Hugging Face names: memory-mapped safetensors, single-file
+//! or sharded (`model.safetensors.index.json`), or a GGUF file whose tensors `gguf_model` maps
+//! onto the same names. Weights stay in the mapping (zero copy) unless their format needs
+//! converting.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use deepseek_kernels::{Buffer, Matrix, MatrixData};
+use deepseek_kernels::{Buffer, Matrix, MatrixData, QuantType};
 use memmap2::Mmap;
 use safetensors::tensor::SafeTensors;
 use safetensors::Dtype;
 
 use crate::LoadError;
 
+/// A stored tensor's element format.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TensorType {
+    F32,
+    F16,
+    BF16,
+    Quant(QuantType),
+    /// FP8 e4m3 (DeepSeek-V3's published weights), with block scales beside it.
+    F8E4M3,
+    Other(String),
+}
+
+impl TensorType {
+    pub fn name(&self) -> String {
+        match self {
+            TensorType::F32 => "f32".into(),
+            TensorType::F16 => "f16".into(),
+            TensorType::BF16 => "bf16".into(),
+            TensorType::Quant(q) => q.name().into(),
+            TensorType::F8E4M3 => "f8_e4m3".into(),
+            TensorType::Other(s) => s.to_lowercase(),
+        }
+    }
+    fn from_safetensors(d: Dtype) -> Self {
+        match d {
+            Dtype::F32 => TensorType::F32,
+            Dtype::F16 => TensorType::F16,
+            Dtype::BF16 => TensorType::BF16,
+            Dtype::F8_E4M3 => TensorType::F8E4M3,
+            other => TensorType::Other(format!("{other:?}")),
+        }
+    }
+}
+
 /// Where one tensor lives.
 #[derive(Clone, Debug)]
 pub struct TensorInfo {
     pub shard: usize,
-    pub dtype: Dtype,
+    pub dtype: TensorType,
     pub shape: Vec<usize>,
     /// Absolute byte offset in the shard file.
     pub offset: usize,
@@ -28,6 +63,10 @@ pub struct WeightStore {
     pub dir: PathBuf,
     shards: Vec<(PathBuf, Arc<Mmap>)>,
     tensors: HashMap<String, TensorInfo>,
+    /// Weights built at load time (GGUF's split `attn_k_b`/`attn_v_b` rejoined, FP8 dequantized).
+    built: HashMap<String, Matrix>,
+    /// Set when the weights come from a GGUF file (its metadata holds the tokenizer).
+    pub gguf: Option<Arc<crate::gguf::GgufFile>>,
 }
 
 impl WeightStore {
@@ -82,15 +121,35 @@ impl WeightStore {
             }
             v
         };
-        let mut store = WeightStore {
-            dir: dir.to_path_buf(),
-            shards: vec![],
-            tensors: HashMap::new(),
-        };
+        let mut store = WeightStore::empty(dir);
         for path in files {
             store.add_shard(path)?;
         }
         Ok(store)
+    }
+
+    pub(crate) fn empty(dir: &Path) -> Self {
+        WeightStore {
+            dir: dir.to_path_buf(),
+            shards: vec![],
+            tensors: HashMap::new(),
+            built: HashMap::new(),
+            gguf: None,
+        }
+    }
+
+    /// Adds a mapping; returns its shard index.
+    pub(crate) fn add_map(&mut self, path: PathBuf, map: Arc<Mmap>) -> usize {
+        self.shards.push((path, map));
+        self.shards.len() - 1
+    }
+
+    pub(crate) fn insert(&mut self, name: String, info: TensorInfo) {
+        self.tensors.insert(name, info);
+    }
+
+    pub(crate) fn insert_built(&mut self, name: String, m: Matrix) {
+        self.built.insert(name, m);
     }
 
     fn add_shard(&mut self, path: PathBuf) -> Result<(), LoadError> {
@@ -117,7 +176,7 @@ impl WeightStore {
                 name,
                 TensorInfo {
                     shard,
-                    dtype: info.dtype,
+                    dtype: TensorType::from_safetensors(info.dtype),
                     shape: info.shape.clone(),
                     offset: data_start + a,
                     len_bytes: b - a,
@@ -129,7 +188,7 @@ impl WeightStore {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.tensors.contains_key(name) || self.built.contains_key(name)
     }
 
     pub fn info(&self, name: &str) -> Result<&TensorInfo, LoadError> {
@@ -164,12 +223,25 @@ impl WeightStore {
 
     /// A `[rows, cols]` weight, memory-mapped in its stored format.
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix, LoadError> {
+        if let Some(m) = self.built.get(name) {
+            if (m.rows, m.cols) != (rows, cols) {
+                return Err(LoadError::Shape {
+                    name: name.to_string(),
+                    expected: vec![rows, cols],
+                    found: vec![m.rows, m.cols],
+                });
+            }
+            return Ok(m.clone());
+        }
         let info = self.check_shape(name, &[rows, cols])?;
         self.matrix_any_shape(name, info, rows, cols)
     }
 
     /// A vector (norm weights, biases) converted to f32.
     pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, LoadError> {
+        if self.built.contains_key(name) {
+            return Ok(self.matrix(name, 1, len)?.to_f32());
+        }
         let info = self.check_shape(name, &[len])?;
         Ok(self.matrix_any_shape(name, info, 1, len)?.to_f32())
     }
@@ -183,14 +255,18 @@ impl WeightStore {
     ) -> Result<Matrix, LoadError> {
         let map = self.shards[info.shard].1.clone();
         let n = rows * cols;
-        let data = match info.dtype {
-            Dtype::F32 => MatrixData::F32(Buffer::from_map(map, info.offset, n)),
-            Dtype::BF16 => MatrixData::BF16(Buffer::from_map(map, info.offset, n)),
-            Dtype::F16 => MatrixData::F16(Buffer::from_map(map, info.offset, n)),
+        let data = match &info.dtype {
+            TensorType::F32 => MatrixData::F32(Buffer::from_map(map, info.offset, n)),
+            TensorType::BF16 => MatrixData::BF16(Buffer::from_map(map, info.offset, n)),
+            TensorType::F16 => MatrixData::F16(Buffer::from_map(map, info.offset, n)),
+            TensorType::Quant(q) => MatrixData::Quant {
+                ty: *q,
+                data: Buffer::from_map(map, info.offset, rows * q.row_bytes(cols)),
+            },
             other => {
                 return Err(LoadError::Dtype {
                     name: name.to_string(),
-                    dtype: format!("{other:?}"),
+                    dtype: other.name(),
                 })
             }
         };
@@ -201,8 +277,7 @@ impl WeightStore {
     pub fn main_dtype(&self) -> String {
         let mut by: HashMap<String, usize> = HashMap::new();
         for t in self.tensors.values() {
-            *by.entry(format!("{:?}", t.dtype).to_lowercase())
-                .or_default() += t.len_bytes;
+            *by.entry(t.dtype.name()).or_default() += t.len_bytes;
         }
         by.into_iter()
             .max_by_key(|(_, b)| *b)

@@ -92,10 +92,10 @@ pub struct SeqStep<'a> {
 }
 
 impl Model {
-    /// Loads `dir` (config.json + safetensors). `progress(done, total)` is called per layer.
-    pub fn load(dir: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<Self, LoadError> {
-        let config = ModelConfig::from_file(&dir.join("config.json"))?;
-        let w = WeightStore::open(dir)?;
+    /// Loads `path`: a Hugging Face folder (config.json + safetensors) or a GGUF file.
+    /// `progress(done, total)` is called per layer.
+    pub fn load(path: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<Self, LoadError> {
+        let (config, w) = deepseek_loader::open_checkpoint(path)?;
         Self::from_store(config, &w, progress)
     }
 

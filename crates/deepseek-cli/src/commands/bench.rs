@@ -145,7 +145,7 @@ pub fn run(a: Args) -> Result<()> {
         median_spread(&mut decode)
     };
     let gbs = tg * bytes_per_token as f64 / 1e9;
-    let store = deepseek_loader::WeightStore::open(&dir)?;
+    let (_, store) = deepseek_loader::open_checkpoint(&dir)?;
     let v = json!({
         "model": dir.display().to_string(), "dtype": store.main_dtype(), "threads": threads, "isa": format!("{:?}", deepseek_kernels::simd::isa()),
         "prompt_tokens": a.prompt, "gen_tokens": a.gen, "depth": a.depth, "repetitions": a.repetitions,

@@ -17,7 +17,7 @@ pub fn run(a: Args) -> Result<()> {
     let model = load_model(&dir)?;
     let c = &model.config;
     let (total, active) = model.parameter_counts();
-    let store = deepseek_loader::WeightStore::open(&dir)?;
+    let (_, store) = deepseek_loader::open_checkpoint(&dir)?;
     let shape = model.cache_shape();
     let attention = match &c.mla {
         Some(m) => format!(
