@@ -157,7 +157,9 @@ pub fn metadata_from_tokenizer_json(t: &Json) -> Result<GgufTokenizerMetadata, S
             model["type"]
         ));
     }
-    let vocab = model["vocab"].as_object().ok_or("tokenizer.json has no model.vocab")?;
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or("tokenizer.json has no model.vocab")?;
     let mut by_id: Vec<Option<String>> = vec![];
     let mut put = |id: usize, s: &str| {
         if by_id.len() <= id {
@@ -172,7 +174,10 @@ pub fn metadata_from_tokenizer_json(t: &Json) -> Result<GgufTokenizerMetadata, S
     let mut special = std::collections::HashMap::new();
     for a in t["added_tokens"].as_array().into_iter().flatten() {
         let id = a["id"].as_u64().ok_or("added token without id")? as usize;
-        put(id, a["content"].as_str().ok_or("added token without content")?);
+        put(
+            id,
+            a["content"].as_str().ok_or("added token without content")?,
+        );
         special.insert(id, a["special"].as_bool().unwrap_or(false));
     }
     let mut tokens = vec![];

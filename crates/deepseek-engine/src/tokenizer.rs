@@ -93,12 +93,11 @@ impl Tokenizer {
         })?;
         match gguf {
             Some(g) => {
-                let file = deepseek_loader::gguf::GgufFile::open(&g).map_err(|e| {
-                    EngineError::File {
+                let file =
+                    deepseek_loader::gguf::GgufFile::open(&g).map_err(|e| EngineError::File {
                         path: g.clone(),
                         msg: e.to_string(),
-                    }
-                })?;
+                    })?;
                 Self::from_gguf(&file)
             }
             None => Self::from_dir(path),
@@ -116,12 +115,15 @@ impl Tokenizer {
     /// The tokenizer stored in a GGUF file's metadata.
     pub fn from_gguf(g: &deepseek_loader::gguf::GgufFile) -> Result<Self, EngineError> {
         let parts = crate::gguf_tokenizer::tokenizer_parts(g)?;
-        let inner: tokenizers::Tokenizer = parts.tokenizer_json.to_string().parse().map_err(
-            |e| EngineError::File {
-                path: g.path.clone(),
-                msg: format!("cannot build the tokenizer from its metadata: {e}"),
-            },
-        )?;
+        let inner: tokenizers::Tokenizer =
+            parts
+                .tokenizer_json
+                .to_string()
+                .parse()
+                .map_err(|e| EngineError::File {
+                    path: g.path.clone(),
+                    msg: format!("cannot build the tokenizer from its metadata: {e}"),
+                })?;
         Ok(Self::new(
             inner,
             parts.bos_token,

@@ -262,7 +262,9 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
         .min(rows);
     // Quantized weights take 8-bit activations, quantized once for all row chunks.
     let qx = match w.data {
-        MatrixData::Quant { .. } => Some(QuantizedActivations::new(x, cols)),
+        MatrixData::Quant { .. } if !quant::exact_activations() => {
+            Some(QuantizedActivations::new(x, cols))
+        }
         _ => None,
     };
     let act = Act { x, q: qx.as_ref() };
@@ -310,9 +312,21 @@ fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut 
     let x = act.x;
     match &w.data {
         MatrixData::Quant { ty, data } => {
-            let qx = act.q.expect("quantized activations");
             let rb = ty.row_bytes(w.cols);
             let d = data.as_slice();
+            let Some(qx) = act.q else {
+                // Exact mode: dequantize each row once, f32 dot products.
+                let mut wr = vec![0.0; w.cols];
+                for r in 0..nr {
+                    quant::dequantize_row(*ty, &d[(r0 + r) * rb..(r0 + r + 1) * rb], &mut wr);
+                    for t in 0..n {
+                        let mut acc = [0.0f32];
+                        simd::dot_f32_multi(&wr, &[&x[t * w.cols..(t + 1) * w.cols]], &mut acc);
+                        out[t * ld + r] = acc[0];
+                    }
+                }
+                return;
+            };
             for r in 0..nr {
                 let row = &d[(r0 + r) * rb..(r0 + r + 1) * rb];
                 let mut t = 0;
@@ -450,7 +464,9 @@ pub fn matmul_serial(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n * w.cols);
     assert_eq!(out.len(), n * w.rows);
     let qx = match w.data {
-        MatrixData::Quant { .. } => Some(QuantizedActivations::new(x, w.cols)),
+        MatrixData::Quant { .. } if !quant::exact_activations() => {
+            Some(QuantizedActivations::new(x, w.cols))
+        }
         _ => None,
     };
     let act = Act { x, q: qx.as_ref() };

@@ -277,6 +277,25 @@ pub fn dequantize_row(t: QuantType, bytes: &[u8], out: &mut [f32]) {
 
 // ---- activations ----
 
+static EXACT_ACTIVATIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Multiply quantized weights with f32 activations (each row dequantized, then an f32 dot)
+/// instead of 8-bit ones: several times slower, and free of the activations' rounding. For
+/// accuracy checks; also set by `DEEPSEEK_EXACT_ACTIVATIONS=1`.
+pub fn set_exact_activations(on: bool) {
+    EXACT_ACTIVATIONS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn exact_activations() -> bool {
+    static FROM_ENV: std::sync::Once = std::sync::Once::new();
+    FROM_ENV.call_once(|| {
+        if std::env::var("DEEPSEEK_EXACT_ACTIVATIONS").is_ok_and(|v| v == "1") {
+            set_exact_activations(true);
+        }
+    });
+    EXACT_ACTIVATIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// `n` rows of activations quantized per 32 values: scale, int8 values, and their sum.
 pub struct QuantizedActivations {
     pub cols: usize,
@@ -736,6 +755,31 @@ mod tests {
                 .zip(&y)
                 .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(err < tol, "{t:?}: max error {err}");
+        }
+    }
+
+    /// With the activation's own rounding applied to the reference, every path agrees to
+    /// float summation order.
+    #[test]
+    fn dot_is_exact_given_the_activation_rounding() {
+        let cols = QK_K * 2;
+        let x = rand_vec(cols, 21);
+        let a = QuantizedActivations::new(&x, cols);
+        let xq: Vec<f32> = (0..cols).map(|i| a.d[i / QK] * a.qs[i] as f32).collect();
+        let w = rand_vec(cols, 22);
+        for t in QuantType::ALL {
+            let mut q = vec![0u8; t.row_bytes(cols)];
+            quantize_row(t, &w, &mut q);
+            let want = dot_row_reference(t, &q, &xq);
+            let (ad, s, aq) = a.row(0);
+            let generic = dot_row_generic(t, &q, ad, s, aq);
+            let fast = dot_row(t, &q, &a, 0);
+            for g in [generic, fast] {
+                assert!(
+                    (g - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "{t:?}: {g} vs {want}"
+                );
+            }
         }
     }
 

@@ -221,15 +221,18 @@ impl<'a> Cursor<'a> {
 /// Largest dimension or element count we accept (guards the arithmetic, not a real limit).
 const MAX_ELEMENTS: u64 = 1 << 40;
 
+/// What [`parse`] reads: version, alignment, metadata, tensor infos.
+pub type Parsed = (u32, usize, BTreeMap<String, Value>, Vec<GgufTensor>);
+
 /// Parses the header, metadata and tensor infos of `buf` (the whole file).
-pub fn parse(
-    buf: &[u8],
-    path: &Path,
-) -> Result<(u32, usize, BTreeMap<String, Value>, Vec<GgufTensor>), LoadError> {
+pub fn parse(buf: &[u8], path: &Path) -> Result<Parsed, LoadError> {
     let mut c = Cursor { buf, pos: 0, path };
     let magic = c.take(4, "magic")?;
     if magic != GGUF_MAGIC {
-        return Err(c.err("magic", format!("not a GGUF file (starts with {magic:02x?})")));
+        return Err(c.err(
+            "magic",
+            format!("not a GGUF file (starts with {magic:02x?})"),
+        ));
     }
     let version = c.u32("version")?;
     if !(2..=3).contains(&version) {
@@ -251,12 +254,7 @@ pub fn parse(
         None => DEFAULT_ALIGNMENT,
         Some(v) => match v.as_u64() {
             Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a as usize,
-            _ => {
-                return Err(c.err(
-                    "general.alignment",
-                    format!("{v:?} is not a power of two"),
-                ))
-            }
+            _ => return Err(c.err("general.alignment", format!("{v:?} is not a power of two"))),
         },
     };
     let mut infos = Vec::with_capacity(n_tensors);
@@ -290,7 +288,9 @@ pub fn parse(
         };
         let elements = dims
             .iter()
-            .try_fold(1u64, |a, &d| a.checked_mul(d).filter(|&x| x <= MAX_ELEMENTS))
+            .try_fold(1u64, |a, &d| {
+                a.checked_mul(d).filter(|&x| x <= MAX_ELEMENTS)
+            })
             .ok_or_else(|| err(format!("absurd shape {dims:?}")))?;
         let rows = elements / dims[0];
         let row_bytes = type_row_bytes(ggml_type, dims[0]).ok_or_else(|| {
@@ -306,7 +306,10 @@ pub fn parse(
         let start = (data_start as u64)
             .checked_add(rel)
             .ok_or_else(|| err("offset overflows".into()))?;
-        if start.checked_add(len).is_none_or(|end| end > buf.len() as u64) {
+        if start
+            .checked_add(len)
+            .is_none_or(|end| end > buf.len() as u64)
+        {
             return Err(err(format!(
                 "data ({len} bytes at offset {start}) extends past the end of the file ({} bytes)",
                 buf.len()

@@ -68,7 +68,10 @@ pub fn config_json(g: &GgufFile) -> Result<Json, LoadError> {
     c.insert("hidden_size".into(), json!(hidden));
     c.insert("num_hidden_layers".into(), json!(req_u("block_count")?));
     c.insert("num_attention_heads".into(), json!(heads));
-    c.insert("intermediate_size".into(), json!(req_u("feed_forward_length")?));
+    c.insert(
+        "intermediate_size".into(),
+        json!(req_u("feed_forward_length")?),
+    );
     c.insert(
         "max_position_embeddings".into(),
         json!(opt_u("context_length").unwrap_or(4096)),
@@ -134,9 +137,15 @@ pub fn config_json(g: &GgufFile) -> Result<Json, LoadError> {
         "deepseek2" => {
             let rope = req_u("rope.dimension_count")?;
             // Newer files (MLA as MQA) carry the per-head sizes in *_mla keys.
-            let (k_len, v_len) = match (opt_u("attention.key_length_mla"), opt_u("attention.value_length_mla")) {
+            let (k_len, v_len) = match (
+                opt_u("attention.key_length_mla"),
+                opt_u("attention.value_length_mla"),
+            ) {
                 (Some(k), Some(v)) => (k, v),
-                _ => (req_u("attention.key_length")?, req_u("attention.value_length")?),
+                _ => (
+                    req_u("attention.key_length")?,
+                    req_u("attention.value_length")?,
+                ),
             };
             if k_len <= rope {
                 return Err(g.err(format!(
@@ -146,27 +155,63 @@ pub fn config_json(g: &GgufFile) -> Result<Json, LoadError> {
             let sigmoid = opt_u("expert_gating_func") == Some(2);
             c.insert(
                 "model_type".into(),
-                json!(if sigmoid { "deepseek_v3" } else { "deepseek_v2" }),
+                json!(if sigmoid {
+                    "deepseek_v3"
+                } else {
+                    "deepseek_v2"
+                }),
             );
             c.insert("num_key_value_heads".into(), json!(heads));
-            c.insert("q_lora_rank".into(), json!(opt_u("attention.q_lora_rank").unwrap_or(0)));
-            c.insert("kv_lora_rank".into(), json!(req_u("attention.kv_lora_rank")?));
+            c.insert(
+                "q_lora_rank".into(),
+                json!(opt_u("attention.q_lora_rank").unwrap_or(0)),
+            );
+            c.insert(
+                "kv_lora_rank".into(),
+                json!(req_u("attention.kv_lora_rank")?),
+            );
             c.insert("qk_rope_head_dim".into(), json!(rope));
             c.insert("qk_nope_head_dim".into(), json!(k_len - rope));
             c.insert("v_head_dim".into(), json!(v_len));
             if let Some(n) = opt_u("expert_count").filter(|&n| n > 0) {
                 let n_group = opt_u("expert_group_count").unwrap_or(1).max(1);
                 c.insert("n_routed_experts".into(), json!(n));
-                c.insert("num_experts_per_tok".into(), json!(req_u("expert_used_count")?));
-                c.insert("n_shared_experts".into(), json!(opt_u("expert_shared_count").unwrap_or(0)));
-                c.insert("moe_intermediate_size".into(), json!(req_u("expert_feed_forward_length")?));
-                c.insert("first_k_dense_replace".into(), json!(opt_u("leading_dense_block_count").unwrap_or(0)));
+                c.insert(
+                    "num_experts_per_tok".into(),
+                    json!(req_u("expert_used_count")?),
+                );
+                c.insert(
+                    "n_shared_experts".into(),
+                    json!(opt_u("expert_shared_count").unwrap_or(0)),
+                );
+                c.insert(
+                    "moe_intermediate_size".into(),
+                    json!(req_u("expert_feed_forward_length")?),
+                );
+                c.insert(
+                    "first_k_dense_replace".into(),
+                    json!(opt_u("leading_dense_block_count").unwrap_or(0)),
+                );
                 c.insert("moe_layer_freq".into(), json!(1));
-                c.insert("routed_scaling_factor".into(), json!(opt_f("expert_weights_scale").unwrap_or(1.0)));
-                c.insert("norm_topk_prob".into(), json!(get("expert_weights_norm").and_then(Value::as_bool).unwrap_or(false)));
+                c.insert(
+                    "routed_scaling_factor".into(),
+                    json!(opt_f("expert_weights_scale").unwrap_or(1.0)),
+                );
+                c.insert(
+                    "norm_topk_prob".into(),
+                    json!(get("expert_weights_norm")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false)),
+                );
                 c.insert("n_group".into(), json!(n_group));
-                c.insert("topk_group".into(), json!(opt_u("expert_group_used_count").unwrap_or(n_group)));
-                c.insert("scoring_func".into(), json!(if sigmoid { "sigmoid" } else { "softmax" }));
+                c.insert(
+                    "topk_group".into(),
+                    json!(opt_u("expert_group_used_count").unwrap_or(n_group)),
+                );
+                c.insert(
+                    "scoring_func".into(),
+                    json!(if sigmoid { "sigmoid" } else { "softmax" }),
+                );
                 let method = if sigmoid {
                     "noaux_tc"
                 } else if n_group > 1 {
@@ -217,7 +262,9 @@ fn hf_layer_name(arch: &str, rest: &str) -> Option<&'static str> {
 pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadError> {
     let g = Arc::new(GgufFile::open(path)?);
     let config = ModelConfig::from_json(&config_json(&g)?).map_err(|e| {
-        g.err(format!("metadata does not describe a model we can run: {e}"))
+        g.err(format!(
+            "metadata does not describe a model we can run: {e}"
+        ))
     })?;
     let arch = g.architecture()?.to_string();
     let mut store = WeightStore::empty(path);
@@ -257,7 +304,10 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
         }
         let p = format!("model.layers.{layer}");
         if let Some(hf) = hf_layer_name(&arch, rest) {
-            store.insert(format!("{p}.{hf}"), info(t, t.offset, shape(t), t.len_bytes));
+            store.insert(
+                format!("{p}.{hf}"),
+                info(t, t.offset, shape(t), t.len_bytes),
+            );
             continue;
         }
         let experts = [
@@ -269,7 +319,10 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
             // [experts, rows, cols]: each expert's slab is contiguous.
             let s = shape(t);
             if s.len() != 3 {
-                return Err(g.err(format!("tensor `{}` should have 3 dimensions, has {s:?}", t.name)));
+                return Err(g.err(format!(
+                    "tensor `{}` should have 3 dimensions, has {s:?}",
+                    t.name
+                )));
             }
             let per = t.len_bytes / s[0];
             for e in 0..s[0] {
@@ -326,7 +379,12 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
 }
 
 /// A tensor as f32 `[rows, cols]` (checked against its stored size).
-fn dequantized(g: &GgufFile, t: &GgufTensor, rows: usize, cols: usize) -> Result<Vec<f32>, LoadError> {
+fn dequantized(
+    g: &GgufFile,
+    t: &GgufTensor,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<f32>, LoadError> {
     let n: u64 = t.dims.iter().product();
     if n != (rows * cols) as u64 || t.dims[0] as usize != cols {
         return Err(g.err(format!(
@@ -375,7 +433,10 @@ fn dequantized(g: &GgufFile, t: &GgufTensor, rows: usize, cols: usize) -> Result
 fn unpermute_llama_qk(store: &mut WeightStore, c: &ModelConfig) -> Result<(), LoadError> {
     let hd = c.head_dim;
     for layer in 0..c.num_hidden_layers {
-        for (proj, heads) in [("q_proj", c.num_attention_heads), ("k_proj", c.num_key_value_heads)] {
+        for (proj, heads) in [
+            ("q_proj", c.num_attention_heads),
+            ("k_proj", c.num_key_value_heads),
+        ] {
             let name = format!("model.layers.{layer}.self_attn.{proj}.weight");
             let m = store.matrix(&name, heads * hd, c.hidden_size)?;
             let rb = m.dtype().row_bytes(m.cols);
@@ -386,7 +447,8 @@ fn unpermute_llama_qk(store: &mut WeightStore, c: &ModelConfig) -> Result<(), Lo
                     for i in 0..hd / 2 {
                         let to = head * hd + h * hd / 2 + i;
                         let from = head * hd + 2 * i + h;
-                        dst[to * rb..(to + 1) * rb].copy_from_slice(&src[from * rb..(from + 1) * rb]);
+                        dst[to * rb..(to + 1) * rb]
+                            .copy_from_slice(&src[from * rb..(from + 1) * rb]);
                     }
                 }
             }
@@ -408,7 +470,9 @@ fn raw_bytes(m: &Matrix) -> Vec<u8> {
 
 fn from_raw_bytes(m: &Matrix, bytes: Vec<u8>) -> Matrix {
     let u16s = |b: &[u8]| -> Vec<u16> {
-        b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()
+        b.chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect()
     };
     let data = match &m.data {
         MatrixData::F32(_) => MatrixData::F32(
