@@ -10,7 +10,7 @@ out = {
     "deepseek-llm": tok("deepseek-llm-7b-base"),   # also DeepSeek-V2 / V2.5 (identical section)
     "deepseek-coder": tok("deepseek-coder-33b-base"),
     "deepseek-v3": tok("deepseek-v3"),             # also R1
-    "gpt2": gpt2,
+    "gpt-2": gpt2,  # llama.cpp's name for the GPT-2 split
     # SmolLM / StarCoder: single digits, then GPT-2's byte-level split.
     "smollm": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, gpt2]},
     "starcoder": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, gpt2]},

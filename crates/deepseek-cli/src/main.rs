@@ -9,9 +9,10 @@ use clap::{Parser, Subcommand};
 
 /// Run DeepSeek-V2/V3-family and DeepSeek LLM checkpoints on the CPU.
 ///
-/// A model is a Hugging Face folder: config.json, *.safetensors, and for text in or out
-/// tokenizer.json (+ tokenizer_config.json with its chat template). Without --model, commands use
-/// the model bundled in the repo (models/deepseek-coder-nano).
+/// A model is a Hugging Face folder (config.json, *.safetensors, and for text in or out
+/// tokenizer.json + tokenizer_config.json with its chat template), or a GGUF file of llama.cpp's
+/// `deepseek2` or `llama` architecture. Without --model, commands use the model bundled in the
+/// repo (models/deepseek-coder-nano).
 #[derive(Parser)]
 #[command(
     name = "deepseek",
@@ -45,6 +46,8 @@ enum Command {
     Synth(commands::synth::Args),
     /// Measure prefill and decode speed, and decode's share of the memory bandwidth.
     Bench(commands::bench::Args),
+    /// Write a Hugging Face checkpoint as a GGUF file (q8_0, q4_k, q6_k, …) llama.cpp can load.
+    Quantize(commands::quantize::Args),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => commands::chat::run(a),
         Command::Synth(a) => commands::synth::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Quantize(a) => commands::quantize::run(a),
     });
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,

@@ -83,7 +83,7 @@ pub fn tokenizer_parts(g: &GgufFile) -> Result<GgufTokenizerParts, EngineError> 
     let pre_name = g
         .get("tokenizer.ggml.pre")
         .and_then(Value::as_str)
-        .unwrap_or("gpt2");
+        .unwrap_or("gpt-2");
     let table = pretokenizers();
     let pre = table.get(pre_name).cloned().ok_or_else(|| {
         let names: Vec<&String> = table.keys().collect();
@@ -149,7 +149,12 @@ pub struct GgufTokenizerMetadata {
     pub pre: String,
 }
 
-pub fn metadata_from_tokenizer_json(t: &Json) -> Result<GgufTokenizerMetadata, String> {
+/// `vocab_size`: the model's embedding rows; the token list is padded to it with unused
+/// `[PADn]` entries, as llama.cpp's converter does (llama.cpp checks the two agree).
+pub fn metadata_from_tokenizer_json(
+    t: &Json,
+    vocab_size: usize,
+) -> Result<GgufTokenizerMetadata, String> {
     let model = &t["model"];
     if model["type"] != "BPE" {
         return Err(format!(
@@ -180,6 +185,13 @@ pub fn metadata_from_tokenizer_json(t: &Json) -> Result<GgufTokenizerMetadata, S
         );
         special.insert(id, a["special"].as_bool().unwrap_or(false));
     }
+    if by_id.len() > vocab_size {
+        return Err(format!(
+            "the tokenizer has {} tokens but the model's vocab_size is {vocab_size}",
+            by_id.len()
+        ));
+    }
+    by_id.resize(vocab_size, None);
     let mut tokens = vec![];
     for (id, tok) in by_id.into_iter().enumerate() {
         match tok {
@@ -217,7 +229,7 @@ pub fn metadata_from_tokenizer_json(t: &Json) -> Result<GgufTokenizerMetadata, S
         .find(|(_, v)| *v == t["pre_tokenizer"])
         .map(|(k, _)| k)
         .ok_or_else(|| {
-            "the tokenizer's pre_tokenizer matches none llama.cpp names (deepseek-llm, deepseek-coder, deepseek-v3, gpt2, smollm)".to_string()
+            "the tokenizer's pre_tokenizer matches none llama.cpp names (deepseek-llm, deepseek-coder, deepseek-v3, gpt-2, smollm)".to_string()
         })?;
     Ok(GgufTokenizerMetadata {
         tokens,

@@ -4,7 +4,9 @@
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod gguf_export;
 pub mod gguf_model;
+pub mod gguf_writer;
 pub mod safetensors_store;
 pub mod synth;
 

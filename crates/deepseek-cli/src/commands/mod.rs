@@ -3,6 +3,7 @@ pub mod chat;
 pub mod forward;
 pub mod generate;
 pub mod info;
+pub mod quantize;
 pub mod synth;
 pub mod template;
 pub mod tokenize;

@@ -1,0 +1,110 @@
+//! `deepseek quantize`: a Hugging Face checkpoint written as a GGUF file llama.cpp loads.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use deepseek_engine::gguf_tokenizer::metadata_from_tokenizer_json;
+use deepseek_engine::Tokenizer;
+use deepseek_loader::gguf::Value;
+use deepseek_loader::gguf_export::{plan, ExportType};
+
+use crate::common::ModelArg;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Weight type: q8_0, q6_k, q5_k, q4_k, q5_0, q4_1, q4_0, bf16, f16 or f32. Rows that are not
+    /// a whole number of K-quant blocks (256) fall back to q5_0 (for q4_k) or q8_0, as llama.cpp
+    /// does; norms and the router stay f32.
+    #[arg(long = "type", short = 't', value_name = "TYPE")]
+    ty: String,
+    /// The GGUF file to write.
+    #[arg(long, short = 'o', value_name = "FILE.gguf")]
+    out: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let target = ExportType::parse(&a.ty).with_context(|| {
+        format!(
+            "--type `{}` is not one of q8_0, q6_k, q5_k, q4_k, q5_0, q4_1, q4_0, bf16, f16, f32",
+            a.ty
+        )
+    })?;
+    let dir = a.model.dir()?;
+    if deepseek_loader::gguf_path(&dir)?.is_some() {
+        bail!(
+            "{} is already a GGUF file: quantize from the Hugging Face folder it was made from",
+            dir.display()
+        );
+    }
+    let (config, store) = deepseek_loader::open_checkpoint(&dir)?;
+    let mut extra = vec![(
+        "general.name".to_string(),
+        Value::String(
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ),
+    )];
+    let tok_path = dir.join("tokenizer.json");
+    if tok_path.exists() {
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tok_path)?)
+            .with_context(|| format!("{}: invalid JSON", tok_path.display()))?;
+        let meta = metadata_from_tokenizer_json(&json, config.vocab_size)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+        let tok = Tokenizer::from_dir(&dir)?;
+        let strings = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
+        extra.push(("tokenizer.ggml.model".into(), Value::String("gpt2".into())));
+        extra.push(("tokenizer.ggml.pre".into(), Value::String(meta.pre)));
+        extra.push(("tokenizer.ggml.tokens".into(), strings(meta.tokens)));
+        extra.push((
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(meta.token_types.into_iter().map(Value::I32).collect()),
+        ));
+        extra.push(("tokenizer.ggml.merges".into(), strings(meta.merges)));
+        if let Some(b) = tok.bos_id {
+            extra.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(b)));
+        }
+        if let Some(e) = tok.eos_id {
+            extra.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(e)));
+        }
+        extra.push((
+            "tokenizer.ggml.add_bos_token".into(),
+            Value::Bool(tok.add_bos_token),
+        ));
+        if let Some(t) = &tok.chat_template {
+            extra.push(("tokenizer.chat_template".into(), Value::String(t.clone())));
+        }
+    } else {
+        eprintln!(
+            "warning: {} has no tokenizer.json; the GGUF file will have no tokenizer",
+            dir.display()
+        );
+    }
+    let p = plan(&config, &store, target, extra)?;
+    let bar = indicatif::ProgressBar::new(p.tensors.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "quantizing [{bar:30}] {pos}/{len} tensors {elapsed} (eta {eta})",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    p.write(&store, &config, &a.out, &mut |done, _| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish_and_clear();
+    let bytes = std::fs::metadata(&a.out)?.len();
+    println!(
+        "wrote {} ({:.1} MB, {} tensors, {})",
+        a.out.display(),
+        bytes as f64 / 1e6,
+        p.tensors.len(),
+        a.ty.to_lowercase()
+    );
+    Ok(())
+}

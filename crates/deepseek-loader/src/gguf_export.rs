@@ -1,0 +1,640 @@
+//! A Hugging Face checkpoint written as a GGUF file in llama.cpp's layout (`deepseek quantize`):
+//! the metadata keys and tensor names llama.cpp's converter writes, with the weights converted
+//! or quantized row by row.
+//!
+//! DeepSeek-V2 is written in llama.cpp's current MLA form: `kv_b_proj` split into `attn_k_b`
+//! (transposed per head) and `attn_v_b`, one KV head of width kv_lora_rank + rope. Experts are
+//! stacked into `ffn_*_exps`. Llama's Q/K rows are permuted into the pair order of llama.cpp's
+//! RoPE. The tokenizer's metadata comes from the caller (it lives in the engine crate).
+
+use std::io::Write;
+
+use deepseek_kernels::quant::{quantize_row, QuantType};
+use deepseek_kernels::Matrix;
+
+use crate::gguf::{Value, GGML_BF16, GGML_F16, GGML_F32};
+use crate::gguf_writer::{write_gguf, TensorSpec};
+use crate::{Family, LoadError, ModelConfig, RopeScaling, ScoringFunc, WeightStore};
+
+/// What the weight matrices become.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportType {
+    F32,
+    F16,
+    BF16,
+    Quant(QuantType),
+}
+
+impl ExportType {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Some(ExportType::F32),
+            "f16" => Some(ExportType::F16),
+            "bf16" => Some(ExportType::BF16),
+            q => QuantType::from_name(q).map(ExportType::Quant),
+        }
+    }
+
+    fn ggml_type(self) -> u32 {
+        match self {
+            ExportType::F32 => GGML_F32,
+            ExportType::F16 => GGML_F16,
+            ExportType::BF16 => GGML_BF16,
+            ExportType::Quant(q) => q.ggml_type(),
+        }
+    }
+
+    /// llama.cpp's `general.file_type` for a file mostly of this type.
+    fn file_type(self) -> u32 {
+        match self {
+            ExportType::F32 => 0,
+            ExportType::F16 => 1,
+            ExportType::BF16 => 32,
+            ExportType::Quant(q) => match q {
+                QuantType::Q4_0 => 2,
+                QuantType::Q4_1 => 3,
+                QuantType::Q8_0 => 7,
+                QuantType::Q5_0 => 8,
+                QuantType::Q4K => 15,
+                QuantType::Q5K => 17,
+                QuantType::Q6K => 18,
+            },
+        }
+    }
+
+    /// The type a matrix with rows of `cols` values gets: the target, or for rows that are not
+    /// a whole number of its blocks the fallback llama.cpp uses (K-quants need multiples of 256:
+    /// V2-Lite's 1408 and 10944 are not).
+    pub fn for_row(self, cols: usize) -> ExportType {
+        match self {
+            ExportType::Quant(q) if !cols.is_multiple_of(q.block_elems()) => {
+                let fallback = match q {
+                    QuantType::Q4K => QuantType::Q5_0,
+                    _ => QuantType::Q8_0,
+                };
+                if cols.is_multiple_of(fallback.block_elems()) {
+                    ExportType::Quant(fallback)
+                } else {
+                    ExportType::F16
+                }
+            }
+            t => t,
+        }
+    }
+}
+
+/// Where one GGUF tensor's rows come from.
+enum Source {
+    /// A Hugging Face matrix, rows optionally permuted for llama.cpp's RoPE.
+    Matrix { name: String, permute_heads: usize },
+    /// f32 vector.
+    Vector { name: String },
+    /// Experts' matrices stacked along a new outer dimension.
+    Stacked { names: Vec<String> },
+    /// `attn_k_b`: per head, W_UK transposed to [kv_lora, nope].
+    KB { name: String },
+    /// `attn_v_b`: per head, W_UV [v, kv_lora].
+    VB { name: String },
+}
+
+struct Entries {
+    target: ExportType,
+    tensors: Vec<TensorSpec>,
+    sources: Vec<Source>,
+}
+
+impl Entries {
+    fn push(&mut self, spec: TensorSpec, source: Source) {
+        self.tensors.push(spec);
+        self.sources.push(source);
+    }
+    /// A `[rows, cols]` matrix in the target type (or its fallback for these rows).
+    fn matrix(
+        &mut self,
+        name: String,
+        gguf: String,
+        rows: usize,
+        cols: usize,
+        permute_heads: usize,
+    ) {
+        let t = self.target.for_row(cols);
+        self.push(
+            TensorSpec {
+                name: gguf,
+                dims: vec![cols as u64, rows as u64],
+                ggml_type: t.ggml_type(),
+            },
+            Source::Matrix {
+                name,
+                permute_heads,
+            },
+        );
+    }
+}
+
+pub struct ExportPlan {
+    pub metadata: Vec<(String, Value)>,
+    pub tensors: Vec<TensorSpec>,
+    sources: Vec<Source>,
+}
+
+fn s(v: &str) -> Value {
+    Value::String(v.into())
+}
+fn u(v: usize) -> Value {
+    Value::U32(v as u32)
+}
+fn f(v: f32) -> Value {
+    Value::F32(v)
+}
+
+/// The metadata and tensor list for `config`/`store`. `extra` (tokenizer, name) is appended.
+pub fn plan(
+    config: &ModelConfig,
+    store: &WeightStore,
+    target: ExportType,
+    extra: Vec<(String, Value)>,
+) -> Result<ExportPlan, LoadError> {
+    let c = config;
+    let arch = match c.family {
+        Family::Llama => "llama",
+        _ => "deepseek2",
+    };
+    let k = |key: &str| format!("{arch}.{key}");
+    let mut m: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), s(arch)),
+        ("general.quantization_version".into(), u(2)),
+        ("general.file_type".into(), u(target.file_type() as usize)),
+        (k("context_length"), u(c.max_position_embeddings)),
+        (k("embedding_length"), u(c.hidden_size)),
+        (k("block_count"), u(c.num_hidden_layers)),
+        (k("feed_forward_length"), u(c.intermediate_size)),
+        (k("attention.head_count"), u(c.num_attention_heads)),
+        (k("rope.freq_base"), f(c.rope_theta)),
+        (k("attention.layer_norm_rms_epsilon"), f(c.rms_norm_eps)),
+        (k("vocab_size"), u(c.vocab_size)),
+    ];
+    match &c.rope_scaling {
+        RopeScaling::None => {}
+        RopeScaling::Linear { factor } => {
+            m.push((k("rope.scaling.type"), s("linear")));
+            m.push((k("rope.scaling.factor"), f(*factor)));
+        }
+        RopeScaling::Yarn {
+            factor,
+            original_max_position_embeddings,
+            beta_fast,
+            beta_slow,
+            mscale,
+            mscale_all_dim,
+        } => {
+            if mscale != mscale_all_dim && *mscale_all_dim != 0.0 {
+                return Err(LoadError::config(
+                    "rope_scaling.mscale",
+                    format!(
+                        "GGUF cannot express mscale {mscale} ≠ mscale_all_dim {mscale_all_dim}"
+                    ),
+                ));
+            }
+            m.push((k("rope.scaling.type"), s("yarn")));
+            m.push((k("rope.scaling.factor"), f(*factor)));
+            m.push((
+                k("rope.scaling.original_context_length"),
+                u(*original_max_position_embeddings),
+            ));
+            m.push((
+                k("rope.scaling.yarn_log_multiplier"),
+                f(0.1 * mscale_all_dim),
+            ));
+            m.push((k("rope.scaling.yarn_beta_fast"), f(*beta_fast)));
+            m.push((k("rope.scaling.yarn_beta_slow"), f(*beta_slow)));
+        }
+    }
+    let mut e = Entries {
+        target,
+        tensors: vec![],
+        sources: vec![],
+    };
+    let hid = c.hidden_size;
+    e.matrix(
+        "model.embed_tokens.weight".into(),
+        "token_embd.weight".into(),
+        c.vocab_size,
+        hid,
+        0,
+    );
+    let mut vectors: Vec<(String, String, usize)> =
+        vec![("model.norm.weight".into(), "output_norm.weight".into(), hid)];
+    if store.contains("lm_head.weight") && !c.tie_word_embeddings {
+        e.matrix(
+            "lm_head.weight".into(),
+            "output.weight".into(),
+            c.vocab_size,
+            hid,
+            0,
+        );
+    }
+    match c.family {
+        Family::Llama => {
+            m.push((k("attention.head_count_kv"), u(c.num_key_value_heads)));
+            m.push((k("rope.dimension_count"), u(c.head_dim)));
+            if c.head_dim * c.num_attention_heads != hid {
+                m.push((k("attention.key_length"), u(c.head_dim)));
+                m.push((k("attention.value_length"), u(c.head_dim)));
+            }
+        }
+        _ => {
+            let mla = c.mla.as_ref().expect("MLA config");
+            m.push((k("attention.head_count_kv"), u(1)));
+            // 0 when queries are not compressed: llama.cpp decides by this key.
+            m.push((k("attention.q_lora_rank"), u(mla.q_lora_rank.unwrap_or(0))));
+            m.push((k("attention.kv_lora_rank"), u(mla.kv_lora_rank)));
+            m.push((
+                k("attention.key_length"),
+                u(mla.kv_lora_rank + mla.qk_rope_head_dim),
+            ));
+            m.push((k("attention.value_length"), u(mla.kv_lora_rank)));
+            m.push((k("attention.key_length_mla"), u(mla.qk_head_dim())));
+            m.push((k("attention.value_length_mla"), u(mla.v_head_dim)));
+            m.push((k("rope.dimension_count"), u(mla.qk_rope_head_dim)));
+            if let Some(moe) = &c.moe {
+                m.push((k("leading_dense_block_count"), u(moe.first_k_dense_replace)));
+                m.push((
+                    k("expert_feed_forward_length"),
+                    u(moe.moe_intermediate_size),
+                ));
+                m.push((k("expert_count"), u(moe.n_routed_experts)));
+                m.push((k("expert_shared_count"), u(moe.n_shared_experts)));
+                m.push((k("expert_used_count"), u(moe.num_experts_per_tok)));
+                m.push((k("expert_weights_scale"), f(moe.routed_scaling_factor)));
+                m.push((k("expert_weights_norm"), Value::Bool(moe.norm_topk_prob)));
+                let gating = if moe.scoring_func == ScoringFunc::Sigmoid {
+                    2
+                } else {
+                    1
+                };
+                m.push((k("expert_gating_func"), u(gating)));
+                m.push((k("expert_group_count"), u(moe.n_group)));
+                m.push((k("expert_group_used_count"), u(moe.topk_group)));
+                if moe.moe_layer_freq != 1 {
+                    return Err(LoadError::config(
+                        "moe_layer_freq",
+                        "GGUF's deepseek2 layout needs every layer after the dense ones to be MoE",
+                    ));
+                }
+            } else {
+                m.push((k("leading_dense_block_count"), u(c.num_hidden_layers)));
+            }
+        }
+    }
+    for i in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        let b = format!("blk.{i}");
+        vectors.push((
+            format!("{p}.input_layernorm.weight"),
+            format!("{b}.attn_norm.weight"),
+            hid,
+        ));
+        vectors.push((
+            format!("{p}.post_attention_layernorm.weight"),
+            format!("{b}.ffn_norm.weight"),
+            hid,
+        ));
+        let a = format!("{p}.self_attn");
+        match c.family {
+            Family::Llama => {
+                let (h, kv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+                e.matrix(
+                    format!("{a}.q_proj.weight"),
+                    format!("{b}.attn_q.weight"),
+                    h * hd,
+                    hid,
+                    h,
+                );
+                e.matrix(
+                    format!("{a}.k_proj.weight"),
+                    format!("{b}.attn_k.weight"),
+                    kv * hd,
+                    hid,
+                    kv,
+                );
+                e.matrix(
+                    format!("{a}.v_proj.weight"),
+                    format!("{b}.attn_v.weight"),
+                    kv * hd,
+                    hid,
+                    0,
+                );
+                e.matrix(
+                    format!("{a}.o_proj.weight"),
+                    format!("{b}.attn_output.weight"),
+                    hid,
+                    h * hd,
+                    0,
+                );
+            }
+            _ => {
+                let d = c.mla.as_ref().unwrap();
+                let h = c.num_attention_heads;
+                match d.q_lora_rank {
+                    None => e.matrix(
+                        format!("{a}.q_proj.weight"),
+                        format!("{b}.attn_q.weight"),
+                        h * d.qk_head_dim(),
+                        hid,
+                        0,
+                    ),
+                    Some(r) => {
+                        e.matrix(
+                            format!("{a}.q_a_proj.weight"),
+                            format!("{b}.attn_q_a.weight"),
+                            r,
+                            hid,
+                            0,
+                        );
+                        vectors.push((
+                            format!("{a}.q_a_layernorm.weight"),
+                            format!("{b}.attn_q_a_norm.weight"),
+                            r,
+                        ));
+                        e.matrix(
+                            format!("{a}.q_b_proj.weight"),
+                            format!("{b}.attn_q_b.weight"),
+                            h * d.qk_head_dim(),
+                            r,
+                            0,
+                        );
+                    }
+                }
+                e.matrix(
+                    format!("{a}.kv_a_proj_with_mqa.weight"),
+                    format!("{b}.attn_kv_a_mqa.weight"),
+                    d.kv_lora_rank + d.qk_rope_head_dim,
+                    hid,
+                    0,
+                );
+                vectors.push((
+                    format!("{a}.kv_a_layernorm.weight"),
+                    format!("{b}.attn_kv_a_norm.weight"),
+                    d.kv_lora_rank,
+                ));
+                let kvb = format!("{a}.kv_b_proj.weight");
+                e.push(
+                    TensorSpec {
+                        name: format!("{b}.attn_k_b.weight"),
+                        dims: vec![d.qk_nope_head_dim as u64, d.kv_lora_rank as u64, h as u64],
+                        ggml_type: target.for_row(d.qk_nope_head_dim).ggml_type(),
+                    },
+                    Source::KB { name: kvb.clone() },
+                );
+                e.push(
+                    TensorSpec {
+                        name: format!("{b}.attn_v_b.weight"),
+                        dims: vec![d.kv_lora_rank as u64, d.v_head_dim as u64, h as u64],
+                        ggml_type: target.for_row(d.kv_lora_rank).ggml_type(),
+                    },
+                    Source::VB { name: kvb },
+                );
+                e.matrix(
+                    format!("{a}.o_proj.weight"),
+                    format!("{b}.attn_output.weight"),
+                    hid,
+                    h * d.v_head_dim,
+                    0,
+                );
+            }
+        }
+        let mlp = format!("{p}.mlp");
+        match &c.moe {
+            Some(moe) if moe.is_moe_layer(i) => {
+                let (n_exp, ff) = (moe.n_routed_experts, moe.moe_intermediate_size);
+                e.push(
+                    TensorSpec {
+                        name: format!("{b}.ffn_gate_inp.weight"),
+                        dims: vec![hid as u64, n_exp as u64],
+                        ggml_type: GGML_F32,
+                    },
+                    Source::Matrix {
+                        name: format!("{mlp}.gate.weight"),
+                        permute_heads: 0,
+                    },
+                );
+                if store.contains(&format!("{mlp}.gate.e_score_correction_bias")) {
+                    vectors.push((
+                        format!("{mlp}.gate.e_score_correction_bias"),
+                        format!("{b}.exp_probs_b.bias"),
+                        n_exp,
+                    ));
+                }
+                for (proj, gg, rows, cols) in [
+                    ("gate_proj", "ffn_gate_exps", ff, hid),
+                    ("up_proj", "ffn_up_exps", ff, hid),
+                    ("down_proj", "ffn_down_exps", hid, ff),
+                ] {
+                    e.push(
+                        TensorSpec {
+                            name: format!("{b}.{gg}.weight"),
+                            dims: vec![cols as u64, rows as u64, n_exp as u64],
+                            ggml_type: target.for_row(cols).ggml_type(),
+                        },
+                        Source::Stacked {
+                            names: (0..n_exp)
+                                .map(|x| format!("{mlp}.experts.{x}.{proj}.weight"))
+                                .collect(),
+                        },
+                    );
+                }
+                if moe.n_shared_experts > 0 {
+                    let sh = ff * moe.n_shared_experts;
+                    let se = format!("{mlp}.shared_experts");
+                    e.matrix(
+                        format!("{se}.gate_proj.weight"),
+                        format!("{b}.ffn_gate_shexp.weight"),
+                        sh,
+                        hid,
+                        0,
+                    );
+                    e.matrix(
+                        format!("{se}.up_proj.weight"),
+                        format!("{b}.ffn_up_shexp.weight"),
+                        sh,
+                        hid,
+                        0,
+                    );
+                    e.matrix(
+                        format!("{se}.down_proj.weight"),
+                        format!("{b}.ffn_down_shexp.weight"),
+                        hid,
+                        sh,
+                        0,
+                    );
+                }
+            }
+            _ => {
+                let ff = c.intermediate_size;
+                e.matrix(
+                    format!("{mlp}.gate_proj.weight"),
+                    format!("{b}.ffn_gate.weight"),
+                    ff,
+                    hid,
+                    0,
+                );
+                e.matrix(
+                    format!("{mlp}.up_proj.weight"),
+                    format!("{b}.ffn_up.weight"),
+                    ff,
+                    hid,
+                    0,
+                );
+                e.matrix(
+                    format!("{mlp}.down_proj.weight"),
+                    format!("{b}.ffn_down.weight"),
+                    hid,
+                    ff,
+                    0,
+                );
+            }
+        }
+    }
+    for (name, gguf, len) in vectors {
+        e.push(
+            TensorSpec {
+                name: gguf,
+                dims: vec![len as u64],
+                ggml_type: GGML_F32,
+            },
+            Source::Vector { name },
+        );
+    }
+    m.extend(extra);
+    Ok(ExportPlan {
+        metadata: m,
+        tensors: e.tensors,
+        sources: e.sources,
+    })
+}
+
+/// Writes one row of f32 values in GGML type `t`.
+fn put_row(t: u32, row: &[f32], out: &mut dyn Write, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.clear();
+    match t {
+        GGML_F32 => buf.extend(row.iter().flat_map(|v| v.to_le_bytes())),
+        GGML_F16 => buf.extend(
+            row.iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes()),
+        ),
+        GGML_BF16 => buf.extend(
+            row.iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()),
+        ),
+        q => {
+            let q = QuantType::from_ggml_type(q).expect("planned type");
+            buf.resize(q.row_bytes(row.len()), 0);
+            quantize_row(q, row, buf);
+        }
+    }
+    out.write_all(buf)
+}
+
+impl ExportPlan {
+    /// Writes the file; `progress(done, total)` per tensor.
+    pub fn write(
+        &self,
+        store: &WeightStore,
+        config: &ModelConfig,
+        path: &std::path::Path,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(), LoadError> {
+        let io = |e: std::io::Error| LoadError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        let shape = |spec: &TensorSpec| -> (usize, usize) {
+            let cols = spec.dims[0] as usize;
+            let rows = spec.dims[1..].iter().product::<u64>() as usize;
+            (rows, cols)
+        };
+        let total = self.tensors.len();
+        write_gguf(path, &self.metadata, &self.tensors, |i, out| {
+            let spec = &self.tensors[i];
+            let (rows, cols) = shape(spec);
+            let mut row = vec![0.0f32; cols];
+            let mut buf = vec![];
+            let matrix_rows = |m: &Matrix,
+                               order: &mut dyn Iterator<Item = usize>,
+                               out: &mut dyn Write|
+             -> Result<(), LoadError> {
+                let mut row = vec![0.0f32; m.cols];
+                let mut buf = vec![];
+                for r in order {
+                    m.row_f32(r, &mut row);
+                    put_row(spec.ggml_type, &row, out, &mut buf).map_err(io)?;
+                }
+                Ok(())
+            };
+            match &self.sources[i] {
+                Source::Vector { name } => {
+                    let v = store.vector(name, cols)?;
+                    put_row(spec.ggml_type, &v, out, &mut buf).map_err(io)?;
+                }
+                Source::Matrix {
+                    name,
+                    permute_heads,
+                } => {
+                    let m = store.matrix(name, rows, cols)?;
+                    if *permute_heads > 0 {
+                        // GGUF row 2i + h ← HF row h·d/2 + i within each head.
+                        let hd = rows / permute_heads;
+                        let mut order = (0..rows).map(|r| {
+                            let (head, j) = (r / hd, r % hd);
+                            head * hd + (j % 2) * (hd / 2) + j / 2
+                        });
+                        matrix_rows(&m, &mut order, out)?;
+                    } else {
+                        matrix_rows(&m, &mut (0..rows), out)?;
+                    }
+                }
+                Source::Stacked { names } => {
+                    let per = rows / names.len();
+                    for n in names {
+                        let m = store.matrix(n, per, cols)?;
+                        matrix_rows(&m, &mut (0..per), out)?;
+                    }
+                }
+                Source::KB { name } | Source::VB { name } => {
+                    let d = config.mla.as_ref().unwrap();
+                    let h = config.num_attention_heads;
+                    let per_head = d.qk_nope_head_dim + d.v_head_dim;
+                    let m = store.matrix(name, h * per_head, d.kv_lora_rank)?;
+                    let kv = m.to_f32();
+                    let lora = d.kv_lora_rank;
+                    for head in 0..h {
+                        let base = head * per_head;
+                        if matches!(self.sources[i], Source::KB { .. }) {
+                            // [kv_lora rows, nope cols]: W_UK transposed.
+                            for c in 0..lora {
+                                for (j, v) in row.iter_mut().enumerate() {
+                                    *v = kv[(base + j) * lora + c];
+                                }
+                                put_row(spec.ggml_type, &row, out, &mut buf).map_err(io)?;
+                            }
+                        } else {
+                            for j in 0..d.v_head_dim {
+                                let r = base + d.qk_nope_head_dim + j;
+                                put_row(
+                                    spec.ggml_type,
+                                    &kv[r * lora..(r + 1) * lora],
+                                    out,
+                                    &mut buf,
+                                )
+                                .map_err(io)?;
+                            }
+                        }
+                    }
+                }
+            }
+            progress(i + 1, total);
+            Ok(())
+        })
+    }
+}
