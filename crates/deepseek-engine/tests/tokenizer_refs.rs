@@ -135,3 +135,76 @@ fn streaming_decode_never_splits_a_character() {
     }
     assert_eq!(out, text);
 }
+
+/// Each real tokenizer written as GGUF metadata (as `deepseek quantize` writes it) and rebuilt
+/// from that metadata (as a llama.cpp file is read) gives the reference ids.
+#[test]
+fn tokenizers_survive_the_gguf_round_trip() {
+    use deepseek_engine::gguf_tokenizer::metadata_from_tokenizer_json;
+    use deepseek_loader::gguf::{GgufFile, Value as G};
+    use deepseek_loader::gguf_writer::write_gguf;
+
+    let r = refs();
+    let texts: Vec<String> = serde_json::from_value(r["texts"].clone()).unwrap();
+    let tmp = std::env::temp_dir().join(format!("tok-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut pres = std::collections::BTreeSet::new();
+    for (name, entry) in r["models"].as_object().unwrap() {
+        let dir = tokenizer_dir(name);
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
+                .unwrap();
+        let original = Tokenizer::from_dir(&dir).unwrap();
+        let vocab = original.vocab_size() + 7; // padded, as model vocabularies often are
+        let meta = metadata_from_tokenizer_json(&json, vocab).unwrap();
+        pres.insert(meta.pre.clone());
+        let strings = |v: Vec<String>| G::Array(v.into_iter().map(G::String).collect());
+        let md = vec![
+            (
+                "general.architecture".to_string(),
+                G::String("deepseek2".into()),
+            ),
+            ("tokenizer.ggml.model".into(), G::String("gpt2".into())),
+            ("tokenizer.ggml.pre".into(), G::String(meta.pre)),
+            ("tokenizer.ggml.tokens".into(), strings(meta.tokens)),
+            (
+                "tokenizer.ggml.token_type".into(),
+                G::Array(meta.token_types.into_iter().map(G::I32).collect()),
+            ),
+            ("tokenizer.ggml.merges".into(), strings(meta.merges)),
+            (
+                "tokenizer.ggml.bos_token_id".into(),
+                G::U32(original.bos_id.unwrap()),
+            ),
+            (
+                "tokenizer.ggml.add_bos_token".into(),
+                G::Bool(original.add_bos_token),
+            ),
+        ];
+        let path = tmp.join(format!("{name}.gguf"));
+        write_gguf(&path, &md, &[], |_, _| Ok(())).unwrap();
+        let tok = Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap();
+        assert_eq!(tok.bos_id, original.bos_id, "{name}");
+        for (i, text) in texts.iter().enumerate() {
+            let want: Vec<u32> = serde_json::from_value(entry["raw_ids"][i].clone()).unwrap();
+            assert_eq!(
+                tok.encode(text, false).unwrap(),
+                want,
+                "{name} via GGUF: {text:?}"
+            );
+            assert_eq!(
+                tok.decode(&want, true).unwrap(),
+                entry["decoded"][i].as_str().unwrap(),
+                "{name} via GGUF: decode of {text:?}"
+            );
+        }
+    }
+    // The DeepSeek families map onto llama.cpp's three pre-tokenizer names.
+    let want: std::collections::BTreeSet<String> =
+        ["deepseek-coder", "deepseek-llm", "deepseek-v3"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    assert_eq!(pres, want);
+    std::fs::remove_dir_all(tmp).ok();
+}
