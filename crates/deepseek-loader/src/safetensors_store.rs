@@ -48,6 +48,21 @@ impl TensorType {
     }
 }
 
+/// An FP8 e4m3 ("fn": no infinities, 0x7f/0xff are NaN) value.
+pub fn fp8_e4m3_to_f32(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exp = ((b >> 3) & 0xF) as i32;
+    let man = (b & 7) as f32;
+    if exp == 0xF && b & 7 == 7 {
+        return f32::NAN;
+    }
+    if exp == 0 {
+        sign * man / 8.0 * 2f32.powi(-6)
+    } else {
+        sign * (1.0 + man / 8.0) * 2f32.powi(exp - 7)
+    }
+}
+
 /// Where one tensor lives.
 #[derive(Clone, Debug)]
 pub struct TensorInfo {
@@ -263,6 +278,7 @@ impl WeightStore {
                 ty: *q,
                 data: Buffer::from_map(map, info.offset, rows * q.row_bytes(cols)),
             },
+            TensorType::F8E4M3 => return self.fp8_matrix(name, info, rows, cols),
             other => {
                 return Err(LoadError::Dtype {
                     name: name.to_string(),
@@ -271,6 +287,47 @@ impl WeightStore {
             }
         };
         Ok(Matrix { rows, cols, data })
+    }
+
+    /// DeepSeek-V3's FP8 weights: e4m3 values with one f32 `weight_scale_inv` per 128×128
+    /// block (`w = fp8 · scale_inv`), dequantized to bf16 at load.
+    fn fp8_matrix(
+        &self,
+        name: &str,
+        info: &TensorInfo,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Matrix, LoadError> {
+        const BLOCK: usize = 128;
+        let scale_name = format!("{name}_scale_inv");
+        let (br, bc) = (rows.div_ceil(BLOCK), cols.div_ceil(BLOCK));
+        let scale_info = self.check_shape(&scale_name, &[br, bc])?;
+        let scales = match scale_info.dtype {
+            TensorType::F32 | TensorType::BF16 | TensorType::F16 => {
+                self.matrix_any_shape(&scale_name, scale_info, br, bc)?.to_f32()
+            }
+            ref other => {
+                return Err(LoadError::Dtype {
+                    name: scale_name,
+                    dtype: other.name(),
+                })
+            }
+        };
+        let map = &self.shards[info.shard].1;
+        let bytes = &map[info.offset..info.offset + rows * cols];
+        let lut: Vec<f32> = (0..=255u8).map(fp8_e4m3_to_f32).collect();
+        let mut out = vec![0u16; rows * cols];
+        for (r, (o, w)) in out.chunks_mut(cols).zip(bytes.chunks(cols)).enumerate() {
+            let srow = &scales[(r / BLOCK) * bc..(r / BLOCK + 1) * bc];
+            for (c, (o, &b)) in o.iter_mut().zip(w).enumerate() {
+                *o = half::bf16::from_f32(lut[b as usize] * srow[c / BLOCK]).to_bits();
+            }
+        }
+        Ok(Matrix {
+            rows,
+            cols,
+            data: MatrixData::BF16(out.into()),
+        })
     }
 
     /// The dtype most weights are stored in (for `info`).
@@ -283,5 +340,50 @@ impl WeightStore {
             .max_by_key(|(_, b)| *b)
             .map(|(d, _)| d)
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fp8_e4m3_values() {
+        assert_eq!(fp8_e4m3_to_f32(0x38), 1.0);
+        assert_eq!(fp8_e4m3_to_f32(0xB8), -1.0);
+        assert_eq!(fp8_e4m3_to_f32(0x7E), 448.0);
+        assert_eq!(fp8_e4m3_to_f32(0x01), 2f32.powi(-9));
+        assert_eq!(fp8_e4m3_to_f32(0x00), 0.0);
+        assert!(fp8_e4m3_to_f32(0x7F).is_nan());
+        assert_eq!(fp8_e4m3_to_f32(0x3C), 1.5);
+    }
+
+    /// A 130×260 FP8 weight (blocks that do not divide it) with its scales, in a safetensors
+    /// file as DeepSeek-V3 ships them, loads as value × the scale of its 128×128 block.
+    #[test]
+    fn fp8_weights_with_block_scales_load_dequantized() {
+        use safetensors::tensor::TensorView;
+        let (rows, cols) = (130, 260);
+        let w: Vec<u8> = (0..rows * cols).map(|i| (i % 120) as u8).collect();
+        let scales: Vec<f32> = (0..2 * 3).map(|i| 0.5 + i as f32).collect();
+        let sb: Vec<u8> = scales.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let tensors = vec![
+            ("w.weight", TensorView::new(Dtype::F8_E4M3, vec![rows, cols], &w).unwrap()),
+            ("w.weight_scale_inv", TensorView::new(Dtype::F32, vec![2, 3], &sb).unwrap()),
+        ];
+        let dir = std::env::temp_dir().join(format!("fp8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        safetensors::serialize_to_file(tensors, None, &dir.join("model.safetensors")).unwrap();
+        let store = WeightStore::open(&dir).unwrap();
+        let m = store.matrix("w.weight", rows, cols).unwrap();
+        let got = m.to_f32();
+        for r in [0, 127, 128, 129] {
+            for c in [0, 127, 128, 255, 256, 259] {
+                let want = fp8_e4m3_to_f32(w[r * cols + c]) * scales[(r / 128) * 3 + c / 128];
+                let want = half::bf16::from_f32(want).to_f32();
+                assert_eq!(got[r * cols + c], want, "({r}, {c})");
+            }
+        }
+        std::fs::remove_dir_all(dir).ok();
     }
 }
