@@ -48,6 +48,57 @@ impl TensorType {
     }
 }
 
+/// The tensors described by a safetensors file's header (`buf` is the whole file), each
+/// checked to lie inside the file with as many bytes as its shape and dtype need. Fuzzed by
+/// `fuzz/fuzz_targets/safetensors_header.rs`.
+pub fn parse_header(buf: &[u8], path: &Path) -> Result<Vec<(String, TensorInfo)>, LoadError> {
+    let err = |msg: String| LoadError::Parse {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let (header_len, meta) = SafeTensors::read_metadata(buf)
+        .map_err(|e| err(format!("not a valid safetensors file: {e}")))?;
+    let data_start = 8usize
+        .checked_add(header_len)
+        .ok_or_else(|| err("header length overflows".into()))?;
+    let mut out = vec![];
+    for (name, info) in meta.tensors() {
+        let (a, b) = info.data_offsets;
+        let end = data_start.checked_add(b);
+        if b < a || end.is_none_or(|e| e > buf.len()) {
+            return Err(err(format!(
+                "tensor `{name}`: data {a}..{b} extends past the end of the file ({} bytes)",
+                buf.len()
+            )));
+        }
+        let elements = info
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| err(format!("tensor `{name}`: absurd shape {:?}", info.shape)))?;
+        let need = elements.checked_mul(info.dtype.bitsize()).map(|bits| bits.div_ceil(8));
+        if need != Some(b - a) {
+            return Err(err(format!(
+                "tensor `{name}`: shape {:?} of {:?} needs {need:?} bytes, the header gives {}",
+                info.shape,
+                info.dtype,
+                b - a
+            )));
+        }
+        out.push((
+            name,
+            TensorInfo {
+                shard: 0,
+                dtype: TensorType::from_safetensors(info.dtype),
+                shape: info.shape.clone(),
+                offset: data_start + a,
+                len_bytes: b - a,
+            },
+        ));
+    }
+    Ok(out)
+}
+
 /// An FP8 e4m3 ("fn": no infinities, 0x7f/0xff are NaN) value.
 pub fn fp8_e4m3_to_f32(b: u8) -> f32 {
     let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
@@ -178,25 +229,10 @@ impl WeightStore {
             path: path.clone(),
             source: e,
         })?;
-        let (header_len, meta) =
-            SafeTensors::read_metadata(&map).map_err(|e| LoadError::Parse {
-                path: path.clone(),
-                msg: format!("not a valid safetensors file: {e}"),
-            })?;
-        let data_start = 8 + header_len;
         let shard = self.shards.len();
-        for (name, info) in meta.tensors() {
-            let (a, b) = info.data_offsets;
-            self.tensors.insert(
-                name,
-                TensorInfo {
-                    shard,
-                    dtype: TensorType::from_safetensors(info.dtype),
-                    shape: info.shape.clone(),
-                    offset: data_start + a,
-                    len_bytes: b - a,
-                },
-            );
+        for (name, mut info) in parse_header(&map, &path)? {
+            info.shard = shard;
+            self.tensors.insert(name, info);
         }
         self.shards.push((path, Arc::new(map)));
         Ok(())
@@ -346,6 +382,29 @@ impl WeightStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bad_safetensors_headers_are_named_errors() {
+        let p = Path::new("bad.safetensors");
+        let msg = |b: &[u8]| parse_header(b, p).unwrap_err().to_string();
+        assert!(msg(b"").contains("not a valid safetensors"));
+        assert!(msg(&u64::MAX.to_le_bytes()).contains("not a valid safetensors"));
+        let file = |header: &str, data: usize| {
+            let mut b = (header.len() as u64).to_le_bytes().to_vec();
+            b.extend(header.as_bytes());
+            b.extend(vec![0u8; data]);
+            b
+        };
+        let h = r#"{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#;
+        assert!(parse_header(&file(h, 16), p).is_ok());
+        let m = msg(&file(h, 8));
+        assert!(m.starts_with("bad.safetensors: "), "{m}");
+        // Every truncation is an error, never a panic.
+        let full = file(h, 16);
+        for n in 0..full.len() {
+            assert!(parse_header(&full[..n], p).is_err());
+        }
+    }
 
     #[test]
     fn fp8_e4m3_values() {
