@@ -41,7 +41,7 @@ fn main() {
                 .into(),
         ),
     };
-    let m = Matrix { rows, cols, data };
+    let m = Matrix { rows, cols, data }.repacked();
     let x: Vec<f32> = (0..cols).map(|i| (i % 13) as f32 / 13.0).collect();
     let mut out = vec![0.0; rows];
     let bw = deepseek_kernels::probe::read_bandwidth(1 << 30, 5);

@@ -13,6 +13,7 @@ pub mod probe;
 pub mod quant;
 #[cfg(target_arch = "x86_64")]
 mod quant_x86;
+pub mod repack;
 pub mod simd;
 pub mod threads;
 

@@ -408,7 +408,7 @@ fn dot_row_generic(t: QuantType, w: &[u8], ad: &[f32], asum: &[i32], aq: &[i8]) 
 
 /// Which integer dot-product code this CPU runs (detected once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ByteDotIsa {
+pub(crate) enum ByteDotIsa {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
@@ -416,7 +416,7 @@ enum ByteDotIsa {
     Vnni,
 }
 
-fn byte_dot_isa() -> ByteDotIsa {
+pub(crate) fn byte_dot_isa() -> ByteDotIsa {
     static ISA: std::sync::OnceLock<ByteDotIsa> = std::sync::OnceLock::new();
     *ISA.get_or_init(|| match crate::simd::isa() {
         crate::simd::Isa::Scalar => ByteDotIsa::Scalar,

@@ -452,7 +452,7 @@ fn unpermute_llama_qk(store: &mut WeightStore, c: &ModelConfig) -> Result<(), Lo
                     }
                 }
             }
-            store.insert_built(name, from_raw_bytes(&m, dst));
+            store.insert_built(name, from_raw_bytes(&m, dst).repacked());
         }
     }
     Ok(())
@@ -465,6 +465,17 @@ fn raw_bytes(m: &Matrix) -> Vec<u8> {
             b.as_slice().iter().flat_map(|v| v.to_le_bytes()).collect()
         }
         MatrixData::Quant { data, .. } => data.as_slice().to_vec(),
+        MatrixData::Q8_0x8(_) => {
+            let rb = m.dtype().row_bytes(m.cols);
+            let mut v = vec![0u8; m.rows * rb];
+            for (r, o) in v.chunks_mut(rb).enumerate() {
+                let MatrixData::Q8_0x8(d) = &m.data else {
+                    unreachable!()
+                };
+                deepseek_kernels::repack::unpack_q8_0_row(d.as_slice(), m.cols, r, o);
+            }
+            v
+        }
     }
 }
 
@@ -486,6 +497,10 @@ fn from_raw_bytes(m: &Matrix, bytes: Vec<u8>) -> Matrix {
         MatrixData::F16(_) => MatrixData::F16(u16s(&bytes).into()),
         MatrixData::Quant { ty, .. } => MatrixData::Quant {
             ty: *ty,
+            data: bytes.into(),
+        },
+        MatrixData::Q8_0x8(_) => MatrixData::Quant {
+            ty: QuantType::Q8_0,
             data: bytes.into(),
         },
     };

@@ -76,7 +76,9 @@ pub fn parse_header(buf: &[u8], path: &Path) -> Result<Vec<(String, TensorInfo)>
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
             .ok_or_else(|| err(format!("tensor `{name}`: absurd shape {:?}", info.shape)))?;
-        let need = elements.checked_mul(info.dtype.bitsize()).map(|bits| bits.div_ceil(8));
+        let need = elements
+            .checked_mul(info.dtype.bitsize())
+            .map(|bits| bits.div_ceil(8));
         if need != Some(b - a) {
             return Err(err(format!(
                 "tensor `{name}`: shape {:?} of {:?} needs {need:?} bytes, the header gives {}",
@@ -322,7 +324,7 @@ impl WeightStore {
                 })
             }
         };
-        Ok(Matrix { rows, cols, data })
+        Ok(Matrix { rows, cols, data }.repacked())
     }
 
     /// DeepSeek-V3's FP8 weights: e4m3 values with one f32 `weight_scale_inv` per 128×128
@@ -339,9 +341,9 @@ impl WeightStore {
         let (br, bc) = (rows.div_ceil(BLOCK), cols.div_ceil(BLOCK));
         let scale_info = self.check_shape(&scale_name, &[br, bc])?;
         let scales = match scale_info.dtype {
-            TensorType::F32 | TensorType::BF16 | TensorType::F16 => {
-                self.matrix_any_shape(&scale_name, scale_info, br, bc)?.to_f32()
-            }
+            TensorType::F32 | TensorType::BF16 | TensorType::F16 => self
+                .matrix_any_shape(&scale_name, scale_info, br, bc)?
+                .to_f32(),
             ref other => {
                 return Err(LoadError::Dtype {
                     name: scale_name,
@@ -427,8 +429,14 @@ mod tests {
         let scales: Vec<f32> = (0..2 * 3).map(|i| 0.5 + i as f32).collect();
         let sb: Vec<u8> = scales.iter().flat_map(|v| v.to_le_bytes()).collect();
         let tensors = vec![
-            ("w.weight", TensorView::new(Dtype::F8_E4M3, vec![rows, cols], &w).unwrap()),
-            ("w.weight_scale_inv", TensorView::new(Dtype::F32, vec![2, 3], &sb).unwrap()),
+            (
+                "w.weight",
+                TensorView::new(Dtype::F8_E4M3, vec![rows, cols], &w).unwrap(),
+            ),
+            (
+                "w.weight_scale_inv",
+                TensorView::new(Dtype::F32, vec![2, 3], &sb).unwrap(),
+            ),
         ];
         let dir = std::env::temp_dir().join(format!("fp8-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
