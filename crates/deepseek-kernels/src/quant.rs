@@ -118,6 +118,22 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// The inverse of [`scale_min_k4`]: eight 6-bit scales and mins into 12 bytes.
+pub(crate) fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
+    let mut scales = [0u8; 12];
+    for j in 0..8 {
+        if j < 4 {
+            scales[j] |= ls[j];
+            scales[j + 4] |= lm[j];
+        } else {
+            scales[j + 4] = (ls[j] & 0xF) | ((lm[j] & 0xF) << 4);
+            scales[j - 4] |= (ls[j] >> 4) << 6;
+            scales[j] |= (lm[j] >> 4) << 6;
+        }
+    }
+    scales
+}
+
 // ---- unpacking one block into integers (shared by dequantization and the dot products) ----
 
 /// Q4_0 / Q5_0 / Q8_0: the block's int8 values (offsets removed) and its scale.
@@ -582,17 +598,7 @@ fn quantize_k_minmax(t: QuantType, x: &[f32], out: &mut [u8]) {
             0
         };
     }
-    let scales = &mut out[4..16];
-    for j in 0..8 {
-        if j < 4 {
-            scales[j] = ls[j];
-            scales[j + 4] = lm[j];
-        } else {
-            scales[j + 4] = (ls[j] & 0xF) | ((lm[j] & 0xF) << 4);
-            scales[j - 4] |= (ls[j] >> 4) << 6;
-            scales[j] |= (lm[j] >> 4) << 6;
-        }
-    }
+    out[4..16].copy_from_slice(&pack_scale_min_k4(&ls, &lm));
     let mut q = [0u8; QK_K];
     for j in 0..8 {
         let (dj, mj) = (d * ls[j] as f32, dmin * lm[j] as f32);
