@@ -90,16 +90,14 @@ mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// `VNNI`: `vpdpbusd` on (w xor 0x80) and the activations, minus 128 × their sum; else
-    /// AVX2 `vpmaddubsw` on |w| and the activations carrying w's sign.
+    /// AVX2: `vpmaddubsw` on |w| and the activations carrying w's sign.
     #[inline(always)]
-    unsafe fn group_kernel<const T: usize, const VNNI: bool>(
+    unsafe fn group_kernel_avx2<const T: usize>(
         group: *const u8,
         nb: usize,
         acts: &[ActRow; T],
     ) -> [[f32; 8]; T] {
         let mut acc = [_mm256_setzero_ps(); T];
-        let flip = _mm256_set1_epi8(-128);
         let ones = _mm256_set1_epi16(1);
         for b in 0..nb {
             let blk = group.add(b * BLOCK_BYTES);
@@ -114,29 +112,18 @@ mod x86 {
             let mut isum = [[_mm256_setzero_si256(); 2]; T];
             for k in 0..QK / 4 {
                 let wv = _mm256_loadu_si256(w.add(k * 32) as *const __m256i);
-                let wu = if VNNI {
-                    _mm256_xor_si256(wv, flip)
-                } else {
-                    _mm256_sign_epi8(wv, wv)
-                };
+                let wu = _mm256_sign_epi8(wv, wv);
                 for (t, a) in acts.iter().enumerate() {
                     let av = _mm256_set1_epi32(
                         (a.2.as_ptr().add(b * QK + 4 * k) as *const i32).read_unaligned(),
                     );
                     let s = &mut isum[t][k & 1];
-                    if VNNI {
-                        *s = _mm256_dpbusd_epi32(*s, wu, av);
-                    } else {
-                        let p = _mm256_maddubs_epi16(wu, _mm256_sign_epi8(av, wv));
-                        *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
-                    }
+                    let p = _mm256_maddubs_epi16(wu, _mm256_sign_epi8(av, wv));
+                    *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
                 }
             }
             for (t, a) in acts.iter().enumerate() {
-                let mut s = _mm256_add_epi32(isum[t][0], isum[t][1]);
-                if VNNI {
-                    s = _mm256_sub_epi32(s, _mm256_set1_epi32(128 * *a.1.get_unchecked(b)));
-                }
+                let s = _mm256_add_epi32(isum[t][0], isum[t][1]);
                 let f = _mm256_mul_ps(scales, _mm256_set1_ps(*a.0.get_unchecked(b)));
                 acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, acc[t]);
             }
@@ -203,22 +190,13 @@ mod x86 {
         group_kernel_512::<T>(g.as_ptr(), nb, acts)
     }
 
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn dot_group_vnni<const T: usize>(
-        g: &[u8],
-        nb: usize,
-        acts: &[ActRow; T],
-    ) -> [[f32; 8]; T] {
-        group_kernel::<T, true>(g.as_ptr(), nb, acts)
-    }
-
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_group_avx2<const T: usize>(
         g: &[u8],
         nb: usize,
         acts: &[ActRow; T],
     ) -> [[f32; 8]; T] {
-        group_kernel::<T, false>(g.as_ptr(), nb, acts)
+        group_kernel_avx2::<T>(g.as_ptr(), nb, acts)
     }
 }
 
@@ -284,7 +262,6 @@ mod tests {
             }
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
-                results.push(unsafe { x86::dot_group_vnni::<3>(group, cols / QK, &acts) });
                 results.push(unsafe { x86::dot_group_vnni512::<3>(group, cols / QK, &acts) });
             }
             for res in results {
