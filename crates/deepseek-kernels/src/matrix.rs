@@ -111,6 +111,8 @@ pub enum MatrixData {
     },
     /// Q8_0 repacked in groups of 8 rows (see [`crate::repack`]); rows a multiple of 8.
     Q8_0x8(Buffer<u8>),
+    /// Q4_K repacked in groups of 8 rows (see [`crate::repack`]); rows a multiple of 8.
+    Q4Kx8(Buffer<u8>),
 }
 
 /// A row-major `[rows, cols]` weight, rows being output features (PyTorch `Linear` layout).
@@ -138,28 +140,45 @@ impl Matrix {
             MatrixData::F16(_) => DType::F16,
             MatrixData::Quant { ty, .. } => DType::Quant(ty),
             MatrixData::Q8_0x8(_) => DType::Quant(QuantType::Q8_0),
+            MatrixData::Q4Kx8(_) => DType::Quant(QuantType::Q4K),
         }
     }
 
-    /// The layout our kernels run fastest on, made once at load: Q8_0 with rows in groups of
-    /// 8 is repacked (same bytes, owned); everything else is returned as it is.
+    /// The layout our kernels run fastest on, made once at load (owned; the mapping's pages
+    /// are then no longer touched): Q8_0 and Q4_K with rows in groups of 8 are repacked
+    /// (see [`crate::repack`]); Q4_0 and Q5_0 become Q8_0 first (exactly: same scale, the
+    /// offset values fit in a byte), trading 50% more bytes for the fast kernel. Everything
+    /// else is returned as it is.
     pub fn repacked(self) -> Matrix {
-        match &self.data {
-            MatrixData::Quant {
-                ty: QuantType::Q8_0,
-                data,
-            } if self.rows.is_multiple_of(repack::GROUP) && self.rows > 0 => Matrix {
-                data: MatrixData::Q8_0x8(
-                    repack::repack_q8_0(data.as_slice(), self.rows, self.cols).into(),
-                ),
-                ..self
-            },
-            _ => self,
+        let MatrixData::Quant { ty, data } = &self.data else {
+            return self;
+        };
+        if self.rows == 0 || !self.rows.is_multiple_of(repack::GROUP) {
+            return self;
         }
+        let (rows, cols) = (self.rows, self.cols);
+        let data = match ty {
+            QuantType::Q8_0 => {
+                MatrixData::Q8_0x8(repack::repack_q8_0(data.as_slice(), rows, cols).into())
+            }
+            QuantType::Q4_0 | QuantType::Q5_0 => {
+                let q8 = quant::to_q8_0(*ty, data.as_slice());
+                MatrixData::Q8_0x8(repack::repack_q8_0(&q8, rows, cols).into())
+            }
+            QuantType::Q4K if repack::q4k_repack_supported() => {
+                MatrixData::Q4Kx8(repack::repack_q4_k(data.as_slice(), rows, cols).into())
+            }
+            _ => return self,
+        };
+        Matrix { rows, cols, data }
     }
 
+    /// Bytes the kernels read for the whole matrix (repacked layouts included).
     pub fn size_bytes(&self) -> usize {
-        self.rows * self.dtype().row_bytes(self.cols)
+        match &self.data {
+            MatrixData::Q4Kx8(d) => d.as_slice().len(),
+            _ => self.rows * self.dtype().row_bytes(self.cols),
+        }
     }
 
     /// Rows `start..start+count` as a matrix sharing this one's storage.
@@ -195,6 +214,23 @@ impl Matrix {
                     }
                 }
             }
+            MatrixData::Q4Kx8(data) => {
+                let g = repack::GROUP;
+                if start.is_multiple_of(g) && count.is_multiple_of(g) {
+                    let gb = repack::q4k_group_bytes(self.cols);
+                    MatrixData::Q4Kx8(sub(data, start / g * gb, count / g * gb))
+                } else {
+                    let rb = QuantType::Q4K.row_bytes(self.cols);
+                    let mut plain = vec![0u8; count * rb];
+                    for (i, o) in plain.chunks_mut(rb).enumerate() {
+                        repack::unpack_q4_k_row(data.as_slice(), self.cols, start + i, o);
+                    }
+                    MatrixData::Quant {
+                        ty: QuantType::Q4K,
+                        data: plain.into(),
+                    }
+                }
+            }
         };
         Matrix {
             rows: count,
@@ -222,6 +258,11 @@ impl Matrix {
                 let mut plain = vec![0u8; QuantType::Q8_0.row_bytes(c)];
                 repack::unpack_q8_0_row(data.as_slice(), c, r, &mut plain);
                 quant::dequantize_row(QuantType::Q8_0, &plain, out)
+            }
+            MatrixData::Q4Kx8(data) => {
+                let mut plain = vec![0u8; QuantType::Q4K.row_bytes(c)];
+                repack::unpack_q4_k_row(data.as_slice(), c, r, &mut plain);
+                quant::dequantize_row(QuantType::Q4K, &plain, out)
             }
         }
     }
@@ -306,7 +347,9 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
         .min(rows);
     // Quantized weights take 8-bit activations, quantized once for all row chunks.
     let qx = match w.data {
-        MatrixData::Quant { .. } | MatrixData::Q8_0x8(_) if !quant::exact_activations() => {
+        MatrixData::Quant { .. } | MatrixData::Q8_0x8(_) | MatrixData::Q4Kx8(_)
+            if !quant::exact_activations() =>
+        {
             Some(QuantizedActivations::new(x, cols))
         }
         _ => None,
@@ -356,45 +399,36 @@ fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut 
     let x = act.x;
     match &w.data {
         MatrixData::Q8_0x8(data) if act.q.is_some() => {
-            let qx = act.q.unwrap();
-            let (cols, g) = (w.cols, repack::GROUP);
-            debug_assert!(r0.is_multiple_of(g) && nr.is_multiple_of(g));
-            let gb = repack::group_bytes(cols);
-            let d = data.as_slice();
-            for gi in 0..nr / g {
-                let group = &d[(r0 / g + gi) * gb..(r0 / g + gi + 1) * gb];
-                let mut t = 0;
-                while t < n {
-                    let k = (n - t).min(4);
-                    let res: Vec<[f32; 8]> = match k {
-                        4 => repack::dot_group::<4>(
-                            group,
-                            cols,
-                            &std::array::from_fn(|i| qx.row(t + i)),
-                        )
-                        .to_vec(),
-                        3 => repack::dot_group::<3>(
-                            group,
-                            cols,
-                            &std::array::from_fn(|i| qx.row(t + i)),
-                        )
-                        .to_vec(),
-                        2 => repack::dot_group::<2>(
-                            group,
-                            cols,
-                            &std::array::from_fn(|i| qx.row(t + i)),
-                        )
-                        .to_vec(),
-                        _ => repack::dot_group::<1>(group, cols, &[qx.row(t)]).to_vec(),
-                    };
-                    for (i, rr) in res.iter().enumerate() {
-                        out[(t + i) * ld + gi * g..(t + i) * ld + gi * g + g].copy_from_slice(rr);
-                    }
-                    t += k;
-                }
-            }
+            let gb = repack::group_bytes(w.cols);
+            rows_grouped(
+                data.as_slice(),
+                gb,
+                w.cols,
+                r0,
+                nr,
+                act,
+                n,
+                out,
+                ld,
+                GroupKernel::Q8_0,
+            );
         }
-        MatrixData::Q8_0x8(_) => {
+        MatrixData::Q4Kx8(data) if act.q.is_some() => {
+            let gb = repack::q4k_group_bytes(w.cols);
+            rows_grouped(
+                data.as_slice(),
+                gb,
+                w.cols,
+                r0,
+                nr,
+                act,
+                n,
+                out,
+                ld,
+                GroupKernel::Q4K,
+            );
+        }
+        MatrixData::Q8_0x8(_) | MatrixData::Q4Kx8(_) => {
             // Exact mode: dequantize each row, f32 dot products.
             let mut wr = vec![0.0; w.cols];
             for r in 0..nr {
@@ -451,6 +485,78 @@ fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut 
                     out[t * ld + r] = acc[0];
                 }
             }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum GroupKernel {
+    Q8_0,
+    Q4K,
+}
+
+fn dot_group<const T: usize>(
+    k: GroupKernel,
+    group: &[u8],
+    cols: usize,
+    acts: &[repack::ActRow; T],
+) -> [[f32; 8]; T] {
+    match k {
+        GroupKernel::Q8_0 => repack::dot_group::<T>(group, cols, acts),
+        GroupKernel::Q4K => repack::dot_group_q4k::<T>(group, cols, acts),
+    }
+}
+
+/// Rows `r0..r0+nr` (whole groups of 8) of a repacked matrix against `n` tokens, up to four
+/// tokens per pass over a group.
+#[allow(clippy::too_many_arguments)]
+fn rows_grouped(
+    d: &[u8],
+    gb: usize,
+    cols: usize,
+    r0: usize,
+    nr: usize,
+    act: &Act,
+    n: usize,
+    out: &mut [f32],
+    ld: usize,
+    kernel: GroupKernel,
+) {
+    let qx = act.q.expect("quantized activations");
+    let g = repack::GROUP;
+    debug_assert!(r0.is_multiple_of(g) && nr.is_multiple_of(g));
+    for gi in 0..nr / g {
+        let group = &d[(r0 / g + gi) * gb..(r0 / g + gi + 1) * gb];
+        let mut t = 0;
+        while t < n {
+            let k = (n - t).min(4);
+            let mut put = |res: &[[f32; 8]]| {
+                for (i, rr) in res.iter().enumerate() {
+                    out[(t + i) * ld + gi * g..(t + i) * ld + gi * g + g].copy_from_slice(rr);
+                }
+            };
+            match k {
+                4 => put(&dot_group::<4>(
+                    kernel,
+                    group,
+                    cols,
+                    &std::array::from_fn(|i| qx.row(t + i)),
+                )),
+                3 => put(&dot_group::<3>(
+                    kernel,
+                    group,
+                    cols,
+                    &std::array::from_fn(|i| qx.row(t + i)),
+                )),
+                2 => put(&dot_group::<2>(
+                    kernel,
+                    group,
+                    cols,
+                    &std::array::from_fn(|i| qx.row(t + i)),
+                )),
+                _ => put(&dot_group::<1>(kernel, group, cols, &[qx.row(t)])),
+            }
+            t += k;
         }
     }
 }
@@ -542,7 +648,10 @@ pub fn matmul_transposed(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
                 }
             }
         }
-        MatrixData::F16(_) | MatrixData::Quant { .. } | MatrixData::Q8_0x8(_) => {
+        MatrixData::F16(_)
+        | MatrixData::Quant { .. }
+        | MatrixData::Q8_0x8(_)
+        | MatrixData::Q4Kx8(_) => {
             let mut wr = vec![0.0; cols];
             for r in 0..rows {
                 w.row_f32(r, &mut wr);
@@ -559,7 +668,9 @@ pub fn matmul_serial(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n * w.cols);
     assert_eq!(out.len(), n * w.rows);
     let qx = match w.data {
-        MatrixData::Quant { .. } | MatrixData::Q8_0x8(_) if !quant::exact_activations() => {
+        MatrixData::Quant { .. } | MatrixData::Q8_0x8(_) | MatrixData::Q4Kx8(_)
+            if !quant::exact_activations() =>
+        {
             Some(QuantizedActivations::new(x, w.cols))
         }
         _ => None,

@@ -252,6 +252,24 @@ impl KBlock {
     }
 }
 
+/// Q4_0 or Q5_0 blocks rewritten as Q8_0 blocks with the same values (same f16 scale; the
+/// offset-removed values, -8..7 or -16..15, as bytes).
+pub fn to_q8_0(t: QuantType, bytes: &[u8]) -> Vec<u8> {
+    assert!(matches!(
+        t,
+        QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0
+    ));
+    let bb = t.block_bytes();
+    let mut out = Vec::with_capacity(bytes.len() / bb * 34);
+    let mut q = [0i8; QK];
+    for b in bytes.chunks_exact(bb) {
+        unpack_32(t, b, &mut q);
+        out.extend_from_slice(&b[0..2]);
+        out.extend(q.iter().map(|&v| v as u8));
+    }
+    out
+}
+
 /// Dequantizes a row of blocks into `out` (`out.len()` values).
 pub fn dequantize_row(t: QuantType, bytes: &[u8], out: &mut [f32]) {
     let (be, bb) = (t.block_elems(), t.block_bytes());
@@ -373,7 +391,7 @@ fn idot<const N: usize>(a: &[i8], b: &[i8]) -> i32 {
 
 /// Dot product of one quantized weight row with one activation row.
 #[inline(always)]
-fn dot_row_generic(t: QuantType, w: &[u8], ad: &[f32], asum: &[i32], aq: &[i8]) -> f32 {
+pub(crate) fn dot_row_generic(t: QuantType, w: &[u8], ad: &[f32], asum: &[i32], aq: &[i8]) -> f32 {
     let bb = t.block_bytes();
     let mut acc = 0.0f32;
     match t {

@@ -438,7 +438,7 @@ fn unpermute_llama_qk(store: &mut WeightStore, c: &ModelConfig) -> Result<(), Lo
             ("k_proj", c.num_key_value_heads),
         ] {
             let name = format!("model.layers.{layer}.self_attn.{proj}.weight");
-            let m = store.matrix(&name, heads * hd, c.hidden_size)?;
+            let m = store.matrix_as_stored(&name, heads * hd, c.hidden_size)?;
             let rb = m.dtype().row_bytes(m.cols);
             let src: Vec<u8> = raw_bytes(&m);
             let mut dst = vec![0u8; src.len()];
@@ -465,17 +465,7 @@ fn raw_bytes(m: &Matrix) -> Vec<u8> {
             b.as_slice().iter().flat_map(|v| v.to_le_bytes()).collect()
         }
         MatrixData::Quant { data, .. } => data.as_slice().to_vec(),
-        MatrixData::Q8_0x8(_) => {
-            let rb = m.dtype().row_bytes(m.cols);
-            let mut v = vec![0u8; m.rows * rb];
-            for (r, o) in v.chunks_mut(rb).enumerate() {
-                let MatrixData::Q8_0x8(d) = &m.data else {
-                    unreachable!()
-                };
-                deepseek_kernels::repack::unpack_q8_0_row(d.as_slice(), m.cols, r, o);
-            }
-            v
-        }
+        _ => unreachable!("stored matrices are not repacked"),
     }
 }
 
@@ -499,10 +489,7 @@ fn from_raw_bytes(m: &Matrix, bytes: Vec<u8>) -> Matrix {
             ty: *ty,
             data: bytes.into(),
         },
-        MatrixData::Q8_0x8(_) => MatrixData::Quant {
-            ty: QuantType::Q8_0,
-            data: bytes.into(),
-        },
+        _ => unreachable!("stored matrices are not repacked"),
     };
     Matrix {
         rows: m.rows,

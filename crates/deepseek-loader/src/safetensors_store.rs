@@ -274,8 +274,19 @@ impl WeightStore {
         Ok(info)
     }
 
-    /// A `[rows, cols]` weight, memory-mapped in its stored format.
+    /// A `[rows, cols]` weight, memory-mapped in its stored format, or repacked once for the
+    /// kernels where they have a faster layout for it ([`Matrix::repacked`]).
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix, LoadError> {
+        Ok(self.matrix_as_stored(name, rows, cols)?.repacked())
+    }
+
+    /// A `[rows, cols]` weight exactly as stored (no repacking).
+    pub fn matrix_as_stored(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Matrix, LoadError> {
         if let Some(m) = self.built.get(name) {
             if (m.rows, m.cols) != (rows, cols) {
                 return Err(LoadError::Shape {
@@ -324,7 +335,7 @@ impl WeightStore {
                 })
             }
         };
-        Ok(Matrix { rows, cols, data }.repacked())
+        Ok(Matrix { rows, cols, data })
     }
 
     /// DeepSeek-V3's FP8 weights: e4m3 values with one f32 `weight_scale_inv` per 128×128
