@@ -347,6 +347,7 @@ pub fn unpack_q4_k_row(data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
 }
 
 /// Plain version: unpack each row and use the per-row dot product.
+#[allow(clippy::needless_range_loop)]
 fn dot_group_q4k_generic<const T: usize>(
     group: &[u8],
     cols: usize,
