@@ -334,8 +334,26 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
             continue;
         }
         match rest {
-            "attn_k_b.weight" => k_b[layer] = Some(t.clone()),
-            "attn_v_b.weight" => v_b[layer] = Some(t.clone()),
+            // Also kept as stored, 2-D: [heads · kv_lora, nope] and [heads · v, kv_lora].
+            "attn_k_b.weight" | "attn_v_b.weight" => {
+                let s = shape(t);
+                if s.len() == 3 {
+                    let hf = if rest == "attn_k_b.weight" {
+                        "k_b_proj"
+                    } else {
+                        "v_b_proj"
+                    };
+                    store.insert(
+                        format!("{p}.self_attn.{hf}.weight"),
+                        info(t, t.offset, vec![s[0] * s[1], s[2]], t.len_bytes),
+                    );
+                }
+                if rest == "attn_k_b.weight" {
+                    k_b[layer] = Some(t.clone());
+                } else {
+                    v_b[layer] = Some(t.clone());
+                }
+            }
             _ => {}
         }
     }

@@ -52,8 +52,13 @@ pub struct MlaAttention {
     /// Per head `W_UK[h]`: `[qk_nope_head_dim, kv_lora_rank]`, rows of `kv_b_proj` (shared
     /// storage); `absorbed_q = W_UKᵀ · q_nope` is read through it without a transposed copy.
     w_uk: Vec<Matrix>,
-    /// Per head `W_UV[h]`: `[v_head_dim, kv_lora_rank]`, rows of `kv_b_proj` (shared storage).
+    /// Per head `W_UV[h]`: `[v_head_dim, kv_lora_rank]`, rows of `kv_b_proj` (shared storage),
+    /// or of the checkpoint's own `v_b_proj` when it has one.
     w_uv: Vec<Matrix>,
+    /// Per head `W_UK[h]ᵀ`: `[kv_lora_rank, qk_nope_head_dim]`, when the checkpoint stores the
+    /// key half pre-transposed (llama.cpp's `attn_k_b`): the absorbed query is then an ordinary
+    /// matmul, on the weights' own (possibly quantized) format.
+    w_uk_t: Option<Vec<Matrix>>,
     o_proj: Matrix,
     softmax_scale: f32,
 }
@@ -82,9 +87,30 @@ impl MlaAttention {
         let w_uk = (0..h)
             .map(|i| kv_b_proj.row_range(i * per_head, d.qk_nope_head_dim))
             .collect();
-        let w_uv = (0..h)
+        let mut w_uv: Vec<Matrix> = (0..h)
             .map(|i| kv_b_proj.row_range(i * per_head + d.qk_nope_head_dim, d.v_head_dim))
             .collect();
+        // Split per-head weights (GGUF's attn_k_b / attn_v_b, named k_b_proj / v_b_proj by the
+        // loader) serve decode directly.
+        let w_uk_t = if w.contains(&name("k_b_proj.weight")) && w.contains(&name("v_b_proj.weight"))
+        {
+            let k_b = w.matrix(
+                &name("k_b_proj.weight"),
+                h * d.kv_lora_rank,
+                d.qk_nope_head_dim,
+            )?;
+            let v_b = w.matrix(&name("v_b_proj.weight"), h * d.v_head_dim, d.kv_lora_rank)?;
+            w_uv = (0..h)
+                .map(|i| v_b.row_range(i * d.v_head_dim, d.v_head_dim))
+                .collect();
+            Some(
+                (0..h)
+                    .map(|i| k_b.row_range(i * d.kv_lora_rank, d.kv_lora_rank))
+                    .collect(),
+            )
+        } else {
+            None
+        };
         Ok(MlaAttention {
             heads: h,
             q,
@@ -97,6 +123,7 @@ impl MlaAttention {
             kv_b_proj,
             w_uk,
             w_uv,
+            w_uk_t,
             o_proj: w.matrix(&name("o_proj.weight"), hid, h * d.v_head_dim)?,
             softmax_scale: mla_softmax_scale(cfg),
             dims: d,
@@ -111,7 +138,16 @@ impl MlaAttention {
                 q_a_proj, q_b_proj, ..
             } => vec![q_a_proj, q_b_proj],
         };
-        v.extend([&self.kv_a_proj_with_mqa, &self.kv_b_proj, &self.o_proj]);
+        v.push(&self.kv_a_proj_with_mqa);
+        match &self.w_uk_t {
+            // Decode reads the split weights, not the rebuilt kv_b_proj.
+            Some(k) => {
+                v.extend(k.iter());
+                v.extend(self.w_uv.iter());
+            }
+            None => v.push(&self.kv_b_proj),
+        }
+        v.push(&self.o_proj);
         v
     }
 
@@ -208,7 +244,10 @@ impl MlaAttention {
         // absorbed_q[t, h] = [W_UK[h]ᵀ q_nope[t, h] | q_pe[t, h]]; heads in parallel, each one
         // pass over its W_UK for all tokens.
         let per_head = per_head_par(q, n, h, qk, nope, lora, |hh, q_nope, aq| {
-            matmul_transposed(&self.w_uk[hh], q_nope, n, aq)
+            match &self.w_uk_t {
+                Some(k) => matmul_serial(&k[hh], q_nope, n, aq),
+                None => matmul_transposed(&self.w_uk[hh], q_nope, n, aq),
+            }
         });
         let mut absorbed_q = vec![0.0; n * h * width];
         for (hh, aq) in per_head.iter().enumerate() {
