@@ -29,6 +29,7 @@ pub enum ModelError {
     ContextExceeded { pos: usize, max: usize },
 }
 
+#[allow(clippy::large_enum_variant)] // one per layer
 pub enum Attention {
     Mla(MlaAttention),
     Llama(LlamaAttention),
