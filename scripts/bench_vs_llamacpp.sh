@@ -8,7 +8,8 @@
 # nothing of it enters the repo. Needs cmake, a C++ compiler, python3 with pip; the converter
 # needs numpy, torch, transformers, sentencepiece (installed into WORKDIR/venv).
 # Env: LAYERS (8), PP (512), TG (128), REPS (3), THREADS (all cores), DEPTHS ("0"), HF=1 to add
-# transformers' decode.
+# transformers' decode, TYPES ("bf16 q8_0 q4_k"): quantized types are written by
+# `deepseek quantize` from the same checkpoint, and both engines run that same GGUF file.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-/tmp/deepseek-rs-bench}
@@ -52,12 +53,32 @@ if [ ! -f "$GGUF" ]; then
 fi
 
 OUT="$WORK/results.jsonl"; : > "$OUT"
-for D in $DEPTHS; do
-  echo "deepseek-rs depth $D ..." >&2
-  "$DS" bench --model "$MODEL" -p "$PP" -n "$TG" --depth "$D" -r "$REPS" --threads "$THREADS" --json | sed "s/^/{\"engine\":\"deepseek-rs\",\"result\":/; s/\$/}/" >> "$OUT"
-  echo "llama.cpp depth $D ..." >&2
-  "$LCPP/build/bin/llama-bench" -m "$GGUF" -p "$PP" -n "$TG" -d "$D" -r "$REPS" -t "$THREADS" -o jsonl 2>/dev/null \
-    | sed "s/^/{\"engine\":\"llama.cpp\",\"result\":/; s/\$/}/" >> "$OUT"
+# llama.cpp's CPU repacking aborts on these deepseek2 files in the vendored version
+# (GGML_ASSERT(*cur_backend_id != -1), also on files llama-quantize makes); retry without it.
+llama_bench() {
+  local out
+  # (an abort prints a debugger backtrace on stdout: keep only the JSON lines)
+  out=$("$LCPP/build/bin/llama-bench" "$@" -o jsonl 2>/dev/null | grep '^{') || true
+  if [ -z "$out" ]; then
+    echo "  (llama.cpp: retrying with --repack 0)" >&2
+    out=$("$LCPP/build/bin/llama-bench" "$@" --repack 0 -o jsonl 2>/dev/null | grep '^{') || true
+  fi
+  printf '%s\n' "$out"
+}
+for T in ${TYPES:-bf16 q8_0 q4_k}; do
+  if [ "$T" = bf16 ]; then
+    OURS="$MODEL"; THEIRS="$GGUF"
+  else
+    OURS="$WORK/v2lite-${LAYERS}l-$T.gguf"; THEIRS="$OURS"
+    [ -f "$OURS" ] || "$DS" quantize --model "$MODEL" --type "$T" --out "$OURS"
+  fi
+  for D in $DEPTHS; do
+    echo "deepseek-rs $T depth $D ..." >&2
+    "$DS" bench --model "$OURS" -p "$PP" -n "$TG" --depth "$D" -r "$REPS" --threads "$THREADS" --json | sed "s/^/{\"engine\":\"deepseek-rs\",\"type\":\"$T\",\"result\":/; s/\$/}/" >> "$OUT"
+    echo "llama.cpp $T depth $D ..." >&2
+    llama_bench -m "$THEIRS" -p "$PP" -n "$TG" -d "$D" -r "$REPS" -t "$THREADS" \
+      | grep . | sed "s/^/{\"engine\":\"llama.cpp\",\"type\":\"$T\",\"result\":/; s/\$/}/" >> "$OUT"
+  done
 done
 if [ "${HF:-0}" = 1 ]; then
   echo "transformers decode ..." >&2
@@ -68,20 +89,21 @@ python3 - "$OUT" "$LCPP_VERSION" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print(f"llama.cpp from {sys.argv[2]}\n")
-print("| engine | test | depth | tokens/s | GB/s (decode) | share of probe bandwidth |")
-print("|---|---|---|---|---|---|")
+print("| engine | type | test | depth | tokens/s | GB/s (decode) | share of probe bandwidth |")
+print("|---|---|---|---|---|---|---|")
 for r in rows:
-    e, x = r["engine"], r["result"]
+    e, x, t = r["engine"], r["result"], r.get("type", "bf16")
     if e == "deepseek-rs":
         if x["prompt_tokens"] and x["depth"] == 0:  # our prefill test always starts empty
-            print(f"| deepseek-rs | pp{x['prompt_tokens']} | {x['depth']} | {x['prefill_tok_s']:.1f} ({x['prefill_tok_s_min']:.1f}–{x['prefill_tok_s_max']:.1f}) | | |")
-        print(f"| deepseek-rs | tg{x['gen_tokens']} | {x['depth']} | {x['decode_tok_s']:.2f} ({x['decode_tok_s_min']:.2f}–{x['decode_tok_s_max']:.2f}) | {x['decode_gb_s']:.1f} | {100*x['bandwidth_share']:.0f}% of {x['bandwidth_gb_s']:.1f} GB/s |")
+            print(f"| deepseek-rs | {t} | pp{x['prompt_tokens']} | {x['depth']} | {x['prefill_tok_s']:.1f} ({x['prefill_tok_s_min']:.1f}–{x['prefill_tok_s_max']:.1f}) | | |")
+        print(f"| deepseek-rs | {t} | tg{x['gen_tokens']} | {x['depth']} | {x['decode_tok_s']:.2f} ({x['decode_tok_s_min']:.2f}–{x['decode_tok_s_max']:.2f}) | {x['decode_gb_s']:.1f} | {100*x['bandwidth_share']:.0f}% of {x['bandwidth_gb_s']:.1f} GB/s |")
         bw, active = x["bandwidth_gb_s"], x["active_weight_bytes"]
     elif e == "llama.cpp":
         test = f"pp{x['n_prompt']}" if x["n_prompt"] else f"tg{x['n_gen']}"
-        # Weights only: at depth > 0 llama.cpp also reads its KV cache, which we do not size here.
+        # Weights only, sized as our engine reads them (for repacked/widened types that is what
+        # we read, not what llama.cpp reads); at depth > 0 llama.cpp also reads its KV cache.
         gbs = "" if x["n_prompt"] or x.get("n_depth", 0) else f"{x['avg_ts'] * active / 1e9:.1f}"
-        print(f"| llama.cpp | {test} | {x.get('n_depth', 0)} | {x['avg_ts']:.2f} ± {x['stddev_ts']:.2f} | {gbs} | |")
+        print(f"| llama.cpp | {t} | {test} | {x.get('n_depth', 0)} | {x['avg_ts']:.2f} ± {x['stddev_ts']:.2f} | {gbs} | |")
     else:
-        print(f"| transformers | tg{x['gen_tokens']} | 0 | {x['decode_tok_s']:.2f} | {x['decode_tok_s'] * active / 1e9:.1f} | |")
+        print(f"| transformers | bf16 | tg{x['gen_tokens']} | 0 | {x['decode_tok_s']:.2f} | {x['decode_tok_s'] * active / 1e9:.1f} | |")
 PY
