@@ -1,6 +1,7 @@
 //! SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`. Dense layers, routed experts and the
 //! shared experts all use it.
 
+use deepseek_kernels::matrix::matmul_serial;
 use deepseek_kernels::ops::silu_mul;
 use deepseek_kernels::{matmul, Matrix};
 use deepseek_loader::{LoadError, WeightStore};
@@ -38,5 +39,16 @@ impl Mlp {
         matmul(&self.up_proj, x, n, &mut u);
         silu_mul(&mut g, &u);
         matmul(&self.down_proj, &g, n, out);
+    }
+
+    /// [`Mlp::forward`] on the calling thread only, for callers that run several MLPs at once.
+    pub fn forward_serial(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        let inter = self.gate_proj.rows;
+        let mut g = vec![0.0; n * inter];
+        let mut u = vec![0.0; n * inter];
+        matmul_serial(&self.gate_proj, x, n, &mut g);
+        matmul_serial(&self.up_proj, x, n, &mut u);
+        silu_mul(&mut g, &u);
+        matmul_serial(&self.down_proj, &g, n, out);
     }
 }

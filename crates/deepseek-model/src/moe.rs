@@ -6,9 +6,14 @@
 
 use deepseek_kernels::simd::axpy;
 use deepseek_loader::{Family, LoadError, ModelConfig, WeightStore};
+use rayon::prelude::*;
 
 use crate::mlp::Mlp;
 use crate::router::{Router, Routing};
+
+/// Steps of at most this many tokens run whole experts in parallel rather than splitting each
+/// expert's matmuls across threads.
+const SMALL_BATCH: usize = 4;
 
 pub struct Moe {
     pub router: Router,
@@ -64,19 +69,19 @@ impl Moe {
             }
         }
         out.fill(0.0);
-        let mut xs = Vec::new();
-        let mut ys = Vec::new();
-        for (e, toks) in by_expert.iter().enumerate() {
-            if toks.is_empty() {
-                continue;
-            }
-            let m = toks.len();
-            xs.clear();
+        let chosen: Vec<(usize, &Vec<(usize, f32)>)> = by_expert
+            .iter()
+            .enumerate()
+            .filter(|(_, toks)| !toks.is_empty())
+            .collect();
+        let gather = |toks: &[(usize, f32)]| {
+            let mut xs = Vec::with_capacity(toks.len() * hid);
             for &(t, _) in toks {
                 xs.extend_from_slice(&x[t * hid..(t + 1) * hid]);
             }
-            ys.resize(m * hid, 0.0);
-            self.experts[e].forward(&xs, m, &mut ys);
+            xs
+        };
+        let scatter = |out: &mut [f32], toks: &[(usize, f32)], ys: &[f32]| {
             for (i, &(t, w)) in toks.iter().enumerate() {
                 axpy(
                     w,
@@ -84,6 +89,40 @@ impl Moe {
                     &mut out[t * hid..(t + 1) * hid],
                 );
             }
+        };
+        if n <= SMALL_BATCH {
+            // Decode-sized steps: each expert's matrices are small, so splitting every matmul
+            // across threads costs more in synchronisation than it gains. Run whole experts
+            // (and the shared experts) side by side instead, one parallel region per layer.
+            let mut jobs: Vec<(Option<usize>, &Mlp, Vec<f32>, usize)> = chosen
+                .iter()
+                .map(|&(e, toks)| (Some(e), &self.experts[e], gather(toks), toks.len()))
+                .collect();
+            if let Some(shared) = &self.shared_experts {
+                jobs.push((None, shared, x.to_vec(), n));
+            }
+            let results: Vec<(Option<usize>, Vec<f32>)> = jobs
+                .into_par_iter()
+                .map(|(e, mlp, xs, m)| {
+                    let mut ys = vec![0.0; m * hid];
+                    mlp.forward_serial(&xs, m, &mut ys);
+                    (e, ys)
+                })
+                .collect();
+            for (e, ys) in results {
+                match e {
+                    Some(e) => scatter(out, &by_expert[e], &ys),
+                    None => deepseek_kernels::ops::add_inplace(out, &ys),
+                }
+            }
+            return routing;
+        }
+        let mut ys = Vec::new();
+        for &(e, toks) in &chosen {
+            let xs = gather(toks);
+            ys.resize(toks.len() * hid, 0.0);
+            self.experts[e].forward(&xs, toks.len(), &mut ys);
+            scatter(out, toks, &ys);
         }
         if let Some(shared) = &self.shared_experts {
             let mut s = vec![0.0; n * hid];
