@@ -170,6 +170,15 @@ impl Matrix {
             }
             _ => return self,
         };
+        // The mapped original is not read again: let the kernel drop its pages from this
+        // process (they stay in the page cache), so the weights are not resident twice.
+        if let MatrixData::Quant {
+            data: Buffer::Mapped { map, offset, len },
+            ..
+        } = &self.data
+        {
+            release_mapped(map, *offset, *len);
+        }
         Matrix { rows, cols, data }
     }
 
@@ -289,6 +298,16 @@ impl Matrix {
         Matrix::from_f32(self.cols, self.rows, t)
     }
 }
+
+#[cfg(unix)]
+fn release_mapped(map: &memmap2::Mmap, offset: usize, len: usize) {
+    // SAFETY: MADV_DONTNEED on a read-only file mapping only drops resident pages; a later read
+    // faults them back in from the file, so every view of the mapping stays valid.
+    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len) };
+}
+
+#[cfg(not(unix))]
+fn release_mapped(_: &memmap2::Mmap, _: usize, _: usize) {}
 
 fn sub<T: Copy + 'static>(b: &Buffer<T>, offset: usize, len: usize) -> Buffer<T> {
     match b {

@@ -359,7 +359,9 @@ impl QuantizedActivations {
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let mut s = 0i32;
             for (q, &v) in qb.iter_mut().zip(xb) {
-                *q = (v * id).round() as i8;
+                // Round half away from zero without a libm call (|y| ≤ 127).
+                let y = v * id;
+                *q = (y + 0.5f32.copysign(y)) as i8;
                 s += *q as i32;
             }
             a.d[b] = d;

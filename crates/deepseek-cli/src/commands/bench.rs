@@ -33,6 +33,14 @@ pub struct Args {
     json: bool,
 }
 
+/// The process's peak resident set (Linux `VmHWM`), if known.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 fn median_spread(v: &mut [f64]) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (v[v.len() / 2], v[0], v[v.len() - 1])
@@ -43,6 +51,9 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--repetitions must be at least 1");
     }
     let dir = a.model.dir()?;
+    // The probe's 1 GiB buffer is freed before the model loads, so it does not count in the
+    // peak RSS reported below.
+    let bw = deepseek_kernels::probe::read_bandwidth(1 << 30, 5);
     let model = load_model(&dir)?;
     let c = &model.config;
     if a.depth + a.gen + 1 > c.max_position_embeddings || a.prompt > c.max_position_embeddings {
@@ -54,7 +65,6 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let threads = deepseek_kernels::threads::current();
-    let bw = deepseek_kernels::probe::read_bandwidth(1 << 30, 5);
     let mut seed = 12345u64;
     let mut rand_token = || {
         seed ^= seed << 13;
@@ -154,6 +164,7 @@ pub fn run(a: Args) -> Result<()> {
         "decode_bytes_per_token": bytes_per_token, "active_weight_bytes": model.active_weight_bytes(),
         "decode_gb_s": gbs, "bandwidth_gb_s": bw / 1e9, "bandwidth_share": if bw > 0.0 { gbs * 1e9 / bw } else { 0.0 },
         "kv_bytes_per_token": shape.bytes_per_token(),
+        "weights_bytes": store.total_bytes(), "peak_rss_bytes": peak_rss_bytes(),
     });
     if a.json {
         println!("{v}");
@@ -184,6 +195,13 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
         println!("kv cache     {} bytes/token", shape.bytes_per_token());
+        if let Some(rss) = peak_rss_bytes() {
+            println!(
+                "memory       peak RSS {:.2} GB; weights on disk {:.2} GB",
+                rss as f64 / 1e9,
+                store.total_bytes() as f64 / 1e9
+            );
+        }
     }
     Ok(())
 }
