@@ -287,7 +287,8 @@ mod tests {
 /// more than 8 Q4_K blocks because the 6-bit scales are stored unpacked):
 /// 8 f16 `d`, 8 f16 `dmin`, scales `[sub-block][row]`, mins `[sub-block][row]`, then for each
 /// 32-byte chunk c of the original rows (sub-blocks 2c and 2c+1 as low and high nibbles), for
-/// each 4-byte column group k, the 4 bytes of rows 0..8.
+/// each 8-byte column group, the 8 bytes of rows 0..8: one 512-bit load holds 8 bytes of each
+/// row, which all meet the same 8 activation bytes (a 64-bit broadcast, no shuffles).
 pub const Q4K_SUPER_BYTES: usize = 16 + 16 + 64 + 64 + 1024;
 
 pub fn q4k_group_bytes(cols: usize) -> usize {
@@ -314,9 +315,9 @@ pub fn repack_q4_k(data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
                     dst[96 + j * 8 + r] = m;
                 }
                 for c in 0..4 {
-                    for k in 0..8 {
-                        let o = 160 + c * 256 + k * 32 + r * 4;
-                        dst[o..o + 4].copy_from_slice(&src[16 + c * 32 + 4 * k..][..4]);
+                    for kk in 0..4 {
+                        let o = 160 + c * 256 + kk * 64 + r * 8;
+                        dst[o..o + 8].copy_from_slice(&src[16 + c * 32 + 8 * kk..][..8]);
                     }
                 }
             }
@@ -338,9 +339,9 @@ pub fn unpack_q4_k_row(data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
         let lm: [u8; 8] = std::array::from_fn(|j| src[96 + j * 8 + i]);
         dst[4..16].copy_from_slice(&pack_scale_min_k4(&ls, &lm));
         for c in 0..4 {
-            for k in 0..8 {
-                let o = 160 + c * 256 + k * 32 + i * 4;
-                dst[16 + c * 32 + 4 * k..][..4].copy_from_slice(&src[o..o + 4]);
+            for kk in 0..4 {
+                let o = 160 + c * 256 + kk * 64 + i * 8;
+                dst[16 + c * 32 + 8 * kk..][..8].copy_from_slice(&src[o..o + 8]);
             }
         }
     }
@@ -370,9 +371,10 @@ mod x86_q4k {
     use super::*;
     use std::arch::x86_64::*;
 
+    /// Row r's two partial sums sit in dwords 2r and 2r+1: add them, keep one per row.
     #[inline(always)]
     unsafe fn fold(z: __m512i) -> __m256i {
-        _mm256_add_epi32(_mm512_castsi512_si256(z), _mm512_extracti64x4_epi64::<1>(z))
+        _mm512_cvtepi64_epi32(_mm512_add_epi64(z, _mm512_srli_epi64::<32>(z)))
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -383,7 +385,6 @@ mod x86_q4k {
     ) -> [[f32; 8]; T] {
         let mut acc = [_mm256_setzero_ps(); T];
         let low4 = _mm512_set1_epi8(0x0F);
-        let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
         let base = group.as_ptr();
         for sb in 0..nsb {
             let blk = base.add(sb * Q4K_SUPER_BYTES);
@@ -405,14 +406,9 @@ mod x86_q4k {
                     let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(q), low4);
                     for (t, a) in acts.iter().enumerate() {
                         let p = a.2.as_ptr().add((sb * 8 + j0) * 32 + 8 * kk);
-                        let alo = _mm512_permutexvar_epi32(
-                            idx,
-                            _mm512_castsi128_si512(_mm_loadl_epi64(p as *const __m128i)),
-                        );
-                        let ahi = _mm512_permutexvar_epi32(
-                            idx,
-                            _mm512_castsi128_si512(_mm_loadl_epi64(p.add(32) as *const __m128i)),
-                        );
+                        // Each row's 8 bytes meet the same 8 activation bytes: a broadcast.
+                        let alo = _mm512_set1_epi64((p as *const i64).read_unaligned());
+                        let ahi = _mm512_set1_epi64((p.add(32) as *const i64).read_unaligned());
                         ilo[t] = _mm512_dpbusd_epi32(ilo[t], lo, alo);
                         ihi[t] = _mm512_dpbusd_epi32(ihi[t], hi, ahi);
                     }
