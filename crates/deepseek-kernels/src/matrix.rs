@@ -109,10 +109,11 @@ pub enum MatrixData {
         ty: QuantType,
         data: Buffer<u8>,
     },
-    /// Q8_0 repacked in groups of 8 rows (see [`crate::repack`]); rows a multiple of 8.
-    Q8_0x8(Buffer<u8>),
-    /// Q4_K repacked in groups of 8 rows (see [`crate::repack`]); rows a multiple of 8.
-    Q4Kx8(Buffer<u8>),
+    /// Q8_0 or Q4_K repacked in groups of 8 rows (see [`crate::repack`]); rows a multiple of 8.
+    Grouped {
+        layout: repack::Layout,
+        data: Buffer<u8>,
+    },
 }
 
 /// A row-major `[rows, cols]` weight, rows being output features (PyTorch `Linear` layout).
@@ -139,8 +140,7 @@ impl Matrix {
             MatrixData::BF16(_) => DType::BF16,
             MatrixData::F16(_) => DType::F16,
             MatrixData::Quant { ty, .. } => DType::Quant(ty),
-            MatrixData::Q8_0x8(_) => DType::Quant(QuantType::Q8_0),
-            MatrixData::Q4Kx8(_) => DType::Quant(QuantType::Q4K),
+            MatrixData::Grouped { layout, .. } => DType::Quant(layout.plain()),
         }
     }
 
@@ -157,18 +157,24 @@ impl Matrix {
             return self;
         }
         let (rows, cols) = (self.rows, self.cols);
-        let data = match ty {
-            QuantType::Q8_0 => {
-                MatrixData::Q8_0x8(repack::repack_q8_0(data.as_slice(), rows, cols).into())
-            }
+        let (layout, packed) = match ty {
+            QuantType::Q8_0 => (
+                repack::Layout::Q8_0x8,
+                repack::repack_q8_0(data.as_slice(), rows, cols),
+            ),
             QuantType::Q4_0 | QuantType::Q5_0 => {
                 let q8 = quant::to_q8_0(*ty, data.as_slice());
-                MatrixData::Q8_0x8(repack::repack_q8_0(&q8, rows, cols).into())
+                (repack::Layout::Q8_0x8, repack::repack_q8_0(&q8, rows, cols))
             }
-            QuantType::Q4K if repack::q4k_repack_supported() => {
-                MatrixData::Q4Kx8(repack::repack_q4_k(data.as_slice(), rows, cols).into())
-            }
+            QuantType::Q4K if repack::q4k_repack_supported() => (
+                repack::Layout::Q4Kx8,
+                repack::repack_q4_k(data.as_slice(), rows, cols),
+            ),
             _ => return self,
+        };
+        let data = MatrixData::Grouped {
+            layout,
+            data: packed.into(),
         };
         // The mapped original is not read again: let the kernel drop its pages from this
         // process (they stay in the page cache), so the weights are not resident twice.
@@ -185,7 +191,7 @@ impl Matrix {
     /// Bytes the kernels read for the whole matrix (repacked layouts included).
     pub fn size_bytes(&self) -> usize {
         match &self.data {
-            MatrixData::Q4Kx8(d) => d.as_slice().len(),
+            MatrixData::Grouped { data, .. } => data.as_slice().len(),
             _ => self.rows * self.dtype().row_bytes(self.cols),
         }
     }
@@ -205,37 +211,24 @@ impl Matrix {
                     data: sub(data, start * rb, count * rb),
                 }
             }
-            MatrixData::Q8_0x8(data) => {
+            MatrixData::Grouped { layout, data } => {
                 let g = repack::GROUP;
                 if start.is_multiple_of(g) && count.is_multiple_of(g) {
-                    let gb = repack::group_bytes(self.cols);
-                    MatrixData::Q8_0x8(sub(data, start / g * gb, count / g * gb))
+                    let gb = layout.group_bytes(self.cols);
+                    MatrixData::Grouped {
+                        layout: *layout,
+                        data: sub(data, start / g * gb, count / g * gb),
+                    }
                 } else {
-                    // Not whole groups: those rows as plain Q8_0 (a copy).
-                    let rb = QuantType::Q8_0.row_bytes(self.cols);
+                    // Not whole groups: those rows in the plain format (a copy).
+                    let ty = layout.plain();
+                    let rb = ty.row_bytes(self.cols);
                     let mut plain = vec![0u8; count * rb];
                     for (i, o) in plain.chunks_mut(rb).enumerate() {
-                        repack::unpack_q8_0_row(data.as_slice(), self.cols, start + i, o);
+                        layout.unpack_row(data.as_slice(), self.cols, start + i, o);
                     }
                     MatrixData::Quant {
-                        ty: QuantType::Q8_0,
-                        data: plain.into(),
-                    }
-                }
-            }
-            MatrixData::Q4Kx8(data) => {
-                let g = repack::GROUP;
-                if start.is_multiple_of(g) && count.is_multiple_of(g) {
-                    let gb = repack::q4k_group_bytes(self.cols);
-                    MatrixData::Q4Kx8(sub(data, start / g * gb, count / g * gb))
-                } else {
-                    let rb = QuantType::Q4K.row_bytes(self.cols);
-                    let mut plain = vec![0u8; count * rb];
-                    for (i, o) in plain.chunks_mut(rb).enumerate() {
-                        repack::unpack_q4_k_row(data.as_slice(), self.cols, start + i, o);
-                    }
-                    MatrixData::Quant {
-                        ty: QuantType::Q4K,
+                        ty,
                         data: plain.into(),
                     }
                 }
@@ -263,15 +256,10 @@ impl Matrix {
                 let rb = ty.row_bytes(c);
                 quant::dequantize_row(*ty, &data.as_slice()[r * rb..(r + 1) * rb], out)
             }
-            MatrixData::Q8_0x8(data) => {
-                let mut plain = vec![0u8; QuantType::Q8_0.row_bytes(c)];
-                repack::unpack_q8_0_row(data.as_slice(), c, r, &mut plain);
-                quant::dequantize_row(QuantType::Q8_0, &plain, out)
-            }
-            MatrixData::Q4Kx8(data) => {
-                let mut plain = vec![0u8; QuantType::Q4K.row_bytes(c)];
-                repack::unpack_q4_k_row(data.as_slice(), c, r, &mut plain);
-                quant::dequantize_row(QuantType::Q4K, &plain, out)
+            MatrixData::Grouped { layout, data } => {
+                let mut plain = vec![0u8; layout.plain().row_bytes(c)];
+                layout.unpack_row(data.as_slice(), c, r, &mut plain);
+                quant::dequantize_row(layout.plain(), &plain, out)
             }
         }
     }
@@ -366,9 +354,7 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
         .min(rows);
     // Quantized weights take 8-bit activations, quantized once for all row chunks.
     let qx = match w.data {
-        MatrixData::Quant { .. } | MatrixData::Q8_0x8(_) | MatrixData::Q4Kx8(_)
-            if !quant::exact_activations() =>
-        {
+        MatrixData::Quant { .. } | MatrixData::Grouped { .. } if !quant::exact_activations() => {
             Some(QuantizedActivations::new(x, cols))
         }
         _ => None,
@@ -417,37 +403,10 @@ struct Act<'a> {
 fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut [f32], ld: usize) {
     let x = act.x;
     match &w.data {
-        MatrixData::Q8_0x8(data) if act.q.is_some() => {
-            let gb = repack::group_bytes(w.cols);
-            rows_grouped(
-                data.as_slice(),
-                gb,
-                w.cols,
-                r0,
-                nr,
-                act,
-                n,
-                out,
-                ld,
-                GroupKernel::Q8_0,
-            );
+        MatrixData::Grouped { layout, data } if act.q.is_some() => {
+            rows_grouped(*layout, data.as_slice(), w.cols, r0, nr, act, n, out, ld);
         }
-        MatrixData::Q4Kx8(data) if act.q.is_some() => {
-            let gb = repack::q4k_group_bytes(w.cols);
-            rows_grouped(
-                data.as_slice(),
-                gb,
-                w.cols,
-                r0,
-                nr,
-                act,
-                n,
-                out,
-                ld,
-                GroupKernel::Q4K,
-            );
-        }
-        MatrixData::Q8_0x8(_) | MatrixData::Q4Kx8(_) => {
+        MatrixData::Grouped { .. } => {
             // Exact mode: dequantize each row, f32 dot products.
             let mut wr = vec![0.0; w.cols];
             for r in 0..nr {
@@ -508,30 +467,12 @@ fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut 
     }
 }
 
-#[derive(Clone, Copy)]
-enum GroupKernel {
-    Q8_0,
-    Q4K,
-}
-
-fn dot_group<const T: usize>(
-    k: GroupKernel,
-    group: &[u8],
-    cols: usize,
-    acts: &[repack::ActRow; T],
-) -> [[f32; 8]; T] {
-    match k {
-        GroupKernel::Q8_0 => repack::dot_group::<T>(group, cols, acts),
-        GroupKernel::Q4K => repack::dot_group_q4k::<T>(group, cols, acts),
-    }
-}
-
 /// Rows `r0..r0+nr` (whole groups of 8) of a repacked matrix against `n` tokens, up to four
 /// tokens per pass over a group.
 #[allow(clippy::too_many_arguments)]
 fn rows_grouped(
+    layout: repack::Layout,
     d: &[u8],
-    gb: usize,
     cols: usize,
     r0: usize,
     nr: usize,
@@ -539,8 +480,8 @@ fn rows_grouped(
     n: usize,
     out: &mut [f32],
     ld: usize,
-    kernel: GroupKernel,
 ) {
+    let gb = layout.group_bytes(cols);
     let qx = act.q.expect("quantized activations");
     let g = repack::GROUP;
     debug_assert!(r0.is_multiple_of(g) && nr.is_multiple_of(g));
@@ -555,25 +496,22 @@ fn rows_grouped(
                 }
             };
             match k {
-                4 => put(&dot_group::<4>(
-                    kernel,
+                4 => put(&layout.dot_group::<4>(
                     group,
                     cols,
                     &std::array::from_fn(|i| qx.row(t + i)),
                 )),
-                3 => put(&dot_group::<3>(
-                    kernel,
+                3 => put(&layout.dot_group::<3>(
                     group,
                     cols,
                     &std::array::from_fn(|i| qx.row(t + i)),
                 )),
-                2 => put(&dot_group::<2>(
-                    kernel,
+                2 => put(&layout.dot_group::<2>(
                     group,
                     cols,
                     &std::array::from_fn(|i| qx.row(t + i)),
                 )),
-                _ => put(&dot_group::<1>(kernel, group, cols, &[qx.row(t)])),
+                _ => put(&layout.dot_group::<1>(group, cols, &[qx.row(t)])),
             }
             t += k;
         }
@@ -667,10 +605,7 @@ pub fn matmul_transposed(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
                 }
             }
         }
-        MatrixData::F16(_)
-        | MatrixData::Quant { .. }
-        | MatrixData::Q8_0x8(_)
-        | MatrixData::Q4Kx8(_) => {
+        MatrixData::F16(_) | MatrixData::Quant { .. } | MatrixData::Grouped { .. } => {
             let mut wr = vec![0.0; cols];
             for r in 0..rows {
                 w.row_f32(r, &mut wr);
@@ -687,9 +622,7 @@ pub fn matmul_serial(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n * w.cols);
     assert_eq!(out.len(), n * w.rows);
     let qx = match w.data {
-        MatrixData::Quant { .. } | MatrixData::Q8_0x8(_) | MatrixData::Q4Kx8(_)
-            if !quant::exact_activations() =>
-        {
+        MatrixData::Quant { .. } | MatrixData::Grouped { .. } if !quant::exact_activations() => {
             Some(QuantizedActivations::new(x, w.cols))
         }
         _ => None,
@@ -789,7 +722,13 @@ mod tests {
                 };
                 let packed = m.clone().repacked();
                 if ty == QuantType::Q8_0 && rows % 8 == 0 {
-                    assert!(matches!(packed.data, MatrixData::Q8_0x8(_)));
+                    assert!(matches!(
+                        packed.data,
+                        MatrixData::Grouped {
+                            layout: repack::Layout::Q8_0x8,
+                            ..
+                        }
+                    ));
                 }
                 for n in [1, 3, 4, 6] {
                     let x = rand_vec(n * cols, 8);

@@ -7,9 +7,55 @@
 //! 8 f16 scales (row 0..8), then for each of the 8 four-column groups k, the 4 bytes of row 0,
 //! row 1, …, row 7.
 
-use crate::quant::QK;
+use crate::quant::{QuantType, QK};
 
 pub const GROUP: usize = 8;
+
+/// A repacked layout: which plain GGML format it holds, in groups of 8 rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Q8_0x8,
+    Q4Kx8,
+}
+
+impl Layout {
+    /// The plain format the rows hold.
+    pub fn plain(self) -> QuantType {
+        match self {
+            Layout::Q8_0x8 => QuantType::Q8_0,
+            Layout::Q4Kx8 => QuantType::Q4K,
+        }
+    }
+
+    /// Bytes of one 8-row group of `cols` columns.
+    pub fn group_bytes(self, cols: usize) -> usize {
+        match self {
+            Layout::Q8_0x8 => group_bytes(cols),
+            Layout::Q4Kx8 => q4k_group_bytes(cols),
+        }
+    }
+
+    /// Row `r` back in the plain format's blocks.
+    pub fn unpack_row(self, data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
+        match self {
+            Layout::Q8_0x8 => unpack_q8_0_row(data, cols, r, out),
+            Layout::Q4Kx8 => unpack_q4_k_row(data, cols, r, out),
+        }
+    }
+
+    /// The 8 rows of one group against `T` activation rows.
+    pub fn dot_group<const T: usize>(
+        self,
+        group: &[u8],
+        cols: usize,
+        acts: &[ActRow; T],
+    ) -> [[f32; 8]; T] {
+        match self {
+            Layout::Q8_0x8 => dot_group::<T>(group, cols, acts),
+            Layout::Q4Kx8 => dot_group_q4k::<T>(group, cols, acts),
+        }
+    }
+}
 const BLOCK_BYTES: usize = 2 * GROUP + QK * GROUP;
 /// How far ahead (in 272-byte blocks) the kernels prefetch.
 #[cfg(target_arch = "x86_64")]

@@ -32,23 +32,27 @@ impl Mlp {
 
     /// `x`: `[n, hidden]` → `out`: `[n, hidden]`.
     pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32]) {
-        let inter = self.gate_proj.rows;
-        let mut g = vec![0.0; n * inter];
-        let mut u = vec![0.0; n * inter];
-        matmul(&self.gate_proj, x, n, &mut g);
-        matmul(&self.up_proj, x, n, &mut u);
-        silu_mul(&mut g, &u);
-        matmul(&self.down_proj, &g, n, out);
+        self.forward_with(matmul, x, n, out)
     }
 
     /// [`Mlp::forward`] on the calling thread only, for callers that run several MLPs at once.
     pub fn forward_serial(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        self.forward_with(matmul_serial, x, n, out)
+    }
+
+    fn forward_with(
+        &self,
+        mm: fn(&Matrix, &[f32], usize, &mut [f32]),
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
         let inter = self.gate_proj.rows;
         let mut g = vec![0.0; n * inter];
         let mut u = vec![0.0; n * inter];
-        matmul_serial(&self.gate_proj, x, n, &mut g);
-        matmul_serial(&self.up_proj, x, n, &mut u);
+        mm(&self.gate_proj, x, n, &mut g);
+        mm(&self.up_proj, x, n, &mut u);
         silu_mul(&mut g, &u);
-        matmul_serial(&self.down_proj, &g, n, out);
+        mm(&self.down_proj, &g, n, out);
     }
 }
