@@ -81,9 +81,38 @@ impl BlockPool {
         self.shape
     }
 
-    /// Blocks currently referenced by some sequence.
+    /// Blocks currently referenced by some sequence (or by the prefix cache).
     pub fn used_blocks(&self) -> usize {
         self.refcount.iter().filter(|&&r| r > 0).count()
+    }
+
+    /// Most blocks the pool may ever hold.
+    pub fn max_blocks(&self) -> usize {
+        self.max_blocks
+    }
+
+    /// Blocks that can still be handed out: freed ones plus room to grow.
+    pub fn available_blocks(&self) -> usize {
+        self.free.len() + self.max_blocks.saturating_sub(self.blocks.len())
+    }
+
+    /// Holders of block `b`.
+    pub fn refcount(&self, b: u32) -> u32 {
+        self.refcount[b as usize]
+    }
+
+    /// One more holder of block `b`.
+    pub fn retain(&mut self, b: u32) {
+        self.refcount[b as usize] += 1;
+    }
+
+    /// One holder fewer of block `b`; it is freed when none is left.
+    pub fn release_block(&mut self, b: u32) {
+        let r = &mut self.refcount[b as usize];
+        *r -= 1;
+        if *r == 0 {
+            self.free.push(b);
+        }
     }
 
     pub fn allocated_bytes(&self) -> usize {
@@ -134,12 +163,8 @@ impl BlockPool {
 
     /// Gives back `seq`'s blocks; a block is freed when nobody else holds it.
     pub fn release(&mut self, seq: &mut SequenceCache) {
-        for b in seq.block_table.drain(..) {
-            let r = &mut self.refcount[b as usize];
-            *r -= 1;
-            if *r == 0 {
-                self.free.push(b);
-            }
+        for b in std::mem::take(&mut seq.block_table) {
+            self.release_block(b);
         }
         seq.len = 0;
     }
@@ -161,6 +186,9 @@ impl BlockPool {
             .collect()
     }
 }
+
+mod prefix;
+pub use prefix::PrefixCache;
 
 #[cfg(test)]
 mod tests {

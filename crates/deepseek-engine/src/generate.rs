@@ -104,9 +104,7 @@ impl Generator {
         let mut logits = prefill(model, &mut pool, &mut cache, prompt)?;
         let mut history = prompt.to_vec();
         let mut out_ids = vec![];
-        let mut text = String::new();
-        let mut emitted = 0;
-        let mut decoder = StreamDecoder::new(true);
+        let mut text = TextOutput::new(&opts.stop, true);
         let mut finish = FinishReason::Length;
         for step in 0..opts.max_new_tokens {
             let next = sampler.sample(&logits, &history);
@@ -117,28 +115,13 @@ impl Generator {
             out_ids.push(next);
             history.push(next);
             if let Some(tok) = &self.tokenizer {
-                if let Some(piece) = decoder.push(tok, next)? {
-                    text.push_str(&piece);
-                    if let Some(cut) = opts
-                        .stop
-                        .iter()
-                        .filter(|s| !s.is_empty())
-                        .filter_map(|s| text.find(s.as_str()))
-                        .min()
-                    {
-                        text.truncate(cut);
-                        if text.len() > emitted {
-                            on_text(&text[emitted..]);
-                        }
-                        emitted = text.len();
-                        finish = FinishReason::Stop;
-                        break;
-                    }
-                    let safe = text.len() - held_back(&text, &opts.stop);
-                    if safe > emitted {
-                        on_text(&text[emitted..safe]);
-                        emitted = safe;
-                    }
+                let (piece, stopped) = text.push(tok, next)?;
+                if !piece.is_empty() {
+                    on_text(&piece);
+                }
+                if stopped {
+                    finish = FinishReason::Stop;
+                    break;
                 }
             }
             if step + 1 == opts.max_new_tokens || cache.len >= max_ctx {
@@ -155,9 +138,11 @@ impl Generator {
                 None,
             )?;
         }
-        if text.len() > emitted {
-            on_text(&text[emitted..]);
+        let tail = text.flush();
+        if !tail.is_empty() {
+            on_text(&tail);
         }
+        let text = text.into_text();
         Ok(Generated {
             prompt_tokens: prompt.len(),
             token_ids: out_ids,
@@ -188,6 +173,79 @@ pub fn prefill(
         )?;
     }
     Ok(logits)
+}
+
+/// Generated ids as text, released in pieces that never split a character nor show the start
+/// of a stop string before it is clear the stop string does not follow.
+pub struct TextOutput {
+    decoder: StreamDecoder,
+    stop: Vec<String>,
+    text: String,
+    emitted: usize,
+    stopped: bool,
+}
+
+impl TextOutput {
+    pub fn new(stop: &[String], skip_special: bool) -> Self {
+        TextOutput {
+            decoder: StreamDecoder::new(skip_special),
+            stop: stop.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            text: String::new(),
+            emitted: 0,
+            stopped: false,
+        }
+    }
+
+    /// Adds token `id`; returns the text now safe to show and whether a stop string ended the
+    /// text (which is then cut before it).
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<(String, bool), EngineError> {
+        if self.stopped {
+            return Ok((String::new(), true));
+        }
+        let Some(piece) = self.decoder.push(tok, id)? else {
+            return Ok((String::new(), false));
+        };
+        // Search only where a new match can be: the new piece and a stop string's length before.
+        let longest = self.stop.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut from = self.text.len().saturating_sub(longest);
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        self.text.push_str(&piece);
+        if let Some(cut) = self
+            .stop
+            .iter()
+            .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
+            .min()
+        {
+            self.text.truncate(cut.max(self.emitted));
+            self.stopped = true;
+            return Ok((self.flush(), true));
+        }
+        let safe = self.text.len() - held_back(&self.text, &self.stop);
+        let out = if safe > self.emitted {
+            self.text[self.emitted..safe].to_string()
+        } else {
+            String::new()
+        };
+        self.emitted = self.emitted.max(safe);
+        Ok((out, false))
+    }
+
+    /// Whatever was held back (at the end of generation).
+    pub fn flush(&mut self) -> String {
+        let out = self.text[self.emitted..].to_string();
+        self.emitted = self.text.len();
+        out
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn into_text(self) -> String {
+        self.text
+    }
 }
 
 /// Bytes at the end of `text` that could be the start of a stop string.

@@ -4,11 +4,13 @@
 pub mod chat_template;
 pub mod generate;
 pub mod gguf_tokenizer;
+pub mod json_mode;
 pub mod sampler;
+pub mod scheduler;
 pub mod tokenizer;
 
 pub use chat_template::ChatTemplate;
-pub use generate::{FinishReason, GenerateOptions, Generated, Generator};
+pub use generate::{FinishReason, GenerateOptions, Generated, Generator, TextOutput};
 pub use sampler::{Sampler, SamplingParams};
 pub use tokenizer::{StreamDecoder, Tokenizer};
 

@@ -76,8 +76,26 @@ impl Sampler {
 
     /// Next token for `logits` given the tokens so far (prompt and generated) in `history`.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        self.sample_allowed(logits, history, None)
+    }
+
+    /// Like [`Sampler::sample`], choosing only among tokens `allowed` accepts (constrained
+    /// output such as JSON mode): the others get probability zero.
+    pub fn sample_allowed(
+        &mut self,
+        logits: &[f32],
+        history: &[u32],
+        allowed: Option<&dyn Fn(u32) -> bool>,
+    ) -> u32 {
         let mut l = logits.to_vec();
         self.apply_penalties(&mut l, history);
+        if let Some(allowed) = allowed {
+            for (i, x) in l.iter_mut().enumerate() {
+                if !allowed(i as u32) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
         let p = &self.params;
         if p.temperature <= 0.0 {
             return argmax(&l);

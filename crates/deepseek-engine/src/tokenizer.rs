@@ -187,6 +187,70 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// The bytes each token id stands for (None for special tokens, which are not text), for
+    /// constraints that check output byte by byte (JSON mode).
+    pub fn token_bytes(&self) -> Vec<Option<Vec<u8>>> {
+        let byte_level = serde_json::to_string(&self.inner.get_decoder())
+            .map(|s| s.contains("ByteLevel"))
+            .unwrap_or(false);
+        let unicode_to_byte: std::collections::HashMap<char, u8> = gpt2_byte_chars()
+            .into_iter()
+            .enumerate()
+            .map(|(b, c)| (c, b as u8))
+            .collect();
+        let specials: std::collections::HashSet<u32> = self
+            .inner
+            .get_added_tokens_decoder()
+            .iter()
+            .filter(|(_, t)| t.special)
+            .map(|(&id, _)| id)
+            .collect();
+        (0..self.vocab_size() as u32)
+            .map(|id| {
+                if specials.contains(&id) {
+                    return None;
+                }
+                let piece = self.inner.id_to_token(id)?;
+                if byte_level {
+                    if let Some(bytes) = piece
+                        .chars()
+                        .map(|c| unicode_to_byte.get(&c).copied())
+                        .collect::<Option<Vec<u8>>>()
+                    {
+                        return Some(bytes);
+                    }
+                }
+                // SentencePiece-style byte tokens.
+                if piece.len() == 6 && piece.starts_with("<0x") && piece.ends_with('>') {
+                    if let Ok(b) = u8::from_str_radix(&piece[3..5], 16) {
+                        return Some(vec![b]);
+                    }
+                }
+                if !byte_level {
+                    return Some(piece.replace('\u{2581}', " ").into_bytes());
+                }
+                self.inner.decode(&[id], false).ok().map(|s| s.into_bytes())
+            })
+            .collect()
+    }
+}
+
+/// GPT-2's byte-to-character table of byte-level BPE: printable bytes stand for themselves,
+/// the rest map to U+0100 onwards in byte order.
+fn gpt2_byte_chars() -> Vec<char> {
+    let mut n = 0;
+    (0..=255u32)
+        .map(|b| {
+            let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || b >= 174;
+            if printable {
+                char::from_u32(b).unwrap_or('?')
+            } else {
+                n += 1;
+                char::from_u32(255 + n).unwrap_or('?')
+            }
+        })
+        .collect()
 }
 
 /// Turns a stream of token ids into text pieces that never split a UTF-8 character: a piece is

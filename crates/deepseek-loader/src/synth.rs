@@ -61,11 +61,22 @@ pub fn preset(name: &str) -> Option<Value> {
             "rope_scaling": {"type": "yarn", "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
                              "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1},
             "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": false, "torch_dtype": "bfloat16"}),
+        // DeepSeek-V3's vocabulary and router on toy dimensions: with the real V3 tokenizer
+        // (`--tokenizer`) it exercises chat templates, tool calls and serving in seconds.
+        "v3-tiny" => json!({
+            "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", "vocab_size": 129280,
+            "hidden_size": 64, "intermediate_size": 128, "moe_intermediate_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 2, "n_shared_experts": 1, "n_routed_experts": 8,
+            "routed_scaling_factor": 2.5, "kv_lora_rank": 32, "q_lora_rank": 48, "qk_rope_head_dim": 16,
+            "v_head_dim": 16, "qk_nope_head_dim": 16, "topk_method": "noaux_tc", "n_group": 2, "topk_group": 1,
+            "num_experts_per_tok": 2, "moe_layer_freq": 1, "first_k_dense_replace": 1, "norm_topk_prob": true,
+            "scoring_func": "sigmoid", "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": 10000,
+            "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": false, "torch_dtype": "bfloat16"}),
         _ => return None,
     })
 }
 
-pub const PRESETS: &str = "v2-lite, coder-v2-lite, v2, v3";
+pub const PRESETS: &str = "v2-lite, coder-v2-lite, v2, v3, v3-tiny";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SynthDtype {

@@ -11,7 +11,8 @@ enum Dtype {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Shapes to copy: v2-lite, coder-v2-lite, v2, v3.
+    /// Shapes to copy: v2-lite, coder-v2-lite, v2, v3; or v3-tiny (V3's vocabulary and router
+    /// on toy dimensions, for trying templates and serving with `--tokenizer`).
     #[arg(long)]
     preset: String,
     /// Keep only the first N decoder layers (memory and disk).

@@ -1,0 +1,642 @@
+//! Continuous batching: one thread owns the model and the cache and runs steps forever. Between
+//! steps, new requests join and finished or cancelled ones leave. Each step runs
+//! - one forward over the next token of *every* decoding sequence together (so a routed expert's
+//!   weights are read once for all the sequences that chose it), and
+//! - one chunk of at most `prefill_chunk` prompt tokens of the oldest sequence still in prefill,
+//!   so new arrivals get their first token while the others keep decoding.
+//!
+//! Prompts start from the longest prefix of whole cache blocks some earlier request already
+//! computed ([`PrefixCache`]); a request is admitted only when the cache can hold its prompt and
+//! all of its `max_new_tokens`, so a running sequence never runs out of blocks.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+
+use deepseek_cache::{BlockPool, PrefixCache, SequenceCache, BLOCK_TOKENS};
+use deepseek_model::{LogitsFor, Model, PrefillPath, SeqStep};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use crate::generate::{FinishReason, TextOutput};
+use crate::json_mode::OutputConstraint;
+use crate::sampler::{log_softmax, Sampler, SamplingParams};
+use crate::tokenizer::Tokenizer;
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Most sequences decoding together.
+    pub max_batch: usize,
+    /// Most requests waiting for a place in the batch; more are refused.
+    pub max_queue: usize,
+    /// Tokens the cache can hold in all (every sequence and the prefix cache).
+    pub cache_tokens: usize,
+    /// Prompt tokens per prefill step.
+    pub prefill_chunk: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            max_batch: 16,
+            max_queue: 256,
+            cache_tokens: 32768,
+            prefill_chunk: crate::generate::PREFILL_CHUNK,
+        }
+    }
+}
+
+/// One generation request.
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop strings: the text is cut before the first one.
+    pub stop: Vec<String>,
+    pub stop_on_eos: bool,
+    /// Report log-probabilities with this many alternatives per token.
+    pub logprobs: Option<usize>,
+    /// Constrain the output (JSON mode, forced tool calls).
+    pub constraint: Option<OutputConstraint>,
+    /// Keep special tokens in the text (tool-call markers).
+    pub keep_special: bool,
+    /// Also report the log-probability of every prompt token after the first (scoring; the
+    /// prompt is then computed in full, not taken from the prefix cache).
+    pub prompt_logprobs: bool,
+}
+
+/// A generated token's log-probability, and the most likely alternatives.
+#[derive(Clone, Debug)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What a request hears back, in order: `Started`, `Output`s, then `Finished` or `Failed`.
+#[derive(Debug)]
+pub enum Event {
+    Started {
+        prompt_tokens: usize,
+        /// Prompt tokens found in the prefix cache.
+        cached_tokens: usize,
+    },
+    /// Log-probabilities of prompt tokens (in order, from the second; several events).
+    PromptLogprobs(Vec<TokenLogprob>),
+    /// New text (possibly empty while a character or stop string is incomplete), with the token
+    /// that produced it (None for text held back until the end).
+    Output {
+        text: String,
+        token: Option<u32>,
+        logprob: Option<TokenLogprob>,
+    },
+    Finished {
+        reason: FinishReason,
+        completion_tokens: usize,
+    },
+    Failed(String),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The waiting queue is full; try again later.
+    QueueFull,
+    /// The request can never fit in the cache.
+    TooLarge {
+        needed_tokens: usize,
+        cache_tokens: usize,
+    },
+    ShuttingDown,
+}
+
+impl std::fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubmitError::QueueFull => write!(f, "the server is busy: the request queue is full"),
+            SubmitError::TooLarge {
+                needed_tokens,
+                cache_tokens,
+            } => write!(
+                f,
+                "the request needs {needed_tokens} tokens of cache (prompt + max_tokens) but the cache holds {cache_tokens}"
+            ),
+            SubmitError::ShuttingDown => write!(f, "the server is shutting down"),
+        }
+    }
+}
+
+/// Counters the server's /metrics shows. Times in microseconds.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub waiting: AtomicUsize,
+    pub running: AtomicUsize,
+    pub last_batch: AtomicUsize,
+    pub steps: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub cached_prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub cache_blocks_used: AtomicUsize,
+    pub cache_blocks_total: AtomicUsize,
+    pub prefix_cache_blocks: AtomicUsize,
+}
+
+enum Msg {
+    Submit(Box<Request>, UnboundedSender<Event>),
+    Shutdown,
+}
+
+/// The way into the scheduler thread; cheap to clone.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    tx: mpsc::Sender<Msg>,
+    pub stats: Arc<Stats>,
+    config: SchedulerConfig,
+}
+
+impl SchedulerHandle {
+    /// Queues `req`; its events arrive on the returned receiver. Dropping the receiver cancels
+    /// the request and frees its cache at the next step.
+    pub fn submit(&self, req: Request) -> Result<UnboundedReceiver<Event>, SubmitError> {
+        let needed = req.prompt.len() + req.max_new_tokens;
+        let cache_tokens = self.config.cache_tokens.div_ceil(BLOCK_TOKENS) * BLOCK_TOKENS;
+        if needed > cache_tokens {
+            return Err(SubmitError::TooLarge {
+                needed_tokens: needed,
+                cache_tokens,
+            });
+        }
+        if self.stats.waiting.load(Ordering::Relaxed) >= self.config.max_queue {
+            return Err(SubmitError::QueueFull);
+        }
+        let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        self.tx
+            .send(Msg::Submit(Box::new(req), etx))
+            .map_err(|_| SubmitError::ShuttingDown)?;
+        Ok(erx)
+    }
+
+    /// Asks the thread to finish: queued requests fail, running ones are cancelled.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Msg::Shutdown);
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+}
+
+/// Starts the scheduler thread for `model`.
+pub fn spawn(
+    model: Arc<Model>,
+    tokenizer: Option<Arc<Tokenizer>>,
+    eos_ids: Vec<u32>,
+    config: SchedulerConfig,
+) -> (SchedulerHandle, std::thread::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel();
+    let stats = Arc::new(Stats::default());
+    let pool = model.new_cache_pool(config.cache_tokens);
+    stats
+        .cache_blocks_total
+        .store(pool.max_blocks(), Ordering::Relaxed);
+    let mut s = Scheduler {
+        model,
+        tokenizer,
+        eos_ids,
+        config: config.clone(),
+        pool,
+        prefix: PrefixCache::new(),
+        waiting: VecDeque::new(),
+        active: vec![],
+        stats: stats.clone(),
+        rx,
+        arrivals: 0,
+    };
+    let thread = std::thread::Builder::new()
+        .name("scheduler".into())
+        .spawn(move || s.run())
+        .expect("cannot start the scheduler thread");
+    (SchedulerHandle { tx, stats, config }, thread)
+}
+
+struct Sequence {
+    req: Box<Request>,
+    events: UnboundedSender<Event>,
+    cache: SequenceCache,
+    /// Prompt then generated tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    sampler: Sampler,
+    text: TextOutput,
+    generated: usize,
+    /// Sampled, not yet run through the model.
+    pending: Option<u32>,
+    /// Blocks this sequence may still need at most.
+    blocks_to_come: usize,
+    done: bool,
+    arrival: u64,
+}
+
+struct Scheduler {
+    model: Arc<Model>,
+    tokenizer: Option<Arc<Tokenizer>>,
+    eos_ids: Vec<u32>,
+    config: SchedulerConfig,
+    pool: BlockPool,
+    prefix: PrefixCache,
+    waiting: VecDeque<(Box<Request>, UnboundedSender<Event>)>,
+    active: Vec<Sequence>,
+    stats: Arc<Stats>,
+    rx: mpsc::Receiver<Msg>,
+    arrivals: u64,
+}
+
+impl Scheduler {
+    fn run(&mut self) {
+        loop {
+            // Wait when idle; otherwise take whatever arrived.
+            if self.active.is_empty() && self.waiting.is_empty() {
+                match self.rx.recv() {
+                    Ok(m) => {
+                        if !self.take(m) {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut stop = false;
+            while let Ok(m) = self.rx.try_recv() {
+                if !self.take(m) {
+                    stop = true;
+                    break;
+                }
+            }
+            if stop {
+                break;
+            }
+            self.drop_cancelled();
+            self.admit();
+            self.step();
+            self.publish_stats();
+        }
+        for (_, events) in self.waiting.drain(..) {
+            let _ = events.send(Event::Failed("the server is shutting down".into()));
+        }
+        for s in &mut self.active {
+            let _ = s
+                .events
+                .send(Event::Failed("the server is shutting down".into()));
+            self.pool.release(&mut s.cache);
+        }
+        self.active.clear();
+        self.stats.waiting.store(0, Ordering::Relaxed);
+        self.publish_stats();
+    }
+
+    /// False on shutdown.
+    fn take(&mut self, m: Msg) -> bool {
+        match m {
+            Msg::Submit(req, events) => {
+                self.waiting.push_back((req, events));
+                true
+            }
+            Msg::Shutdown => false,
+        }
+    }
+
+    fn drop_cancelled(&mut self) {
+        let before = self.waiting.len();
+        self.waiting.retain(|(_, e)| !e.is_closed());
+        let gone = before - self.waiting.len();
+        self.stats.waiting.fetch_sub(gone, Ordering::Relaxed);
+        for s in &mut self.active {
+            if s.events.is_closed() {
+                s.done = true;
+            }
+        }
+        self.retire_done();
+    }
+
+    /// Blocks the running sequences may still claim.
+    fn blocks_promised(&self) -> usize {
+        self.active.iter().map(|s| s.blocks_to_come).sum()
+    }
+
+    fn admit(&mut self) {
+        while self.active.len() < self.config.max_batch {
+            let Some((req, events)) = self.waiting.pop_front() else {
+                break;
+            };
+            let total = req.prompt.len() + req.max_new_tokens;
+            let cache = if req.prompt_logprobs {
+                SequenceCache::default()
+            } else {
+                self.prefix.lookup(&mut self.pool, &req.prompt)
+            };
+            let blocks_to_come = total.div_ceil(BLOCK_TOKENS) - cache.block_table.len();
+            let free = self.pool.available_blocks() + self.prefix.evictable(&self.pool);
+            if blocks_to_come + self.blocks_promised() > free && !self.active.is_empty() {
+                // Not now: wait until running sequences give blocks back.
+                let mut cache = cache;
+                self.pool.release(&mut cache);
+                self.waiting.push_front((req, events));
+                break;
+            }
+            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            let cached = cache.len;
+            let _ = events.send(Event::Started {
+                prompt_tokens: req.prompt.len(),
+                cached_tokens: cached,
+            });
+            self.stats
+                .prompt_tokens
+                .fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
+            self.stats
+                .cached_prompt_tokens
+                .fetch_add(cached as u64, Ordering::Relaxed);
+            let keep_special = req.keep_special;
+            self.arrivals += 1;
+            self.active.push(Sequence {
+                sampler: Sampler::new(req.sampling.clone()),
+                text: TextOutput::new(&req.stop, !keep_special),
+                tokens: req.prompt.clone(),
+                prompt_len: req.prompt.len(),
+                req,
+                events,
+                cache,
+                generated: 0,
+                pending: None,
+                blocks_to_come,
+                done: false,
+                arrival: self.arrivals,
+            });
+        }
+    }
+
+    /// Makes sure `blocks` more can be allocated, evicting prefix-cache blocks if needed.
+    fn make_room(&mut self, blocks: usize) {
+        let free = self.pool.available_blocks();
+        if blocks > free {
+            self.prefix.evict(&mut self.pool, blocks - free);
+        }
+    }
+
+    fn new_blocks(s: &Sequence, new_tokens: usize) -> usize {
+        (s.cache.len + new_tokens)
+            .div_ceil(BLOCK_TOKENS)
+            .saturating_sub(s.cache.block_table.len())
+    }
+
+    fn step(&mut self) {
+        // Decode: every sequence with a sampled token, in one forward.
+        let decoding: Vec<usize> = (0..self.active.len())
+            .filter(|&i| self.active[i].pending.is_some())
+            .collect();
+        if !decoding.is_empty() {
+            let need: usize = decoding
+                .iter()
+                .map(|&i| Self::new_blocks(&self.active[i], 1))
+                .sum();
+            self.make_room(need);
+            let toks: Vec<[u32; 1]> = decoding
+                .iter()
+                .map(|&i| [self.active[i].pending.unwrap_or(0)])
+                .collect();
+            let mut caches: Vec<SequenceCache> = decoding
+                .iter()
+                .map(|&i| std::mem::take(&mut self.active[i].cache))
+                .collect();
+            let result = {
+                let mut steps: Vec<SeqStep> = toks
+                    .iter()
+                    .zip(caches.iter_mut())
+                    .map(|(t, c)| SeqStep {
+                        tokens: t,
+                        cache: c,
+                    })
+                    .collect();
+                self.model.forward(
+                    &mut self.pool,
+                    &mut steps,
+                    LogitsFor::LastToken,
+                    PrefillPath::Auto,
+                    None,
+                )
+            };
+            for (&i, c) in decoding.iter().zip(caches) {
+                let s = &mut self.active[i];
+                s.blocks_to_come = s
+                    .blocks_to_come
+                    .saturating_sub(c.block_table.len() - s.cache.block_table.len());
+                s.cache = c;
+                s.pending = None;
+            }
+            self.stats
+                .last_batch
+                .store(decoding.len(), Ordering::Relaxed);
+            match result {
+                Ok(logits) => {
+                    let vocab = self.model.config.vocab_size;
+                    for (k, &i) in decoding.iter().enumerate() {
+                        self.accept(i, &logits[k * vocab..(k + 1) * vocab]);
+                    }
+                }
+                Err(e) => {
+                    for &i in &decoding {
+                        self.fail(i, &e.to_string());
+                    }
+                }
+            }
+        }
+
+        // Prefill: the next chunk of the oldest sequence still reading its prompt.
+        if let Some(i) = self
+            .active
+            .iter()
+            .position(|s| !s.done && s.pending.is_none() && s.cache.len < s.prompt_len)
+        {
+            let s = &self.active[i];
+            let end = (s.cache.len + self.config.prefill_chunk).min(s.prompt_len);
+            let chunk = s.tokens[s.cache.len..end].to_vec();
+            let need = Self::new_blocks(s, chunk.len());
+            self.make_room(need);
+            let s = &mut self.active[i];
+            let before = s.cache.block_table.len();
+            let start = s.cache.len;
+            let all = s.req.prompt_logprobs;
+            let result = self.model.forward(
+                &mut self.pool,
+                &mut [SeqStep {
+                    tokens: &chunk,
+                    cache: &mut s.cache,
+                }],
+                if all {
+                    LogitsFor::AllTokens
+                } else {
+                    LogitsFor::LastToken
+                },
+                PrefillPath::Auto,
+                None,
+            );
+            s.blocks_to_come = s
+                .blocks_to_come
+                .saturating_sub(s.cache.block_table.len() - before);
+            match result {
+                Ok(logits) => {
+                    let vocab = self.model.config.vocab_size;
+                    let last = logits.len() / vocab - 1;
+                    if all {
+                        let n = s.req.logprobs.unwrap_or(0);
+                        let lps: Vec<TokenLogprob> = (0..chunk.len())
+                            .filter(|r| start + r + 1 < s.prompt_len)
+                            .map(|r| {
+                                let row = &logits[r * vocab..(r + 1) * vocab];
+                                token_logprob(row, s.tokens[start + r + 1], n)
+                            })
+                            .collect();
+                        let _ = s.events.send(Event::PromptLogprobs(lps));
+                    }
+                    if s.cache.len == s.prompt_len {
+                        // The prompt is in: share it with later requests, then sample.
+                        let (tokens, cache) = (&s.tokens[..s.prompt_len], &s.cache);
+                        self.prefix.insert(&mut self.pool, tokens, cache);
+                        self.accept(i, &logits[last * vocab..]);
+                    }
+                }
+                Err(e) => self.fail(i, &e.to_string()),
+            }
+        }
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.retire_done();
+    }
+
+    /// Samples sequence `i`'s next token from `logits` and sends it on.
+    fn accept(&mut self, i: usize, logits: &[f32]) {
+        let max_ctx = self.model.config.max_position_embeddings;
+        let s = &mut self.active[i];
+        if s.done {
+            return;
+        }
+        if s.generated >= s.req.max_new_tokens {
+            // max_tokens 0: the prompt only (scoring).
+            return self.finish(i, FinishReason::Length);
+        }
+        // JSON mode: a complete value ends the output.
+        if s.req.constraint.as_ref().is_some_and(|j| j.is_complete()) {
+            return self.finish(i, FinishReason::Stop);
+        }
+        let next = match &s.req.constraint {
+            Some(j) => {
+                let allowed = |id: u32| j.allows(id);
+                s.sampler.sample_allowed(logits, &s.tokens, Some(&allowed))
+            }
+            None => s.sampler.sample(logits, &s.tokens),
+        };
+        if let Some(j) = &mut s.req.constraint {
+            if !j.allows(next) {
+                // No token can continue the JSON text (a vocabulary without the needed bytes).
+                return self.fail(
+                    i,
+                    "JSON mode: no token of the vocabulary continues the output",
+                );
+            }
+            j.advance(next);
+        }
+        if s.req.stop_on_eos && self.eos_ids.contains(&next) && s.req.constraint.is_none() {
+            return self.finish(i, FinishReason::Stop);
+        }
+        let logprob = s.req.logprobs.map(|n| token_logprob(logits, next, n));
+        s.tokens.push(next);
+        s.generated += 1;
+        self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        let (text, stopped) = match &self.tokenizer {
+            Some(tok) => match s.text.push(tok, next) {
+                Ok(r) => r,
+                Err(e) => return self.fail(i, &e.to_string()),
+            },
+            None => (String::new(), false),
+        };
+        let _ = s.events.send(Event::Output {
+            text,
+            token: Some(next),
+            logprob,
+        });
+        if stopped || s.req.constraint.as_ref().is_some_and(|j| j.is_complete()) {
+            self.finish(i, FinishReason::Stop)
+        } else if s.generated >= s.req.max_new_tokens || s.tokens.len() >= max_ctx {
+            self.finish(i, FinishReason::Length)
+        } else {
+            s.pending = Some(next);
+        }
+    }
+
+    fn finish(&mut self, i: usize, reason: FinishReason) {
+        let s = &mut self.active[i];
+        let tail = s.text.flush();
+        if !tail.is_empty() {
+            let _ = s.events.send(Event::Output {
+                text: tail,
+                token: None,
+                logprob: None,
+            });
+        }
+        let _ = s.events.send(Event::Finished {
+            reason,
+            completion_tokens: s.generated,
+        });
+        s.done = true;
+    }
+
+    fn fail(&mut self, i: usize, msg: &str) {
+        let s = &mut self.active[i];
+        let _ = s.events.send(Event::Failed(msg.to_string()));
+        s.done = true;
+    }
+
+    /// Finished sequences leave: their computed blocks go to the prefix cache, the rest back
+    /// to the pool.
+    fn retire_done(&mut self) {
+        let mut k = 0;
+        while k < self.active.len() {
+            if self.active[k].done {
+                let mut s = self.active.swap_remove(k);
+                // Prompt and generated rows alike: the next turn of a chat starts with them.
+                let n = s.cache.len.min(s.tokens.len());
+                if !s.events.is_closed() {
+                    self.prefix.insert(&mut self.pool, &s.tokens[..n], &s.cache);
+                }
+                self.pool.release(&mut s.cache);
+            } else {
+                k += 1;
+            }
+        }
+        // swap_remove changed the order; keep prefill oldest-first.
+        self.active.sort_by_key(|s| s.arrival);
+    }
+
+    fn publish_stats(&self) {
+        let st = &self.stats;
+        st.running.store(self.active.len(), Ordering::Relaxed);
+        st.cache_blocks_used
+            .store(self.pool.used_blocks(), Ordering::Relaxed);
+        st.prefix_cache_blocks
+            .store(self.prefix.len(), Ordering::Relaxed);
+    }
+}
+
+/// `id`'s log-probability under `logits` and the `n` most likely tokens.
+fn token_logprob(logits: &[f32], id: u32, n: usize) -> TokenLogprob {
+    let lp = log_softmax(logits);
+    let mut top: Vec<(u32, f32)> = lp.iter().enumerate().map(|(t, &l)| (t as u32, l)).collect();
+    let n = n.min(top.len());
+    if n > 0 {
+        top.select_nth_unstable_by(n - 1, |a, b| b.1.total_cmp(&a.1));
+    }
+    top.truncate(n);
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    TokenLogprob {
+        id,
+        logprob: lp[id as usize],
+        top,
+    }
+}

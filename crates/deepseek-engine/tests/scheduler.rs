@@ -1,0 +1,212 @@
+//! Continuous batching on the bundled model: many requests at once give the tokens each gives
+//! alone, a repeated prefix comes from the cache (and still gives the same tokens), JSON mode
+//! output parses, and a dropped receiver frees the sequence's blocks.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use deepseek_engine::json_mode::OutputConstraint;
+use deepseek_engine::scheduler::{self, Event, Request, SchedulerConfig, SubmitError};
+use deepseek_engine::{FinishReason, GenerateOptions, Generator, SamplingParams, Tokenizer};
+use deepseek_model::Model;
+
+fn nano() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/deepseek-coder-nano")
+        .canonicalize()
+        .expect("models/deepseek-coder-nano is missing")
+}
+
+fn request(prompt: Vec<u32>, n: usize) -> Request {
+    Request {
+        prompt,
+        max_new_tokens: n,
+        sampling: SamplingParams::default(),
+        stop: vec![],
+        stop_on_eos: true,
+        logprobs: None,
+        constraint: None,
+        keep_special: false,
+        prompt_logprobs: false,
+    }
+}
+
+struct Outcome {
+    cached: usize,
+    ids: Vec<u32>,
+    text: String,
+    reason: Option<FinishReason>,
+}
+
+fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> Outcome {
+    let mut o = Outcome {
+        cached: 0,
+        ids: vec![],
+        text: String::new(),
+        reason: None,
+    };
+    while let Some(e) = rx.blocking_recv() {
+        match e {
+            Event::Started { cached_tokens, .. } => o.cached = cached_tokens,
+            Event::Output { text, token, .. } => {
+                o.text.push_str(&text);
+                o.ids.extend(token);
+            }
+            Event::Finished { reason, .. } => {
+                o.reason = Some(reason);
+                break;
+            }
+            Event::Failed(m) => panic!("request failed: {m}"),
+            Event::PromptLogprobs(_) => {}
+        }
+    }
+    o
+}
+
+#[test]
+fn batched_requests_match_one_at_a_time_and_prefixes_come_from_cache() {
+    let dir = nano();
+    let tok = Arc::new(Tokenizer::from_dir(&dir).unwrap());
+    let model = Arc::new(Model::load(&dir, &mut |_, _| {}).unwrap());
+    let gen = Generator::new(model.clone(), Some(tok.clone()));
+    let header = "#!/usr/bin/env python3\n# Copyright the authors. Licensed under the PSF license.\n\"\"\"Read the configuration, then run the requested command.\"\"\"\n\nimport os\nimport sys\n\n\nclass Config:\n    \"\"\"Settings read from the environment.\"\"\"\n\n    def __init__(self, path):\n        self.path = path\n";
+    let prompts: Vec<String> = [
+        "def parse_args(argv):",
+        "    def load(self):",
+        "    def save(self, data):",
+        "for i in range(",
+        "    def __repr__(self):",
+    ]
+    .iter()
+    .map(|p| format!("{header}{p}"))
+    .collect();
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| tok.encode(p, true).unwrap())
+        .collect();
+    assert!(
+        ids[0].len() > 64,
+        "the shared header should fill a cache block"
+    );
+    let n = 24;
+    let alone: Vec<Vec<u32>> = ids
+        .iter()
+        .map(|p| {
+            let opts = GenerateOptions {
+                max_new_tokens: n,
+                ..Default::default()
+            };
+            gen.generate(p, &opts, &mut |_| {}).unwrap().token_ids
+        })
+        .collect();
+
+    let (handle, thread) = scheduler::spawn(
+        model,
+        Some(tok),
+        gen.eos_ids(),
+        SchedulerConfig {
+            max_batch: 4,
+            prefill_chunk: 16,
+            ..Default::default()
+        },
+    );
+    // Warm the prefix cache with the first prompt, then send all at once.
+    let first = collect(handle.submit(request(ids[0].clone(), n)).unwrap());
+    assert_eq!(first.cached, 0);
+    assert_eq!(first.ids, alone[0]);
+    let rxs: Vec<_> = ids
+        .iter()
+        .map(|p| handle.submit(request(p.clone(), n)).unwrap())
+        .collect();
+    for (k, rx) in rxs.into_iter().enumerate() {
+        let o = collect(rx);
+        assert_eq!(
+            o.ids, alone[k],
+            "request {k}: batched tokens differ from alone"
+        );
+        assert!(
+            o.cached >= 64,
+            "request {k}: shared header not reused ({} cached)",
+            o.cached
+        );
+        assert_eq!(o.cached % 64, 0);
+        assert!(o.reason.is_some());
+    }
+    assert!(handle.stats.prefix_cache_blocks.load(Ordering::Relaxed) > 0);
+    handle.shutdown();
+    thread.join().unwrap();
+}
+
+#[test]
+fn stop_strings_json_mode_cancellation_and_limits() {
+    let dir = nano();
+    let tok = Arc::new(Tokenizer::from_dir(&dir).unwrap());
+    let model = Arc::new(Model::load(&dir, &mut |_, _| {}).unwrap());
+    let eos = Generator::new(model.clone(), Some(tok.clone())).eos_ids();
+    let (handle, thread) = scheduler::spawn(
+        model,
+        Some(tok.clone()),
+        eos,
+        SchedulerConfig {
+            max_batch: 2,
+            max_queue: 2,
+            cache_tokens: 1024,
+            ..Default::default()
+        },
+    );
+    let prompt = tok.encode("def main():\n", true).unwrap();
+
+    // A stop string ends the text before it.
+    let free = collect(handle.submit(request(prompt.clone(), 40)).unwrap());
+    let stop_at = free.text.char_indices().nth(5).map(|(i, _)| i).unwrap();
+    let stop = free.text[stop_at..].chars().take(2).collect::<String>();
+    let mut r = request(prompt.clone(), 40);
+    r.stop = vec![stop.clone()];
+    let stopped = collect(handle.submit(r).unwrap());
+    assert_eq!(stopped.reason, Some(FinishReason::Stop));
+    assert_eq!(stopped.text, free.text[..free.text.find(&stop).unwrap()]);
+
+    // JSON mode: sampled output that parses as an object.
+    let vocab = Arc::new(tok.token_bytes());
+    for seed in 0..3 {
+        let mut r = request(prompt.clone(), 200);
+        r.sampling = SamplingParams {
+            temperature: 1.0,
+            seed: Some(seed),
+            ..Default::default()
+        };
+        r.constraint = Some(OutputConstraint::json_object(vocab.clone()));
+        let o = collect(handle.submit(r).unwrap());
+        if o.reason == Some(FinishReason::Stop) {
+            let v: serde_json::Value = serde_json::from_str(&o.text)
+                .unwrap_or_else(|e| panic!("JSON mode gave {:?}: {e}", o.text));
+            assert!(v.is_object());
+        } else {
+            assert!(o.text.starts_with('{'), "{:?}", o.text);
+        }
+    }
+
+    // Too large for the cache: refused up front.
+    assert!(matches!(
+        handle.submit(request(prompt.clone(), 5000)),
+        Err(SubmitError::TooLarge { .. })
+    ));
+
+    // A dropped receiver cancels the sequence and its blocks come back.
+    let rx = handle.submit(request(prompt.clone(), 500)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    drop(rx);
+    let after = collect(handle.submit(request(prompt.clone(), 2)).unwrap());
+    assert_eq!(after.ids.len(), 2);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(handle.stats.running.load(Ordering::Relaxed), 0);
+    let used = handle.stats.cache_blocks_used.load(Ordering::Relaxed);
+    let prefix = handle.stats.prefix_cache_blocks.load(Ordering::Relaxed);
+    assert_eq!(
+        used, prefix,
+        "only prefix-cache blocks may stay in use when idle"
+    );
+    handle.shutdown();
+    thread.join().unwrap();
+}
