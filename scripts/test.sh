@@ -15,3 +15,12 @@ if rustup component list --installed 2>/dev/null | grep -q clippy; then
   cargo clippy --release --workspace --all-targets --locked -- -D warnings
 fi
 cargo test --release --workspace --locked
+
+# The HTTP server, end to end, with the official openai client (in a venv of its own).
+cargo build --release --locked
+if [ ! -x target/py-serve/bin/python ]; then
+  python3 -m venv target/py-serve
+fi
+target/py-serve/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-serve.txt
+target/py-serve/bin/python scripts/test_server.py
+target/py-serve/bin/python scripts/load_test.py --streams 64 --seconds 15

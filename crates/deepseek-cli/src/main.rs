@@ -46,6 +46,8 @@ enum Command {
     Synth(commands::synth::Args),
     /// Measure prefill and decode speed, and decode's share of the memory bandwidth.
     Bench(commands::bench::Args),
+    /// Serve the model over an OpenAI/DeepSeek-compatible HTTP API (chat, completions, FIM).
+    Serve(commands::serve::Args),
     /// Write a Hugging Face checkpoint as a GGUF file (q8_0, q4_k, q6_k, …) llama.cpp can load.
     Quantize(commands::quantize::Args),
 }
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
         Command::Synth(a) => commands::synth::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
+        Command::Serve(a) => commands::serve::run(a),
     });
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,

@@ -563,19 +563,40 @@ fn rows_tiled<W: simd::TileWeight>(
             let rows: [&[W]; 4] = std::array::from_fn(|i| row((r + i).min(nr - 1)));
             let mut t = tb;
             while t < tb_end {
-                let xs: [&[f32]; 4] = std::array::from_fn(|i| xt((t + i).min(tb_end - 1)));
-                let mut acc = [[0.0f32; 4]; 4];
-                W::tile::<4, 4>(rows, xs, &mut acc);
-                for (i, accr) in acc.iter().enumerate().take((nr - r).min(4)) {
-                    for (j, &v) in accr.iter().enumerate().take((tb_end - t).min(4)) {
-                        out[(t + j) * ld + r + i] = v;
-                    }
+                // The last tokens of a block get a narrower tile rather than repeated tokens:
+                // batched decode gives routed experts 1-3 tokens each.
+                let keep = (nr - r).min(4);
+                match tb_end - t {
+                    1 => store_tile::<W, 1>(rows, t, keep, r, &xt, out, ld),
+                    2 => store_tile::<W, 2>(rows, t, keep, r, &xt, out, ld),
+                    3 => store_tile::<W, 3>(rows, t, keep, r, &xt, out, ld),
+                    _ => store_tile::<W, 4>(rows, t, keep, r, &xt, out, ld),
                 }
                 t += 4;
             }
             r += 4;
         }
         tb = tb_end;
+    }
+}
+
+/// One 4-row × T-token tile, its first `keep` rows stored.
+fn store_tile<'a, W: simd::TileWeight, const T: usize>(
+    rows: [&[W]; 4],
+    t: usize,
+    keep: usize,
+    r: usize,
+    xt: &dyn Fn(usize) -> &'a [f32],
+    out: &mut [f32],
+    ld: usize,
+) {
+    let xs: [&[f32]; T] = std::array::from_fn(|i| xt(t + i));
+    let mut acc = [[0.0f32; T]; 4];
+    W::tile::<4, T>(rows, xs, &mut acc);
+    for (i, accr) in acc.iter().enumerate().take(keep) {
+        for (j, &v) in accr.iter().enumerate() {
+            out[(t + j) * ld + r + i] = v;
+        }
     }
 }
 

@@ -4,6 +4,7 @@ pub mod forward;
 pub mod generate;
 pub mod info;
 pub mod quantize;
+pub mod serve;
 pub mod synth;
 pub mod template;
 pub mod tokenize;

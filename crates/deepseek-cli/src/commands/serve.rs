@@ -1,0 +1,126 @@
+//! `deepseek serve`: the OpenAI/DeepSeek-compatible HTTP server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use deepseek_engine::scheduler::{self, SchedulerConfig};
+use deepseek_engine::Generator;
+use deepseek_server::AppState;
+
+use crate::common::{load_model, load_tokenizer, ModelArg};
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  deepseek serve --model ~/models/DeepSeek-V2-Lite-Chat --port 8080
+  curl localhost:8080/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{\"model\": \"x\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'
+  # any OpenAI client: base_url=\"http://127.0.0.1:8080/v1\", api_key=<--api-key or anything>
+
+Endpoints: POST /v1/chat/completions, POST /v1/completions (FIM with `suffix`; also at
+/beta/completions), GET /v1/models, GET /health, GET /metrics (Prometheus).")]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Address to listen on (0.0.0.0 to accept other machines).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on /v1 and /beta requests.
+    #[arg(long, env = "DEEPSEEK_API_KEY", value_name = "KEY")]
+    api_key: Option<String>,
+    /// Model name reported by /v1/models and in responses (default: the model folder's name).
+    #[arg(long, value_name = "NAME")]
+    served_model_name: Option<String>,
+    /// Most tokens (prompt + completion) per request (default: the model's
+    /// max_position_embeddings, capped by --cache-tokens).
+    #[arg(long, value_name = "N")]
+    ctx_size: Option<usize>,
+    /// Tokens the latent cache holds across all requests and the prefix cache.
+    #[arg(long, default_value_t = 32768, value_name = "N")]
+    cache_tokens: usize,
+    /// Most sequences decoding together in one batch.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    max_batch: usize,
+    /// Most requests waiting for the batch; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    max_queue: usize,
+    /// Prompt tokens per prefill step (smaller: running streams stall less for new prompts).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    prefill_chunk: usize,
+    /// Seconds running requests get to finish after SIGTERM / Ctrl-C before they are cancelled.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    shutdown_grace: u64,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if a.max_batch == 0 || a.prefill_chunk == 0 || a.cache_tokens == 0 {
+        bail!("--max-batch, --prefill-chunk and --cache-tokens must be at least 1");
+    }
+    let dir = a.model.dir()?;
+    let model = load_model(&dir)?;
+    let tok =
+        Arc::new(load_tokenizer(&dir).with_context(|| {
+            format!("{}: the server needs the model's tokenizer", dir.display())
+        })?);
+    let eos = Generator::new(model.clone(), Some(tok.clone())).eos_ids();
+    let max_pos = model.config.max_position_embeddings;
+    let context = a
+        .ctx_size
+        .unwrap_or(max_pos)
+        .min(max_pos)
+        .min(a.cache_tokens);
+    let name = a.served_model_name.clone().unwrap_or_else(|| {
+        dir.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "deepseek".into())
+    });
+    let cache_mib = a.cache_tokens * model.cache_shape().bytes_per_token() / (1 << 20);
+    let (handle, thread) = scheduler::spawn(
+        model,
+        Some(tok.clone()),
+        eos,
+        SchedulerConfig {
+            max_batch: a.max_batch,
+            max_queue: a.max_queue,
+            cache_tokens: a.cache_tokens,
+            prefill_chunk: a.prefill_chunk,
+        },
+    );
+    let state = Arc::new(AppState::new(
+        handle.clone(),
+        tok,
+        name.clone(),
+        context,
+        a.api_key.clone(),
+    )?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let addr = format!("{}:{}", a.host, a.port);
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("--host/--port: cannot listen on {addr}"))?;
+        eprintln!(
+            "serving `{name}` on http://{addr}/v1 (context {context} tokens, cache {} tokens = {cache_mib} MiB, batch {}{})",
+            a.cache_tokens,
+            a.max_batch,
+            if a.api_key.is_some() { ", API key required" } else { "" }
+        );
+        deepseek_server::serve(
+            state,
+            listener,
+            deepseek_server::shutdown_signal(),
+            Duration::from_secs(a.shutdown_grace),
+        )
+        .await
+        .context("server")
+    })?;
+    handle.shutdown();
+    let _ = thread.join();
+    eprintln!("server stopped");
+    Ok(())
+}

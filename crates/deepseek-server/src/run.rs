@@ -1,0 +1,236 @@
+//! What chat and completions share: the context check, handing a request to the scheduler,
+//! and reading its events back, whole or as a stream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use deepseek_engine::scheduler::{Event, Request, SubmitError, TokenLogprob};
+use deepseek_engine::FinishReason;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Default completion budget when a request gives no `max_tokens`.
+pub const DEFAULT_MAX_TOKENS: usize = 4096;
+
+/// `max_tokens` for a prompt of `prompt_tokens`: the request's, checked against the context,
+/// or what is left of the context (at most [`DEFAULT_MAX_TOKENS`]).
+pub fn max_tokens(
+    st: &AppState,
+    prompt_tokens: usize,
+    asked: Option<u64>,
+    default: usize,
+) -> Result<usize, ApiError> {
+    let ctx = st.context;
+    match asked {
+        Some(m) if prompt_tokens as u64 + m > ctx as u64 => Err(ApiError::invalid(
+            "max_tokens".to_string(),
+            format!(
+                "this model's maximum context length is {ctx} tokens; the request asks for {} tokens ({prompt_tokens} in the prompt + {m} max_tokens). Shorten the prompt or lower max_tokens",
+                prompt_tokens as u64 + m
+            ),
+        )
+        .with_code("context_length_exceeded")),
+        Some(m) => Ok(m as usize),
+        None if prompt_tokens >= ctx => Err(ApiError::invalid(
+            "messages".to_string(),
+            format!(
+                "this model's maximum context length is {ctx} tokens; the prompt alone has {prompt_tokens}"
+            ),
+        )
+        .with_code("context_length_exceeded")),
+        None => Ok((ctx - prompt_tokens).min(default)),
+    }
+}
+
+/// Queues `req`. Queue full → 429 with Retry-After.
+pub fn submit(st: &AppState, req: Request) -> Result<UnboundedReceiver<Event>, ApiError> {
+    st.scheduler.submit(req).map_err(|e| match e {
+        SubmitError::QueueFull => ApiError::busy(1),
+        SubmitError::TooLarge { .. } => ApiError::invalid("max_tokens".to_string(), e.to_string())
+            .with_code("context_length_exceeded"),
+        SubmitError::ShuttingDown => ApiError::unavailable(&e.to_string()),
+    })
+}
+
+/// A whole response, read from the events.
+#[derive(Default)]
+pub struct Collected {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub logprobs: Vec<TokenLogprob>,
+    pub prompt_logprobs: Vec<TokenLogprob>,
+    pub finish: Option<FinishReason>,
+    pub prompt_tokens: usize,
+    pub cached_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// Follows a request's events, recording the latency metrics.
+pub struct Tracker {
+    st: Arc<AppState>,
+    arrived: Instant,
+    last_token: Option<Instant>,
+    pub collected: Collected,
+}
+
+impl Tracker {
+    pub fn new(st: Arc<AppState>, arrived: Instant) -> Self {
+        Tracker {
+            st,
+            arrived,
+            last_token: None,
+            collected: Collected::default(),
+        }
+    }
+
+    /// Takes one event in; returns Err for a failed request.
+    pub fn take(&mut self, e: &Event) -> Result<(), String> {
+        let c = &mut self.collected;
+        match e {
+            Event::Started {
+                prompt_tokens,
+                cached_tokens,
+            } => {
+                c.prompt_tokens = *prompt_tokens;
+                c.cached_tokens = *cached_tokens;
+            }
+            Event::PromptLogprobs(l) => c.prompt_logprobs.extend(l.iter().cloned()),
+            Event::Output {
+                text,
+                token,
+                logprob,
+            } => {
+                c.text.push_str(text);
+                if let Some(t) = token {
+                    c.tokens.push(*t);
+                    let now = Instant::now();
+                    let m = &self.st.metrics;
+                    match self.last_token {
+                        None => m.time_to_first_token.observe(now - self.arrived),
+                        Some(prev) => m.time_per_output_token.observe(now - prev),
+                    }
+                    self.last_token = Some(now);
+                }
+                if let Some(l) = logprob {
+                    c.logprobs.push(l.clone());
+                }
+            }
+            Event::Finished {
+                reason,
+                completion_tokens,
+            } => {
+                c.finish = Some(*reason);
+                c.completion_tokens = *completion_tokens;
+                self.st
+                    .metrics
+                    .request_duration
+                    .observe(self.arrived.elapsed());
+            }
+            Event::Failed(m) => return Err(m.clone()),
+        }
+        Ok(())
+    }
+}
+
+/// Reads every event of a request.
+pub async fn collect(
+    st: Arc<AppState>,
+    mut rx: UnboundedReceiver<Event>,
+    arrived: Instant,
+) -> Result<Collected, ApiError> {
+    let mut t = Tracker::new(st, arrived);
+    while let Some(e) = rx.recv().await {
+        t.take(&e).map_err(ApiError::internal)?;
+        if matches!(e, Event::Finished { .. }) {
+            return Ok(t.collected);
+        }
+    }
+    Err(ApiError::unavailable(
+        "the request was cancelled (the server is shutting down)",
+    ))
+}
+
+/// Usage as DeepSeek's API reports it (with OpenAI's `prompt_tokens_details` too).
+pub fn usage(c: &Collected) -> Value {
+    json!({
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
+        "total_tokens": c.prompt_tokens + c.completion_tokens,
+        "prompt_cache_hit_tokens": c.cached_tokens,
+        "prompt_cache_miss_tokens": c.prompt_tokens - c.cached_tokens,
+        "prompt_tokens_details": {"cached_tokens": c.cached_tokens},
+    })
+}
+
+pub fn finish_reason(f: Option<FinishReason>) -> &'static str {
+    f.map(|f| f.as_str()).unwrap_or("stop")
+}
+
+/// A token as text (lossy for a token that is part of a character) and its bytes.
+pub fn token_text(st: &AppState, id: u32) -> (String, Vec<u8>) {
+    match st.token_bytes.get(id as usize) {
+        Some(Some(b)) => (String::from_utf8_lossy(b).into_owned(), b.clone()),
+        _ => {
+            let s = st.tokenizer.decode(&[id], false).unwrap_or_default();
+            let b = s.clone().into_bytes();
+            (s, b)
+        }
+    }
+}
+
+/// Turns events into server-sent events: `make(event, tracker)` gives the JSON chunks for one
+/// event. The stream ends with `data: [DONE]`; a dropped connection cancels the request.
+pub fn stream(
+    st: Arc<AppState>,
+    mut rx: UnboundedReceiver<Event>,
+    arrived: Instant,
+    mut make: impl FnMut(&Event, &Tracker) -> Vec<Value> + Send + 'static,
+) -> Response {
+    let (tx, out) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
+    tokio::spawn(async move {
+        let mut t = Tracker::new(st, arrived);
+        let mut ended = false;
+        while let Some(e) = rx.recv().await {
+            if let Err(msg) = t.take(&e) {
+                let body = ApiError::internal(msg).body();
+                let _ = tx
+                    .send(Ok(SseEvent::default().data(body.to_string())))
+                    .await;
+                ended = true;
+                break;
+            }
+            for chunk in make(&e, &t) {
+                if tx
+                    .send(Ok(SseEvent::default().data(chunk.to_string())))
+                    .await
+                    .is_err()
+                {
+                    // The client went away: dropping `rx` cancels the sequence.
+                    return;
+                }
+            }
+            if matches!(e, Event::Finished { .. }) {
+                ended = true;
+                break;
+            }
+        }
+        if !ended {
+            let body =
+                ApiError::unavailable("the request was cancelled (the server is shutting down)")
+                    .body();
+            let _ = tx
+                .send(Ok(SseEvent::default().data(body.to_string())))
+                .await;
+        }
+        let _ = tx.send(Ok(SseEvent::default().data("[DONE]"))).await;
+    });
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(out))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
