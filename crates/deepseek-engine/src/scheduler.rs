@@ -62,6 +62,9 @@ pub struct Request {
     /// Also report the log-probability of every prompt token after the first (scoring; the
     /// prompt is then computed in full, not taken from the prefix cache).
     pub prompt_logprobs: bool,
+    /// Report the log-probabilities of these tokens as the first generated token (multiple
+    /// choice scoring), whatever is sampled.
+    pub candidates: Vec<u32>,
 }
 
 /// A generated token's log-probability, and the most likely alternatives.
@@ -80,6 +83,8 @@ pub enum Event {
         /// Prompt tokens found in the prefix cache.
         cached_tokens: usize,
     },
+    /// Log-probabilities of [`Request::candidates`] right after the prompt.
+    CandidateLogprobs(Vec<f32>),
     /// Log-probabilities of prompt tokens (in order, from the second; several events).
     PromptLogprobs(Vec<TokenLogprob>),
     /// New text (possibly empty while a character or stop string is incomplete), with the token
@@ -232,6 +237,8 @@ struct Sequence {
     pending: Option<u32>,
     /// Blocks this sequence may still need at most.
     blocks_to_come: usize,
+    /// The prefix cache was consulted (at the first prefill step).
+    looked_up: bool,
     done: bool,
     arrival: u64,
 }
@@ -328,32 +335,18 @@ impl Scheduler {
                 break;
             };
             let total = req.prompt.len() + req.max_new_tokens;
-            let cache = if req.prompt_logprobs {
-                SequenceCache::default()
-            } else {
-                self.prefix.lookup(&mut self.pool, &req.prompt)
-            };
-            let blocks_to_come = total.div_ceil(BLOCK_TOKENS) - cache.block_table.len();
+            // Counted without the prefix cache (looked up when prefill starts): conservative.
+            let blocks_to_come = total.div_ceil(BLOCK_TOKENS);
             let free = self.pool.available_blocks() + self.prefix.evictable(&self.pool);
             if blocks_to_come + self.blocks_promised() > free && !self.active.is_empty() {
                 // Not now: wait until running sequences give blocks back.
-                let mut cache = cache;
-                self.pool.release(&mut cache);
                 self.waiting.push_front((req, events));
                 break;
             }
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-            let cached = cache.len;
-            let _ = events.send(Event::Started {
-                prompt_tokens: req.prompt.len(),
-                cached_tokens: cached,
-            });
             self.stats
                 .prompt_tokens
                 .fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
-            self.stats
-                .cached_prompt_tokens
-                .fetch_add(cached as u64, Ordering::Relaxed);
             let keep_special = req.keep_special;
             self.arrivals += 1;
             self.active.push(Sequence {
@@ -363,7 +356,8 @@ impl Scheduler {
                 prompt_len: req.prompt.len(),
                 req,
                 events,
-                cache,
+                cache: SequenceCache::default(),
+                looked_up: false,
                 generated: 0,
                 pending: None,
                 blocks_to_come,
@@ -449,61 +443,126 @@ impl Scheduler {
             }
         }
 
-        // Prefill: the next chunk of the oldest sequence still reading its prompt.
-        if let Some(i) = self
-            .active
-            .iter()
-            .position(|s| !s.done && s.pending.is_none() && s.cache.len < s.prompt_len)
-        {
+        // Prefill: chunks of the oldest sequences still reading their prompts, up to
+        // `prefill_chunk` tokens in all, in one forward.
+        let mut budget = self.config.prefill_chunk;
+        let mut batch: Vec<(usize, usize, usize)> = vec![]; // (sequence, start, end)
+        for i in 0..self.active.len() {
+            if budget == 0 {
+                break;
+            }
             let s = &self.active[i];
-            let end = (s.cache.len + self.config.prefill_chunk).min(s.prompt_len);
-            let chunk = s.tokens[s.cache.len..end].to_vec();
-            let need = Self::new_blocks(s, chunk.len());
-            self.make_room(need);
-            let s = &mut self.active[i];
-            let before = s.cache.block_table.len();
-            let start = s.cache.len;
-            let all = s.req.prompt_logprobs;
-            let result = self.model.forward(
-                &mut self.pool,
-                &mut [SeqStep {
-                    tokens: &chunk,
-                    cache: &mut s.cache,
-                }],
-                if all {
-                    LogitsFor::AllTokens
+            if s.done || s.pending.is_some() || s.cache.len >= s.prompt_len {
+                continue;
+            }
+            if !s.looked_up {
+                // Look the prefix up only now, so requests queued behind one with the same
+                // prefix find what it computed.
+                let s = &mut self.active[i];
+                s.looked_up = true;
+                if !s.req.prompt_logprobs {
+                    let cache = self
+                        .prefix
+                        .lookup(&mut self.pool, &s.tokens[..s.prompt_len]);
+                    s.blocks_to_come -= cache.block_table.len().min(s.blocks_to_come);
+                    s.cache = cache;
+                    let _ = s.events.send(Event::Started {
+                        prompt_tokens: s.prompt_len,
+                        cached_tokens: s.cache.len,
+                    });
+                    self.stats
+                        .cached_prompt_tokens
+                        .fetch_add(s.cache.len as u64, Ordering::Relaxed);
                 } else {
-                    LogitsFor::LastToken
-                },
-                PrefillPath::Auto,
-                None,
-            );
-            s.blocks_to_come = s
-                .blocks_to_come
-                .saturating_sub(s.cache.block_table.len() - before);
+                    let _ = s.events.send(Event::Started {
+                        prompt_tokens: s.prompt_len,
+                        cached_tokens: 0,
+                    });
+                }
+            }
+            let s = &self.active[i];
+            let take = budget.min(s.prompt_len - s.cache.len);
+            batch.push((i, s.cache.len, s.cache.len + take));
+            budget -= take;
+        }
+        if !batch.is_empty() {
+            let need: usize = batch
+                .iter()
+                .map(|&(i, a, b)| Self::new_blocks(&self.active[i], b - a))
+                .sum();
+            self.make_room(need);
+            let all = batch
+                .iter()
+                .any(|&(i, _, _)| self.active[i].req.prompt_logprobs);
+            let chunks: Vec<Vec<u32>> = batch
+                .iter()
+                .map(|&(i, a, b)| self.active[i].tokens[a..b].to_vec())
+                .collect();
+            let mut caches: Vec<SequenceCache> = batch
+                .iter()
+                .map(|&(i, _, _)| std::mem::take(&mut self.active[i].cache))
+                .collect();
+            let result = {
+                let mut steps: Vec<SeqStep> = chunks
+                    .iter()
+                    .zip(caches.iter_mut())
+                    .map(|(t, c)| SeqStep {
+                        tokens: t,
+                        cache: c,
+                    })
+                    .collect();
+                self.model.forward(
+                    &mut self.pool,
+                    &mut steps,
+                    if all {
+                        LogitsFor::AllTokens
+                    } else {
+                        LogitsFor::LastToken
+                    },
+                    PrefillPath::Auto,
+                    None,
+                )
+            };
+            for (&(i, _, _), c) in batch.iter().zip(caches) {
+                let s = &mut self.active[i];
+                s.blocks_to_come = s
+                    .blocks_to_come
+                    .saturating_sub(c.block_table.len() - s.cache.block_table.len());
+                s.cache = c;
+            }
             match result {
                 Ok(logits) => {
                     let vocab = self.model.config.vocab_size;
-                    let last = logits.len() / vocab - 1;
-                    if all {
-                        let n = s.req.logprobs.unwrap_or(0);
-                        let lps: Vec<TokenLogprob> = (0..chunk.len())
-                            .filter(|r| start + r + 1 < s.prompt_len)
-                            .map(|r| {
-                                let row = &logits[r * vocab..(r + 1) * vocab];
-                                token_logprob(row, s.tokens[start + r + 1], n)
-                            })
-                            .collect();
-                        let _ = s.events.send(Event::PromptLogprobs(lps));
-                    }
-                    if s.cache.len == s.prompt_len {
-                        // The prompt is in: share it with later requests, then sample.
-                        let (tokens, cache) = (&s.tokens[..s.prompt_len], &s.cache);
+                    let mut row = 0;
+                    for &(i, a, b) in &batch {
+                        let s = &mut self.active[i];
+                        let rows = if all { b - a } else { 1 };
+                        if s.req.prompt_logprobs {
+                            let n = s.req.logprobs.unwrap_or(0);
+                            let lps: Vec<TokenLogprob> = (0..b - a)
+                                .filter(|r| a + r + 1 < s.prompt_len)
+                                .map(|r| {
+                                    let l = &logits[(row + r) * vocab..(row + r + 1) * vocab];
+                                    token_logprob(l, s.tokens[a + r + 1], n)
+                                })
+                                .collect();
+                            let _ = s.events.send(Event::PromptLogprobs(lps));
+                        }
+                        // Whole blocks computed so far serve later requests at once.
+                        let (tokens, cache) = (&s.tokens[..s.cache.len], &s.cache);
                         self.prefix.insert(&mut self.pool, tokens, cache);
-                        self.accept(i, &logits[last * vocab..]);
+                        let last = row + rows - 1;
+                        row += rows;
+                        if self.active[i].cache.len == self.active[i].prompt_len {
+                            self.accept(i, &logits[last * vocab..(last + 1) * vocab]);
+                        }
                     }
                 }
-                Err(e) => self.fail(i, &e.to_string()),
+                Err(e) => {
+                    for &(i, _, _) in &batch {
+                        self.fail(i, &e.to_string());
+                    }
+                }
             }
         }
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
@@ -516,6 +575,11 @@ impl Scheduler {
         let s = &mut self.active[i];
         if s.done {
             return;
+        }
+        if !s.req.candidates.is_empty() {
+            let lp = log_softmax(logits);
+            let c = s.req.candidates.iter().map(|&id| lp[id as usize]).collect();
+            let _ = s.events.send(Event::CandidateLogprobs(c));
         }
         if s.generated >= s.req.max_new_tokens {
             // max_tokens 0: the prompt only (scoring).

@@ -29,6 +29,7 @@ fn request(prompt: Vec<u32>, n: usize) -> Request {
         constraint: None,
         keep_special: false,
         prompt_logprobs: false,
+        candidates: vec![],
     }
 }
 
@@ -58,7 +59,7 @@ fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>) -> Outcome {
                 break;
             }
             Event::Failed(m) => panic!("request failed: {m}"),
-            Event::PromptLogprobs(_) => {}
+            Event::PromptLogprobs(_) | Event::CandidateLogprobs(_) => {}
         }
     }
     o

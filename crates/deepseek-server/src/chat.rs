@@ -220,6 +220,7 @@ pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
             constraint,
             keep_special: use_tools,
             prompt_logprobs: false,
+            candidates: vec![],
         },
     )?;
     let id = st.response_id("chatcmpl");

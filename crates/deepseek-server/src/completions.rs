@@ -161,6 +161,7 @@ pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
             constraint: None,
             keep_special: false,
             prompt_logprobs: echo && logprobs.is_some(),
+            candidates: vec![],
         },
     )?;
     let id = st.response_id("cmpl");

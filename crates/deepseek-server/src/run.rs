@@ -101,6 +101,7 @@ impl Tracker {
                 c.cached_tokens = *cached_tokens;
             }
             Event::PromptLogprobs(l) => c.prompt_logprobs.extend(l.iter().cloned()),
+            Event::CandidateLogprobs(_) => {}
             Event::Output {
                 text,
                 token,
