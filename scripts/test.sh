@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)"; exit 1; }
 python3 scripts/fetch_tokenizers.py
 python3 scripts/fetch_smollm2.py
+python3 scripts/fetch_eval_data.py
 
 if rustup component list --installed 2>/dev/null | grep -q rustfmt; then
   cargo fmt --all -- --check

@@ -48,6 +48,8 @@ enum Command {
     Bench(commands::bench::Args),
     /// Serve the model over an OpenAI/DeepSeek-compatible HTTP API (chat, completions, FIM).
     Serve(commands::serve::Args),
+    /// Run MMLU, GSM8K or HumanEval on a model and compare with DeepSeek's published figures.
+    Eval(commands::eval::Args),
     /// Write a Hugging Face checkpoint as a GGUF file (q8_0, q4_k, q6_k, …) llama.cpp can load.
     Quantize(commands::quantize::Args),
 }
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => commands::bench::run(a),
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Serve(a) => commands::serve::run(a),
+        Command::Eval(a) => commands::eval::run(a),
     });
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,

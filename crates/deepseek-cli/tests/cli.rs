@@ -442,3 +442,50 @@ fn quantize_round_trips_every_family_through_gguf() {
     assert_eq!(gen(Some(gguf.to_str().unwrap())), gen(None));
     std::fs::remove_dir_all(&tmp).ok();
 }
+
+/// Each benchmark end to end on the bundled model with `--limit 3` (the data come from
+/// `scripts/fetch_eval_data.py`, which scripts/test.sh runs first), then resumed from its
+/// partial results without asking the model again.
+#[test]
+fn eval_runs_each_benchmark_end_to_end_and_resumes() {
+    if !workspace().join("assets/eval/mmlu.jsonl").exists() {
+        panic!(
+            "assets/eval is missing: run python3 scripts/fetch_eval_data.py (scripts/test.sh does)"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("deepseek-eval-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for bench in ["mmlu", "gsm8k", "humaneval"] {
+        let out = dir.join(format!("{bench}.json"));
+        let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_file(dir.join(format!("{bench}.json.partial.jsonl")));
+        let o = out.to_string_lossy().into_owned();
+        let r = deepseek(&["eval", bench, "--limit", "3", "--out", &o]);
+        assert!(
+            r.status.success(),
+            "{bench}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let table = String::from_utf8_lossy(&r.stdout).into_owned();
+        assert!(table.contains("ours %"), "{bench}: {table}");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        assert_eq!(v["items"], 3, "{bench}: {v}");
+        assert!((0.0..=1.0).contains(&v["score"].as_f64().unwrap()));
+        let partial =
+            std::fs::read_to_string(dir.join(format!("{bench}.json.partial.jsonl"))).unwrap();
+        assert_eq!(partial.lines().count(), 4, "{bench}: header + 3 items");
+        // Run again: everything comes from the partial file, same score.
+        let r = deepseek(&["eval", bench, "--limit", "3", "--out", &o]);
+        assert!(r.status.success());
+        assert!(String::from_utf8_lossy(&r.stderr).contains("resuming: 3 items"));
+        let again: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        assert_eq!(again["score"], v["score"]);
+    }
+    // Another run's partial file is refused with a message naming it.
+    let o = dir.join("mmlu.json").to_string_lossy().into_owned();
+    let r = deepseek(&["eval", "mmlu", "--limit", "4", "--out", &o]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("partial results of another run"));
+}

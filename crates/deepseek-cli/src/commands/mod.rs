@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod chat;
+pub mod eval;
 pub mod forward;
 pub mod generate;
 pub mod info;
