@@ -10,27 +10,49 @@
 //! layer's prefix cache builds on this); a block returns to the free list when its last user
 //! releases it.
 
+use deepseek_kernels::attention::{q8_quantize_row, q8_row_bytes, RowBlocks, RowData};
+
 /// Tokens per block.
 pub const BLOCK_TOKENS: usize = 64;
+
+/// How a cache row is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CacheDtype {
+    /// f32 values: exact.
+    #[default]
+    F32,
+    /// 8 bits per value with an f32 scale per 32 values (3.6× smaller for MLA's 576-wide
+    /// rows); attention dequantizes a block of rows at a time.
+    Q8,
+}
 
 /// Shape of the cache: what one token row is, and how many layers there are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheShape {
     pub layers: usize,
-    /// f32 values per token and layer.
+    /// Values per token and layer.
     pub row_width: usize,
+    pub dtype: CacheDtype,
 }
 
 impl CacheShape {
+    /// Bytes of one token's row in one layer.
+    pub fn row_bytes(&self) -> usize {
+        match self.dtype {
+            CacheDtype::F32 => self.row_width * 4,
+            CacheDtype::Q8 => q8_row_bytes(self.row_width),
+        }
+    }
     /// Bytes the cache really allocates per token (all layers).
     pub fn bytes_per_token(&self) -> usize {
-        self.layers * self.row_width * std::mem::size_of::<f32>()
+        self.layers * self.row_bytes()
     }
+    /// f32 words per block (rows are stored in f32 words; 8-bit rows are 4-byte multiples).
     fn block_len(&self) -> usize {
-        self.layers * BLOCK_TOKENS * self.row_width
+        self.layers * self.layer_len()
     }
     fn layer_len(&self) -> usize {
-        BLOCK_TOKENS * self.row_width
+        BLOCK_TOKENS * self.row_bytes() / 4
     }
 }
 
@@ -169,21 +191,71 @@ impl BlockPool {
         seq.len = 0;
     }
 
-    /// Mutable row of token `pos` in `layer`. The block must be reserved.
+    /// Mutable f32 row of token `pos` in `layer` (f32 caches only). The block must be reserved.
     pub fn row_mut(&mut self, seq: &SequenceCache, layer: usize, pos: usize) -> &mut [f32] {
+        assert_eq!(
+            self.shape.dtype,
+            CacheDtype::F32,
+            "row_mut needs an f32 cache"
+        );
         let w = self.shape.row_width;
         let b = seq.block_table[pos / BLOCK_TOKENS] as usize;
         let o = layer * self.shape.layer_len() + (pos % BLOCK_TOKENS) * w;
         &mut self.blocks[b][o..o + w]
     }
 
-    /// The layer's part of each of `seq`'s blocks, in order: [`BLOCK_TOKENS`] rows each.
+    /// Stores `row` as token `pos`'s row in `layer` (rounded to 8 bits in a Q8 cache).
+    pub fn write_row(&mut self, seq: &SequenceCache, layer: usize, pos: usize, row: &[f32]) {
+        match self.shape.dtype {
+            CacheDtype::F32 => self.row_mut(seq, layer, pos).copy_from_slice(row),
+            CacheDtype::Q8 => {
+                let words = self.shape.row_bytes() / 4;
+                let b = seq.block_table[pos / BLOCK_TOKENS] as usize;
+                let o = layer * self.shape.layer_len() + (pos % BLOCK_TOKENS) * words;
+                let dst = bytes_mut(&mut self.blocks[b][o..o + words]);
+                q8_quantize_row(row, dst);
+            }
+        }
+    }
+
+    /// The layer's part of each of `seq`'s blocks, in order: [`BLOCK_TOKENS`] rows each (the
+    /// raw words of 8-bit rows in a Q8 cache; see [`BlockPool::layer_rows`]).
     pub fn layer_blocks(&self, seq: &SequenceCache, layer: usize) -> Vec<&[f32]> {
         let l = self.shape.layer_len();
         seq.block_table
             .iter()
             .map(|&b| &self.blocks[b as usize][layer * l..(layer + 1) * l])
             .collect()
+    }
+
+    /// `seq`'s rows of `layer`, for the attention kernels, in whatever form they are stored.
+    pub fn layer_rows(&self, seq: &SequenceCache, layer: usize) -> RowBlocks<'_> {
+        let blocks = self.layer_blocks(seq, layer);
+        let data = match self.shape.dtype {
+            CacheDtype::F32 => RowData::F32(blocks),
+            CacheDtype::Q8 => RowData::Q8(blocks.into_iter().map(bytes).collect()),
+        };
+        RowBlocks {
+            data,
+            block_tokens: BLOCK_TOKENS,
+            row_width: self.shape.row_width,
+        }
+    }
+}
+
+/// The bytes of f32 storage (8-bit rows live in f32-aligned blocks).
+fn bytes(words: &[f32]) -> &[u8] {
+    // SAFETY: any f32 memory is valid as bytes; u8 has alignment 1.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), std::mem::size_of_val(words)) }
+}
+
+fn bytes_mut(words: &mut [f32]) -> &mut [u8] {
+    // SAFETY: as above; every byte pattern is a valid f32 bit pattern to write back.
+    unsafe {
+        std::slice::from_raw_parts_mut(
+            words.as_mut_ptr().cast::<u8>(),
+            std::mem::size_of_val(words),
+        )
     }
 }
 
@@ -199,6 +271,7 @@ mod tests {
         let shape = CacheShape {
             layers: 2,
             row_width: 3,
+            dtype: CacheDtype::F32,
         };
         let mut pool = BlockPool::new(shape, 4);
         let mut a = SequenceCache::default();
@@ -217,5 +290,27 @@ mod tests {
         assert!(pool.reserve(&mut c, 64 * 5).is_err());
         pool.reserve(&mut c, 64 * 4).unwrap();
         assert_eq!(pool.allocated_bytes(), 4 * 2 * 64 * 3 * 4);
+    }
+
+    #[test]
+    fn q8_rows_round_trip_through_the_pool() {
+        let shape = CacheShape {
+            layers: 2,
+            row_width: 40,
+            dtype: CacheDtype::Q8,
+        };
+        assert_eq!(shape.bytes_per_token(), 2 * (2 * 4 + 40));
+        let mut pool = BlockPool::new(shape, 4);
+        let mut a = SequenceCache::default();
+        pool.reserve(&mut a, 100).unwrap();
+        let row: Vec<f32> = (0..40).map(|i| (i as f32 - 20.0) / 7.0).collect();
+        pool.write_row(&a, 1, 70, &row);
+        let rows = pool.layer_rows(&a, 1);
+        let mut back = vec![0.0; 40];
+        rows.row_f32(70, &mut back);
+        for (x, y) in row.iter().zip(&back) {
+            assert!((x - y).abs() <= 20.0 / 7.0 / 254.0 * 1.01, "{x} vs {y}");
+        }
+        assert_eq!(pool.allocated_bytes(), 2 * 2 * 64 * 48);
     }
 }

@@ -143,6 +143,7 @@ mod tests {
             CacheShape {
                 layers: 1,
                 row_width: 2,
+                dtype: crate::CacheDtype::F32,
             },
             blocks,
         )

@@ -7,6 +7,20 @@ use anyhow::{bail, Context, Result};
 use deepseek_engine::{ChatTemplate, Tokenizer};
 use deepseek_model::Model;
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
+pub enum CacheType {
+    #[default]
+    F32,
+    Q8,
+}
+
+static CACHE_TYPE: std::sync::OnceLock<CacheType> = std::sync::OnceLock::new();
+
+/// The global --cache-type, applied to every model [`load_model`] loads.
+pub fn set_cache_type(t: CacheType) {
+    let _ = CACHE_TYPE.set(t);
+}
+
 /// The model bundled in the repo, used when --model is not given.
 pub const BUNDLED_MODEL: &str = "models/deepseek-coder-nano";
 
@@ -67,12 +81,16 @@ pub fn load_model(dir: &Path) -> Result<Arc<Model>> {
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let model = Model::load(dir, &mut |done, total| {
+    let mut model = Model::load(dir, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })
     .with_context(|| format!("loading {}", dir.display()))?;
     bar.finish_and_clear();
+    model.cache_dtype = match CACHE_TYPE.get().copied().unwrap_or_default() {
+        CacheType::F32 => deepseek_cache::CacheDtype::F32,
+        CacheType::Q8 => deepseek_cache::CacheDtype::Q8,
+    };
     Ok(Arc::new(model))
 }
 

@@ -19,18 +19,96 @@ pub struct RowLayout {
     pub value_len: usize,
 }
 
-/// Cache rows of one sequence, as a list of blocks of `block_tokens` rows each.
-pub struct RowBlocks<'a> {
-    pub blocks: Vec<&'a [f32]>,
-    pub block_tokens: usize,
+/// Values per scale in an 8-bit cache row.
+pub const Q8_GROUP: usize = 32;
+
+/// Bytes of one 8-bit cache row of `width` values: an f32 scale per [`Q8_GROUP`] values, then
+/// the values as i8 (padded to 4 bytes).
+pub fn q8_row_bytes(width: usize) -> usize {
+    (width.div_ceil(Q8_GROUP) * 4 + width).div_ceil(4) * 4
 }
 
-impl RowBlocks<'_> {
-    #[inline]
-    pub fn row(&self, t: usize, width: usize) -> &[f32] {
-        let b = self.blocks[t / self.block_tokens];
-        let o = (t % self.block_tokens) * width;
-        &b[o..o + width]
+/// Rounds `x` to an 8-bit cache row (`out` is [`q8_row_bytes`] long): per group of 32 values,
+/// scale = max |x| / 127.
+pub fn q8_quantize_row(x: &[f32], out: &mut [u8]) {
+    let groups = x.len().div_ceil(Q8_GROUP);
+    let (scales, values) = out.split_at_mut(groups * 4);
+    for (g, chunk) in x.chunks(Q8_GROUP).enumerate() {
+        let amax = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+        scales[g * 4..g * 4 + 4].copy_from_slice(&d.to_le_bytes());
+        for (j, &v) in chunk.iter().enumerate() {
+            // Round half away from zero without a libm call.
+            let r = v * inv;
+            let q = (r + 0.5f32.copysign(r)) as i32;
+            values[g * Q8_GROUP + j] = q.clamp(-127, 127) as i8 as u8;
+        }
+    }
+}
+
+/// The f32 values of an 8-bit cache row.
+pub fn q8_dequantize_row(row: &[u8], out: &mut [f32]) {
+    let groups = out.len().div_ceil(Q8_GROUP);
+    let (scales, values) = row.split_at(groups * 4);
+    for (g, o) in out.chunks_mut(Q8_GROUP).enumerate() {
+        let d = f32::from_le_bytes(scales[g * 4..g * 4 + 4].try_into().unwrap_or([0; 4]));
+        for (j, v) in o.iter_mut().enumerate() {
+            *v = values[g * Q8_GROUP + j] as i8 as f32 * d;
+        }
+    }
+}
+
+/// A sequence's cache blocks of one layer: f32 rows, or 8-bit rows ([`q8_quantize_row`]).
+pub enum RowData<'a> {
+    F32(Vec<&'a [f32]>),
+    Q8(Vec<&'a [u8]>),
+}
+
+/// Cache rows of one sequence, as a list of blocks of `block_tokens` rows each.
+pub struct RowBlocks<'a> {
+    pub data: RowData<'a>,
+    pub block_tokens: usize,
+    pub row_width: usize,
+}
+
+impl<'a> RowBlocks<'a> {
+    pub fn f32(blocks: Vec<&'a [f32]>, block_tokens: usize, row_width: usize) -> Self {
+        RowBlocks {
+            data: RowData::F32(blocks),
+            block_tokens,
+            row_width,
+        }
+    }
+
+    /// Row `t` as f32.
+    pub fn row_f32(&self, t: usize, out: &mut [f32]) {
+        let (b, i) = (t / self.block_tokens, t % self.block_tokens);
+        let w = self.row_width;
+        match &self.data {
+            RowData::F32(blocks) => out.copy_from_slice(&blocks[b][i * w..(i + 1) * w]),
+            RowData::Q8(blocks) => {
+                let rb = q8_row_bytes(w);
+                q8_dequantize_row(&blocks[b][i * rb..(i + 1) * rb], out)
+            }
+        }
+    }
+
+    /// Rows `start..start + len` as one f32 slice: a view into the block when the rows are f32
+    /// and in one block, else copied (or dequantized) into `scratch`.
+    fn rows<'s>(&'s self, start: usize, len: usize, scratch: &'s mut Vec<f32>) -> &'s [f32] {
+        let w = self.row_width;
+        let (b, i) = (start / self.block_tokens, start % self.block_tokens);
+        if let RowData::F32(blocks) = &self.data {
+            if i + len <= self.block_tokens {
+                return &blocks[b][i * w..(i + len) * w];
+            }
+        }
+        scratch.resize(len * w, 0.0);
+        for r in 0..len {
+            self.row_f32(start + r, &mut scratch[r * w..(r + 1) * w]);
+        }
+        &scratch[..len * w]
     }
 }
 
@@ -68,13 +146,17 @@ fn attend_partial(
         sum: vec![0.0; groups],
         out: vec![0.0; groups * value_len],
     };
+    debug_assert_eq!(row_width, rows.row_width);
     let mut s = vec![0.0f32; groups * BLOCK_ROWS];
+    let mut scratch = vec![];
     let mut b0 = start;
     while b0 < end {
         let len = (end - b0).min(BLOCK_ROWS);
+        let block = rows.rows(b0, len, &mut scratch);
+        let row = |i: usize| &block[i * row_width..(i + 1) * row_width];
         // Scores of the block, four heads per pass over a row.
         for i in 0..len {
-            let k = &rows.row(b0 + i, row_width)[key_offset..key_offset + key_len];
+            let k = &row(i)[key_offset..key_offset + key_len];
             let mut g = 0;
             while g < groups {
                 let m = (groups - g).min(4);
@@ -111,7 +193,7 @@ fn attend_partial(
             p.max[g] = new_max;
         }
         for i in 0..len {
-            let v = &rows.row(b0 + i, row_width)[value_offset..value_offset + value_len];
+            let v = &row(i)[value_offset..value_offset + value_len];
             for g in 0..groups {
                 simd::axpy(
                     s[g * BLOCK_ROWS + i],
@@ -261,10 +343,7 @@ mod tests {
         let mut padded = rows.clone();
         padded.resize(24 * 40, 0.0);
         let blocks: Vec<&[f32]> = padded.chunks(block_tokens * 40).collect();
-        let rb = RowBlocks {
-            blocks,
-            block_tokens,
-        };
+        let rb = RowBlocks::f32(blocks, block_tokens, 40);
         let mut out = vec![0.0; 5 * 32];
         attend_group(&queries, &rb, layout, n_ctx, 0.3, &mut out);
         let want = attend_group_reference(&queries, &rows, layout, n_ctx, 0.3);
@@ -277,15 +356,35 @@ mod tests {
             long.push(((i * 37 % 101) as f32 / 50.0) - 1.0);
         }
         let lb: Vec<&[f32]> = long.chunks(64 * 40).collect();
-        let lrows = RowBlocks {
-            blocks: lb,
-            block_tokens: 64,
-        };
+        let lrows = RowBlocks::f32(lb, 64, 40);
         let mut split_out = vec![0.0; 5 * 32];
         attend_group_split(&queries, &lrows, layout, 3000, 0.3, &mut split_out);
         let want_long = attend_group_reference(&queries, &long, layout, 3000, 0.3);
         for (a, b) in split_out.iter().zip(&want_long) {
             assert!((a - b).abs() < 1e-5, "split: {a} vs {b}");
+        }
+        // 8-bit rows: the same as attending over the dequantized rows, and close to f32.
+        let rb8 = q8_row_bytes(40);
+        let mut q8 = vec![0u8; 3000 * rb8];
+        let mut deq = vec![0.0f32; 3000 * 40];
+        for t in 0..3000 {
+            q8_quantize_row(&long[t * 40..(t + 1) * 40], &mut q8[t * rb8..(t + 1) * rb8]);
+            q8_dequantize_row(&q8[t * rb8..(t + 1) * rb8], &mut deq[t * 40..(t + 1) * 40]);
+        }
+        for (a, b) in deq.iter().zip(&long) {
+            assert!((a - b).abs() <= 1.0 / 127.0 * 0.5 * 1.01, "{a} vs {b}");
+        }
+        let q8rows = RowBlocks {
+            data: RowData::Q8(q8.chunks(64 * rb8).collect()),
+            block_tokens: 64,
+            row_width: 40,
+        };
+        let mut q8_out = vec![0.0; 5 * 32];
+        attend_group_split(&queries, &q8rows, layout, 3000, 0.3, &mut q8_out);
+        let want_deq = attend_group_reference(&queries, &deq, layout, 3000, 0.3);
+        for ((a, b), c) in q8_out.iter().zip(&want_deq).zip(&want_long) {
+            assert!((a - b).abs() < 1e-5, "q8: {a} vs {b}");
+            assert!((a - c).abs() < 2e-2, "q8 vs f32: {a} vs {c}");
         }
         // GQA-style offsets: keys and values at different places in the row.
         let layout = RowLayout {

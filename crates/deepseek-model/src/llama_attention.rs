@@ -1,6 +1,6 @@
 //! Llama attention (DeepSeek LLM 7B: MHA, 67B: GQA) with rotate-half RoPE; K and V cached.
 
-use deepseek_cache::{BlockPool, SequenceCache, BLOCK_TOKENS};
+use deepseek_cache::{BlockPool, SequenceCache};
 use deepseek_kernels::attention::{attend_group, RowBlocks, RowLayout};
 use deepseek_kernels::ops::{rope, RopeStyle};
 use deepseek_kernels::{matmul, Matrix};
@@ -72,23 +72,20 @@ impl LlamaAttention {
             for head in k[t * kvw..(t + 1) * kvw].chunks_exact_mut(hd) {
                 rope(head, &cos, &sin, RopeStyle::Half);
             }
-            let row = pool.row_mut(caches[batch.seq_of(t)], layer, pos);
-            row[..kvw].copy_from_slice(&k[t * kvw..(t + 1) * kvw]);
-            row[kvw..].copy_from_slice(&v[t * kvw..(t + 1) * kvw]);
+            let mut row = k[t * kvw..(t + 1) * kvw].to_vec();
+            row.extend_from_slice(&v[t * kvw..(t + 1) * kvw]);
+            pool.write_row(caches[batch.seq_of(t)], layer, pos, &row);
         }
         let group = h / kvh;
         let scale = 1.0 / (hd as f32).sqrt();
-        let blocks: Vec<Vec<&[f32]>> = caches.iter().map(|c| pool.layer_blocks(c, layer)).collect();
+        let seq_rows: Vec<RowBlocks> = caches.iter().map(|c| pool.layer_rows(c, layer)).collect();
         let mut attn = vec![0.0; n * h * hd];
         // One task per (token, kv head): its `group` query heads share the K/V rows.
         attn.par_chunks_mut(group * hd)
             .enumerate()
             .for_each(|(i, o)| {
                 let (t, j) = (i / kvh, i % kvh);
-                let rows = RowBlocks {
-                    blocks: blocks[batch.seq_of(t)].clone(),
-                    block_tokens: BLOCK_TOKENS,
-                };
+                let rows = &seq_rows[batch.seq_of(t)];
                 let layout = RowLayout {
                     row_width: 2 * kvw,
                     key_offset: j * hd,
@@ -97,7 +94,7 @@ impl LlamaAttention {
                     value_len: hd,
                 };
                 let qs = &q[(t * h + j * group) * hd..(t * h + (j + 1) * group) * hd];
-                attend_group(qs, &rows, layout, batch.position(t) + 1, scale, o);
+                attend_group(qs, rows, layout, batch.position(t) + 1, scale, o);
             });
         matmul(&self.o_proj, &attn, n, out);
     }

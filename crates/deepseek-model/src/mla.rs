@@ -11,7 +11,7 @@
 //! - **decompressed** (prefill): `kv_b_proj` expands every cached latent into per-head `k_nope`
 //!   and `v`, then ordinary attention; cheaper when many new tokens attend to a short context.
 
-use deepseek_cache::{BlockPool, SequenceCache, BLOCK_TOKENS};
+use deepseek_cache::{BlockPool, SequenceCache};
 use deepseek_kernels::attention::{attend_group, attend_group_split, RowBlocks, RowLayout};
 use deepseek_kernels::matrix::{matmul_serial, matmul_transposed};
 use deepseek_kernels::ops::{rms_norm_inplace, rope, RopeStyle};
@@ -206,8 +206,7 @@ impl MlaAttention {
                 let qh = &mut q[(t * h + hh) * qk..(t * h + hh + 1) * qk];
                 rope(&mut qh[nope..], &cos, &sin, RopeStyle::Interleaved);
             }
-            pool.row_mut(caches[batch.seq_of(t)], layer, pos)
-                .copy_from_slice(row);
+            pool.write_row(caches[batch.seq_of(t)], layer, pos, row);
         }
 
         let mut attn = vec![0.0; n * h * vdim];
@@ -267,18 +266,14 @@ impl MlaAttention {
             value_len: lora,
         };
         let mut latent_out = vec![0.0; n * h * lora];
-        let blocks: Vec<Vec<&[f32]>> = caches.iter().map(|c| pool.layer_blocks(c, layer)).collect();
+        let seq_rows: Vec<RowBlocks> = caches.iter().map(|c| pool.layer_rows(c, layer)).collect();
         if n < rayon::current_num_threads() {
             // Few query tokens (decode): split each one's context across the threads instead.
             for (t, o) in latent_out.chunks_mut(h * lora).enumerate() {
-                let rows = RowBlocks {
-                    blocks: blocks[batch.seq_of(t)].clone(),
-                    block_tokens: BLOCK_TOKENS,
-                };
                 let q = &absorbed_q[t * h * width..(t + 1) * h * width];
                 attend_group_split(
                     q,
-                    &rows,
+                    &seq_rows[batch.seq_of(t)],
                     layout,
                     batch.position(t) + 1,
                     self.softmax_scale,
@@ -290,13 +285,9 @@ impl MlaAttention {
                 .par_chunks_mut(h * lora)
                 .enumerate()
                 .for_each(|(t, o)| {
-                    let rows = RowBlocks {
-                        blocks: blocks[batch.seq_of(t)].clone(),
-                        block_tokens: BLOCK_TOKENS,
-                    };
                     attend_group(
                         &absorbed_q[t * h * width..(t + 1) * h * width],
-                        &rows,
+                        &seq_rows[batch.seq_of(t)],
                         layout,
                         batch.position(t) + 1,
                         self.softmax_scale,
@@ -343,19 +334,21 @@ impl MlaAttention {
                 continue;
             }
             let ctx = batch.position(tokens.end - 1) + 1;
-            let rows = RowBlocks {
-                blocks: pool.layer_blocks(cache, layer),
-                block_tokens: BLOCK_TOKENS,
-            };
+            let rows = pool.layer_rows(cache, layer);
+            let mut latent_rows = vec![0.0; ctx * width];
+            for c in 0..ctx {
+                rows.row_f32(c, &mut latent_rows[c * width..(c + 1) * width]);
+            }
             let mut latents = vec![0.0; ctx * lora];
             for c in 0..ctx {
-                latents[c * lora..(c + 1) * lora].copy_from_slice(&rows.row(c, width)[..lora]);
+                latents[c * lora..(c + 1) * lora]
+                    .copy_from_slice(&latent_rows[c * width..c * width + lora]);
             }
             let mut kv = vec![0.0; ctx * h * (nope + vdim)];
             matmul(&self.kv_b_proj, &latents, ctx, &mut kv);
             let mut full = vec![0.0; ctx * h * head_w];
             for c in 0..ctx {
-                let k_pe = &rows.row(c, width)[lora..];
+                let k_pe = &latent_rows[c * width + lora..(c + 1) * width];
                 for hh in 0..h {
                     let src = &kv[(c * h + hh) * (nope + vdim)..][..nope + vdim];
                     let dst = &mut full[(c * h + hh) * head_w..][..head_w];
@@ -364,10 +357,7 @@ impl MlaAttention {
                     dst[qk..].copy_from_slice(&src[nope..]);
                 }
             }
-            let full_rows = RowBlocks {
-                blocks: vec![&full[..]],
-                block_tokens: ctx,
-            };
+            let full_rows = RowBlocks::f32(vec![&full[..]], ctx, h * head_w);
             let out = &mut attn[tokens.start * h * vdim..tokens.end * h * vdim];
             out.par_chunks_mut(vdim).enumerate().for_each(|(i, o)| {
                 let (t, hh) = (tokens.start + i / h, i % h);

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use deepseek_cache::{BlockPool, CacheError, CacheShape, SequenceCache};
+use deepseek_cache::{BlockPool, CacheDtype, CacheError, CacheShape, SequenceCache};
 use deepseek_kernels::ops::{add_inplace, rms_norm};
 use deepseek_kernels::{matmul, Matrix};
 use deepseek_loader::{Family, LoadError, ModelConfig, WeightStore};
@@ -54,6 +54,8 @@ pub struct Model {
     pub norm: Vec<f32>,
     pub lm_head: Matrix,
     rope: Rope,
+    /// How new cache pools store rows (f32, or 8-bit with `--cache-type q8`).
+    pub cache_dtype: CacheDtype,
 }
 
 /// Which attention path prefill uses (decode steps of one token always use the absorbed one).
@@ -146,6 +148,7 @@ impl Model {
             norm: w.vector("model.norm.weight", hid)?,
             lm_head,
             config,
+            cache_dtype: CacheDtype::F32,
         })
     }
 
@@ -153,6 +156,7 @@ impl Model {
         CacheShape {
             layers: self.config.num_hidden_layers,
             row_width: self.config.cache_row_width(),
+            dtype: self.cache_dtype,
         }
     }
 

@@ -115,11 +115,13 @@ pub fn run(a: Args) -> Result<()> {
                     prefill(&model, &mut pool, &mut cache, &toks)?;
                 } else {
                     pool.reserve(&mut cache, a.depth)?;
+                    let mut row = vec![0.0f32; shape.row_width];
                     for layer in 0..shape.layers {
                         for pos in 0..a.depth {
-                            for (i, v) in pool.row_mut(&cache, layer, pos).iter_mut().enumerate() {
+                            for (i, v) in row.iter_mut().enumerate() {
                                 *v = (((pos * 31 + i * 17 + layer) % 97) as f32 / 97.0 - 0.5) * 0.2;
                             }
+                            pool.write_row(&cache, layer, pos, &row);
                         }
                     }
                     cache.len = a.depth;

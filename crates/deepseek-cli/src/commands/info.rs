@@ -87,9 +87,13 @@ pub fn run(a: Args) -> Result<()> {
         );
         println!("dtype            {}", store.main_dtype());
         println!(
-            "kv cache         {} bytes per token ({} f32 values × {} layers)",
+            "kv cache         {} bytes per token ({} {} values × {} layers)",
             shape.bytes_per_token(),
             shape.row_width,
+            match shape.dtype {
+                deepseek_cache::CacheDtype::F32 => "f32",
+                deepseek_cache::CacheDtype::Q8 => "8-bit (+ a scale per 32)",
+            },
             shape.layers
         );
         println!("context          {} tokens", c.max_position_embeddings);
