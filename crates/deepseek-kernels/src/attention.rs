@@ -124,6 +124,25 @@ struct Partial {
     out: Vec<f32>,
 }
 
+/// Scores of 4 key rows against `T` query heads (heads `g..g+T`, rows `i..i+nr`) into `s`.
+fn score_tile<const T: usize>(
+    ks: [&[f32]; 4],
+    qs: [&[f32]; T],
+    nr: usize,
+    scale: f32,
+    s: &mut [f32],
+    g: usize,
+    i: usize,
+) {
+    let mut acc = [[0.0f32; T]; 4];
+    <f32 as simd::TileWeight>::tile::<4, T>(ks, qs, &mut acc);
+    for (r, accr) in acc.iter().enumerate().take(nr) {
+        for (j, &a) in accr.iter().enumerate() {
+            s[(g + j) * BLOCK_ROWS + i + r] = a * scale;
+        }
+    }
+}
+
 /// Online-softmax attention of every query in `queries` over rows `start..end`.
 fn attend_partial(
     queries: &[f32],
@@ -154,23 +173,29 @@ fn attend_partial(
         let len = (end - b0).min(BLOCK_ROWS);
         let block = rows.rows(b0, len, &mut scratch);
         let row = |i: usize| &block[i * row_width..(i + 1) * row_width];
-        // Scores of the block, four heads per pass over a row.
-        for i in 0..len {
-            let k = &row(i)[key_offset..key_offset + key_len];
+        // Scores of the block: register tiles of 4 rows × up to 4 heads, so each loaded key
+        // vector serves 4 dot products and each query vector 4.
+        const SR: usize = 4;
+        const SG: usize = 4;
+        let mut i = 0;
+        while i < len {
+            let nr = (len - i).min(SR);
+            let ks: [&[f32]; SR] =
+                std::array::from_fn(|j| &row(i + j.min(nr - 1))[key_offset..key_offset + key_len]);
             let mut g = 0;
             while g < groups {
-                let m = (groups - g).min(4);
-                let qs: [&[f32]; 4] = std::array::from_fn(|j| {
-                    let gi = g + j.min(m - 1);
-                    &queries[gi * key_len..(gi + 1) * key_len]
-                });
-                let mut acc = [0.0f32; 4];
-                simd::dot_f32_multi(k, &qs[..m], &mut acc[..m]);
-                for j in 0..m {
-                    s[(g + j) * BLOCK_ROWS + i] = acc[j] * scale;
+                let m = (groups - g).min(SG);
+                let q = |j: usize| &queries[(g + j) * key_len..(g + j + 1) * key_len];
+                // As many heads as there are: one head (decompressed prefill) is not computed 4×.
+                match m {
+                    4 => score_tile::<4>(ks, std::array::from_fn(q), nr, scale, &mut s, g, i),
+                    3 => score_tile::<3>(ks, std::array::from_fn(q), nr, scale, &mut s, g, i),
+                    2 => score_tile::<2>(ks, std::array::from_fn(q), nr, scale, &mut s, g, i),
+                    _ => score_tile::<1>(ks, std::array::from_fn(q), nr, scale, &mut s, g, i),
                 }
                 g += m;
             }
+            i += nr;
         }
         // Fold the block into the running softmax.
         for g in 0..groups {
@@ -192,16 +217,17 @@ fn attend_partial(
             }
             p.max[g] = new_max;
         }
-        for i in 0..len {
-            let v = &row(i)[value_offset..value_offset + value_len];
-            for g in 0..groups {
-                simd::axpy(
-                    s[g * BLOCK_ROWS + i],
-                    v,
-                    &mut p.out[g * value_len..(g + 1) * value_len],
-                );
-            }
-        }
+        simd::accumulate_rows(
+            &s,
+            BLOCK_ROWS,
+            groups,
+            block,
+            row_width,
+            value_offset,
+            len,
+            value_len,
+            &mut p.out,
+        );
         b0 += len;
     }
     p
@@ -259,7 +285,8 @@ pub fn attend_group_split(
         .div_ceil(SPLIT_ROWS)
         .min(rayon::current_num_threads() * 2)
         .max(1);
-    let per = n_ctx.div_ceil(parts);
+    // Parts start on multiples of BLOCK_ROWS so f32 rows are read in place, not copied.
+    let per = n_ctx.div_ceil(parts).next_multiple_of(BLOCK_ROWS);
     let partials: Vec<Partial> = (0..parts)
         .into_par_iter()
         .map(|p| {

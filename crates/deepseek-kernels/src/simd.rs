@@ -157,6 +157,76 @@ pub fn axpy_bf16(alpha: f32, w: &[u16], y: &mut [f32]) {
     }
 }
 
+/// `out[g·len..][..len] += Σ_r w[g·ws + r] · rows[r·stride + offset..][..len]` for every group
+/// `g < groups` and row `r < n`: the value pass of attention (each row loaded once for all
+/// groups; each group's output chunk stays in a register across the rows).
+#[allow(clippy::too_many_arguments)]
+pub fn accumulate_rows(
+    w: &[f32],
+    ws: usize,
+    groups: usize,
+    rows: &[f32],
+    stride: usize,
+    offset: usize,
+    n: usize,
+    len: usize,
+    out: &mut [f32],
+) {
+    if groups == 0 || n == 0 || len == 0 {
+        return;
+    }
+    assert!(out.len() >= groups * len, "accumulate_rows: out too short");
+    assert!(
+        w.len() >= (groups - 1) * ws + n,
+        "accumulate_rows: weights too short"
+    );
+    assert!(
+        rows.len() >= (n - 1) * stride + offset + len,
+        "accumulate_rows: rows too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512 {
+        // SAFETY: AVX-512F is present; every access is inside the slices checked above.
+        unsafe {
+            x86::accumulate_rows_avx512(w, ws, groups, rows, stride, offset, n, len, out);
+        }
+        return;
+    }
+    for g in 0..groups {
+        for r in 0..n {
+            axpy(
+                w[g * ws + r],
+                &rows[r * stride + offset..][..len],
+                &mut out[g * len..(g + 1) * len],
+            );
+        }
+    }
+}
+
+/// Plain reference of [`accumulate_rows`].
+#[allow(clippy::too_many_arguments)]
+pub fn accumulate_rows_reference(
+    w: &[f32],
+    ws: usize,
+    groups: usize,
+    rows: &[f32],
+    stride: usize,
+    offset: usize,
+    n: usize,
+    len: usize,
+    out: &mut [f32],
+) {
+    for g in 0..groups {
+        for c in 0..len {
+            let mut s = out[g * len + c] as f64;
+            for r in 0..n {
+                s += w[g * ws + r] as f64 * rows[r * stride + offset + c] as f64;
+            }
+            out[g * len + c] = s as f32;
+        }
+    }
+}
+
 /// `y += alpha * x`.
 pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yv, &xv) in y.iter_mut().zip(x) {
@@ -167,6 +237,83 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    /// See [`super::accumulate_rows`]; slices already checked by the caller.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn accumulate_rows_avx512(
+        w: &[f32],
+        ws: usize,
+        groups: usize,
+        rows: &[f32],
+        stride: usize,
+        offset: usize,
+        n: usize,
+        len: usize,
+        out: &mut [f32],
+    ) {
+        #[target_feature(enable = "avx512f")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn tile<const G: usize>(
+            w: *const f32,
+            ws: usize,
+            rows: *const f32,
+            stride: usize,
+            n: usize,
+            m: __mmask16,
+            out: *mut f32,
+            len: usize,
+        ) {
+            let mut acc = [_mm512_setzero_ps(); G];
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_maskz_loadu_ps(m, out.add(j * len));
+            }
+            for r in 0..n {
+                let v = _mm512_maskz_loadu_ps(m, rows.add(r * stride));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*w.add(j * ws + r)), v, *a);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(out.add(j * len), m, *a);
+            }
+        }
+        let mut c = 0;
+        while c < len {
+            let left = len - c;
+            let m: __mmask16 = if left >= 16 {
+                0xFFFF
+            } else {
+                ((1u32 << left) - 1) as u16
+            };
+            let rp = rows.as_ptr().add(offset + c);
+            let mut g = 0;
+            while g < groups {
+                let wp = w.as_ptr().add(g * ws);
+                let op = out.as_mut_ptr().add(g * len + c);
+                let take = match groups - g {
+                    16.. => {
+                        tile::<16>(wp, ws, rp, stride, n, m, op, len);
+                        16
+                    }
+                    8.. => {
+                        tile::<8>(wp, ws, rp, stride, n, m, op, len);
+                        8
+                    }
+                    4.. => {
+                        tile::<4>(wp, ws, rp, stride, n, m, op, len);
+                        4
+                    }
+                    _ => {
+                        tile::<1>(wp, ws, rp, stride, n, m, op, len);
+                        1
+                    }
+                };
+                g += take;
+            }
+            c += 16;
+        }
+    }
 
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -309,6 +456,33 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn accumulate_rows_matches_reference() {
+        for (groups, n, len, stride, offset) in [
+            (16, 64, 512, 576, 0),
+            (19, 7, 40, 50, 3),
+            (3, 1, 5, 9, 2),
+            (8, 33, 64, 256, 128),
+        ] {
+            let ws = n + 3;
+            let w: Vec<f32> = (0..groups * ws)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+                .collect();
+            let rows: Vec<f32> = (0..n * stride + offset + len)
+                .map(|i| ((i * 11 % 17) as f32 - 8.0) / 9.0)
+                .collect();
+            let init: Vec<f32> = (0..groups * len).map(|i| (i % 5) as f32 * 0.1).collect();
+            let mut got = init.clone();
+            accumulate_rows(&w, ws, groups, &rows, stride, offset, n, len, &mut got);
+            let mut want = init;
+            accumulate_rows_reference(&w, ws, groups, &rows, stride, offset, n, len, &mut want);
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-4, "{groups}x{n}x{len}: {a} vs {b}");
+            }
+        }
+    }
+
     use super::*;
 
     /// Every ISA path this CPU has, against the scalar code (the dispatcher only ever picks the
