@@ -67,6 +67,25 @@ pub struct Request {
     pub candidates: Vec<u32>,
 }
 
+impl Request {
+    /// Greedy generation of up to `max_new_tokens` after `prompt`, stopping at end-of-sequence;
+    /// the other fields are off (set what a caller needs).
+    pub fn new(prompt: Vec<u32>, max_new_tokens: usize) -> Self {
+        Request {
+            prompt,
+            max_new_tokens,
+            sampling: SamplingParams::default(),
+            stop: vec![],
+            stop_on_eos: true,
+            logprobs: None,
+            constraint: None,
+            keep_special: false,
+            prompt_logprobs: false,
+            candidates: vec![],
+        }
+    }
+}
+
 /// A generated token's log-probability, and the most likely alternatives.
 #[derive(Clone, Debug)]
 pub struct TokenLogprob {
@@ -392,38 +411,13 @@ impl Scheduler {
                 .map(|&i| Self::new_blocks(&self.active[i], 1))
                 .sum();
             self.make_room(need);
-            let toks: Vec<[u32; 1]> = decoding
+            let toks: Vec<Vec<u32>> = decoding
                 .iter()
-                .map(|&i| [self.active[i].pending.unwrap_or(0)])
+                .map(|&i| vec![self.active[i].pending.unwrap_or(0)])
                 .collect();
-            let mut caches: Vec<SequenceCache> = decoding
-                .iter()
-                .map(|&i| std::mem::take(&mut self.active[i].cache))
-                .collect();
-            let result = {
-                let mut steps: Vec<SeqStep> = toks
-                    .iter()
-                    .zip(caches.iter_mut())
-                    .map(|(t, c)| SeqStep {
-                        tokens: t,
-                        cache: c,
-                    })
-                    .collect();
-                self.model.forward(
-                    &mut self.pool,
-                    &mut steps,
-                    LogitsFor::LastToken,
-                    PrefillPath::Auto,
-                    None,
-                )
-            };
-            for (&i, c) in decoding.iter().zip(caches) {
-                let s = &mut self.active[i];
-                s.blocks_to_come = s
-                    .blocks_to_come
-                    .saturating_sub(c.block_table.len() - s.cache.block_table.len());
-                s.cache = c;
-                s.pending = None;
+            let result = self.forward(&decoding, &toks, LogitsFor::LastToken);
+            for &i in &decoding {
+                self.active[i].pending = None;
             }
             self.stats
                 .last_batch
@@ -498,38 +492,16 @@ impl Scheduler {
                 .iter()
                 .map(|&(i, a, b)| self.active[i].tokens[a..b].to_vec())
                 .collect();
-            let mut caches: Vec<SequenceCache> = batch
-                .iter()
-                .map(|&(i, _, _)| std::mem::take(&mut self.active[i].cache))
-                .collect();
-            let result = {
-                let mut steps: Vec<SeqStep> = chunks
-                    .iter()
-                    .zip(caches.iter_mut())
-                    .map(|(t, c)| SeqStep {
-                        tokens: t,
-                        cache: c,
-                    })
-                    .collect();
-                self.model.forward(
-                    &mut self.pool,
-                    &mut steps,
-                    if all {
-                        LogitsFor::AllTokens
-                    } else {
-                        LogitsFor::LastToken
-                    },
-                    PrefillPath::Auto,
-                    None,
-                )
-            };
-            for (&(i, _, _), c) in batch.iter().zip(caches) {
-                let s = &mut self.active[i];
-                s.blocks_to_come = s
-                    .blocks_to_come
-                    .saturating_sub(c.block_table.len() - s.cache.block_table.len());
-                s.cache = c;
-            }
+            let seqs: Vec<usize> = batch.iter().map(|&(i, _, _)| i).collect();
+            let result = self.forward(
+                &seqs,
+                &chunks,
+                if all {
+                    LogitsFor::AllTokens
+                } else {
+                    LogitsFor::LastToken
+                },
+            );
             match result {
                 Ok(logits) => {
                     let vocab = self.model.config.vocab_size;
@@ -567,6 +539,45 @@ impl Scheduler {
         }
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         self.retire_done();
+    }
+
+    /// One forward over `tokens[k]` for sequence `seqs[k]`: their caches are lent to the model
+    /// and put back, with the blocks they took off their reservation.
+    fn forward(
+        &mut self,
+        seqs: &[usize],
+        tokens: &[Vec<u32>],
+        logits_for: LogitsFor,
+    ) -> Result<Vec<f32>, deepseek_model::ModelError> {
+        let mut caches: Vec<SequenceCache> = seqs
+            .iter()
+            .map(|&i| std::mem::take(&mut self.active[i].cache))
+            .collect();
+        let result = {
+            let mut steps: Vec<SeqStep> = tokens
+                .iter()
+                .zip(caches.iter_mut())
+                .map(|(t, c)| SeqStep {
+                    tokens: t,
+                    cache: c,
+                })
+                .collect();
+            self.model.forward(
+                &mut self.pool,
+                &mut steps,
+                logits_for,
+                PrefillPath::Auto,
+                None,
+            )
+        };
+        for (&i, c) in seqs.iter().zip(caches) {
+            let s = &mut self.active[i];
+            s.blocks_to_come = s
+                .blocks_to_come
+                .saturating_sub(c.block_table.len() - s.cache.block_table.len());
+            s.cache = c;
+        }
+        result
     }
 
     /// Samples sequence `i`'s next token from `logits` and sends it on.

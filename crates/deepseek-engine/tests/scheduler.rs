@@ -19,18 +19,7 @@ fn nano() -> PathBuf {
 }
 
 fn request(prompt: Vec<u32>, n: usize) -> Request {
-    Request {
-        prompt,
-        max_new_tokens: n,
-        sampling: SamplingParams::default(),
-        stop: vec![],
-        stop_on_eos: true,
-        logprobs: None,
-        constraint: None,
-        keep_special: false,
-        prompt_logprobs: false,
-        candidates: vec![],
-    }
+    Request::new(prompt, n)
 }
 
 struct Outcome {

@@ -56,21 +56,6 @@ fn wait(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Result<Vec<Even
 }
 
 impl EngineModel {
-    fn request(&self, prompt: Vec<u32>) -> Request {
-        Request {
-            prompt,
-            max_new_tokens: 0,
-            sampling: SamplingParams::default(),
-            stop: vec![],
-            stop_on_eos: true,
-            logprobs: None,
-            constraint: None,
-            keep_special: false,
-            prompt_logprobs: false,
-            candidates: vec![],
-        }
-    }
-
     fn encode(&self, text: &str) -> Result<Vec<u32>, EvalError> {
         self.tokenizer
             .encode(text, true)
@@ -106,14 +91,14 @@ impl EvalModel for EngineModel {
                 .iter()
                 .all(|w| w.len() == ctx.len() + 1 && w[..ctx.len()] == ctx[..]);
             if single {
-                let mut q = self.request(ctx);
+                let mut q = Request::new(ctx, 0);
                 q.candidates = wholes.iter().map(|w| w[w.len() - 1]).collect();
                 plans.push(Plan::Candidates(self.submit(q)?));
             } else {
                 let mut v = vec![];
                 for w in wholes {
                     let start = ctx.len().min(w.len() - 1).max(1);
-                    let mut q = self.request(w);
+                    let mut q = Request::new(w, 0);
                     q.prompt_logprobs = true;
                     v.push((self.submit(q)?, start));
                 }
@@ -158,8 +143,7 @@ impl EvalModel for EngineModel {
     fn generate(&mut self, reqs: &[GenRequest]) -> Result<Vec<String>, EvalError> {
         let mut rxs = vec![];
         for r in reqs {
-            let mut q = self.request(self.encode(&r.prompt)?);
-            q.max_new_tokens = r.max_tokens;
+            let mut q = Request::new(self.encode(&r.prompt)?, r.max_tokens);
             q.stop = r.stop.clone();
             q.sampling = SamplingParams {
                 temperature: r.temperature,
