@@ -233,7 +233,6 @@ pub fn spawn(
         active: vec![],
         stats: stats.clone(),
         rx,
-        arrivals: 0,
     };
     let thread = std::thread::Builder::new()
         .name("scheduler".into())
@@ -259,7 +258,6 @@ struct Sequence {
     /// The prefix cache was consulted (at the first prefill step).
     looked_up: bool,
     done: bool,
-    arrival: u64,
 }
 
 struct Scheduler {
@@ -273,7 +271,6 @@ struct Scheduler {
     active: Vec<Sequence>,
     stats: Arc<Stats>,
     rx: mpsc::Receiver<Msg>,
-    arrivals: u64,
 }
 
 impl Scheduler {
@@ -367,7 +364,6 @@ impl Scheduler {
                 .prompt_tokens
                 .fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
             let keep_special = req.keep_special;
-            self.arrivals += 1;
             self.active.push(Sequence {
                 sampler: Sampler::new(req.sampling.clone()),
                 text: TextOutput::new(&req.stop, !keep_special),
@@ -381,7 +377,6 @@ impl Scheduler {
                 pending: None,
                 blocks_to_come,
                 done: false,
-                arrival: self.arrivals,
             });
         }
     }
@@ -671,22 +666,22 @@ impl Scheduler {
     /// Finished sequences leave: their computed blocks go to the prefix cache, the rest back
     /// to the pool.
     fn retire_done(&mut self) {
-        let mut k = 0;
-        while k < self.active.len() {
-            if self.active[k].done {
-                let mut s = self.active.swap_remove(k);
-                // Prompt and generated rows alike: the next turn of a chat starts with them.
-                let n = s.cache.len.min(s.tokens.len());
-                if !s.events.is_closed() {
-                    self.prefix.insert(&mut self.pool, &s.tokens[..n], &s.cache);
-                }
-                self.pool.release(&mut s.cache);
-            } else {
-                k += 1;
-            }
+        if !self.active.iter().any(|s| s.done) {
+            return;
         }
-        // swap_remove changed the order; keep prefill oldest-first.
-        self.active.sort_by_key(|s| s.arrival);
+        // Order kept (oldest first), so prefill stays first-come first-served.
+        let (done, running): (Vec<Sequence>, Vec<Sequence>) = std::mem::take(&mut self.active)
+            .into_iter()
+            .partition(|s| s.done);
+        self.active = running;
+        for mut s in done {
+            // Prompt and generated rows alike: the next turn of a chat starts with them.
+            let n = s.cache.len.min(s.tokens.len());
+            if !s.events.is_closed() {
+                self.prefix.insert(&mut self.pool, &s.tokens[..n], &s.cache);
+            }
+            self.pool.release(&mut s.cache);
+        }
     }
 
     fn publish_stats(&self) {

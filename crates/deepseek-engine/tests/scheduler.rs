@@ -18,10 +18,6 @@ fn nano() -> PathBuf {
         .expect("models/deepseek-coder-nano is missing")
 }
 
-fn request(prompt: Vec<u32>, n: usize) -> Request {
-    Request::new(prompt, n)
-}
-
 struct Outcome {
     cached: usize,
     ids: Vec<u32>,
@@ -102,12 +98,12 @@ fn batched_requests_match_one_at_a_time_and_prefixes_come_from_cache() {
         },
     );
     // Warm the prefix cache with the first prompt, then send all at once.
-    let first = collect(handle.submit(request(ids[0].clone(), n)).unwrap());
+    let first = collect(handle.submit(Request::new(ids[0].clone(), n)).unwrap());
     assert_eq!(first.cached, 0);
     assert_eq!(first.ids, alone[0]);
     let rxs: Vec<_> = ids
         .iter()
-        .map(|p| handle.submit(request(p.clone(), n)).unwrap())
+        .map(|p| handle.submit(Request::new(p.clone(), n)).unwrap())
         .collect();
     for (k, rx) in rxs.into_iter().enumerate() {
         let o = collect(rx);
@@ -148,10 +144,10 @@ fn stop_strings_json_mode_cancellation_and_limits() {
     let prompt = tok.encode("def main():\n", true).unwrap();
 
     // A stop string ends the text before it.
-    let free = collect(handle.submit(request(prompt.clone(), 40)).unwrap());
+    let free = collect(handle.submit(Request::new(prompt.clone(), 40)).unwrap());
     let stop_at = free.text.char_indices().nth(5).map(|(i, _)| i).unwrap();
     let stop = free.text[stop_at..].chars().take(2).collect::<String>();
-    let mut r = request(prompt.clone(), 40);
+    let mut r = Request::new(prompt.clone(), 40);
     r.stop = vec![stop.clone()];
     let stopped = collect(handle.submit(r).unwrap());
     assert_eq!(stopped.reason, Some(FinishReason::Stop));
@@ -160,7 +156,7 @@ fn stop_strings_json_mode_cancellation_and_limits() {
     // JSON mode: sampled output that parses as an object.
     let vocab = Arc::new(tok.token_bytes());
     for seed in 0..3 {
-        let mut r = request(prompt.clone(), 200);
+        let mut r = Request::new(prompt.clone(), 200);
         r.sampling = SamplingParams {
             temperature: 1.0,
             seed: Some(seed),
@@ -179,15 +175,15 @@ fn stop_strings_json_mode_cancellation_and_limits() {
 
     // Too large for the cache: refused up front.
     assert!(matches!(
-        handle.submit(request(prompt.clone(), 5000)),
+        handle.submit(Request::new(prompt.clone(), 5000)),
         Err(SubmitError::TooLarge { .. })
     ));
 
     // A dropped receiver cancels the sequence and its blocks come back.
-    let rx = handle.submit(request(prompt.clone(), 500)).unwrap();
+    let rx = handle.submit(Request::new(prompt.clone(), 500)).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(50));
     drop(rx);
-    let after = collect(handle.submit(request(prompt.clone(), 2)).unwrap());
+    let after = collect(handle.submit(Request::new(prompt.clone(), 2)).unwrap());
     assert_eq!(after.ids.len(), 2);
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert_eq!(handle.stats.running.load(Ordering::Relaxed), 0);

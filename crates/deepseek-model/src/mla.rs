@@ -335,20 +335,19 @@ impl MlaAttention {
             }
             let ctx = batch.position(tokens.end - 1) + 1;
             let rows = pool.layer_rows(cache, layer);
-            let mut latent_rows = vec![0.0; ctx * width];
+            // Split each cached row [c_kv | k_pe] once: latents for kv_b_proj, k_pe for keys.
+            let (mut latents, mut k_pes) = (vec![0.0; ctx * lora], vec![0.0; ctx * rdim]);
+            let mut row = vec![0.0; width];
             for c in 0..ctx {
-                rows.row_f32(c, &mut latent_rows[c * width..(c + 1) * width]);
-            }
-            let mut latents = vec![0.0; ctx * lora];
-            for c in 0..ctx {
-                latents[c * lora..(c + 1) * lora]
-                    .copy_from_slice(&latent_rows[c * width..c * width + lora]);
+                rows.row_f32(c, &mut row);
+                latents[c * lora..(c + 1) * lora].copy_from_slice(&row[..lora]);
+                k_pes[c * rdim..(c + 1) * rdim].copy_from_slice(&row[lora..]);
             }
             let mut kv = vec![0.0; ctx * h * (nope + vdim)];
             matmul(&self.kv_b_proj, &latents, ctx, &mut kv);
             let mut full = vec![0.0; ctx * h * head_w];
             for c in 0..ctx {
-                let k_pe = &latent_rows[c * width + lora..(c + 1) * width];
+                let k_pe = &k_pes[c * rdim..(c + 1) * rdim];
                 for hh in 0..h {
                     let src = &kv[(c * h + hh) * (nope + vdim)..][..nope + vdim];
                     let dst = &mut full[(c * h + hh) * head_w..][..head_w];

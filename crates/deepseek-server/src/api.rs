@@ -29,8 +29,9 @@ pub struct ResponseFormat {
     pub kind: String,
 }
 
-/// Fields chat and completions share (copied out of either request by `common()`).
-#[derive(Debug, Clone, Default)]
+/// Fields chat and completions share, read from the same body as the endpoint's own fields
+/// (not `#[serde(flatten)]`, which loses the field path in error messages).
+#[derive(Deserialize, Debug, Clone, Default)]
 pub struct Common {
     pub model: Option<String>,
     pub stream: Option<bool>,
@@ -48,61 +49,16 @@ pub struct Common {
     pub ignore_eos: Option<bool>,
 }
 
-/// Declares a request struct with the [`Common`] fields in it (not `#[serde(flatten)]`, which
-/// would lose the field path in error messages).
-macro_rules! request_with_common_fields {
-    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident: $t:ty,)* }) => {
-        $(#[$m])*
-        pub struct $name {
-            pub model: Option<String>,
-            pub stream: Option<bool>,
-            pub stream_options: Option<StreamOptions>,
-            pub max_tokens: Option<u64>,
-            pub temperature: Option<f32>,
-            pub top_p: Option<f32>,
-            pub stop: Option<Stop>,
-            pub seed: Option<u64>,
-            pub frequency_penalty: Option<f32>,
-            pub presence_penalty: Option<f32>,
-            pub n: Option<u64>,
-            pub user: Option<String>,
-            pub ignore_eos: Option<bool>,
-            $($(#[$fm])* pub $f: $t,)*
-        }
-
-        impl $name {
-            pub fn common(&self) -> Common {
-                Common {
-                    model: self.model.clone(),
-                    stream: self.stream,
-                    stream_options: self.stream_options.clone(),
-                    max_tokens: self.max_tokens,
-                    temperature: self.temperature,
-                    top_p: self.top_p,
-                    stop: self.stop.clone(),
-                    seed: self.seed,
-                    frequency_penalty: self.frequency_penalty,
-                    presence_penalty: self.presence_penalty,
-                    n: self.n,
-                    user: self.user.clone(),
-                    ignore_eos: self.ignore_eos,
-                }
-            }
-        }
-    };
-}
-
-request_with_common_fields! {
-    #[derive(Deserialize, Debug, Clone)]
-    pub struct ChatRequest {
-        pub messages: Vec<Value>,
-        pub max_completion_tokens: Option<u64>,
-        pub logprobs: Option<bool>,
-        pub top_logprobs: Option<u64>,
-        pub response_format: Option<ResponseFormat>,
-        pub tools: Option<Vec<Value>>,
-        pub tool_choice: Option<Value>,
-    }
+/// Chat's own fields.
+#[derive(Deserialize, Debug, Clone)]
+pub struct ChatRequest {
+    pub messages: Vec<Value>,
+    pub max_completion_tokens: Option<u64>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u64>,
+    pub response_format: Option<ResponseFormat>,
+    pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
 }
 
 /// `prompt`: a string, a list with one string, or token ids.
@@ -115,14 +71,13 @@ pub enum Prompt {
     IdLists(Vec<Vec<u32>>),
 }
 
-request_with_common_fields! {
-    #[derive(Deserialize, Debug, Clone)]
-    pub struct CompletionRequest {
-        pub prompt: Prompt,
-        pub suffix: Option<String>,
-        pub echo: Option<bool>,
-        pub logprobs: Option<u64>,
-    }
+/// Completions' own fields.
+#[derive(Deserialize, Debug, Clone)]
+pub struct CompletionRequest {
+    pub prompt: Prompt,
+    pub suffix: Option<String>,
+    pub echo: Option<bool>,
+    pub logprobs: Option<u64>,
 }
 
 fn range(param: &str, v: Option<f32>, lo: f32, hi: f32) -> Result<(), ApiError> {

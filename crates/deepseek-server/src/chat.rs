@@ -13,7 +13,7 @@ use deepseek_engine::scheduler::{Event, Request, TokenLogprob};
 use deepseek_engine::FinishReason;
 use serde_json::{json, Value};
 
-use crate::api::{check_messages, normalize_messages, ChatRequest};
+use crate::api::{check_messages, normalize_messages, ChatRequest, Common};
 use crate::error::{parse_body, ApiError};
 use crate::run::{self, Collected, DEFAULT_MAX_TOKENS};
 use crate::tools::{self, ToolCall, CALLS_BEGIN, CALL_BEGIN, CALL_END, SEP};
@@ -87,7 +87,7 @@ fn read_output(c: &Collected, plan: &Plan) -> (String, Vec<ToolCall>) {
 pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let req: ChatRequest = parse_body(&body)?;
-    let common = req.common();
+    let common: Common = parse_body(&body)?;
     common.validate()?;
     check_messages(&req.messages)?;
     let Some(template) = &st.template else {
@@ -114,7 +114,12 @@ pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
             "`tool_choice` asks for a tool call but `tools` is empty",
         ));
     }
-    let renders_tools = st.template_source.contains("tools");
+    // Does the template show tools to the model itself? (DeepSeek-V3's does not.)
+    let renders_tools = st
+        .tokenizer
+        .chat_template
+        .as_deref()
+        .is_some_and(|t| t.contains("tools"));
     if use_tools && !renders_tools {
         // The template does not show tools to the model: say what they are in the system prompt.
         let desc = tools::describe(&tool_list);
@@ -203,7 +208,7 @@ pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
         .encode(&prompt_text, false)
         .map_err(|e| ApiError::invalid("messages".to_string(), e.to_string()))?;
     let asked = req.max_completion_tokens.or(common.max_tokens);
-    let max_new_tokens = run::max_tokens(&st, prompt.len(), asked, DEFAULT_MAX_TOKENS)?;
+    let max_new_tokens = run::max_tokens(&st, prompt.len(), asked, DEFAULT_MAX_TOKENS, "messages")?;
     let plan = Plan {
         tools: use_tools,
         forced: forced_names.is_some(),

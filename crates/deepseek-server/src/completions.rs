@@ -12,7 +12,7 @@ use axum::Json;
 use deepseek_engine::scheduler::{Event, Request, TokenLogprob};
 use serde_json::{json, Map, Value};
 
-use crate::api::{CompletionRequest, Prompt};
+use crate::api::{Common, CompletionRequest, Prompt};
 use crate::error::{parse_body, ApiError};
 use crate::run::{self, Collected};
 use crate::{AppState, SYSTEM_FINGERPRINT};
@@ -128,7 +128,7 @@ fn legacy_logprobs(
 pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let arrived = Instant::now();
     let req: CompletionRequest = parse_body(&body)?;
-    let common = req.common();
+    let common: Common = parse_body(&body)?;
     common.validate()?;
     let (prompt, prompt_text) = prompt_ids(&st, &req)?;
     let echo = req.echo.unwrap_or(false);
@@ -147,7 +147,13 @@ pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
             "`echo` cannot be combined with `suffix`",
         ));
     }
-    let max_new_tokens = run::max_tokens(&st, prompt.len(), common.max_tokens, DEFAULT_MAX_TOKENS)?;
+    let max_new_tokens = run::max_tokens(
+        &st,
+        prompt.len(),
+        common.max_tokens,
+        DEFAULT_MAX_TOKENS,
+        "prompt",
+    )?;
     let prompt_ids = prompt.clone();
     let rx = run::submit(
         &st,

@@ -35,8 +35,6 @@ pub struct AppState {
     pub scheduler: SchedulerHandle,
     pub tokenizer: Arc<Tokenizer>,
     pub template: Option<ChatTemplate>,
-    /// The template's source (to see whether it renders `tools` itself).
-    pub template_source: String,
     /// Bytes of every token (JSON mode, logprobs).
     pub token_bytes: Arc<Vec<Option<Vec<u8>>>>,
     /// The name `/v1/models` reports and responses carry.
@@ -57,7 +55,6 @@ impl AppState {
         context: usize,
         api_key: Option<String>,
     ) -> Result<Self, deepseek_engine::EngineError> {
-        let template_source = tokenizer.chat_template.clone().unwrap_or_default();
         let template = match &tokenizer.chat_template {
             Some(src) => Some(ChatTemplate::new(
                 src,
@@ -71,7 +68,6 @@ impl AppState {
             token_bytes: Arc::new(tokenizer.token_bytes()),
             tokenizer,
             template,
-            template_source,
             model_name,
             context,
             api_key,

@@ -19,12 +19,14 @@ use crate::AppState;
 pub const DEFAULT_MAX_TOKENS: usize = 4096;
 
 /// `max_tokens` for a prompt of `prompt_tokens`: the request's, checked against the context,
-/// or what is left of the context (at most [`DEFAULT_MAX_TOKENS`]).
+/// or what is left of the context (at most `default`). `prompt_param` names the prompt's field
+/// in errors (`messages` or `prompt`).
 pub fn max_tokens(
     st: &AppState,
     prompt_tokens: usize,
     asked: Option<u64>,
     default: usize,
+    prompt_param: &str,
 ) -> Result<usize, ApiError> {
     let ctx = st.context;
     match asked {
@@ -38,7 +40,7 @@ pub fn max_tokens(
         .with_code("context_length_exceeded")),
         Some(m) => Ok(m as usize),
         None if prompt_tokens >= ctx => Err(ApiError::invalid(
-            "messages".to_string(),
+            prompt_param.to_string(),
             format!(
                 "this model's maximum context length is {ctx} tokens; the prompt alone has {prompt_tokens}"
             ),
