@@ -6,6 +6,7 @@
 //!
 //! Each hot kernel has a plain scalar reference beside it (`*_reference`) and a test against it.
 
+pub mod amx;
 pub mod attention;
 pub mod matrix;
 pub mod ops;

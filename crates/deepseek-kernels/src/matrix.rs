@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::quant::{self, QuantType, QuantizedActivations};
 use crate::repack;
-use crate::simd;
+use crate::{amx, simd};
 
 /// Storage format of a weight matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,14 +352,7 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
         .max(min_rows)
         .next_multiple_of(8)
         .min(rows);
-    // Quantized weights take 8-bit activations, quantized once for all row chunks.
-    let qx = match w.data {
-        MatrixData::Quant { .. } | MatrixData::Grouped { .. } if !quant::exact_activations() => {
-            Some(QuantizedActivations::new(x, cols))
-        }
-        _ => None,
-    };
-    let act = Act { x, q: qx.as_ref() };
+    let act = Act::new(w, x, n);
     if threads == 1 || chunk >= rows {
         rows_kernel(w, 0, rows, &act, n, out, rows);
         return;
@@ -393,10 +386,47 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     }
 }
 
-/// The activations of a matmul: f32, and their 8-bit form when the weights are quantized.
+/// The activations of a matmul: f32, their 8-bit form when the weights are quantized, their
+/// bf16 hi/lo split when bf16 weights go through AMX.
 struct Act<'a> {
     x: &'a [f32],
-    q: Option<&'a QuantizedActivations>,
+    q: Option<QuantizedActivations>,
+    split: Option<amx::SplitActivations>,
+}
+
+impl<'a> Act<'a> {
+    /// Prepares the forms `w`'s kernels read, once for all row chunks.
+    fn new(w: &Matrix, x: &'a [f32], n: usize) -> Self {
+        let q = match w.data {
+            MatrixData::Quant { .. } | MatrixData::Grouped { .. }
+                if !quant::exact_activations() =>
+            {
+                Some(QuantizedActivations::new(x, w.cols))
+            }
+            _ => None,
+        };
+        let split = match w.data {
+            MatrixData::BF16(_) if n >= amx_min_tokens() && amx::available() => {
+                Some(amx::SplitActivations::new(x, n, w.cols))
+            }
+            _ => None,
+        };
+        Act { x, q, split }
+    }
+}
+
+/// Fewest tokens for which a bf16 matmul uses AMX rather than the FMA tiles
+/// (`DEEPSEEK_AMX_MIN_TOKENS` overrides, for measuring).
+fn amx_min_tokens() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::env::var("DEEPSEEK_AMX_MIN_TOKENS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            // Below ~16 tokens the FMA tiles stream weights faster than AMX's strided tile
+            // loads (`examples/amx_speed`: equal at 8, FMA 2.3x faster at 4, AMX 1.6x at 16).
+            .unwrap_or(16)
+    })
 }
 
 /// Rows `r0..r0+nr` of `w` against `n` tokens; `out[t * ld + r]` (r relative to `r0`).
@@ -421,7 +451,7 @@ fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut 
         MatrixData::Quant { ty, data } => {
             let rb = ty.row_bytes(w.cols);
             let d = data.as_slice();
-            let Some(qx) = act.q else {
+            let Some(qx) = act.q.as_ref() else {
                 // Exact mode: dequantize each row once, f32 dot products.
                 let mut wr = vec![0.0; w.cols];
                 for r in 0..nr {
@@ -451,7 +481,10 @@ fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut 
             }
         }
         MatrixData::F32(b) => rows_tiled(b.as_slice(), w.cols, r0, nr, x, n, out, ld),
-        MatrixData::BF16(b) => rows_tiled(b.as_slice(), w.cols, r0, nr, x, n, out, ld),
+        MatrixData::BF16(b) => match &act.split {
+            Some(split) => amx::gemm_rows(b.as_slice(), w.cols, r0, nr, split, out, ld),
+            None => rows_tiled(b.as_slice(), w.cols, r0, nr, x, n, out, ld),
+        },
         MatrixData::F16(b) => {
             // Rare format: plain per-row dot products.
             let cols = w.cols;
@@ -482,7 +515,7 @@ fn rows_grouped(
     ld: usize,
 ) {
     let gb = layout.group_bytes(cols);
-    let qx = act.q.expect("quantized activations");
+    let qx = act.q.as_ref().expect("quantized activations");
     let g = repack::GROUP;
     debug_assert!(r0.is_multiple_of(g) && nr.is_multiple_of(g));
     for gi in 0..nr / g {
@@ -642,13 +675,7 @@ pub fn matmul_transposed(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
 pub fn matmul_serial(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), n * w.cols);
     assert_eq!(out.len(), n * w.rows);
-    let qx = match w.data {
-        MatrixData::Quant { .. } | MatrixData::Grouped { .. } if !quant::exact_activations() => {
-            Some(QuantizedActivations::new(x, w.cols))
-        }
-        _ => None,
-    };
-    let act = Act { x, q: qx.as_ref() };
+    let act = Act::new(w, x, n);
     rows_kernel(w, 0, w.rows, &act, n, out, w.rows);
 }
 
