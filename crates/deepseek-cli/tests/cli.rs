@@ -489,3 +489,45 @@ fn eval_runs_each_benchmark_end_to_end_and_resumes() {
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("partial results of another run"));
 }
+
+#[test]
+fn generate_suffix_fills_the_middle_of_the_bundled_model() {
+    // --suffix builds DeepSeek-Coder's FIM prompt: the same tokens as writing it out by hand.
+    let (prefix, suffix) = (
+        "def add(a, b):\n    ",
+        "\n\n\ndef sub(a, b):\n    return a - b\n",
+    );
+    let by_flag = deepseek(&[
+        "generate", "--prompt", prefix, "--suffix", suffix, "-n", "12", "--json",
+    ]);
+    assert!(
+        by_flag.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_flag.stderr)
+    );
+    let written = format!("<｜fim▁begin｜>{prefix}<｜fim▁hole｜>{suffix}<｜fim▁end｜>");
+    let by_hand = deepseek(&["generate", "--prompt", &written, "-n", "12", "--json"]);
+    assert!(by_hand.status.success());
+    let ids = |o: &Output| {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v["token_ids"].clone(), v["prompt_tokens"].clone())
+    };
+    assert_eq!(ids(&by_flag), ids(&by_hand));
+    // A model without FIM tokens is a one-line error naming the flag.
+    let out = deepseek(&[
+        "generate",
+        "--model",
+        &fixture("llm67b_gqa_bf16"),
+        "--prompt",
+        "a",
+        "--suffix",
+        "b",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--suffix") || err.contains("tokenizer"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -8,6 +8,11 @@ use serde_json::Value;
 
 use crate::EngineError;
 
+/// DeepSeek-Coder's fill-in-the-middle tokens.
+pub const FIM_BEGIN: &str = "<｜fim▁begin｜>";
+pub const FIM_HOLE: &str = "<｜fim▁hole｜>";
+pub const FIM_END: &str = "<｜fim▁end｜>";
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub bos_token: Option<String>,
@@ -168,6 +173,23 @@ impl Tokenizer {
         }
         ids.extend_from_slice(enc.get_ids());
         Ok(ids)
+    }
+
+    /// A fill-in-the-middle prompt in DeepSeek-Coder's prefix-suffix-middle form:
+    /// `[BOS] <｜fim▁begin｜> prefix <｜fim▁hole｜> suffix <｜fim▁end｜>`; the model then writes the
+    /// middle (and EOS). `None` when this tokenizer has no FIM tokens.
+    pub fn encode_fim(&self, prefix: &str, suffix: &str) -> Result<Option<Vec<u32>>, EngineError> {
+        let fim = [FIM_BEGIN, FIM_HOLE, FIM_END].map(|t| self.token_to_id(t));
+        let [Some(begin), Some(hole), Some(end)] = fim else {
+            return Ok(None);
+        };
+        let mut ids = self.encode("", true)?;
+        ids.push(begin);
+        ids.extend(self.encode(prefix, false)?);
+        ids.push(hole);
+        ids.extend(self.encode(suffix, false)?);
+        ids.push(end);
+        Ok(Some(ids))
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, EngineError> {

@@ -20,10 +20,6 @@ use crate::{AppState, SYSTEM_FINGERPRINT};
 /// OpenAI's default for the legacy endpoint.
 const DEFAULT_MAX_TOKENS: usize = 16;
 
-pub const FIM_BEGIN: &str = "<｜fim▁begin｜>";
-pub const FIM_HOLE: &str = "<｜fim▁hole｜>";
-pub const FIM_END: &str = "<｜fim▁end｜>";
-
 /// The prompt's token ids (and its text, for echo).
 fn prompt_ids(st: &AppState, req: &CompletionRequest) -> Result<(Vec<u32>, String), ApiError> {
     let vocab = st.tokenizer.vocab_size();
@@ -60,32 +56,21 @@ fn prompt_ids(st: &AppState, req: &CompletionRequest) -> Result<(Vec<u32>, Strin
         }
     };
     let tok = &st.tokenizer;
-    let encode = |s: &str| {
-        tok.encode(s, false)
-            .map_err(|e| ApiError::invalid("prompt".to_string(), e.to_string()))
-    };
-    let mut ids = vec![];
-    if tok.add_bos_token {
-        ids.extend(tok.bos_id);
-    }
-    match &req.suffix {
-        Some(suffix) => {
-            // DeepSeek-Coder's prefix-suffix-middle: the model writes the middle.
-            let fim = [FIM_BEGIN, FIM_HOLE, FIM_END].map(|t| tok.token_to_id(t));
-            let [Some(begin), Some(hole), Some(end)] = fim else {
-                return Err(ApiError::invalid(
+    let ids = match &req.suffix {
+        // DeepSeek-Coder's prefix-suffix-middle: the model writes the middle.
+        Some(suffix) => tok
+            .encode_fim(&text, suffix)
+            .map_err(|e| ApiError::invalid("suffix".to_string(), e.to_string()))?
+            .ok_or_else(|| {
+                ApiError::invalid(
                     "suffix".to_string(),
                     "this model's tokenizer has no fill-in-the-middle tokens (<｜fim▁begin｜>, <｜fim▁hole｜>, <｜fim▁end｜>); drop `suffix`",
-                ));
-            };
-            ids.push(begin);
-            ids.extend(encode(&text)?);
-            ids.push(hole);
-            ids.extend(encode(suffix)?);
-            ids.push(end);
-        }
-        None => ids.extend(encode(&text)?),
-    }
+                )
+            })?,
+        None => tok
+            .encode(&text, true)
+            .map_err(|e| ApiError::invalid("prompt".to_string(), e.to_string()))?,
+    };
     if ids.is_empty() {
         return Err(bad("`prompt` is empty".into()));
     }

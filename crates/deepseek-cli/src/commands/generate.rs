@@ -1,6 +1,6 @@
 use std::io::Write;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use deepseek_engine::{GenerateOptions, Generator, SamplingParams};
 
 use crate::common::{load_model, maybe_tokenizer, parse_token_ids, ModelArg};
@@ -83,6 +83,10 @@ pub struct Args {
     /// Prompt as token ids instead, e.g. 0,5,7.
     #[arg(long, value_name = "IDS")]
     token_ids: Option<String>,
+    /// Fill in the middle: the text after the hole. The prompt is the text before it, and the
+    /// model writes what goes between (DeepSeek-Coder's <｜fim▁begin｜>…<｜fim▁hole｜>…<｜fim▁end｜>).
+    #[arg(long, requires = "prompt")]
+    suffix: Option<String>,
     #[command(flatten)]
     sampling: SamplingArgs,
     /// Print one JSON object: {"token_ids": [...], "text": "...", ...}.
@@ -97,9 +101,15 @@ pub fn run(a: Args) -> Result<()> {
     let model = load_model(&dir)?;
     let prompt = match (&a.prompt, &a.token_ids) {
         (_, Some(ids)) => parse_token_ids(ids, model.config.vocab_size)?,
-        (Some(text), None) => match &tokenizer {
-            Some(t) => t.encode(text, true)?,
-            None => bail!(
+        (Some(text), None) => match (&tokenizer, &a.suffix) {
+            (Some(t), None) => t.encode(text, true)?,
+            (Some(t), Some(suffix)) => t.encode_fim(text, suffix)?.with_context(|| {
+                format!(
+                    "--suffix: the tokenizer in {} has no fill-in-the-middle tokens",
+                    dir.display()
+                )
+            })?,
+            (None, _) => bail!(
                 "{} has no tokenizer.json: use --token-ids instead of --prompt",
                 dir.display()
             ),
@@ -130,6 +140,10 @@ pub fn run(a: Args) -> Result<()> {
                                "completion_tokens": out.token_ids.len(), "finish_reason": out.finish_reason.as_str()})
         );
     } else {
+        if let Some(suffix) = &a.suffix {
+            // The filled middle in place: prefix, middle, suffix.
+            print!("{suffix}");
+        }
         if gen.tokenizer.is_none() {
             print!(
                 "{}",
