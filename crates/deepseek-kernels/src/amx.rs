@@ -341,7 +341,7 @@ mod x86 {
     }
 
     /// One or two 16-row weight panels against token tiles `tb..tb_end`, two token tiles at a
-    /// time (a missing second panel or tile repeats the first and is not stored):
+    /// time (a missing second panel repeats the first and is not stored):
     /// `out[t * ld + 16 * panel + r]`.
     ///
     /// # Safety
@@ -364,6 +364,7 @@ mod x86 {
         asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
         let mut ti = tb;
         while ti < tb_end {
+            // Two token tiles per pass, or a lone last one (then `tj == ti`).
             let tj = if ti + 1 < tb_end { ti + 1 } else { ti };
             let (hi0, lo0, hi1, lo1) = (
                 tile(&act.hi, ti),
@@ -380,32 +381,55 @@ mod x86 {
             );
             for kt in 0..k_tiles {
                 let a = kt * TILE_LEN;
-                asm!(
-                    "tileloadd tmm4, [{w0} + {s0}*1]",
-                    "tileloadd tmm5, [{w1} + {s1}*1]",
-                    "tileloadd tmm6, [{hi0} + {s}*1]",
-                    "tileloadd tmm7, [{hi1} + {s}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    "tileloadd tmm6, [{lo0} + {s}*1]",
-                    "tileloadd tmm7, [{lo1} + {s}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm6",
-                    "tdpbf16ps tmm1, tmm4, tmm7",
-                    "tdpbf16ps tmm2, tmm5, tmm6",
-                    "tdpbf16ps tmm3, tmm5, tmm7",
-                    w0 = in(reg) p0.ptr.add(kt * K_TILE),
-                    s0 = in(reg) p0.stride,
-                    w1 = in(reg) q1.ptr.add(kt * K_TILE),
-                    s1 = in(reg) q1.stride,
-                    hi0 = in(reg) hi0.add(a),
-                    hi1 = in(reg) hi1.add(a),
-                    lo0 = in(reg) lo0.add(a),
-                    lo1 = in(reg) lo1.add(a),
-                    s = in(reg) 2 * TILE * 2,
-                    options(nostack, readonly),
-                );
+                let (w0, w1) = (p0.ptr.add(kt * K_TILE), q1.ptr.add(kt * K_TILE));
+                if tj > ti {
+                    asm!(
+                        "tileloadd tmm4, [{w0} + {s0}*1]",
+                        "tileloadd tmm5, [{w1} + {s1}*1]",
+                        "tileloadd tmm6, [{hi0} + {s}*1]",
+                        "tileloadd tmm7, [{hi1} + {s}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        "tileloadd tmm6, [{lo0} + {s}*1]",
+                        "tileloadd tmm7, [{lo1} + {s}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        w0 = in(reg) w0,
+                        s0 = in(reg) p0.stride,
+                        w1 = in(reg) w1,
+                        s1 = in(reg) q1.stride,
+                        hi0 = in(reg) hi0.add(a),
+                        hi1 = in(reg) hi1.add(a),
+                        lo0 = in(reg) lo0.add(a),
+                        lo1 = in(reg) lo1.add(a),
+                        s = in(reg) 2 * TILE * 2,
+                        options(nostack, readonly),
+                    );
+                } else {
+                    // A lone last token tile: half the products, into tmm0 and tmm2.
+                    asm!(
+                        "tileloadd tmm4, [{w0} + {s0}*1]",
+                        "tileloadd tmm5, [{w1} + {s1}*1]",
+                        "tileloadd tmm6, [{hi0} + {s}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tileloadd tmm6, [{lo0} + {s}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        w0 = in(reg) w0,
+                        s0 = in(reg) p0.stride,
+                        w1 = in(reg) w1,
+                        s1 = in(reg) q1.stride,
+                        hi0 = in(reg) hi0.add(a),
+                        lo0 = in(reg) lo0.add(a),
+                        s = in(reg) 2 * TILE * 2,
+                        options(nostack, readonly),
+                    );
+                }
             }
             asm!(
                 "tilestored [{c} + {s}*1], tmm0",
