@@ -183,7 +183,11 @@ impl Tokenizer {
         let [Some(begin), Some(hole), Some(end)] = fim else {
             return Ok(None);
         };
-        let mut ids = self.encode("", true)?;
+        let mut ids: Vec<u32> = self
+            .bos_id
+            .filter(|_| self.add_bos_token)
+            .into_iter()
+            .collect();
         ids.push(begin);
         ids.extend(self.encode(prefix, false)?);
         ids.push(hole);

@@ -95,16 +95,9 @@ fn mmlu_rows() -> Vec<serde_json::Value> {
     rows
 }
 
-fn write_jsonl(dir: &Path, name: &str, rows: &[serde_json::Value]) {
-    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
-    std::fs::write(dir.join(name), text).unwrap();
-}
-
-#[test]
-fn mmlu_all_right_all_wrong_and_averages() {
-    let dir = tmpdir("mmlu");
-    write_jsonl(&dir, "mmlu.jsonl", &mmlu_rows());
-    let right: Vec<(String, usize)> = mmlu_rows()
+/// (question, index of the correct choice) for every MMLU row but the CSV header rows.
+fn right_answers() -> Vec<(String, usize)> {
+    mmlu_rows()
         .iter()
         .filter(|r| r["correct_answer"] != "answer")
         .map(|r| {
@@ -114,7 +107,19 @@ fn mmlu_all_right_all_wrong_and_averages() {
                 .unwrap();
             (r["question"].as_str().unwrap().to_string(), i)
         })
-        .collect();
+        .collect()
+}
+
+fn write_jsonl(dir: &Path, name: &str, rows: &[serde_json::Value]) {
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+#[test]
+fn mmlu_all_right_all_wrong_and_averages() {
+    let dir = tmpdir("mmlu");
+    write_jsonl(&dir, "mmlu.jsonl", &mmlu_rows());
+    let right = right_answers();
     let mut o = opts(&dir);
     o.shots = Some(2);
 
@@ -319,17 +324,7 @@ fn humaneval_runs_tests_in_the_sandbox_and_estimates_pass_at_k() {
 fn an_interrupted_run_resumes_where_it_stopped() {
     let dir = tmpdir("resume");
     write_jsonl(&dir, "mmlu.jsonl", &mmlu_rows());
-    let right: Vec<(String, usize)> = mmlu_rows()
-        .iter()
-        .filter(|r| r["correct_answer"] != "answer")
-        .map(|r| {
-            let i = ["A", "B", "C", "D"]
-                .iter()
-                .position(|l| r["correct_answer"] == *l)
-                .unwrap();
-            (r["question"].as_str().unwrap().to_string(), i)
-        })
-        .collect();
+    let right = right_answers();
     let mut o = opts(&dir);
     o.shots = Some(2);
     o.batch = 1;
