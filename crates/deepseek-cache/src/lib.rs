@@ -10,7 +10,9 @@
 //! layer's prefix cache builds on this); a block returns to the free list when its last user
 //! releases it.
 
-use deepseek_kernels::attention::{q8_quantize_row, q8_row_bytes, RowBlocks, RowData};
+use deepseek_kernels::attention::{
+    bf16_round_row, bf16_row_len, q8_quantize_row, q8_row_bytes, RowBlocks, RowData,
+};
 
 /// Tokens per block.
 pub const BLOCK_TOKENS: usize = 64;
@@ -21,6 +23,9 @@ pub enum CacheDtype {
     /// f32 values: exact.
     #[default]
     F32,
+    /// bf16 values (round to nearest even): half the bytes, the precision a bf16 model's
+    /// reference keeps its cache in; where the CPU has AMX, decode attention runs on tiles.
+    Bf16,
     /// 8 bits per value with an f32 scale per 32 values (3.6× smaller for MLA's 576-wide
     /// rows); attention dequantizes a block of rows at a time.
     Q8,
@@ -40,6 +45,7 @@ impl CacheShape {
     pub fn row_bytes(&self) -> usize {
         match self.dtype {
             CacheDtype::F32 => self.row_width * 4,
+            CacheDtype::Bf16 => bf16_row_len(self.row_width) * 2,
             CacheDtype::Q8 => q8_row_bytes(self.row_width),
         }
     }
@@ -204,17 +210,20 @@ impl BlockPool {
         &mut self.blocks[b][o..o + w]
     }
 
-    /// Stores `row` as token `pos`'s row in `layer` (rounded to 8 bits in a Q8 cache).
+    /// Stores `row` as token `pos`'s row in `layer` (rounded to bf16 or 8 bits in those
+    /// caches).
     pub fn write_row(&mut self, seq: &SequenceCache, layer: usize, pos: usize, row: &[f32]) {
+        if self.shape.dtype == CacheDtype::F32 {
+            self.row_mut(seq, layer, pos).copy_from_slice(row);
+            return;
+        }
+        let words = self.shape.row_bytes() / 4;
+        let b = seq.block_table[pos / BLOCK_TOKENS] as usize;
+        let o = layer * self.shape.layer_len() + (pos % BLOCK_TOKENS) * words;
+        let dst = bytes_mut(&mut self.blocks[b][o..o + words]);
         match self.shape.dtype {
-            CacheDtype::F32 => self.row_mut(seq, layer, pos).copy_from_slice(row),
-            CacheDtype::Q8 => {
-                let words = self.shape.row_bytes() / 4;
-                let b = seq.block_table[pos / BLOCK_TOKENS] as usize;
-                let o = layer * self.shape.layer_len() + (pos % BLOCK_TOKENS) * words;
-                let dst = bytes_mut(&mut self.blocks[b][o..o + words]);
-                q8_quantize_row(row, dst);
-            }
+            CacheDtype::Bf16 => bf16_round_row(row, halves_mut(dst)),
+            _ => q8_quantize_row(row, dst),
         }
     }
 
@@ -233,6 +242,7 @@ impl BlockPool {
         let blocks = self.layer_blocks(seq, layer);
         let data = match self.shape.dtype {
             CacheDtype::F32 => RowData::F32(blocks),
+            CacheDtype::Bf16 => RowData::Bf16(blocks.into_iter().map(halves).collect()),
             CacheDtype::Q8 => RowData::Q8(blocks.into_iter().map(bytes).collect()),
         };
         RowBlocks {
@@ -247,6 +257,18 @@ impl BlockPool {
 fn bytes(words: &[f32]) -> &[u8] {
     // SAFETY: any f32 memory is valid as bytes; u8 has alignment 1.
     unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), std::mem::size_of_val(words)) }
+}
+
+/// The u16 halves of f32 storage (bf16 rows).
+fn halves(words: &[f32]) -> &[u16] {
+    // SAFETY: any f32 memory is valid as u16 pairs; u16's alignment divides f32's.
+    unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u16>(), words.len() * 2) }
+}
+
+fn halves_mut(bytes: &mut [u8]) -> &mut [u16] {
+    assert!(bytes.len().is_multiple_of(2) && (bytes.as_ptr() as usize).is_multiple_of(2));
+    // SAFETY: length and alignment checked; every bit pattern is a valid u16 and byte.
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<u16>(), bytes.len() / 2) }
 }
 
 fn bytes_mut(words: &mut [f32]) -> &mut [u8] {
@@ -312,5 +334,32 @@ mod tests {
             assert!((x - y).abs() <= 20.0 / 7.0 / 254.0 * 1.01, "{x} vs {y}");
         }
         assert_eq!(pool.allocated_bytes(), 2 * 2 * 64 * 48);
+    }
+
+    #[test]
+    fn bf16_rows_round_trip_through_the_pool() {
+        let shape = CacheShape {
+            layers: 2,
+            row_width: 5,
+            dtype: CacheDtype::Bf16,
+        };
+        // Odd widths are padded to whole 4-byte words.
+        assert_eq!(shape.bytes_per_token(), 2 * 6 * 2);
+        let mut pool = BlockPool::new(shape, 4);
+        let mut a = SequenceCache::default();
+        pool.reserve(&mut a, 100).unwrap();
+        let row = [1.0, -2.5, 1.0 + 1.0 / 512.0, 3.0e-3, 65504.0];
+        pool.write_row(&a, 1, 70, &row);
+        pool.write_row(&a, 1, 71, &[7.0; 5]);
+        let rows = pool.layer_rows(&a, 1);
+        let mut back = vec![0.0; 5];
+        rows.row_f32(70, &mut back);
+        for (x, y) in row.iter().zip(&back) {
+            assert_eq!(half::bf16::from_f32(*x).to_f32(), *y);
+        }
+        assert_eq!(back[2], 1.0, "1 + 2^-9 rounds to even");
+        rows.row_f32(71, &mut back);
+        assert_eq!(back, [7.0; 5]);
+        assert_eq!(pool.allocated_bytes(), 2 * 2 * 64 * 12);
     }
 }

@@ -11,6 +11,7 @@ use deepseek_model::Model;
 pub enum CacheType {
     #[default]
     F32,
+    Bf16,
     Q8,
 }
 
@@ -89,6 +90,7 @@ pub fn load_model(dir: &Path) -> Result<Arc<Model>> {
     bar.finish_and_clear();
     model.cache_dtype = match CACHE_TYPE.get().copied().unwrap_or_default() {
         CacheType::F32 => deepseek_cache::CacheDtype::F32,
+        CacheType::Bf16 => deepseek_cache::CacheDtype::Bf16,
         CacheType::Q8 => deepseek_cache::CacheDtype::Q8,
     };
     Ok(Arc::new(model))

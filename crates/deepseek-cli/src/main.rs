@@ -24,8 +24,10 @@ struct Cli {
     /// Worker threads for the kernels (default: every core).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
-    /// How the KV/latent cache stores rows: f32 (exact) or q8 (8 bits per value with a scale
-    /// per 32 values: 3.6x smaller for DeepSeek-V2's 576-value latent rows, slightly inexact).
+    /// How the KV/latent cache stores rows: f32 (exact), bf16 (half the bytes, rounded as a bf16
+    /// model's reference rounds its cache; on CPUs with AMX, long-context decode attention runs
+    /// on tiles and is several times faster) or q8 (8 bits per value with a scale per 32
+    /// values: 3.6x smaller for DeepSeek-V2's 576-value latent rows, slightly inexact).
     #[arg(long, global = true, value_enum, default_value = "f32")]
     cache_type: common::CacheType,
     #[command(subcommand)]

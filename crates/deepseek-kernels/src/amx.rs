@@ -17,6 +17,8 @@
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
+pub(crate) mod attention;
+
 /// Rows in a tile: tokens of the activation tile, weight rows of a panel.
 pub const TILE: usize = 16;
 /// bf16 values in a tile row (64 bytes).
@@ -64,6 +66,25 @@ fn bf16_round(v: f32) -> u16 {
 #[inline]
 fn bf16_value(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
+}
+
+/// `v = hi + lo` in bf16 (16 significant bits).
+#[inline]
+fn split_bf16(v: f32) -> (u16, u16) {
+    let hi = bf16_round(v);
+    (hi, bf16_round(v - bf16_value(hi)))
+}
+
+/// `x[i] = hi[i] + lo[i]` in bf16, vectorised where AVX512-BF16 is present.
+fn split_contiguous(x: &[f32], hi: &mut [u16], lo: &mut [u16]) {
+    if x86::has_avx512_bf16() {
+        // SAFETY: AVX512-BF16 detected; lengths are checked inside.
+        unsafe { x86::split_contiguous(x, hi, lo) }
+    } else {
+        for ((h, l), &v) in hi.iter_mut().zip(lo.iter_mut()).zip(x) {
+            (*h, *l) = split_bf16(v);
+        }
+    }
 }
 
 impl SplitActivations {
@@ -307,6 +328,36 @@ mod x86 {
         }
     }
 
+    /// `x = hi + lo` in bf16 for contiguous values (32 at a time; the tail in plain code).
+    ///
+    /// # Safety
+    /// AVX512-BF16 must be present.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub unsafe fn split_contiguous(x: &[f32], hi: &mut [u16], lo: &mut [u16]) {
+        use std::arch::x86_64::*;
+        assert!(hi.len() >= x.len() && lo.len() >= x.len());
+        let widen = |h: __m256bh| {
+            _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(h)),
+                16,
+            ))
+        };
+        let whole = x.len() / K_TILE * K_TILE;
+        for i in (0..whole).step_by(K_TILE) {
+            let a = _mm512_loadu_ps(x.as_ptr().add(i));
+            let b = _mm512_loadu_ps(x.as_ptr().add(i + 16));
+            let la = _mm512_sub_ps(a, widen(_mm512_cvtneps_pbh(a)));
+            let lb = _mm512_sub_ps(b, widen(_mm512_cvtneps_pbh(b)));
+            let h = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
+            let l = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(lb, la));
+            _mm512_storeu_si512(hi.as_mut_ptr().add(i) as *mut _, h);
+            _mm512_storeu_si512(lo.as_mut_ptr().add(i) as *mut _, l);
+        }
+        for i in whole..x.len() {
+            (hi[i], lo[i]) = super::split_bf16(x[i]);
+        }
+    }
+
     /// Tile configuration: palette 1, eight tiles of 16 rows × 64 bytes: tmm0-3 the f32
     /// accumulators of 2 panels × 2 token tiles, tmm4/5 the panels' weights, tmm6/7 the token
     /// tiles' activations (hi, then lo).
@@ -325,6 +376,23 @@ mod x86 {
         }
     }
 
+    /// Loads the tile configuration (eight 16 × 64-byte tiles) for this thread.
+    ///
+    /// # Safety
+    /// AMX must be enabled for this process.
+    pub(super) unsafe fn configure_tiles() {
+        let cfg = TileConfig::new();
+        asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+    }
+
+    /// Gives the tile state back (the thread's context switches get cheaper).
+    ///
+    /// # Safety
+    /// AMX must be enabled for this process.
+    pub(super) unsafe fn release_tiles() {
+        asm!("tilerelease", options(nostack, nomem));
+    }
+
     /// One or two 16-row weight panels against token tiles `tb..tb_end`, two token tiles at a
     /// time (a missing second panel repeats the first and is not stored):
     /// `out[t * ld + 16 * panel + r]`.
@@ -341,12 +409,11 @@ mod x86 {
         out: &mut [f32],
         ld: usize,
     ) {
-        let cfg = TileConfig::new();
         let mut c = [0.0f32; 4 * TILE * TILE];
         let q1 = p1.unwrap_or(p0);
         let k_tiles = act.k_tiles;
         let tile = |v: &Vec<u32>, i: usize| (v.as_ptr() as *const u16).add(i * k_tiles * TILE_LEN);
-        asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+        configure_tiles();
         let mut ti = tb;
         while ti < tb_end {
             // Two token tiles per pass, or a lone last one (then `tj == ti`).
@@ -445,7 +512,7 @@ mod x86 {
             }
             ti = tj + 1;
         }
-        asm!("tilerelease", options(nostack, nomem));
+        release_tiles();
     }
 }
 
@@ -459,6 +526,9 @@ mod x86 {
         false
     }
     pub unsafe fn split_row(_: &[f32], _: usize, _: &mut [u32], _: &mut [u32]) {
+        unreachable!("x86-only")
+    }
+    pub unsafe fn split_contiguous(_: &[f32], _: &mut [u16], _: &mut [u16]) {
         unreachable!("x86-only")
     }
     pub(super) unsafe fn panels(

@@ -59,9 +59,24 @@ pub fn q8_dequantize_row(row: &[u8], out: &mut [f32]) {
     }
 }
 
-/// A sequence's cache blocks of one layer: f32 rows, or 8-bit rows ([`q8_quantize_row`]).
+/// u16 values of one bf16 cache row of `width` values (padded to whole 4-byte words).
+pub fn bf16_row_len(width: usize) -> usize {
+    width.next_multiple_of(2)
+}
+
+/// Rounds `x` to a bf16 cache row (`out` is [`bf16_row_len`] long; round to nearest even).
+pub fn bf16_round_row(x: &[f32], out: &mut [u16]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = half::bf16::from_f32(v).to_bits();
+    }
+    out[x.len()..].fill(0);
+}
+
+/// A sequence's cache blocks of one layer: f32 rows, bf16 rows ([`bf16_round_row`]) or 8-bit
+/// rows ([`q8_quantize_row`]).
 pub enum RowData<'a> {
     F32(Vec<&'a [f32]>),
+    Bf16(Vec<&'a [u16]>),
     Q8(Vec<&'a [u8]>),
 }
 
@@ -87,6 +102,12 @@ impl<'a> RowBlocks<'a> {
         let w = self.row_width;
         match &self.data {
             RowData::F32(blocks) => out.copy_from_slice(&blocks[b][i * w..(i + 1) * w]),
+            RowData::Bf16(blocks) => {
+                let rl = bf16_row_len(w);
+                for (o, &v) in out.iter_mut().zip(&blocks[b][i * rl..i * rl + w]) {
+                    *o = f32::from_bits((v as u32) << 16);
+                }
+            }
             RowData::Q8(blocks) => {
                 let rb = q8_row_bytes(w);
                 q8_dequantize_row(&blocks[b][i * rb..(i + 1) * rb], out)
@@ -114,14 +135,60 @@ impl<'a> RowBlocks<'a> {
 
 /// Rows scored and summed together: the block's scores and rows stay in L1/L2 between the
 /// score pass and the value pass, so the cache is streamed from memory once.
-const BLOCK_ROWS: usize = 64;
+pub(crate) const BLOCK_ROWS: usize = 64;
 
 /// Softmax state of a group of heads over part of the context: running maximum, normaliser and
-/// unnormalised weighted sum of values (online softmax).
-struct Partial {
-    max: Vec<f32>,
-    sum: Vec<f32>,
-    out: Vec<f32>,
+/// unnormalised weighted sum of values (online softmax). `out` may hold rows past the last
+/// group (the AMX kernel works on 16 heads at a time); they are ignored.
+pub(crate) struct Partial {
+    pub(crate) max: Vec<f32>,
+    pub(crate) sum: Vec<f32>,
+    pub(crate) out: Vec<f32>,
+}
+
+impl Partial {
+    pub(crate) fn new(groups: usize, out_rows: usize, value_len: usize) -> Self {
+        Partial {
+            max: vec![f32::NEG_INFINITY; groups],
+            sum: vec![0.0; groups],
+            out: vec![0.0; out_rows * value_len],
+        }
+    }
+
+    /// Folds a block's scores (`s[g * BLOCK_ROWS + i]`, `i < len`) into the running softmax:
+    /// rescales the sums and outputs to the new maximum and turns the scores into weights.
+    pub(crate) fn fold_block(&mut self, s: &mut [f32], len: usize, value_len: usize) {
+        for g in 0..self.max.len() {
+            let sg = &mut s[g * BLOCK_ROWS..g * BLOCK_ROWS + len];
+            let bm = max_of(sg);
+            let new_max = self.max[g].max(bm);
+            let correction = (self.max[g] - new_max).exp();
+            if correction != 1.0 {
+                self.sum[g] *= correction;
+                self.out[g * value_len..(g + 1) * value_len]
+                    .iter_mut()
+                    .for_each(|v| *v *= correction);
+            }
+            self.sum[g] += simd::exp_shifted_sum(sg, new_max);
+            self.max[g] = new_max;
+        }
+    }
+}
+
+/// The largest value (NaNs ignored, like `f32::max`), in 16 lanes the compiler vectorises.
+fn max_of(v: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = v.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    let rest = chunks.remainder().iter().copied();
+    lanes
+        .into_iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, f32::max)
 }
 
 /// Scores of 4 key rows against `T` query heads (heads `g..g+T`, rows `i..i+nr`) into `s`.
@@ -160,12 +227,21 @@ fn attend_partial(
         value_len,
     } = layout;
     let groups = queries.len() / key_len;
-    let mut p = Partial {
-        max: vec![f32::NEG_INFINITY; groups],
-        sum: vec![0.0; groups],
-        out: vec![0.0; groups * value_len],
-    };
     debug_assert_eq!(row_width, rows.row_width);
+    if let RowData::Bf16(blocks) = &rows.data {
+        if crate::amx::attention::fits(layout, groups, rows.block_tokens, start) {
+            return crate::amx::attention::attend_partial(
+                queries,
+                blocks,
+                rows.block_tokens,
+                layout,
+                start,
+                end,
+                scale,
+            );
+        }
+    }
+    let mut p = Partial::new(groups, groups, value_len);
     let mut s = vec![0.0f32; groups * BLOCK_ROWS];
     let mut scratch = vec![];
     let mut b0 = start;
@@ -197,26 +273,7 @@ fn attend_partial(
             }
             i += nr;
         }
-        // Fold the block into the running softmax.
-        for g in 0..groups {
-            let sg = &mut s[g * BLOCK_ROWS..g * BLOCK_ROWS + len];
-            let bm = sg.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let new_max = p.max[g].max(bm);
-            let correction = (p.max[g] - new_max).exp();
-            if correction != 1.0 {
-                p.sum[g] *= correction;
-                p.out[g * value_len..(g + 1) * value_len]
-                    .iter_mut()
-                    .for_each(|v| *v *= correction);
-            }
-            for v in sg.iter_mut() {
-                // exp below e^-80 would be denormal: flush to zero (denormals cost ~100x).
-                let d = *v - new_max;
-                *v = if d < -80.0 { 0.0 } else { d.exp() };
-                p.sum[g] += *v;
-            }
-            p.max[g] = new_max;
-        }
+        p.fold_block(&mut s, len, value_len);
         simd::accumulate_rows(
             &s,
             BLOCK_ROWS,
@@ -427,6 +484,69 @@ mod tests {
         let want = attend_group_reference(q, &rows, layout, n_ctx, 0.5);
         for (a, b) in out.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    /// bf16 rows: the AMX kernel (whole 64-row blocks, where the CPU has AMX) and the f32
+    /// fallback (8-row blocks) both equal the reference over the bf16-rounded rows; heads not a
+    /// multiple of 16, contexts not a multiple of 64 or 32, split and unsplit, MLA and GQA
+    /// layouts.
+    #[test]
+    fn bf16_rows_match_reference_on_amx_and_fallback() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mla = RowLayout {
+            row_width: 96,
+            key_offset: 0,
+            key_len: 96,
+            value_offset: 0,
+            value_len: 64,
+        };
+        let gqa = RowLayout {
+            row_width: 130,
+            key_offset: 32,
+            key_len: 32,
+            value_offset: 64,
+            value_len: 64,
+        };
+        for (layout, groups) in [(mla, 16), (mla, 20), (mla, 3), (gqa, 5), (gqa, 1)] {
+            let w = layout.row_width;
+            let rl = bf16_row_len(w);
+            for n_ctx in [1, 17, 33, 64, 100, 1500] {
+                let rows: Vec<f32> = (0..n_ctx * w)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect();
+                let q: Vec<f32> = (0..groups * layout.key_len)
+                    .map(|_| rng.random_range(-1.0..1.0))
+                    .collect();
+                let mut stored = vec![0u16; n_ctx.next_multiple_of(64) * rl];
+                let mut rounded = vec![0.0f32; n_ctx * w];
+                for t in 0..n_ctx {
+                    bf16_round_row(&rows[t * w..(t + 1) * w], &mut stored[t * rl..(t + 1) * rl]);
+                    for c in 0..w {
+                        rounded[t * w + c] = f32::from_bits((stored[t * rl + c] as u32) << 16);
+                    }
+                }
+                let want = attend_group_reference(&q, &rounded, layout, n_ctx, 0.2);
+                for block_tokens in [64, 8] {
+                    let blocks = || stored.chunks(block_tokens * rl).collect::<Vec<_>>();
+                    let rb = RowBlocks {
+                        data: RowData::Bf16(blocks()),
+                        block_tokens,
+                        row_width: w,
+                    };
+                    let mut out = vec![f32::NAN; groups * layout.value_len];
+                    attend_group(&q, &rb, layout, n_ctx, 0.2, &mut out);
+                    let mut split = vec![f32::NAN; groups * layout.value_len];
+                    attend_group_split(&q, &rb, layout, n_ctx, 0.2, &mut split);
+                    for (i, ((a, b), c)) in out.iter().zip(&split).zip(&want).enumerate() {
+                        assert!(
+                            (a - c).abs() < 2e-5 && (b - c).abs() < 2e-5,
+                            "{layout:?} groups {groups} n_ctx {n_ctx} blocks of {block_tokens} [{i}]: {a} / {b} vs {c}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

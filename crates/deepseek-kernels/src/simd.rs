@@ -145,6 +145,29 @@ pub fn tile_scalar<W: Copy, const R: usize, const T: usize>(
     }
 }
 
+/// `v = exp(v - max)` for every value (0 where `v - max < -80`, which would be denormal and
+/// costs ~100× in later arithmetic), returning their sum: the softmax step of attention. The
+/// AVX-512 form is a Cephes-style polynomial, within 2 ulp of libm's `expf`.
+pub fn exp_shifted_sum(v: &mut [f32], max: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx512 {
+        // SAFETY: AVX-512 detected at run time.
+        return unsafe { x86::exp_shifted_sum_avx512(v, max) };
+    }
+    exp_shifted_sum_reference(v, max)
+}
+
+/// Plain reference of [`exp_shifted_sum`] (libm's `expf`).
+pub fn exp_shifted_sum_reference(v: &mut [f32], max: f32) -> f32 {
+    let mut sum = 0.0;
+    for x in v.iter_mut() {
+        let d = *x - max;
+        *x = if d < -80.0 { 0.0 } else { d.exp() };
+        sum += *x;
+    }
+    sum
+}
+
 /// `y += alpha · w` for a bf16 row `w` (the transposed-matmul inner step).
 pub fn axpy_bf16(alpha: f32, w: &[u16], y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -436,6 +459,50 @@ mod x86 {
         conv_bf16
     );
 
+    /// exp(x) = 2ⁿ · exp(r), n = round(x / ln 2), r = x − n·ln 2 (in two parts, |r| ≤ ln2/2),
+    /// exp(r) = 1 + r + r²·P(r) with Cephes' `expf` coefficients; 2ⁿ applied by `vscalefps`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn exp_shifted_sum_avx512(v: &mut [f32], max: f32) -> f32 {
+        let m = _mm512_set1_ps(max);
+        let mut acc = _mm512_setzero_ps();
+        let exp16 = |x: __m512| {
+            let d = _mm512_sub_ps(x, m);
+            let keep = _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(d, _mm512_set1_ps(-80.0));
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(d, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+            );
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), d);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+            let mut p = _mm512_set1_ps(1.987_569_1e-4);
+            for c in [
+                1.398_199_9e-3,
+                8.333_452e-3,
+                4.166_579_6e-2,
+                0.166_666_65,
+                0.5,
+            ] {
+                p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+            }
+            let r2 = _mm512_mul_ps(r, r);
+            let e = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0));
+            _mm512_maskz_scalef_ps(keep, e, n)
+        };
+        let mut chunks = v.chunks_exact_mut(16);
+        for c in &mut chunks {
+            let e = exp16(_mm512_loadu_ps(c.as_ptr()));
+            _mm512_storeu_ps(c.as_mut_ptr(), e);
+            acc = _mm512_add_ps(acc, e);
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let k: __mmask16 = (1u32 << rest.len()) as u16 - 1;
+            let e = exp16(_mm512_maskz_loadu_ps(k, rest.as_ptr()));
+            _mm512_mask_storeu_ps(rest.as_mut_ptr(), k, e);
+            acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(k, e));
+        }
+        _mm512_reduce_add_ps(acc)
+    }
+
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn axpy_bf16_avx512(alpha: f32, w: &[u16], y: &mut [f32]) {
         let n = w.len().min(y.len());
@@ -456,6 +523,29 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn exp_shifted_sum_matches_libm() {
+        // Every lane position and remainder length, values from far below the flush point to
+        // the maximum, NaN passed through.
+        for n in [1usize, 15, 16, 17, 64, 100] {
+            let v: Vec<f32> = (0..n).map(|i| 3.0 - (i as f32 * 0.8713) % 90.0).collect();
+            let (mut fast, mut slow) = (v.clone(), v.clone());
+            let (a, b) = (
+                exp_shifted_sum(&mut fast, 3.0),
+                exp_shifted_sum_reference(&mut slow, 3.0),
+            );
+            for (x, y) in fast.iter().zip(&slow) {
+                assert!((x - y).abs() <= 2.5e-7 * y, "{x} vs {y}");
+                assert_eq!(*x == 0.0, *y == 0.0);
+            }
+            assert!((a - b).abs() <= 1e-6 * b, "sum {a} vs {b}");
+        }
+        let mut v = [0.5, f32::NAN, -100.0];
+        exp_shifted_sum(&mut v, 0.5);
+        assert_eq!(v[0], 1.0);
+        assert!(v[1].is_nan());
+        assert_eq!(v[2], 0.0);
+    }
 
     #[test]
     fn accumulate_rows_matches_reference() {

@@ -92,6 +92,7 @@ pub fn run(a: Args) -> Result<()> {
             shape.row_width,
             match shape.dtype {
                 deepseek_cache::CacheDtype::F32 => "f32",
+                deepseek_cache::CacheDtype::Bf16 => "bf16",
                 deepseek_cache::CacheDtype::Q8 => "8-bit (+ a scale per 32)",
             },
             shape.layers
