@@ -380,51 +380,55 @@ mod x86 {
             } else {
                 (&next[0], &mut now[0])
             };
-            if c + 2 * TILE < vl {
-                fill(next, c + 2 * TILE);
-            }
             prefetch.step();
             for (hb, w) in weights.iter().enumerate() {
                 let o = out.as_mut_ptr().add(hb * TILE * vl + c);
+                let b = strip.as_ptr();
+                // Every tile this head tile needs from the strip is loaded before the next
+                // strip's stores are issued: a tile load queued behind stores waits for them.
                 asm!(
                     "tileloadd tmm0, [{o0} + {os}*1]",
                     "tileloadd tmm1, [{o1} + {os}*1]",
-                    "tileloadd tmm4, [{hi} + {ws}*1]",
-                    "tileloadd tmm5, [{lo} + {ws}*1]",
                     "tileloadd tmm2, [{b0} + {ss}*1]",
                     "tileloadd tmm3, [{b1} + {ss}*1]",
-                    "tdpbf16ps tmm0, tmm4, tmm2",
-                    "tdpbf16ps tmm0, tmm5, tmm2",
-                    "tdpbf16ps tmm1, tmm4, tmm3",
-                    "tdpbf16ps tmm1, tmm5, tmm3",
+                    "tileloadd tmm4, [{b2} + {ss}*1]",
+                    "tileloadd tmm5, [{b3} + {ss}*1]",
+                    "tileloadd tmm6, [{hi} + {ws}*1]",
+                    "tileloadd tmm7, [{lo} + {ws}*1]",
                     o0 = in(reg) o,
                     o1 = in(reg) o.add(TILE),
                     os = in(reg) os,
+                    b0 = in(reg) b,
+                    b1 = in(reg) b.add(TILE),
+                    b2 = in(reg) b.add(TILE * 2 * TILE),
+                    b3 = in(reg) b.add(TILE * 2 * TILE + TILE),
+                    ss = in(reg) ss,
                     hi = in(reg) w.hi.as_ptr(),
                     lo = in(reg) w.lo.as_ptr(),
                     ws = in(reg) ws,
-                    b0 = in(reg) strip.as_ptr(),
-                    b1 = in(reg) strip.as_ptr().add(TILE),
-                    ss = in(reg) ss,
                     options(nostack, readonly),
                 );
+                if hb == 0 && c + 2 * TILE < vl {
+                    fill(next, c + 2 * TILE);
+                }
+                asm!(
+                    "tdpbf16ps tmm0, tmm6, tmm2",
+                    "tdpbf16ps tmm0, tmm7, tmm2",
+                    "tdpbf16ps tmm1, tmm6, tmm3",
+                    "tdpbf16ps tmm1, tmm7, tmm3",
+                    options(nostack, nomem),
+                );
                 if chunks == 2 {
-                    let b = strip.as_ptr().add(TILE * 2 * TILE);
                     asm!(
-                        "tileloadd tmm4, [{hi} + {ws}*1]",
-                        "tileloadd tmm5, [{lo} + {ws}*1]",
-                        "tileloadd tmm2, [{b0} + {ss}*1]",
-                        "tileloadd tmm3, [{b1} + {ss}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm2",
-                        "tdpbf16ps tmm0, tmm5, tmm2",
-                        "tdpbf16ps tmm1, tmm4, tmm3",
-                        "tdpbf16ps tmm1, tmm5, tmm3",
+                        "tileloadd tmm6, [{hi} + {ws}*1]",
+                        "tileloadd tmm7, [{lo} + {ws}*1]",
+                        "tdpbf16ps tmm0, tmm6, tmm4",
+                        "tdpbf16ps tmm0, tmm7, tmm4",
+                        "tdpbf16ps tmm1, tmm6, tmm5",
+                        "tdpbf16ps tmm1, tmm7, tmm5",
                         hi = in(reg) w.hi.as_ptr().add(2 * TILE),
                         lo = in(reg) w.lo.as_ptr().add(2 * TILE),
                         ws = in(reg) ws,
-                        b0 = in(reg) b,
-                        b1 = in(reg) b.add(TILE),
-                        ss = in(reg) ss,
                         options(nostack, readonly),
                     );
                 }
