@@ -393,6 +393,25 @@ mod x86 {
         asm!("tilerelease", options(nostack, nomem));
     }
 
+    /// Stores the f32 accumulator tiles tmm0–tmm3, one after another, 16 × 16 each.
+    ///
+    /// # Safety
+    /// Tiles configured (`configure_tiles`).
+    pub(super) unsafe fn store_accumulators(c: &mut [f32; 4 * TILE * TILE]) {
+        asm!(
+            "tilestored [{c0} + {s}*1], tmm0",
+            "tilestored [{c1} + {s}*1], tmm1",
+            "tilestored [{c2} + {s}*1], tmm2",
+            "tilestored [{c3} + {s}*1], tmm3",
+            c0 = in(reg) c.as_mut_ptr(),
+            c1 = in(reg) c.as_mut_ptr().add(TILE * TILE),
+            c2 = in(reg) c.as_mut_ptr().add(2 * TILE * TILE),
+            c3 = in(reg) c.as_mut_ptr().add(3 * TILE * TILE),
+            s = in(reg) TILE * 4,
+            options(nostack),
+        );
+    }
+
     /// One or two 16-row weight panels against token tiles `tb..tb_end`, two token tiles at a
     /// time (a missing second panel repeats the first and is not stored):
     /// `out[t * ld + 16 * panel + r]`.
@@ -483,18 +502,7 @@ mod x86 {
                     );
                 }
             }
-            asm!(
-                "tilestored [{c} + {s}*1], tmm0",
-                "tilestored [{c1} + {s}*1], tmm1",
-                "tilestored [{c2} + {s}*1], tmm2",
-                "tilestored [{c3} + {s}*1], tmm3",
-                c = in(reg) c.as_mut_ptr(),
-                c1 = in(reg) c.as_mut_ptr().add(TILE * TILE),
-                c2 = in(reg) c.as_mut_ptr().add(2 * TILE * TILE),
-                c3 = in(reg) c.as_mut_ptr().add(3 * TILE * TILE),
-                s = in(reg) TILE * 4,
-                options(nostack),
-            );
+            store_accumulators(&mut c);
             // Accumulator (panel p, token tile k) holds [weight row][token]: transpose into
             // out[token][row].
             let tiles = if tj > ti { 2 } else { 1 };

@@ -305,6 +305,45 @@ pub fn attend_group(
     merge(&[p], layout.value_len, out);
 }
 
+/// Causal attention of consecutive query tokens over rows they share: query `j` (of
+/// `queries.len() / key_len`) attends to the first `first_ctx + j` rows. The common prefix
+/// `0..first_ctx` is one pass for all of them (each row loaded once for every query, as the
+/// heads share rows in MLA decode); each query's few remaining rows are its own pass, merged
+/// exactly. This is the prefill form when each head has its own keys.
+pub fn attend_causal(
+    queries: &[f32],
+    rows: &RowBlocks,
+    layout: RowLayout,
+    first_ctx: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let (kl, vl) = (layout.key_len, layout.value_len);
+    let groups = queries.len() / kl;
+    assert!(first_ctx > 0, "attend_causal: the first query sees no rows");
+    assert_eq!(
+        out.len(),
+        groups * vl,
+        "attend_causal: out is not [queries, value_len]"
+    );
+    let joint = attend_partial(queries, rows, layout, 0, first_ctx, scale);
+    for j in 0..groups {
+        let own = Partial {
+            max: vec![joint.max[j]],
+            sum: vec![joint.sum[j]],
+            out: joint.out[j * vl..(j + 1) * vl].to_vec(),
+        };
+        let o = &mut out[j * vl..(j + 1) * vl];
+        if j == 0 {
+            merge(&[own], vl, o);
+        } else {
+            let q = &queries[j * kl..(j + 1) * kl];
+            let rest = attend_partial(q, rows, layout, first_ctx, first_ctx + j, scale);
+            merge(&[own, rest], vl, o);
+        }
+    }
+}
+
 /// Combines partial softmax states over disjoint row ranges exactly.
 fn merge(parts: &[Partial], vl: usize, out: &mut [f32]) {
     let groups = parts[0].max.len();
@@ -545,6 +584,47 @@ mod tests {
                             "{layout:?} groups {groups} n_ctx {n_ctx} blocks of {block_tokens} [{i}]: {a} / {b} vs {c}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn attend_causal_matches_one_query_at_a_time() {
+        // Per-head keys and values at offsets, as in decompressed MLA prefill; contexts that
+        // cross blocks, and query groups larger than the score tiles.
+        let layout = RowLayout {
+            row_width: 70,
+            key_offset: 35,
+            key_len: 20,
+            value_offset: 55,
+            value_len: 15,
+        };
+        let n = 150;
+        let rows: Vec<f32> = (0..n * 70)
+            .map(|i| ((i * 41 % 113) as f32 / 56.0) - 1.0)
+            .collect();
+        let blocks: Vec<&[f32]> = rows.chunks(64 * 70).collect();
+        let rb = RowBlocks::f32(blocks, 64, 70);
+        for (first_ctx, groups) in [(1, 1), (1, 16), (63, 5), (100, 16), (130, 20)] {
+            let q: Vec<f32> = (0..groups * 20)
+                .map(|i| ((i * 7 % 31) as f32 / 15.0) - 1.0)
+                .collect();
+            let mut out = vec![f32::NAN; groups * 15];
+            attend_causal(&q, &rb, layout, first_ctx, 0.4, &mut out);
+            for j in 0..groups {
+                let want = attend_group_reference(
+                    &q[j * 20..(j + 1) * 20],
+                    &rows,
+                    layout,
+                    first_ctx + j,
+                    0.4,
+                );
+                for (a, b) in out[j * 15..(j + 1) * 15].iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "ctx {first_ctx} query {j}: {a} vs {b}"
+                    );
                 }
             }
         }

@@ -12,7 +12,10 @@
 //!   and `v`, then ordinary attention; cheaper when many new tokens attend to a short context.
 
 use deepseek_cache::{BlockPool, SequenceCache};
-use deepseek_kernels::attention::{attend_group, attend_group_split, RowBlocks, RowLayout};
+use deepseek_kernels::attention::{
+    attend_causal, attend_group, attend_group_split, RowBlocks, RowLayout,
+};
+
 use deepseek_kernels::matrix::{matmul_serial, matmul_transposed};
 use deepseek_kernels::ops::{rms_norm_inplace, rope, RopeStyle};
 use deepseek_kernels::{matmul, Matrix};
@@ -24,6 +27,10 @@ use crate::rope::{mla_softmax_scale, Rope};
 
 /// DeepSeek's q_a_layernorm and kv_a_layernorm use the RMSNorm default, not config.rms_norm_eps.
 const LATENT_NORM_EPS: f32 = 1e-6;
+
+/// Query tokens of one head attended together in decompressed prefill: enough to fill the
+/// score tiles and amortise each row load, few enough that the per-token tails stay short.
+const CAUSAL_RUN: usize = 16;
 
 pub enum QueryProjection {
     /// V2-Lite: `q_proj`.
@@ -357,25 +364,43 @@ impl MlaAttention {
                 }
             }
             let full_rows = RowBlocks::f32(vec![&full[..]], ctx, h * head_w);
-            let out = &mut attn[tokens.start * h * vdim..tokens.end * h * vdim];
-            out.par_chunks_mut(vdim).enumerate().for_each(|(i, o)| {
-                let (t, hh) = (tokens.start + i / h, i % h);
-                let layout = RowLayout {
-                    row_width: h * head_w,
-                    key_offset: hh * head_w,
-                    key_len: qk,
-                    value_offset: hh * head_w + qk,
-                    value_len: vdim,
-                };
-                attend_group(
-                    &q[(t * h + hh) * qk..][..qk],
-                    &full_rows,
-                    layout,
-                    batch.position(t) + 1,
-                    self.softmax_scale,
-                    o,
-                );
-            });
+            // Per head, runs of consecutive query tokens share one pass over the keys and
+            // values they all see (each loaded row serves every query of the run).
+            let runs: Vec<(usize, usize)> = (0..h)
+                .flat_map(|hh| tokens.clone().step_by(CAUSAL_RUN).map(move |t0| (hh, t0)))
+                .collect();
+            let outs: Vec<Vec<f32>> = runs
+                .par_iter()
+                .map(|&(hh, t0)| {
+                    let t1 = (t0 + CAUSAL_RUN).min(tokens.end);
+                    let layout = RowLayout {
+                        row_width: h * head_w,
+                        key_offset: hh * head_w,
+                        key_len: qk,
+                        value_offset: hh * head_w + qk,
+                        value_len: vdim,
+                    };
+                    let queries: Vec<f32> = (t0..t1)
+                        .flat_map(|t| q[(t * h + hh) * qk..][..qk].iter().copied())
+                        .collect();
+                    let mut o = vec![0.0; (t1 - t0) * vdim];
+                    attend_causal(
+                        &queries,
+                        &full_rows,
+                        layout,
+                        batch.position(t0) + 1,
+                        self.softmax_scale,
+                        &mut o,
+                    );
+                    o
+                })
+                .collect();
+            for (&(hh, t0), o) in runs.iter().zip(&outs) {
+                for (j, v) in o.chunks(vdim).enumerate() {
+                    let t = t0 + j;
+                    attn[(t * h + hh) * vdim..(t * h + hh + 1) * vdim].copy_from_slice(v);
+                }
+            }
         }
     }
 }

@@ -299,18 +299,7 @@ mod x86 {
                     );
                 }
             }
-            asm!(
-                "tilestored [{c0} + {s}*1], tmm0",
-                "tilestored [{c1} + {s}*1], tmm1",
-                "tilestored [{c2} + {s}*1], tmm2",
-                "tilestored [{c3} + {s}*1], tmm3",
-                c0 = in(reg) c.as_mut_ptr(),
-                c1 = in(reg) c.as_mut_ptr().add(TILE * TILE),
-                c2 = in(reg) c.as_mut_ptr().add(2 * TILE * TILE),
-                c3 = in(reg) c.as_mut_ptr().add(3 * TILE * TILE),
-                s = in(reg) TILE * 4,
-                options(nostack),
-            );
+            super::super::x86::store_accumulators(&mut c);
             // c[t][h] (row t of the block) → s[head][row].
             for t in 0..len {
                 for h in 0..heads {
