@@ -212,10 +212,10 @@ mod x86 {
     use std::arch::asm;
 
     /// Scores of the first `len` rows of a block against every query head:
-    /// `s[g * BLOCK_ROWS + t] = q[g] · key(row t)` (the queries carry the scale), all four 16-row tiles of the block
-    /// at a time (two when `len` ≤ 32), so each query tile load serves four products and the
-    /// four row tiles' loads are in flight together. Prefetches `next` (the following block)
-    /// into L2 meanwhile.
+    /// `s[g * BLOCK_ROWS + t] = q[g] · key(row t)` (the queries carry the scale), all four
+    /// 16-row tiles of the block at a time (two when `len` ≤ 32), so each query tile load
+    /// serves four products and the four row tiles' loads are in flight together. Steps
+    /// `prefetch` (the following block) once per key tile.
     ///
     /// # Safety
     /// Tiles configured (`configure_tiles`); `rows` holds 64 rows of `rl` values.
