@@ -84,15 +84,17 @@ fn main() {
             v
         })
         .collect();
+    // One layer's rows per entry, in cache blocks of `block` rows.
     fn views<'a>(
         layers: usize,
+        block: usize,
         w: usize,
         data: impl Fn(usize) -> RowData<'a>,
     ) -> Vec<RowBlocks<'a>> {
         (0..layers)
             .map(|l| RowBlocks {
                 data: data(l),
-                block_tokens: 64,
+                block_tokens: block,
                 row_width: w,
             })
             .collect()
@@ -100,7 +102,7 @@ fn main() {
     print!("context {n_ctx}, {heads} heads, {threads} threads, ms per layer:");
     if wanted("f32") {
         let ms = time(
-            &views(layers, w, |l| {
+            &views(layers, block, w, |l| {
                 RowData::F32(f32_rows[l].chunks(block * w).collect())
             }),
             &mut out,
@@ -109,7 +111,7 @@ fn main() {
     }
     if wanted("bf16") {
         let ms = time(
-            &views(layers, w, |l| {
+            &views(layers, block, w, |l| {
                 RowData::Bf16(bf16_rows[l].chunks(block * rl).collect())
             }),
             &mut out,
@@ -123,7 +125,7 @@ fn main() {
     }
     if wanted("q8") {
         let ms = time(
-            &views(layers, w, |l| {
+            &views(layers, block, w, |l| {
                 RowData::Q8(q8_rows[l].chunks(block * qb).collect())
             }),
             &mut out,

@@ -111,12 +111,7 @@ impl SplitActivations {
             }
             for p in whole_tiles * K_TILE / 2..pairs {
                 let v = |c: usize| row.get(c).copied().unwrap_or(0.0);
-                let (a, b) = (v(2 * p), v(2 * p + 1));
-                let (ha, hb) = (bf16_round(a), bf16_round(b));
-                let (la, lb) = (
-                    bf16_round(a - bf16_value(ha)),
-                    bf16_round(b - bf16_value(hb)),
-                );
+                let ((ha, la), (hb, lb)) = (split_bf16(v(2 * p)), split_bf16(v(2 * p + 1)));
                 hi[base + p * TILE] = ha as u32 | (hb as u32) << 16;
                 lo[base + p * TILE] = la as u32 | (lb as u32) << 16;
             }
@@ -294,6 +289,30 @@ mod x86 {
         is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512bw")
     }
 
+    /// 32 values at `x` split into bf16 `hi` and `lo` parts (`x = hi + lo`), each 32 bf16 in
+    /// order.
+    ///
+    /// # Safety
+    /// AVX512-BF16 must be present; 32 values readable at `x`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn split32(x: *const f32) -> (std::arch::x86_64::__m512i, std::arch::x86_64::__m512i) {
+        use std::arch::x86_64::*;
+        let widen = |h: __m256bh| {
+            _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(h)),
+                16,
+            ))
+        };
+        let (a, b) = (_mm512_loadu_ps(x), _mm512_loadu_ps(x.add(16)));
+        let la = _mm512_sub_ps(a, widen(_mm512_cvtneps_pbh(a)));
+        let lb = _mm512_sub_ps(b, widen(_mm512_cvtneps_pbh(b)));
+        (
+            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a)),
+            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(lb, la)),
+        )
+    }
+
     /// Splits the first `tiles` 32-column tiles of one token's row into bf16 hi/lo pairs,
     /// pair `p` stored at `hi[16p]` / `lo[16p]` (one column of a tile, see `SplitActivations`).
     ///
@@ -310,19 +329,8 @@ mod x86 {
         let rows = _mm512_setr_epi32(
             0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240,
         );
-        let widen = |h: __m256bh| {
-            _mm512_castsi512_ps(_mm512_slli_epi32(
-                _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(h)),
-                16,
-            ))
-        };
         for k in 0..tiles {
-            let a = _mm512_loadu_ps(row.as_ptr().add(k * K_TILE));
-            let b = _mm512_loadu_ps(row.as_ptr().add(k * K_TILE + 16));
-            let la = _mm512_sub_ps(a, widen(_mm512_cvtneps_pbh(a)));
-            let lb = _mm512_sub_ps(b, widen(_mm512_cvtneps_pbh(b)));
-            let h = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
-            let l = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(lb, la));
+            let (h, l) = split32(row.as_ptr().add(k * K_TILE));
             _mm512_i32scatter_epi32::<4>(hi.as_mut_ptr().add(k * TILE * TILE) as *mut _, rows, h);
             _mm512_i32scatter_epi32::<4>(lo.as_mut_ptr().add(k * TILE * TILE) as *mut _, rows, l);
         }
@@ -336,20 +344,9 @@ mod x86 {
     pub unsafe fn split_contiguous(x: &[f32], hi: &mut [u16], lo: &mut [u16]) {
         use std::arch::x86_64::*;
         assert!(hi.len() >= x.len() && lo.len() >= x.len());
-        let widen = |h: __m256bh| {
-            _mm512_castsi512_ps(_mm512_slli_epi32(
-                _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(h)),
-                16,
-            ))
-        };
         let whole = x.len() / K_TILE * K_TILE;
         for i in (0..whole).step_by(K_TILE) {
-            let a = _mm512_loadu_ps(x.as_ptr().add(i));
-            let b = _mm512_loadu_ps(x.as_ptr().add(i + 16));
-            let la = _mm512_sub_ps(a, widen(_mm512_cvtneps_pbh(a)));
-            let lb = _mm512_sub_ps(b, widen(_mm512_cvtneps_pbh(b)));
-            let h = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a));
-            let l = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(lb, la));
+            let (h, l) = split32(x.as_ptr().add(i));
             _mm512_storeu_si512(hi.as_mut_ptr().add(i) as *mut _, h);
             _mm512_storeu_si512(lo.as_mut_ptr().add(i) as *mut _, l);
         }
@@ -391,6 +388,20 @@ mod x86 {
     /// AMX must be enabled for this process.
     pub(super) unsafe fn release_tiles() {
         asm!("tilerelease", options(nostack, nomem));
+    }
+
+    /// Zeroes the f32 accumulator tiles tmm0–tmm3.
+    ///
+    /// # Safety
+    /// Tiles configured (`configure_tiles`).
+    pub(super) unsafe fn zero_accumulators() {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
     }
 
     /// Stores the f32 accumulator tiles tmm0–tmm3, one after another, 16 × 16 each.
@@ -443,13 +454,7 @@ mod x86 {
                 tile(&act.hi, tj),
                 tile(&act.lo, tj),
             );
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
+            zero_accumulators();
             for kt in 0..k_tiles {
                 let a = kt * TILE_LEN;
                 let (w0, w1) = (p0.ptr.add(kt * K_TILE), q1.ptr.add(kt * K_TILE));

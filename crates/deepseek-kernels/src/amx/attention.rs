@@ -15,9 +15,9 @@
 //! The online softmax between the two is the f32 code of [`crate::attention`], so the result is
 //! that of [`crate::attention::attend_group`] over the same bf16 rows, to f32 rounding. The
 //! next block is prefetched into L2, a few lines per tile step, while one is computed: tile
-//! loads that miss the caches stalled the kernel (`perf annotate`), and without the prefetch
-//! `examples/attention_speed` ran ~25% slower. Even so the kernel streams the cache at well
-//! under the machine's bandwidth (BENCHMARKS.md, "Long context").
+//! loads that miss the caches stalled the kernel (`perf annotate`; a trial build without the
+//! prefetch ran `examples/attention_speed` ~25% slower). Even so the kernel streams the cache
+//! at well under the machine's bandwidth (BENCHMARKS.md, "Long context on AMX").
 
 use crate::attention::{bf16_row_len, Partial, RowLayout, BLOCK_ROWS};
 
@@ -240,13 +240,7 @@ mod x86 {
         };
         for hb in 0..groups.div_ceil(TILE) {
             let heads = (groups - hb * TILE).min(TILE);
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
+            super::super::x86::zero_accumulators();
             for kc in 0..q.key_tiles {
                 if hb == 0 {
                     prefetch.step();
