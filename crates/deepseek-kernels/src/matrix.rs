@@ -150,6 +150,10 @@ impl Matrix {
     /// offset values fit in a byte), trading 50% more bytes for the fast kernel. Everything
     /// else is returned as it is.
     pub fn repacked(self) -> Matrix {
+        self.repacked_in_chunks(REPACK_CHUNK_BYTES)
+    }
+
+    fn repacked_in_chunks(self, chunk_bytes: usize) -> Matrix {
         let MatrixData::Quant { ty, data } = &self.data else {
             return self;
         };
@@ -157,34 +161,39 @@ impl Matrix {
             return self;
         }
         let (rows, cols) = (self.rows, self.cols);
-        let (layout, packed) = match ty {
-            QuantType::Q8_0 => (
-                repack::Layout::Q8_0x8,
-                repack::repack_q8_0(data.as_slice(), rows, cols),
-            ),
-            QuantType::Q4_0 | QuantType::Q5_0 => {
-                let q8 = quant::to_q8_0(*ty, data.as_slice());
-                (repack::Layout::Q8_0x8, repack::repack_q8_0(&q8, rows, cols))
-            }
-            QuantType::Q4K if repack::q4k_repack_supported() => (
-                repack::Layout::Q4Kx8,
-                repack::repack_q4_k(data.as_slice(), rows, cols),
-            ),
+        let layout = match ty {
+            QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q5_0 => repack::Layout::Q8_0x8,
+            QuantType::Q4K if repack::q4k_repack_supported() => repack::Layout::Q4Kx8,
             _ => return self,
         };
+        // A few MB of rows at a time, each slice's mapped pages dropped right after it is
+        // repacked: a large matrix (lm_head: 200+ MB) is then never resident twice, not even
+        // for the moment of its own conversion, which is what set the peak RSS.
+        let row_bytes = ty.row_bytes(cols);
+        let chunk_rows = (chunk_bytes / (repack::GROUP * row_bytes)).max(1) * repack::GROUP;
+        let bytes = data.as_slice();
+        let mut packed = Vec::with_capacity(rows / repack::GROUP * layout.group_bytes(cols));
+        for start in (0..rows).step_by(chunk_rows) {
+            let n = chunk_rows.min(rows - start);
+            let src = &bytes[start * row_bytes..(start + n) * row_bytes];
+            let part = match ty {
+                QuantType::Q8_0 => repack::repack_q8_0(src, n, cols),
+                QuantType::Q4_0 | QuantType::Q5_0 => {
+                    repack::repack_q8_0(&quant::to_q8_0(*ty, src), n, cols)
+                }
+                _ => repack::repack_q4_k(src, n, cols),
+            };
+            packed.extend_from_slice(&part);
+            // The mapped original is not read again: let the kernel drop its pages from this
+            // process (they stay in the page cache).
+            if let Buffer::Mapped { map, offset, .. } = data {
+                release_mapped(map, offset + start * row_bytes, n * row_bytes);
+            }
+        }
         let data = MatrixData::Grouped {
             layout,
             data: packed.into(),
         };
-        // The mapped original is not read again: let the kernel drop its pages from this
-        // process (they stay in the page cache), so the weights are not resident twice.
-        if let MatrixData::Quant {
-            data: Buffer::Mapped { map, offset, len },
-            ..
-        } = &self.data
-        {
-            release_mapped(map, *offset, *len);
-        }
         Matrix { rows, cols, data }
     }
 
@@ -286,6 +295,9 @@ impl Matrix {
         Matrix::from_f32(self.cols, self.rows, t)
     }
 }
+
+/// Rows repacked per step of [`Matrix::repacked`].
+const REPACK_CHUNK_BYTES: usize = 4 << 20;
 
 #[cfg(unix)]
 fn release_mapped(map: &memmap2::Mmap, offset: usize, len: usize) {
@@ -769,6 +781,17 @@ mod tests {
                     data: MatrixData::Quant { ty, data: q.into() },
                 };
                 let packed = m.clone().repacked();
+                // Repacking a few rows at a time (as large matrices are) gives the same bytes.
+                let in_chunks = m.clone().repacked_in_chunks(8 * rb);
+                match (&packed.data, &in_chunks.data) {
+                    (MatrixData::Grouped { data: a, .. }, MatrixData::Grouped { data: b, .. }) => {
+                        assert_eq!(a.as_slice(), b.as_slice(), "{ty:?} {rows}x{cols}")
+                    }
+                    (MatrixData::Grouped { .. }, _) | (_, MatrixData::Grouped { .. }) => {
+                        panic!("{ty:?}: one way repacked, the other not")
+                    }
+                    _ => {}
+                }
                 if ty == QuantType::Q8_0 && rows % 8 == 0 {
                     assert!(matches!(
                         packed.data,

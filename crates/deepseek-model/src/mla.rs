@@ -137,6 +137,15 @@ impl MlaAttention {
         })
     }
 
+    /// Weights held only for the decompressed prefill: `kv_b_proj` when decode reads the split
+    /// per-head weights instead (GGUF files, where it is rebuilt at load).
+    pub fn prefill_only_matrices(&self) -> Vec<&Matrix> {
+        match &self.w_uk_t {
+            Some(_) => vec![&self.kv_b_proj],
+            None => vec![],
+        }
+    }
+
     /// The stored weights (the per-head absorbed views are derived from `kv_b_proj`).
     pub fn matrices(&self) -> Vec<&Matrix> {
         let mut v = match &self.q {

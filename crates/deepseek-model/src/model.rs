@@ -187,6 +187,25 @@ impl Model {
         b as usize
     }
 
+    /// Bytes of every weight the model holds, in the layout it holds them (repacked or
+    /// widened quantized rows, matrices rebuilt at load included): what a fully resident model
+    /// occupies, the yardstick for its peak RSS.
+    pub fn held_weight_bytes(&self) -> usize {
+        let mut b = self.embed_tokens.size_bytes() + 4 * self.norm.len();
+        self.for_each_weight(&mut |m, _| b += m.size_bytes());
+        for l in &self.layers {
+            b += 4 * (l.input_layernorm.len() + l.post_attention_layernorm.len());
+            if let Attention::Mla(a) = &l.self_attn {
+                b += a
+                    .prefill_only_matrices()
+                    .iter()
+                    .map(|m| m.size_bytes())
+                    .sum::<usize>();
+            }
+        }
+        b
+    }
+
     /// Every weight matrix except the embeddings, with the share of tokens that read it
     /// (k / n_routed for a routed expert, 1 otherwise).
     fn for_each_weight(&self, f: &mut dyn FnMut(&Matrix, f64)) {

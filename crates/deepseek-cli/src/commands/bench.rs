@@ -54,6 +54,12 @@ pub fn run(a: Args) -> Result<()> {
     // The probe's 1 GiB buffer is freed before the model loads, so it does not count in the
     // peak RSS reported below.
     let bw = deepseek_kernels::probe::read_bandwidth(1 << 30, 5);
+    // The file's facts are read before the model loads: opening a checkpoint may build small
+    // tensors (GGUF's split kv_b), which would otherwise add to the peak RSS measured below.
+    let (dtype, disk_bytes) = {
+        let (_, store) = deepseek_loader::open_checkpoint(&dir)?;
+        (store.main_dtype(), store.total_bytes())
+    };
     let model = load_model(&dir)?;
     let c = &model.config;
     if a.depth + a.gen + 1 > c.max_position_embeddings || a.prompt > c.max_position_embeddings {
@@ -157,16 +163,20 @@ pub fn run(a: Args) -> Result<()> {
         median_spread(&mut decode)
     };
     let gbs = tg * bytes_per_token as f64 / 1e9;
-    let (_, store) = deepseek_loader::open_checkpoint(&dir)?;
+    let held_bytes = model.held_weight_bytes();
+    let rss = peak_rss_bytes();
+    let cache_bytes = (a.prompt.max(a.depth + a.gen + 1)) * shape.bytes_per_token();
     let v = json!({
-        "model": dir.display().to_string(), "dtype": store.main_dtype(), "threads": threads, "isa": format!("{:?}", deepseek_kernels::simd::isa()),
+        "model": dir.display().to_string(), "dtype": dtype, "threads": threads, "isa": format!("{:?}", deepseek_kernels::simd::isa()),
         "prompt_tokens": a.prompt, "gen_tokens": a.gen, "depth": a.depth, "repetitions": a.repetitions,
         "prefill_tok_s": pp, "prefill_tok_s_min": pp_min, "prefill_tok_s_max": pp_max,
         "decode_tok_s": tg, "decode_tok_s_min": tg_min, "decode_tok_s_max": tg_max,
         "decode_bytes_per_token": bytes_per_token, "active_weight_bytes": model.active_weight_bytes(),
         "decode_gb_s": gbs, "bandwidth_gb_s": bw / 1e9, "bandwidth_share": if bw > 0.0 { gbs * 1e9 / bw } else { 0.0 },
         "kv_bytes_per_token": shape.bytes_per_token(),
-        "weights_bytes": store.total_bytes(), "peak_rss_bytes": peak_rss_bytes(),
+        "weights_bytes": disk_bytes, "weights_held_bytes": held_bytes, "cache_bytes": cache_bytes,
+        "peak_rss_bytes": rss,
+        "peak_rss_ratio": rss.map(|r| r as f64 / (held_bytes + cache_bytes) as f64),
     });
     if a.json {
         println!("{v}");
@@ -174,7 +184,7 @@ pub fn run(a: Args) -> Result<()> {
         println!(
             "model        {} ({}, {} threads, {:?})",
             dir.display(),
-            store.main_dtype(),
+            dtype,
             threads,
             deepseek_kernels::simd::isa()
         );
@@ -197,11 +207,15 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
         println!("kv cache     {} bytes/token", shape.bytes_per_token());
-        if let Some(rss) = peak_rss_bytes() {
+        if let Some(rss) = rss {
             println!(
-                "memory       peak RSS {:.2} GB; weights on disk {:.2} GB",
+                "memory       peak RSS {:.2} GB = {:.3}× (weights as held {:.2} GB + largest cache \
+                 {:.3} GB); weights on disk {:.2} GB",
                 rss as f64 / 1e9,
-                store.total_bytes() as f64 / 1e9
+                rss as f64 / (held_bytes + cache_bytes) as f64,
+                held_bytes as f64 / 1e9,
+                cache_bytes as f64 / 1e9,
+                disk_bytes as f64 / 1e9
             );
         }
     }
