@@ -17,6 +17,10 @@ if rustup component list --installed 2>/dev/null | grep -q clippy; then
 fi
 cargo test --release --workspace --locked
 
+# The NEON kernels and the fixture parity on AArch64, under QEMU (skipped, saying so, where the
+# cross toolchain cannot be installed).
+scripts/test_aarch64.sh
+
 # The HTTP server, end to end, with the official openai client (in a venv of its own).
 cargo build --release --locked
 if [ ! -x target/py-serve/bin/python ]; then

@@ -13,6 +13,9 @@
 //! activations are the second operand, which AMX wants pair-interleaved ("VNNI": tile row `kk`
 //! holds `x[t][2kk], x[t][2kk+1]` for the 16 tokens `t`); they are small and rearranged once per
 //! matmul. Each tile product is `out` transposed (weight rows × tokens).
+//!
+//! Elsewhere than x86-64 `available()` is false and the tile code is never reached.
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 
 use std::cell::RefCell;
 use std::sync::OnceLock;

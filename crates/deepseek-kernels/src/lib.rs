@@ -12,6 +12,8 @@ pub mod matrix;
 pub mod ops;
 pub mod probe;
 pub mod quant;
+#[cfg(target_arch = "aarch64")]
+mod quant_neon;
 #[cfg(target_arch = "x86_64")]
 mod quant_x86;
 pub mod repack;

@@ -391,50 +391,89 @@ fn idot<const N: usize>(a: &[i8], b: &[i8]) -> i32 {
     s
 }
 
-/// Dot product of one quantized weight row with one activation row.
+/// Dot product of one quantized weight row with one activation row (plain code).
 #[inline(always)]
 pub(crate) fn dot_row_generic(t: QuantType, w: &[u8], ad: &[f32], asum: &[i32], aq: &[i8]) -> f32 {
+    dot_rows_unpacked::<ScalarDot, 1>(t, w, &[(ad, asum, aq)])[0]
+}
+
+/// Integer dot products of the unpacked weight values with the int8 activations.
+pub(crate) trait IntDot {
+    fn dot32(w: &[i8], a: &[i8]) -> i32;
+    fn dot16(w: &[i8], a: &[i8]) -> i32;
+}
+
+pub(crate) struct ScalarDot;
+
+impl IntDot for ScalarDot {
+    #[inline(always)]
+    fn dot32(w: &[i8], a: &[i8]) -> i32 {
+        idot::<32>(w, a)
+    }
+    #[inline(always)]
+    fn dot16(w: &[i8], a: &[i8]) -> i32 {
+        idot::<16>(w, a)
+    }
+}
+
+/// One quantized weight row against `T` activation rows: each block is unpacked to integers
+/// once for all `T`, then `D` does the integer dot products.
+#[inline(always)]
+pub(crate) fn dot_rows_unpacked<D: IntDot, const T: usize>(
+    t: QuantType,
+    w: &[u8],
+    acts: &[(&[f32], &[i32], &[i8]); T],
+) -> [f32; T] {
     let bb = t.block_bytes();
-    let mut acc = 0.0f32;
+    let mut acc = [0.0f32; T];
     match t {
         QuantType::Q4K | QuantType::Q5K => {
             let mut k = KBlock::new();
             for (sb, b) in w.chunks_exact(bb).enumerate() {
                 unpack_k(t, b, &mut k);
-                let mut s_sc = 0.0f32;
-                let mut s_min = 0.0f32;
-                for j in 0..8 {
-                    let ab = sb * 8 + j;
-                    let i = idot::<32>(&k.q[j * 32..], &aq[ab * 32..]);
-                    s_sc += ad[ab] * (k.scales[j] as i32 * i) as f32;
-                    s_min += ad[ab] * (k.mins[j] as i32 * asum[ab]) as f32;
+                for (acc, &(ad, asum, aq)) in acc.iter_mut().zip(acts) {
+                    let mut s_sc = 0.0f32;
+                    let mut s_min = 0.0f32;
+                    for j in 0..8 {
+                        let ab = sb * 8 + j;
+                        let i = D::dot32(&k.q[j * 32..j * 32 + 32], &aq[ab * 32..ab * 32 + 32]);
+                        s_sc += ad[ab] * (k.scales[j] as i32 * i) as f32;
+                        s_min += ad[ab] * (k.mins[j] as i32 * asum[ab]) as f32;
+                    }
+                    *acc += k.d * s_sc - k.dmin * s_min;
                 }
-                acc += k.d * s_sc - k.dmin * s_min;
             }
         }
         QuantType::Q6K => {
             let mut k = KBlock::new();
             for (sb, b) in w.chunks_exact(bb).enumerate() {
                 unpack_k(t, b, &mut k);
-                let mut s = 0.0f32;
-                for j in 0..8 {
-                    let ab = sb * 8 + j;
-                    let lo = idot::<16>(&k.q[j * 32..], &aq[ab * 32..]);
-                    let hi = idot::<16>(&k.q[j * 32 + 16..], &aq[ab * 32 + 16..]);
-                    let i = k.scales16[2 * j] as i32 * lo + k.scales16[2 * j + 1] as i32 * hi;
-                    s += ad[ab] * i as f32;
+                for (acc, &(ad, _, aq)) in acc.iter_mut().zip(acts) {
+                    let mut s = 0.0f32;
+                    for j in 0..8 {
+                        let ab = sb * 8 + j;
+                        let lo = D::dot16(&k.q[j * 32..j * 32 + 16], &aq[ab * 32..ab * 32 + 16]);
+                        let hi = D::dot16(
+                            &k.q[j * 32 + 16..j * 32 + 32],
+                            &aq[ab * 32 + 16..ab * 32 + 32],
+                        );
+                        let i = k.scales16[2 * j] as i32 * lo + k.scales16[2 * j + 1] as i32 * hi;
+                        s += ad[ab] * i as f32;
+                    }
+                    *acc += k.d * s;
                 }
-                acc += k.d * s;
             }
         }
         _ => {
             let mut q = [0i8; QK];
             for (ab, b) in w.chunks_exact(bb).enumerate() {
                 let d = unpack_32(t, b, &mut q);
-                let i = idot::<32>(&q, &aq[ab * 32..]);
-                acc += d * ad[ab] * i as f32;
-                if t == QuantType::Q4_1 {
-                    acc += f16_at(b, 2) * ad[ab] * asum[ab] as f32;
+                for (acc, &(ad, asum, aq)) in acc.iter_mut().zip(acts) {
+                    let i = D::dot32(&q, &aq[ab * 32..ab * 32 + 32]);
+                    *acc += d * ad[ab] * i as f32;
+                    if t == QuantType::Q4_1 {
+                        *acc += f16_at(b, 2) * ad[ab] * asum[ab] as f32;
+                    }
                 }
             }
         }
@@ -450,6 +489,9 @@ pub(crate) enum ByteDotIsa {
     Avx2,
     #[cfg(target_arch = "x86_64")]
     Vnni,
+    /// AArch64 with the `sdot` instruction (Armv8.2 dot product).
+    #[cfg(target_arch = "aarch64")]
+    NeonDot,
 }
 
 pub(crate) fn byte_dot_isa() -> ByteDotIsa {
@@ -467,6 +509,8 @@ pub(crate) fn byte_dot_isa() -> ByteDotIsa {
         }
         #[cfg(target_arch = "x86_64")]
         _ => ByteDotIsa::Avx2,
+        #[cfg(target_arch = "aarch64")]
+        _ if std::arch::is_aarch64_feature_detected!("dotprod") => ByteDotIsa::NeonDot,
         #[cfg(not(target_arch = "x86_64"))]
         _ => ByteDotIsa::Scalar,
     })
@@ -489,9 +533,10 @@ pub fn dot_rows<const T: usize>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         ByteDotIsa::Avx2 => unsafe { crate::quant_x86::dot_rows_avx2::<T>(t, w, &acts) },
-        ByteDotIsa::Scalar => {
-            std::array::from_fn(|k| dot_row_generic(t, w, acts[k].0, acts[k].1, acts[k].2))
-        }
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `dotprod` was detected at run time; row lengths checked above.
+        ByteDotIsa::NeonDot => unsafe { crate::quant_neon::dot_rows::<T>(t, w, &acts) },
+        ByteDotIsa::Scalar => dot_rows_unpacked::<ScalarDot, T>(t, w, &acts),
     }
 }
 
@@ -833,6 +878,11 @@ mod tests {
                     {
                         got.push(unsafe { crate::quant_x86::dot_rows_vnni::<1>(t, &q, &acts)[0] });
                     }
+                }
+                #[cfg(target_arch = "aarch64")]
+                if std::arch::is_aarch64_feature_detected!("dotprod") {
+                    let acts = [a.row(row)];
+                    got.push(unsafe { crate::quant_neon::dot_rows::<1>(t, &q, &acts)[0] });
                 }
                 got.push(dot_row(t, &q, &a, row));
                 if row == 0 {

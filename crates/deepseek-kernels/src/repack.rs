@@ -246,6 +246,53 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::*;
+    use crate::quant_neon::{f16x4_to_f32, sdot};
+    use std::arch::aarch64::*;
+
+    /// `sdot`: each 16-byte load holds one 4-column group of rows 0–3 (or 4–7), so the 4 i32
+    /// lanes are 4 rows' partial sums; the token's 4 activation bytes are one lane broadcast.
+    #[target_feature(enable = "neon,dotprod")]
+    pub unsafe fn dot_group_sdot<const T: usize>(
+        g: &[u8],
+        nb: usize,
+        acts: &[ActRow; T],
+    ) -> [[f32; 8]; T] {
+        let mut acc = [[vdupq_n_f32(0.0); 2]; T];
+        for b in 0..nb {
+            let blk = g.as_ptr().add(b * BLOCK_BYTES);
+            let scales = [f16x4_to_f32(blk), f16x4_to_f32(blk.add(8))];
+            let w = blk.add(2 * GROUP) as *const i8;
+            let mut isum = [[vdupq_n_s32(0); 2]; T];
+            for k in 0..QK / 4 {
+                let lo = vld1q_s8(w.add(k * 32));
+                let hi = vld1q_s8(w.add(k * 32 + 16));
+                for (t, a) in acts.iter().enumerate() {
+                    let four = (a.2.as_ptr().add(b * QK + 4 * k) as *const i32).read_unaligned();
+                    let av = vreinterpretq_s8_s32(vdupq_n_s32(four));
+                    isum[t][0] = sdot(isum[t][0], lo, av);
+                    isum[t][1] = sdot(isum[t][1], hi, av);
+                }
+            }
+            for (t, a) in acts.iter().enumerate() {
+                let ad = *a.0.get_unchecked(b);
+                for h in 0..2 {
+                    let f = vmulq_n_f32(scales[h], ad);
+                    acc[t][h] = vfmaq_f32(acc[t][h], vcvtq_f32_s32(isum[t][h]), f);
+                }
+            }
+        }
+        let mut out = [[0.0f32; 8]; T];
+        for t in 0..T {
+            vst1q_f32(out[t].as_mut_ptr(), acc[t][0]);
+            vst1q_f32(out[t].as_mut_ptr().add(4), acc[t][1]);
+        }
+        out
+    }
+}
+
 /// The 8 rows of one repacked group (`group_bytes(cols)` bytes) against `T` activation rows.
 pub fn dot_group<const T: usize>(group: &[u8], cols: usize, acts: &[ActRow; T]) -> [[f32; 8]; T] {
     assert!(group.len() >= group_bytes(cols));
@@ -264,6 +311,12 @@ pub fn dot_group<const T: usize>(group: &[u8], cols: usize, acts: &[ActRow; T]) 
             ByteDotIsa::Scalar => {}
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if crate::quant::byte_dot_isa() == crate::quant::ByteDotIsa::NeonDot {
+        // SAFETY: `dotprod` detected at run time; lengths checked above.
+        return unsafe { neon::dot_group_sdot::<T>(group, nb, acts) };
+    }
+    let _ = nb;
     dot_group_generic::<T>(group, cols, acts)
 }
 
@@ -302,6 +355,10 @@ mod tests {
                 dot_group_generic::<3>(group, cols, &acts),
                 dot_group::<3>(group, cols, &acts),
             ];
+            #[cfg(target_arch = "aarch64")]
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                results.push(unsafe { neon::dot_group_sdot::<3>(group, cols / QK, &acts) });
+            }
             #[cfg(target_arch = "x86_64")]
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
                 results.push(unsafe { x86::dot_group_avx2::<3>(group, cols / QK, &acts) });
