@@ -853,6 +853,17 @@ mod tests {
                 .zip(b.iter().flatten())
                 .all(|(x, y)| (x - y).abs() < 1e-4)
         };
+        #[allow(unused)]
+        let check_axpy = |axpy: unsafe fn(f32, &[u16], &mut [f32]), isa: &str| {
+            let mut y = vec![0.5f32; n];
+            let mut y_ref = y.clone();
+            unsafe { axpy(0.25, &wb[0], &mut y) };
+            for (yv, &b) in y_ref.iter_mut().zip(&wb[0]) {
+                *yv += 0.25 * bf16_bits_to_f32(b);
+            }
+            let ok = y.iter().zip(&y_ref).all(|(a, b)| (a - b).abs() < 1e-6);
+            assert!(ok, "{isa} axpy_bf16");
+        };
         #[cfg(target_arch = "x86_64")]
         {
             let mut got = [[0.0f32; 3]; 4];
@@ -867,16 +878,7 @@ mod tests {
                 assert!(close(&got, &want), "avx512 f32");
                 unsafe { x86::tile_bf16_avx512(wbr, xr, &mut got) };
                 assert!(close(&got, &want_b), "avx512 bf16");
-                let mut y = vec![0.5f32; n];
-                let mut y_ref = y.clone();
-                unsafe { x86::axpy_bf16_avx512(0.25, &wb[0], &mut y) };
-                for (yv, &b) in y_ref.iter_mut().zip(&wb[0]) {
-                    *yv += 0.25 * bf16_bits_to_f32(b);
-                }
-                assert!(
-                    y.iter().zip(&y_ref).all(|(a, b)| (a - b).abs() < 1e-6),
-                    "avx512 axpy_bf16"
-                );
+                check_axpy(x86::axpy_bf16_avx512, "avx512");
             }
         }
         #[cfg(target_arch = "aarch64")]
@@ -886,16 +888,7 @@ mod tests {
             assert!(close(&got, &want), "neon f32");
             unsafe { neon::tile_bf16(wbr, xr, &mut got) };
             assert!(close(&got, &want_b), "neon bf16");
-            let mut y = vec![0.5f32; n];
-            let mut y_ref = y.clone();
-            unsafe { neon::axpy_bf16(0.25, &wb[0], &mut y) };
-            for (yv, &b) in y_ref.iter_mut().zip(&wb[0]) {
-                *yv += 0.25 * bf16_bits_to_f32(b);
-            }
-            assert!(
-                y.iter().zip(&y_ref).all(|(a, b)| (a - b).abs() < 1e-6),
-                "neon axpy_bf16"
-            );
+            check_axpy(neon::axpy_bf16, "neon");
         }
         let mut acc = [0.0f32; 3];
         dot_f32_multi(&w[0], &xr, &mut acc);
