@@ -70,8 +70,14 @@ fn loglikelihoods_match_a_direct_forward() {
             assert!((x - want).abs() < 1e-3, "{c:?}: engine {x}, direct {want}");
         }
     }
+    // Which continuation the model prefers depends on its training; that the values are real
+    // log-probabilities and tell the candidates apart does not.
     assert!(
-        got[1].iter().all(|&x| x < got[0][0].max(got[0][1])),
-        "longer continuations are less likely"
+        got.iter().flatten().all(|&x| x.is_finite() && x < 0.0),
+        "log-likelihoods must be finite and negative: {got:?}"
+    );
+    assert!(
+        got.iter().all(|g| g[0] != g[1]),
+        "candidates scored alike: {got:?}"
     );
 }
