@@ -146,9 +146,9 @@ impl Matrix {
 
     /// The layout our kernels run fastest on, made once at load (owned; the mapping's pages
     /// are then no longer touched): Q8_0 and Q4_K with rows in groups of 8 are repacked
-    /// (see [`crate::repack`]); Q4_0 and Q5_0 become Q8_0 first (exactly: same scale, the
-    /// offset values fit in a byte), trading 50% more bytes for the fast kernel. Everything
-    /// else is returned as it is.
+    /// (see [`crate::repack`]), and so is Q5_0 where the CPU has 512-bit VNNI; elsewhere Q5_0,
+    /// and Q4_0 everywhere, become Q8_0 first (exactly: same scale, the offset values fit in a
+    /// byte), trading 50% more bytes for the fast kernel. Everything else is returned as it is.
     pub fn repacked(self) -> Matrix {
         self.repacked_in_chunks(REPACK_CHUNK_BYTES)
     }
@@ -162,8 +162,9 @@ impl Matrix {
         }
         let (rows, cols) = (self.rows, self.cols);
         let layout = match ty {
+            QuantType::Q5_0 if repack::vnni512_repack_supported() => repack::Layout::Q5_0x8,
             QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q5_0 => repack::Layout::Q8_0x8,
-            QuantType::Q4K if repack::q4k_repack_supported() => repack::Layout::Q4Kx8,
+            QuantType::Q4K if repack::vnni512_repack_supported() => repack::Layout::Q4Kx8,
             _ => return self,
         };
         // A few MB of rows at a time, each slice's mapped pages dropped right after it is
@@ -176,12 +177,13 @@ impl Matrix {
         for start in (0..rows).step_by(chunk_rows) {
             let n = chunk_rows.min(rows - start);
             let src = &bytes[start * row_bytes..(start + n) * row_bytes];
-            let part = match ty {
-                QuantType::Q8_0 => repack::repack_q8_0(src, n, cols),
-                QuantType::Q4_0 | QuantType::Q5_0 => {
+            let part = match (layout, ty) {
+                (repack::Layout::Q8_0x8, QuantType::Q8_0) => repack::repack_q8_0(src, n, cols),
+                (repack::Layout::Q8_0x8, _) => {
                     repack::repack_q8_0(&quant::to_q8_0(*ty, src), n, cols)
                 }
-                _ => repack::repack_q4_k(src, n, cols),
+                (repack::Layout::Q5_0x8, _) => repack::repack_q5_0(src, n, cols),
+                (repack::Layout::Q4Kx8, _) => repack::repack_q4_k(src, n, cols),
             };
             packed.extend_from_slice(&part);
             // The mapped original is not read again: let the kernel drop its pages from this
