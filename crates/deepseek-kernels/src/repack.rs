@@ -298,12 +298,23 @@ mod neon {
     }
 }
 
-/// The 8 rows of one repacked group (`group_bytes(cols)` bytes) against `T` activation rows.
-pub fn dot_group<const T: usize>(group: &[u8], cols: usize, acts: &[ActRow; T]) -> [[f32; 8]; T] {
-    assert!(group.len() >= group_bytes(cols));
+/// The bounds the unchecked kernels rely on: a whole group, and activation rows (values, block
+/// scales, block sums) covering `cols`.
+fn check_lengths<const T: usize>(
+    group: &[u8],
+    group_bytes: usize,
+    cols: usize,
+    acts: &[ActRow; T],
+) {
+    assert!(group.len() >= group_bytes);
     for a in acts {
         assert!(a.2.len() >= cols && a.0.len() >= cols / QK && a.1.len() >= cols / QK);
     }
+}
+
+/// The 8 rows of one repacked group (`group_bytes(cols)` bytes) against `T` activation rows.
+pub fn dot_group<const T: usize>(group: &[u8], cols: usize, acts: &[ActRow; T]) -> [[f32; 8]; T] {
+    check_lengths(group, group_bytes(cols), cols, acts);
     let nb = cols / QK;
     #[cfg(target_arch = "x86_64")]
     {
@@ -455,20 +466,21 @@ pub fn unpack_q4_k_row(data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
     }
 }
 
-/// Plain version: unpack each row and use the per-row dot product.
+/// Plain version of a repacked layout: unpack each row and use the per-row dot product.
 #[allow(clippy::needless_range_loop)]
-fn dot_group_q4k_generic<const T: usize>(
+fn dot_group_unpacked<const T: usize>(
+    layout: Layout,
     group: &[u8],
     cols: usize,
     acts: &[ActRow; T],
 ) -> [[f32; 8]; T] {
-    use crate::quant::QuantType;
-    let mut row = vec![0u8; QuantType::Q4K.row_bytes(cols)];
+    let ty = layout.plain();
+    let mut row = vec![0u8; ty.row_bytes(cols)];
     let mut out = [[0.0f32; 8]; T];
     for r in 0..GROUP {
-        unpack_q4_k_row(group, cols, r, &mut row);
+        layout.unpack_row(group, cols, r, &mut row);
         for (t, a) in acts.iter().enumerate() {
-            out[t][r] = crate::quant::dot_row_generic(QuantType::Q4K, &row, a.0, a.1, a.2);
+            out[t][r] = crate::quant::dot_row_generic(ty, &row, a.0, a.1, a.2);
         }
     }
     out
@@ -571,10 +583,7 @@ pub fn dot_group_q4k<const T: usize>(
     cols: usize,
     acts: &[ActRow; T],
 ) -> [[f32; 8]; T] {
-    assert!(group.len() >= q4k_group_bytes(cols));
-    for a in acts {
-        assert!(a.2.len() >= cols && a.0.len() >= cols / QK && a.1.len() >= cols / QK);
-    }
+    check_lengths(group, q4k_group_bytes(cols), cols, acts);
     #[cfg(target_arch = "x86_64")]
     if vnni512_repack_supported() {
         // SAFETY: VNNI detected; lengths checked above.
@@ -582,7 +591,7 @@ pub fn dot_group_q4k<const T: usize>(
             x86_q4k::dot_group_q4k_vnni512::<T>(group, cols / crate::quant::QK_K, acts)
         };
     }
-    dot_group_q4k_generic::<T>(group, cols, acts)
+    dot_group_unpacked::<T>(Layout::Q4Kx8, group, cols, acts)
 }
 
 // ---- Q5_0 in groups of 8 rows ----
@@ -638,24 +647,6 @@ pub fn unpack_q5_0_row(data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
             dst[6 + kk * 8..][..8].copy_from_slice(&src[48 + kk * 64 + i * 8..][..8]);
         }
     }
-}
-
-/// Plain version: unpack each row and use the per-row dot product.
-#[allow(clippy::needless_range_loop)]
-fn dot_group_q5_0_generic<const T: usize>(
-    group: &[u8],
-    cols: usize,
-    acts: &[ActRow; T],
-) -> [[f32; 8]; T] {
-    let mut row = vec![0u8; QuantType::Q5_0.row_bytes(cols)];
-    let mut out = [[0.0f32; 8]; T];
-    for r in 0..GROUP {
-        unpack_q5_0_row(group, cols, r, &mut row);
-        for (t, a) in acts.iter().enumerate() {
-            out[t][r] = crate::quant::dot_row_generic(QuantType::Q5_0, &row, a.0, a.1, a.2);
-        }
-    }
-    out
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -729,25 +720,31 @@ pub fn dot_group_q5_0<const T: usize>(
     cols: usize,
     acts: &[ActRow; T],
 ) -> [[f32; 8]; T] {
-    assert!(group.len() >= q5_0_group_bytes(cols));
-    for a in acts {
-        assert!(a.2.len() >= cols && a.0.len() >= cols / QK && a.1.len() >= cols / QK);
-    }
+    check_lengths(group, q5_0_group_bytes(cols), cols, acts);
     #[cfg(target_arch = "x86_64")]
     if vnni512_repack_supported() {
         // SAFETY: VNNI detected; lengths checked above.
         return unsafe { x86_q5_0::dot_group_q5_0_vnni512::<T>(group, cols / QK, acts) };
     }
-    dot_group_q5_0_generic::<T>(group, cols, acts)
+    dot_group_unpacked::<T>(Layout::Q5_0x8, group, cols, acts)
 }
 
 #[cfg(test)]
-mod q5_0_tests {
+mod grouped_tests {
     use super::*;
     use crate::quant::{dequantize_row, quantize_row, QuantizedActivations};
 
-    fn check<const T: usize>(rows: usize, cols: usize) {
-        // Weights over the whole 5-bit range, with some exact zeros and extremes per block.
+    /// Repacks `rows × cols` weights of `layout`'s format, checks every row round-trips, and
+    /// runs the plain and the dispatched kernel against dequantize-then-multiply for `T` tokens.
+    fn check<const T: usize>(
+        layout: Layout,
+        repack: fn(&[u8], usize, usize) -> Vec<u8>,
+        rows: usize,
+        cols: usize,
+        tol: f32,
+    ) {
+        let ty = layout.plain();
+        // Weights over the format's whole range, with exact zeros and extremes.
         let w: Vec<f32> = (0..rows * cols)
             .map(|i| match i % 37 {
                 0 => 0.0,
@@ -755,17 +752,17 @@ mod q5_0_tests {
                 _ => ((i * 53) % 97) as f32 / 48.0 - 1.0,
             })
             .collect();
-        let rb = QuantType::Q5_0.row_bytes(cols);
+        let rb = ty.row_bytes(cols);
         let mut plain = vec![0u8; rows * rb];
         for (r, o) in plain.chunks_mut(rb).enumerate() {
-            quantize_row(QuantType::Q5_0, &w[r * cols..(r + 1) * cols], o);
+            quantize_row(ty, &w[r * cols..(r + 1) * cols], o);
         }
-        let packed = repack_q5_0(&plain, rows, cols);
-        assert_eq!(packed.len(), plain.len(), "Q5_0x8 is the same size as Q5_0");
+        let packed = repack(&plain, rows, cols);
+        assert_eq!(packed.len(), rows / GROUP * layout.group_bytes(cols));
         let mut row = vec![0u8; rb];
         for r in 0..rows {
-            unpack_q5_0_row(&packed, cols, r, &mut row);
-            assert_eq!(row, plain[r * rb..(r + 1) * rb], "row {r}");
+            layout.unpack_row(&packed, cols, r, &mut row);
+            assert_eq!(row, plain[r * rb..(r + 1) * rb], "{layout:?} row {r}");
         }
         let x: Vec<f32> = (0..T * cols)
             .map(|i| ((i * 17) % 31) as f32 / 15.0 - 1.0)
@@ -774,81 +771,37 @@ mod q5_0_tests {
         let xq: Vec<f32> = (0..x.len()).map(|i| a.d[i / QK] * a.qs[i] as f32).collect();
         let mut deq = vec![0.0; cols];
         for g in 0..rows / GROUP {
-            let group = &packed[g * q5_0_group_bytes(cols)..];
+            let group = &packed[g * layout.group_bytes(cols)..];
             let acts: [ActRow; T] = std::array::from_fn(|t| a.row(t));
             for res in [
-                dot_group_q5_0_generic::<T>(group, cols, &acts),
-                dot_group_q5_0::<T>(group, cols, &acts),
+                dot_group_unpacked::<T>(layout, group, cols, &acts),
+                layout.dot_group::<T>(group, cols, &acts),
             ] {
                 for (t, rt) in res.iter().enumerate() {
                     for (i, &got) in rt.iter().enumerate() {
                         let r = g * GROUP + i;
-                        dequantize_row(QuantType::Q5_0, &plain[r * rb..(r + 1) * rb], &mut deq);
+                        dequantize_row(ty, &plain[r * rb..(r + 1) * rb], &mut deq);
                         let want: f32 = deq.iter().zip(&xq[t * cols..]).map(|(a, b)| a * b).sum();
                         assert!(
-                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                            "row {r} token {t}: {got} vs {want}"
+                            (got - want).abs() < tol * (1.0 + want.abs()),
+                            "{layout:?} row {r} token {t}: {got} vs {want}"
                         );
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn repacked_q4_k_groups_equal_plain_rows() {
+        check::<2>(Layout::Q4Kx8, repack_q4_k, 16, 512, 1e-3);
+        check::<1>(Layout::Q4Kx8, repack_q4_k, 8, 256, 1e-3);
     }
 
     #[test]
     fn repacked_q5_0_groups_equal_plain_rows() {
-        check::<1>(16, 1408);
-        check::<3>(8, 96);
-        check::<4>(24, 64);
-    }
-}
-
-#[cfg(test)]
-mod q4k_tests {
-    use super::*;
-    use crate::quant::{dequantize_row, quantize_row, QuantType, QuantizedActivations};
-
-    #[test]
-    fn repacked_q4_k_groups_equal_plain_rows() {
-        let (rows, cols) = (16, 512);
-        let w: Vec<f32> = (0..rows * cols)
-            .map(|i| ((i * 53) % 97) as f32 / 48.0 - 1.0)
-            .collect();
-        let rb = QuantType::Q4K.row_bytes(cols);
-        let mut plain = vec![0u8; rows * rb];
-        for (r, o) in plain.chunks_mut(rb).enumerate() {
-            quantize_row(QuantType::Q4K, &w[r * cols..(r + 1) * cols], o);
-        }
-        let packed = repack_q4_k(&plain, rows, cols);
-        let mut row = vec![0u8; rb];
-        for r in 0..rows {
-            unpack_q4_k_row(&packed, cols, r, &mut row);
-            assert_eq!(row, plain[r * rb..(r + 1) * rb], "row {r}");
-        }
-        let x: Vec<f32> = (0..2 * cols)
-            .map(|i| ((i * 17) % 31) as f32 / 15.0 - 1.0)
-            .collect();
-        let a = QuantizedActivations::new(&x, cols);
-        let xq: Vec<f32> = (0..x.len()).map(|i| a.d[i / QK] * a.qs[i] as f32).collect();
-        let mut deq = vec![0.0; cols];
-        for g in 0..rows / GROUP {
-            let group = &packed[g * q4k_group_bytes(cols)..];
-            let acts = [a.row(0), a.row(1)];
-            let mut results = vec![dot_group_q4k_generic::<2>(group, cols, &acts)];
-            results.push(dot_group_q4k::<2>(group, cols, &acts));
-            for res in results {
-                for (t, rt) in res.iter().enumerate() {
-                    for (i, &got) in rt.iter().enumerate() {
-                        let r = g * GROUP + i;
-                        dequantize_row(QuantType::Q4K, &plain[r * rb..(r + 1) * rb], &mut deq);
-                        let want: f32 = deq.iter().zip(&xq[t * cols..]).map(|(a, b)| a * b).sum();
-                        assert!(
-                            (got - want).abs() < 1e-3 * (1.0 + want.abs()),
-                            "row {r} token {t}: {got} vs {want}"
-                        );
-                    }
-                }
-            }
-        }
+        check::<1>(Layout::Q5_0x8, repack_q5_0, 16, 1408, 1e-4);
+        check::<3>(Layout::Q5_0x8, repack_q5_0, 8, 96, 1e-4);
+        check::<4>(Layout::Q5_0x8, repack_q5_0, 24, 64, 1e-4);
     }
 }
