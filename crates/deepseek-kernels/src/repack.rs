@@ -613,13 +613,14 @@ pub fn repack_q5_0(data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
     assert!(rows.is_multiple_of(GROUP) && cols.is_multiple_of(QK));
     let nb = cols / QK;
     let rb = QuantType::Q5_0.row_bytes(cols);
+    let bb = QuantType::Q5_0.block_bytes();
     let mut out = vec![0u8; rows / GROUP * q5_0_group_bytes(cols)];
     for g in 0..rows / GROUP {
         for b in 0..nb {
             let dst =
                 &mut out[g * q5_0_group_bytes(cols) + b * Q5_0_BLOCK_BYTES..][..Q5_0_BLOCK_BYTES];
             for r in 0..GROUP {
-                let src = &data[(g * GROUP + r) * rb + b * 22..][..22];
+                let src = &data[(g * GROUP + r) * rb + b * bb..][..bb];
                 dst[2 * r..2 * r + 2].copy_from_slice(&src[0..2]);
                 for m in 0..4 {
                     dst[16 + m * 8 + r] = src[2 + m];
@@ -636,9 +637,10 @@ pub fn repack_q5_0(data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
 /// Row `r` of Q5_0x8 data back in plain Q5_0 blocks.
 pub fn unpack_q5_0_row(data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
     let (g, i) = (r / GROUP, r % GROUP);
+    let bb = QuantType::Q5_0.block_bytes();
     for b in 0..cols / QK {
         let src = &data[g * q5_0_group_bytes(cols) + b * Q5_0_BLOCK_BYTES..][..Q5_0_BLOCK_BYTES];
-        let dst = &mut out[b * 22..(b + 1) * 22];
+        let dst = &mut out[b * bb..(b + 1) * bb];
         dst[0..2].copy_from_slice(&src[2 * i..2 * i + 2]);
         for m in 0..4 {
             dst[2 + m] = src[16 + m * 8 + i];
@@ -669,6 +671,7 @@ mod x86_q5_0 {
         let base = group.as_ptr();
         for b in 0..nb {
             let blk = base.add(b * Q5_0_BLOCK_BYTES);
+            // The Q8_0 kernels' prefetch distance in bytes; 3 lines cover a 176-byte block.
             let ahead = blk.wrapping_add(PREFETCH_BLOCKS * BLOCK_BYTES) as *const i8;
             for line in 0..3 {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
