@@ -531,3 +531,100 @@ fn generate_suffix_fills_the_middle_of_the_bundled_model() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Prefill over repacked quantized weights goes through AMX where the CPU has it (weights
+/// dequantized to bf16, activations rounded to bf16) instead of the VNNI kernels (8-bit
+/// activations). On the bundled model at q4_k (Q4_K, Q5_0 and Q8_0 rows) over a 47-token prompt,
+/// both are held against the unquantized model's logits: the AMX path may not be less accurate,
+/// in the largest logit error or in how many greedy tokens it keeps. Where AMX is missing both
+/// runs take the VNNI kernels and agree trivially.
+#[test]
+fn quantized_prefill_on_amx_is_as_accurate_as_the_vnni_kernels() {
+    let tmp = std::env::temp_dir().join(format!("deepseek-amx-q-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let gguf = tmp.join("nano-q4_k.gguf");
+    let out = deepseek(&["quantize", "-t", "q4_k", "-o", gguf.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = "def read_config(path):\n    with open(path) as f:\n        data = json.load(f)\n    if 'name' not in data:\n        raise KeyError('name')\n    return data\n";
+    let out = deepseek(&["tokenize", text]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids = String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(
+        ids.split(',').count() >= 32,
+        "prompt too short for the AMX path: {ids}"
+    );
+    let logits = |model: Option<&str>, min_tokens: &str, name: &str| {
+        let file = tmp.join(name);
+        let mut args = vec![
+            "forward",
+            "--token-ids",
+            &ids,
+            "--out",
+            file.to_str().unwrap(),
+        ];
+        if let Some(m) = model {
+            args.extend(["-m", m]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_deepseek"))
+            .args(&args)
+            .env("DEEPSEEK_AMX_GROUPED_MIN_TOKENS", min_tokens)
+            .current_dir(workspace())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        read_f32(&file, "logits")
+    };
+    let (shape, reference) = logits(None, "16", "ref.safetensors");
+    let (_, amx) = logits(gguf.to_str(), "16", "amx.safetensors");
+    let (_, vnni) = logits(gguf.to_str(), "1000000", "vnni.safetensors");
+    let vocab = shape[1];
+    let max_err = |a: &[f32]| {
+        a.iter()
+            .zip(&reference)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let (e_amx, e_vnni) = (max_err(&amx), max_err(&vnni));
+    let spread = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    eprintln!("max |Δlogit| vs unquantized: AMX {e_amx}, VNNI {e_vnni} (logits within ±{spread})");
+    assert!(
+        e_amx <= 1.25 * e_vnni + 1e-3 * spread,
+        "AMX {e_amx} vs VNNI {e_vnni}"
+    );
+    let argmax = |row: &[f32]| {
+        row.iter()
+            .enumerate()
+            .fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+            .0
+    };
+    // Greedy tokens that agree with the unquantized model's (near-ties may go either way).
+    let agree = |a: &[f32]| {
+        a.chunks(vocab)
+            .zip(reference.chunks(vocab))
+            .filter(|(x, y)| argmax(x) == argmax(y))
+            .count()
+    };
+    let (g_amx, g_vnni, n) = (agree(&amx), agree(&vnni), shape[0]);
+    eprintln!("greedy tokens as unquantized: AMX {g_amx}/{n}, VNNI {g_vnni}/{n}");
+    assert!(
+        g_amx + 2 >= g_vnni && g_amx * 10 >= n * 8,
+        "AMX {g_amx}, VNNI {g_vnni} of {n}"
+    );
+    std::fs::remove_dir_all(&tmp).ok();
+}

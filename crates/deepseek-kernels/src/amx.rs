@@ -21,6 +21,7 @@ use std::cell::RefCell;
 use std::sync::OnceLock;
 
 pub(crate) mod attention;
+pub mod grouped;
 
 /// Rows in a tile: tokens of the activation tile, weight rows of a panel.
 pub const TILE: usize = 16;
@@ -546,6 +547,12 @@ mod x86 {
     }
     pub unsafe fn split_contiguous(_: &[f32], _: &mut [u16], _: &mut [u16]) {
         unreachable!("x86-only")
+    }
+    pub(super) unsafe fn configure_tiles() {
+        unreachable!("AMX is x86-only")
+    }
+    pub(super) unsafe fn release_tiles() {
+        unreachable!("AMX is x86-only")
     }
     pub(super) unsafe fn panels(
         _: super::Panel,

@@ -361,12 +361,14 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     let row_bytes = w.dtype().row_bytes(cols);
     let min_rows = (65536 / row_bytes.max(1)).clamp(1, rows);
     let threads = rayon::current_num_threads();
+    let act = Act::new(w, x, n);
+    // AMX panels are 16 rows and run in pairs: chunks of whole pairs waste no tile products.
+    let align = if act.bf16.is_some() { 32 } else { 8 };
     let chunk = rows
         .div_ceil(threads * 4)
         .max(min_rows)
-        .next_multiple_of(8)
+        .next_multiple_of(align)
         .min(rows);
-    let act = Act::new(w, x, n);
     if threads == 1 || chunk >= rows {
         rows_kernel(w, 0, rows, &act, n, out, rows);
         return;
@@ -401,19 +403,31 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
 }
 
 /// The activations of a matmul: f32, their 8-bit form when the weights are quantized, their
-/// bf16 hi/lo split when bf16 weights go through AMX.
+/// bf16 hi/lo split when bf16 weights go through AMX, their bf16 rounding when repacked
+/// quantized weights do.
 struct Act<'a> {
     x: &'a [f32],
     q: Option<QuantizedActivations>,
     split: Option<amx::SplitActivations>,
+    bf16: Option<amx::grouped::Bf16Activations>,
 }
 
 impl<'a> Act<'a> {
     /// Prepares the forms `w`'s kernels read, once for all row chunks.
     fn new(w: &Matrix, x: &'a [f32], n: usize) -> Self {
+        let bf16 = match w.data {
+            MatrixData::Grouped { .. }
+                if n >= amx_grouped_min_tokens()
+                    && !quant::exact_activations()
+                    && amx::grouped::available() =>
+            {
+                Some(amx::grouped::Bf16Activations::new(x, n, w.cols))
+            }
+            _ => None,
+        };
         let q = match w.data {
             MatrixData::Quant { .. } | MatrixData::Grouped { .. }
-                if !quant::exact_activations() =>
+                if !quant::exact_activations() && bf16.is_none() =>
             {
                 Some(QuantizedActivations::new(x, w.cols))
             }
@@ -425,8 +439,20 @@ impl<'a> Act<'a> {
             }
             _ => None,
         };
-        Act { x, q, split }
+        Act { x, q, split, bf16 }
     }
+}
+
+/// Fewest tokens for which repacked quantized weights use AMX rather than the VNNI kernels
+/// (`DEEPSEEK_AMX_GROUPED_MIN_TOKENS` overrides, for measuring).
+fn amx_grouped_min_tokens() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::env::var("DEEPSEEK_AMX_GROUPED_MIN_TOKENS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(16)
+    })
 }
 
 /// Fewest tokens for which a bf16 matmul uses AMX rather than the FMA tiles
@@ -447,6 +473,10 @@ fn amx_min_tokens() -> usize {
 fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut [f32], ld: usize) {
     let x = act.x;
     match &w.data {
+        MatrixData::Grouped { layout, data } if act.bf16.is_some() => {
+            let act = act.bf16.as_ref().expect("checked");
+            amx::grouped::gemm_rows(*layout, data.as_slice(), w.cols, r0, nr, act, out, ld);
+        }
         MatrixData::Grouped { layout, data } if act.q.is_some() => {
             rows_grouped(*layout, data.as_slice(), w.cols, r0, nr, act, n, out, ld);
         }
