@@ -167,8 +167,15 @@ pub fn gemm_rows(
         for p in 0..panels {
             let rows = TILE.min(nr - p * TILE);
             for t in 0..n {
-                out[t * ld + p * TILE..][..rows]
-                    .copy_from_slice(&acc[(p * n_pad + t) * TILE..][..rows]);
+                let src = &acc[(p * n_pad + t) * TILE..][..TILE];
+                let dst = &mut out[t * ld + p * TILE..][..rows];
+                if rows == TILE {
+                    // A fixed-size copy: two vector moves, not a `memcpy` call per token.
+                    let dst: &mut [f32; TILE] = dst.try_into().expect("16 rows");
+                    *dst = src.try_into().expect("16 rows");
+                } else {
+                    dst.copy_from_slice(&src[..rows]);
+                }
             }
         }
     });
