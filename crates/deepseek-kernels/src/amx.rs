@@ -105,14 +105,26 @@ impl SplitActivations {
         } else {
             0
         };
+        if whole_tiles > 0 {
+            for t0 in (0..n).step_by(TILE) {
+                let base = (t0 / TILE) * k_tiles * (TILE_LEN / 2);
+                let count = TILE.min(n - t0);
+                // SAFETY: AVX512-BF16 is present; the token tile's rows are in `x` and its
+                // `k_tiles` tiles of 256 pairs from `base` in `hi` and `lo`.
+                unsafe {
+                    x86::split_token_tile(
+                        &x[t0 * cols..(t0 + count) * cols],
+                        cols,
+                        whole_tiles,
+                        &mut hi[base..base + k_tiles * TILE_LEN / 2],
+                        &mut lo[base..base + k_tiles * TILE_LEN / 2],
+                    )
+                };
+            }
+        }
         for t in 0..n {
             let row = &x[t * cols..(t + 1) * cols];
             let base = (t / TILE) * k_tiles * (TILE_LEN / 2) + t % TILE;
-            if whole_tiles > 0 {
-                // SAFETY: AVX512-BF16 is present; pairs 0..16 * whole_tiles of this token land
-                // at base + 16p < base + 256 * k_tiles, inside its token tile.
-                unsafe { x86::split_row(row, whole_tiles, &mut hi[base..], &mut lo[base..]) };
-            }
             for p in whole_tiles * K_TILE / 2..pairs {
                 let v = |c: usize| row.get(c).copied().unwrap_or(0.0);
                 let ((ha, la), (hb, lb)) = (split_bf16(v(2 * p)), split_bf16(v(2 * p + 1)));
@@ -317,26 +329,88 @@ mod x86 {
         )
     }
 
-    /// Splits the first `tiles` 32-column tiles of one token's row into bf16 hi/lo pairs,
-    /// pair `p` stored at `hi[16p]` / `lo[16p]` (one column of a tile, see `SplitActivations`).
+    /// 16 rows of 16 dwords transposed: row p of the result holds dword p of every input row.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose16(
+        r: &[std::arch::x86_64::__m512i; 16],
+    ) -> [std::arch::x86_64::__m512i; 16] {
+        use std::arch::x86_64::*;
+        // Within each 128-bit lane L, u[4g + m] ends up holding column 4L + m of rows 4g..4g+4;
+        // two rounds of lane shuffles then gather each column's four lanes.
+        let t: [__m512i; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_epi32(a, b)
+            } else {
+                _mm512_unpackhi_epi32(a, b)
+            }
+        });
+        let u: [__m512i; 16] = std::array::from_fn(|i| {
+            let (g, m) = (i / 4, i % 4);
+            let (a, b) = (t[4 * g + m / 2], t[4 * g + 2 + m / 2]);
+            if m % 2 == 0 {
+                _mm512_unpacklo_epi64(a, b)
+            } else {
+                _mm512_unpackhi_epi64(a, b)
+            }
+        });
+        // v[m] / v[4 + m]: columns m, 8 + m / 4 + m, 12 + m of rows 0..8; v[8..] rows 8..16.
+        let v: [__m512i; 16] = std::array::from_fn(|i| {
+            let (half, j) = (i / 8, i % 8);
+            let (a, b) = (u[8 * half + j % 4], u[8 * half + 4 + j % 4]);
+            if j < 4 {
+                _mm512_shuffle_i32x4::<0x88>(a, b)
+            } else {
+                _mm512_shuffle_i32x4::<0xdd>(a, b)
+            }
+        });
+        std::array::from_fn(|p| {
+            let j = (p / 4) % 2 * 4 + p % 4;
+            if p < 8 {
+                _mm512_shuffle_i32x4::<0x88>(v[j], v[8 + j])
+            } else {
+                _mm512_shuffle_i32x4::<0xdd>(v[j], v[8 + j])
+            }
+        })
+    }
+
+    /// Splits the first `tiles` 32-column tiles of up to 16 tokens' rows (`x`: whole rows of
+    /// `cols`) into bf16 hi/lo pairs in AMX's second-operand layout: tile k's row p (pair p of
+    /// every token) at `hi[k * 256 + 16p..]`, missing tokens zero. Sixteen tokens are split
+    /// together and transposed in registers: storing each token's pairs 16 dwords apart took a
+    /// scatter per 16 values, several times slower.
     ///
     /// # Safety
     /// AVX512-BF16 must be present.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn split_row(row: &[f32], tiles: usize, hi: &mut [u32], lo: &mut [u32]) {
+    pub unsafe fn split_token_tile(
+        x: &[f32],
+        cols: usize,
+        tiles: usize,
+        hi: &mut [u32],
+        lo: &mut [u32],
+    ) {
         use std::arch::x86_64::*;
-        assert!(
-            row.len() >= tiles * K_TILE
-                && hi.len() > (tiles * TILE - 1) * TILE
-                && lo.len() == hi.len()
-        );
-        let rows = _mm512_setr_epi32(
-            0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240,
-        );
+        let count = x.len() / cols;
+        assert!(count <= TILE && x.len() == count * cols && tiles * K_TILE <= cols);
+        assert!(hi.len() >= tiles * TILE * TILE && lo.len() >= tiles * TILE * TILE);
+        let zero = _mm512_setzero_si512();
         for k in 0..tiles {
-            let (h, l) = split32(row.as_ptr().add(k * K_TILE));
-            _mm512_i32scatter_epi32::<4>(hi.as_mut_ptr().add(k * TILE * TILE) as *mut _, rows, h);
-            _mm512_i32scatter_epi32::<4>(lo.as_mut_ptr().add(k * TILE * TILE) as *mut _, rows, l);
+            let mut h = [zero; TILE];
+            let mut l = [zero; TILE];
+            for t in 0..count {
+                (h[t], l[t]) = split32(x.as_ptr().add(t * cols + k * K_TILE));
+            }
+            for (part, dst) in [(&h, &mut *hi), (&l, &mut *lo)] {
+                let rows = transpose16(part);
+                for (p, row) in rows.iter().enumerate() {
+                    _mm512_storeu_si512(
+                        dst.as_mut_ptr().add(k * TILE * TILE + p * TILE) as *mut _,
+                        *row,
+                    );
+                }
+            }
         }
     }
 
@@ -542,7 +616,7 @@ mod x86 {
     pub fn has_avx512_bf16() -> bool {
         false
     }
-    pub unsafe fn split_row(_: &[f32], _: usize, _: &mut [u32], _: &mut [u32]) {
+    pub unsafe fn split_token_tile(_: &[f32], _: usize, _: usize, _: &mut [u32], _: &mut [u32]) {
         unreachable!("x86-only")
     }
     pub unsafe fn split_contiguous(_: &[f32], _: &mut [u16], _: &mut [u16]) {
