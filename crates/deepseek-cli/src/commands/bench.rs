@@ -167,7 +167,7 @@ pub fn run(a: Args) -> Result<()> {
     let rss = peak_rss_bytes();
     let cache_bytes = (a.prompt.max(a.depth + a.gen + 1)) * shape.bytes_per_token();
     let v = json!({
-        "model": dir.display().to_string(), "dtype": dtype, "threads": threads, "isa": format!("{:?}", deepseek_kernels::simd::isa()),
+        "model": dir.display().to_string(), "dtype": dtype, "threads": threads, "isa": format!("{:?}", deepseek_kernels::simd::isa()), "amx": deepseek_kernels::amx::available(),
         "prompt_tokens": a.prompt, "gen_tokens": a.gen, "depth": a.depth, "repetitions": a.repetitions,
         "prefill_tok_s": pp, "prefill_tok_s_min": pp_min, "prefill_tok_s_max": pp_max,
         "decode_tok_s": tg, "decode_tok_s_min": tg_min, "decode_tok_s_max": tg_max,
@@ -181,8 +181,15 @@ pub fn run(a: Args) -> Result<()> {
     if a.json {
         println!("{v}");
     } else {
+        // Prefill (and batched steps) run on AMX tiles where present: say so, as it changes
+        // prefill several-fold.
+        let amx = if deepseek_kernels::amx::available() {
+            " + AMX"
+        } else {
+            ""
+        };
         println!(
-            "model        {} ({}, {} threads, {:?})",
+            "model        {} ({}, {} threads, {:?}{amx})",
             dir.display(),
             dtype,
             threads,
