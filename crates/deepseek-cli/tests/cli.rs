@@ -11,8 +11,14 @@ fn workspace() -> PathBuf {
 }
 
 fn deepseek(args: &[&str]) -> Output {
+    deepseek_env(args, &[])
+}
+
+/// `deepseek` with extra environment variables.
+fn deepseek_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_deepseek"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(workspace())
         .output()
         .unwrap()
@@ -577,12 +583,7 @@ fn quantized_prefill_on_amx_is_as_accurate_as_the_vnni_kernels() {
         if let Some(m) = model {
             args.extend(["-m", m]);
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_deepseek"))
-            .args(&args)
-            .env("DEEPSEEK_AMX_GROUPED_MIN_TOKENS", min_tokens)
-            .current_dir(workspace())
-            .output()
-            .unwrap();
+        let out = deepseek_env(&args, &[("DEEPSEEK_AMX_GROUPED_MIN_TOKENS", min_tokens)]);
         assert!(
             out.status.success(),
             "{}",

@@ -27,7 +27,8 @@ use crate::repack::{self, Layout, GROUP};
 
 /// Column tiles per chunk (256 columns: one Q4_K super-block).
 const CHUNK_TILES: usize = QK_K / K_TILE;
-/// u32 values (bf16 pairs) in one panel tile: 16 pair rows × 16 weight rows.
+/// u32 values (bf16 pairs) in one tile: 16 pair rows × 16 weight rows of a panel, or 16
+/// tokens × 16 pairs of the activations.
 const PANEL_TILE: usize = TILE * TILE;
 
 /// Whether repacked quantized weights can use this path: AMX, and AVX512-BF16 for the
@@ -37,40 +38,40 @@ pub fn available() -> bool {
 }
 
 /// Activations rounded to bf16 in whole zero-padded tiles, each 16 tokens × 32 columns
-/// contiguous (1 KiB): tile (token tile `i`, column tile `k`) at `(i * k_tiles + k) * 512`. A
-/// tile load then touches one page and 16 consecutive lines; read in place from a row-major
-/// `[n, cols]` buffer, its rows would be a row apart (4 KiB for 2,048 columns: the same L1 set
-/// and a new page for every row), which made a 512-token GEMM about 1.7× slower.
+/// contiguous (1 KiB; `data` holds bf16 pairs): tile (token tile `i`, column tile `k`) at
+/// `(i * k_tiles + k) * 256`. A tile load then touches one page and 16 consecutive lines; read
+/// in place from a row-major `[n, cols]` buffer, its rows would be a row apart (4 KiB for 2,048
+/// columns: the same L1 set and a new page for every row). The 512-token GEMM took 13.3 ms that
+/// way and 6.5–7.7 ms this way in quiet runs, but the machine was also seen to swing between
+/// those two times on one binary, so the gain is likely, not established.
 pub struct Bf16Activations {
     pub n: usize,
     pub cols: usize,
     k_tiles: usize,
-    data: Vec<u16>,
+    data: Vec<u32>,
 }
 
 impl Bf16Activations {
     pub fn new(x: &[f32], n: usize, cols: usize) -> Self {
         assert_eq!(x.len(), n * cols, "Bf16Activations: x is not [n, cols]");
         let k_tiles = cols.div_ceil(K_TILE);
-        let mut data = SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default();
-        data.clear();
-        data.resize(n.div_ceil(TILE) * k_tiles * TILE * K_TILE, 0);
+        let mut data = super::spare_buffer(n.div_ceil(TILE) * k_tiles * PANEL_TILE);
         let whole = if amx_x86::has_avx512_bf16() {
             cols / K_TILE
         } else {
             0
         };
         for (t, row) in x.chunks_exact(cols.max(1)).take(n).enumerate() {
-            let at = |k: usize| ((t / TILE * k_tiles + k) * TILE + t % TILE) * K_TILE;
+            // Pair 0 of this token in tile k.
+            let at = |k: usize| ((t / TILE * k_tiles + k) * TILE + t % TILE) * K_TILE / 2;
             if whole > 0 {
-                // SAFETY: AVX512-BF16 detected; tile k's 32 values of this token land at
+                // SAFETY: AVX512-BF16 detected; tile k's 16 pairs of this token land at
                 // `at(k)`, inside `data`.
-                unsafe { x86::round_tiles(row, whole, &mut data[at(0)..], TILE * K_TILE) };
+                unsafe { x86::round_tiles(row, whole, &mut data[at(0)..], PANEL_TILE) };
             }
-            for k in whole..k_tiles {
-                for c in k * K_TILE..cols.min((k + 1) * K_TILE) {
-                    data[at(k) + c % K_TILE] = bf16_round(row[c]);
-                }
+            for p in whole * K_TILE / 2..k_tiles * K_TILE / 2 {
+                let v = |c: usize| row.get(c).map_or(0, |&v| bf16_round(v) as u32);
+                data[at(p / TILE) + p % TILE] = v(2 * p) | v(2 * p + 1) << 16;
             }
         }
         Bf16Activations {
@@ -84,19 +85,11 @@ impl Bf16Activations {
 
 impl Drop for Bf16Activations {
     fn drop(&mut self) {
-        // Reused by the next matmul on this thread: a fresh multi-megabyte buffer faults in
-        // zero pages on first touch.
-        SPARE.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < 2 {
-                s.push(std::mem::take(&mut self.data));
-            }
-        });
+        super::recycle(std::mem::take(&mut self.data));
     }
 }
 
 thread_local! {
-    static SPARE: RefCell<Vec<Vec<u16>>> = const { RefCell::new(Vec::new()) };
     /// Per call: the f32 accumulators (`[panel][token][16]`) and two dequantized panels.
     static SCRATCH: RefCell<(Vec<f32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
@@ -117,7 +110,7 @@ pub fn gemm_rows(
     assert!(available(), "amx::grouped::gemm_rows called without AMX");
     assert_eq!(act.cols, cols, "amx::grouped::gemm_rows: activation width");
     assert!(r0.is_multiple_of(GROUP) && nr.is_multiple_of(GROUP));
-    let block = if layout == Layout::Q4Kx8 { QK_K } else { QK };
+    let block = layout.plain().block_elems();
     assert!(cols.is_multiple_of(block), "{layout:?}: {cols} columns");
     let gb = layout.group_bytes(cols);
     assert!(data.len() >= (r0 + nr) / GROUP * gb, "rows out of range");
@@ -184,7 +177,7 @@ pub fn gemm_rows(
 /// Column tiles `kt0..kt0+kn` of the 16-row panel made of groups `g0` (rows 0–7) and `g1`
 /// (rows 8–15; zeros when absent), as bf16 in AMX's second-operand layout: tile `k` at
 /// `dst[k * 256..]`, the pair of columns `2p, 2p+1` of row `r` at `dst[k * 256 + 16p + r]`.
-pub fn dequantize_panel(
+fn dequantize_panel(
     layout: Layout,
     g0: Option<&[u8]>,
     g1: Option<&[u8]>,
@@ -199,14 +192,12 @@ pub fn dequantize_panel(
     };
     if amx_x86::has_avx512_bf16() {
         // The kernels read whole blocks from `kt0` on: check they exist.
-        let end = match layout {
-            Layout::Q8_0x8 => (kt0 + kn) * repack::group_bytes(QK),
-            Layout::Q5_0x8 => (kt0 + kn) * repack::Q5_0_BLOCK_BYTES,
-            Layout::Q4Kx8 => {
-                assert!(kt0.is_multiple_of(CHUNK_TILES) && kn == CHUNK_TILES);
-                (kt0 / CHUNK_TILES + 1) * repack::Q4K_SUPER_BYTES
-            }
-        };
+        if layout == Layout::Q4Kx8 {
+            // The Q4_K kernel dequantizes one whole super-block (8 tiles).
+            assert!(kt0.is_multiple_of(CHUNK_TILES) && kn == CHUNK_TILES);
+        }
+        let block = layout.plain().block_elems();
+        let end = layout.group_bytes(((kt0 + kn) * K_TILE).next_multiple_of(block));
         assert!(g0.len() >= end && g1.is_none_or(|g| g.len() >= end));
         // SAFETY: AVX512-BF16 detected; block and destination bounds checked above.
         unsafe { x86::dequantize_panel(layout, g0, g1, kt0, kn, dst) };
@@ -217,7 +208,7 @@ pub fn dequantize_panel(
 
 /// Plain version of [`dequantize_panel`]: each row unpacked and dequantized with the plain
 /// format's code, then rounded to bf16.
-pub fn dequantize_panel_plain(
+fn dequantize_panel_plain(
     layout: Layout,
     g0: &[u8],
     g1: Option<&[u8]>,
@@ -227,8 +218,7 @@ pub fn dequantize_panel_plain(
 ) {
     let ty = layout.plain();
     // Whole blocks of the plain format covering the chunk.
-    let block = if layout == Layout::Q4Kx8 { QK_K } else { QK };
-    let cols = ((kt0 + kn) * K_TILE).next_multiple_of(block);
+    let cols = ((kt0 + kn) * K_TILE).next_multiple_of(ty.block_elems());
     let mut bytes = vec![0u8; ty.row_bytes(cols)];
     let mut row = vec![0.0f32; cols];
     dst[..kn * PANEL_TILE].fill(0);
@@ -251,15 +241,16 @@ mod x86 {
     use std::arch::asm;
     use std::arch::x86_64::*;
 
-    /// The first `tiles` 32-column tiles of one token's row rounded to bf16, tile k's values
+    /// The first `tiles` 32-column tiles of one token's row rounded to bf16, tile k's 16 pairs
     /// at `out[k * step..]`.
     ///
     /// # Safety
     /// AVX512-BF16 must be present.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub unsafe fn round_tiles(row: &[f32], tiles: usize, out: &mut [u16], step: usize) {
+    pub unsafe fn round_tiles(row: &[f32], tiles: usize, out: &mut [u32], step: usize) {
         assert!(
-            tiles == 0 || (row.len() >= tiles * K_TILE && out.len() >= (tiles - 1) * step + K_TILE)
+            tiles == 0
+                || (row.len() >= tiles * K_TILE && out.len() >= (tiles - 1) * step + K_TILE / 2)
         );
         for k in 0..tiles {
             let x = row.as_ptr().add(k * K_TILE);
@@ -519,14 +510,14 @@ mod x86 {
         let token_tiles = act.n.div_ceil(TILE);
         assert!(b0.len() >= kn * PANEL_TILE && b1.len() >= kn * PANEL_TILE);
         assert!(
-            kt0 + kn <= act.k_tiles && act.data.len() >= token_tiles * act.k_tiles * TILE * K_TILE
+            kt0 + kn <= act.k_tiles && act.data.len() >= token_tiles * act.k_tiles * PANEL_TILE
         );
         assert!(acc.len() >= c0.max(c1) + token_tiles * TILE * TILE);
         let a_stride = K_TILE * 2;
         let a = |ti: usize, k: usize| {
             act.data
                 .as_ptr()
-                .add((ti * act.k_tiles + kt0 + k) * TILE * K_TILE)
+                .add((ti * act.k_tiles + kt0 + k) * PANEL_TILE)
         };
         let acc = acc.as_mut_ptr();
         let mut ti = 0;
@@ -604,7 +595,7 @@ mod x86 {
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
     use super::*;
-    pub unsafe fn round_tiles(_: &[f32], _: usize, _: &mut [u16], _: usize) {
+    pub unsafe fn round_tiles(_: &[f32], _: usize, _: &mut [u32], _: usize) {
         unreachable!("x86-only")
     }
     pub unsafe fn dequantize_panel(
