@@ -2,8 +2,8 @@
 //! batched steps.
 //!
 //! AMX has no instruction for GGML's blocks (a scale per 32 weights), and applying every
-//! block's scales to an int8 tile product costs as much vector work as the VNNI kernels' own dot
-//! products. So each pair of 8-row groups (a 16-row panel) is dequantized to bf16, scales
+//! block's scales to an int8 tile product would take, by our instruction count (not measured),
+//! about as much vector work as the VNNI kernels' own dot products. So each pair of 8-row groups (a 16-row panel) is dequantized to bf16, scales
 //! applied, straight into AMX's second-operand layout, once per call, and then meets every
 //! token tile with `tdpbf16ps`: the dequantization is paid per weight, not per token.
 //!
