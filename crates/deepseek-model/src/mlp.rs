@@ -26,6 +26,11 @@ impl Mlp {
         })
     }
 
+    /// Bytes of all three projections (what one token's pass reads).
+    pub fn weight_bytes(&self) -> usize {
+        self.matrices().iter().map(|m| m.size_bytes()).sum()
+    }
+
     pub fn matrices(&self) -> Vec<&Matrix> {
         vec![&self.gate_proj, &self.up_proj, &self.down_proj]
     }

@@ -101,14 +101,22 @@ impl Moe {
             if let Some(shared) = &self.shared_experts {
                 jobs.push((None, shared, x.to_vec(), n));
             }
-            let results: Vec<(Option<usize>, Vec<f32>)> = jobs
+            // Largest jobs first, one job per task: whole jobs cannot be split, so a big job
+            // taken last leaves the other threads idle. V2-Lite's two shared experts are one
+            // MLP twice a routed expert's size; at the end of the list (6 + 2 units on two
+            // threads) rayon's halving ran it last, 5 units of time instead of 4.
+            jobs.sort_by_cached_key(|&(_, mlp, _, m)| std::cmp::Reverse(m * mlp.weight_bytes()));
+            let mut results: Vec<(Option<usize>, Vec<f32>)> = jobs
                 .into_par_iter()
+                .with_max_len(1)
                 .map(|(e, mlp, xs, m)| {
                     let mut ys = vec![0.0; m * hid];
                     mlp.forward_serial(&xs, m, &mut ys);
                     (e, ys)
                 })
                 .collect();
+            // Summed in expert order, shared last, whatever order they ran in.
+            results.sort_by_key(|&(e, _)| e.unwrap_or(usize::MAX));
             for (e, ys) in results {
                 match e {
                     Some(e) => scatter(out, &by_expert[e], &ys),
