@@ -104,7 +104,8 @@ impl Moe {
             // Largest jobs first, one job per task: whole jobs cannot be split, so a big job
             // taken last leaves the other threads idle. V2-Lite's two shared experts are one
             // MLP twice a routed expert's size; at the end of the list (6 + 2 units on two
-            // threads) rayon's halving ran it last, 5 units of time instead of 4.
+            // threads) rayon's halving would run it last, 5 units of time instead of 4
+            // (BENCHMARKS.md, "the MoE's expert jobs in order", has the measured gain).
             jobs.sort_by_cached_key(|&(_, mlp, _, m)| std::cmp::Reverse(m * mlp.weight_bytes()));
             let mut results: Vec<(Option<usize>, Vec<f32>)> = jobs
                 .into_par_iter()
