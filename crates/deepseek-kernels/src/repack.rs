@@ -564,12 +564,157 @@ mod x86_q4k {
     }
 }
 
-/// Whether Q4_K and Q5_0 weights are worth repacking in their own format on this CPU (their
-/// repacked kernels need 512-bit VNNI; elsewhere Q5_0 is widened to Q8_0 and Q4_K kept plain).
+#[cfg(target_arch = "x86_64")]
+mod x86_q4k_avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// `pshufb` masks spreading a sub-block's 8 row scales (bytes 0..8, in both 128-bit lanes)
+    /// over the i16 lanes of a half's products: row `4h + q` in i16 lanes `4q..4q + 4`.
+    const SCALE_SPREAD: [[i8; 32]; 2] = {
+        let mut m = [[-1i8; 32]; 2];
+        let mut h = 0;
+        while h < 2 {
+            let mut i = 0;
+            while i < 16 {
+                // i16 lane i of the half (byte 2i, high byte zero): row 4h + i/4.
+                m[h][2 * i] = (4 * h + i / 4) as i8;
+                i += 1;
+            }
+            h += 1;
+        }
+        m
+    };
+
+    /// The Q4_Kx8 kernel for AVX2 (no VNNI): a 256-bit load holds 8 bytes of each of 4 rows
+    /// (rows 0–3, then 4–7). `vpmaddubsw` pairs stay in i16 over a sub-block's 32 columns
+    /// (4 × 2 × 15 × 127 < 2¹⁵), then one `vpmaddwd` against the rows' 6-bit scales does the
+    /// pairing and the scale at once (llama.cpp's AVX2 Q4_K trick): the per-32 work is a
+    /// third of a plain row's, which re-did the scales in f32 per row and per block. A row's
+    /// two i32 lanes (and its f32 accumulators) stay side by side until the end.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_group_q4k_avx2<const T: usize>(
+        group: &[u8],
+        nsb: usize,
+        acts: &[ActRow; T],
+    ) -> [[f32; 8]; T] {
+        let low4 = _mm256_set1_epi8(0x0F);
+        let spread = [
+            _mm256_loadu_si256(SCALE_SPREAD[0].as_ptr() as *const __m256i),
+            _mm256_loadu_si256(SCALE_SPREAD[1].as_ptr() as *const __m256i),
+        ];
+        // d of rows 4h..4h+4, each twice: the layout of a half's i32 lanes.
+        let dup = [
+            _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3),
+            _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7),
+        ];
+        let mut acc = [[_mm256_setzero_ps(); 2]; T];
+        let mut accm = [_mm256_setzero_ps(); T];
+        let base = group.as_ptr();
+        for sb in 0..nsb {
+            let blk = base.add(sb * Q4K_SUPER_BYTES);
+            let ahead = blk.wrapping_add(2 * Q4K_SUPER_BYTES) as *const i8;
+            for line in 0..Q4K_SUPER_BYTES.div_ceil(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
+            }
+            let dv = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            let dminv = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
+            let mut accs = [[_mm256_setzero_ps(); 2]; T];
+            let mut mins = [_mm256_setzero_ps(); T];
+            for c in 0..4 {
+                let (j0, j1) = (2 * c, 2 * c + 1);
+                let sc = |j: usize| {
+                    _mm256_broadcastq_epi64(_mm_loadl_epi64(blk.add(32 + j * 8) as *const __m128i))
+                };
+                let (sc0, sc1) = (sc(j0), sc(j1));
+                for h in 0..2 {
+                    let mut ilo = [_mm256_setzero_si256(); T];
+                    let mut ihi = [_mm256_setzero_si256(); T];
+                    for kk in 0..4 {
+                        let q = _mm256_loadu_si256(
+                            blk.add(160 + c * 256 + kk * 64 + h * 32) as *const __m256i
+                        );
+                        let lo = _mm256_and_si256(q, low4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4);
+                        for (t, a) in acts.iter().enumerate() {
+                            let p = a.2.as_ptr().add((sb * 8 + j0) * 32 + 8 * kk);
+                            // Each row's 8 bytes meet the same 8 activation bytes: a broadcast.
+                            let alo = _mm256_set1_epi64x((p as *const i64).read_unaligned());
+                            let ahi =
+                                _mm256_set1_epi64x((p.add(32) as *const i64).read_unaligned());
+                            ilo[t] = _mm256_add_epi16(ilo[t], _mm256_maddubs_epi16(lo, alo));
+                            ihi[t] = _mm256_add_epi16(ihi[t], _mm256_maddubs_epi16(hi, ahi));
+                        }
+                    }
+                    let s0 = _mm256_shuffle_epi8(sc0, spread[h]);
+                    let s1 = _mm256_shuffle_epi8(sc1, spread[h]);
+                    for (t, a) in acts.iter().enumerate() {
+                        let (d0, d1) = (
+                            *a.0.get_unchecked(sb * 8 + j0),
+                            *a.0.get_unchecked(sb * 8 + j1),
+                        );
+                        let p0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(ilo[t], s0));
+                        let p1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(ihi[t], s1));
+                        accs[t][h] = _mm256_fmadd_ps(p0, _mm256_set1_ps(d0), accs[t][h]);
+                        accs[t][h] = _mm256_fmadd_ps(p1, _mm256_set1_ps(d1), accs[t][h]);
+                    }
+                }
+                for j in [j0, j1] {
+                    let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                        blk.add(96 + j * 8) as *const __m128i,
+                    )));
+                    for (t, a) in acts.iter().enumerate() {
+                        let ab = sb * 8 + j;
+                        let dsum = *a.0.get_unchecked(ab) * *a.1.get_unchecked(ab) as f32;
+                        mins[t] = _mm256_fmadd_ps(mn, _mm256_set1_ps(dsum), mins[t]);
+                    }
+                }
+            }
+            for h in 0..2 {
+                let dh = _mm256_permutevar8x32_ps(dv, dup[h]);
+                for t in 0..T {
+                    acc[t][h] = _mm256_fmadd_ps(dh, accs[t][h], acc[t][h]);
+                }
+            }
+            for t in 0..T {
+                accm[t] = _mm256_fmadd_ps(dminv, mins[t], accm[t]);
+            }
+        }
+        let mut out = [[0.0f32; 8]; T];
+        // [r0 r0 r1 r1 r2 r2 r3 r3], [r4 ...] → [r0 r1 r4 r5 | r2 r3 r6 r7] → rows in order.
+        let order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+        for t in 0..T {
+            let pairs = _mm256_hadd_ps(acc[t][0], acc[t][1]);
+            let rows = _mm256_permutevar8x32_ps(pairs, order);
+            _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_sub_ps(rows, accm[t]));
+        }
+        out
+    }
+}
+
+/// Whether Q5_0 weights are worth repacking in their own format on this CPU (the repacked
+/// kernel needs 512-bit VNNI; elsewhere Q5_0 is widened to Q8_0).
 pub fn vnni512_repack_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         crate::quant::byte_dot_isa() == crate::quant::ByteDotIsa::Vnni
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether Q4_K weights are repacked into Q4_Kx8 on this CPU: where a kernel for the layout
+/// exists (512-bit VNNI or AVX2); elsewhere Q4_K stays in plain rows.
+pub fn q4k_repack_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::quant::ByteDotIsa;
+        matches!(
+            crate::quant::byte_dot_isa(),
+            ByteDotIsa::Vnni | ByteDotIsa::Avx2
+        )
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -585,11 +730,20 @@ pub fn dot_group_q4k<const T: usize>(
 ) -> [[f32; 8]; T] {
     check_lengths(group, q4k_group_bytes(cols), cols, acts);
     #[cfg(target_arch = "x86_64")]
-    if vnni512_repack_supported() {
-        // SAFETY: VNNI detected; lengths checked above.
-        return unsafe {
-            x86_q4k::dot_group_q4k_vnni512::<T>(group, cols / crate::quant::QK_K, acts)
-        };
+    {
+        use crate::quant::ByteDotIsa;
+        let nsb = cols / crate::quant::QK_K;
+        match crate::quant::byte_dot_isa() {
+            // SAFETY: VNNI detected at run time; lengths checked above.
+            ByteDotIsa::Vnni => {
+                return unsafe { x86_q4k::dot_group_q4k_vnni512::<T>(group, nsb, acts) }
+            }
+            // SAFETY: AVX2, FMA and F16C detected at run time; lengths checked above.
+            ByteDotIsa::Avx2 => {
+                return unsafe { x86_q4k_avx2::dot_group_q4k_avx2::<T>(group, nsb, acts) }
+            }
+            ByteDotIsa::Scalar => {}
+        }
     }
     dot_group_unpacked::<T>(Layout::Q4Kx8, group, cols, acts)
 }
@@ -776,10 +930,22 @@ mod grouped_tests {
         for g in 0..rows / GROUP {
             let group = &packed[g * layout.group_bytes(cols)..];
             let acts: [ActRow; T] = std::array::from_fn(|t| a.row(t));
-            for res in [
+            let mut results = vec![
                 dot_group_unpacked::<T>(layout, group, cols, &acts),
                 layout.dot_group::<T>(group, cols, &acts),
-            ] {
+            ];
+            // The AVX2 kernel too where the dispatch picks the VNNI one.
+            #[cfg(target_arch = "x86_64")]
+            if layout == Layout::Q4Kx8
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                let nsb = cols / crate::quant::QK_K;
+                // SAFETY: features detected just above; lengths as in `dot_group_q4k`.
+                results.push(unsafe { x86_q4k_avx2::dot_group_q4k_avx2::<T>(group, nsb, &acts) });
+            }
+            for res in results {
                 for (t, rt) in res.iter().enumerate() {
                     for (i, &got) in rt.iter().enumerate() {
                         let r = g * GROUP + i;
@@ -799,6 +965,8 @@ mod grouped_tests {
     fn repacked_q4_k_groups_equal_plain_rows() {
         check::<2>(Layout::Q4Kx8, repack_q4_k, 16, 512, 1e-3);
         check::<1>(Layout::Q4Kx8, repack_q4_k, 8, 256, 1e-3);
+        check::<3>(Layout::Q4Kx8, repack_q4_k, 16, 768, 1e-3);
+        check::<4>(Layout::Q4Kx8, repack_q4_k, 8, 1536, 1e-3);
     }
 
     #[test]
