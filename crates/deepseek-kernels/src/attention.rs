@@ -244,6 +244,8 @@ fn attend_partial(
     let mut p = Partial::new(groups, groups, value_len);
     let mut s = vec![0.0f32; groups * BLOCK_ROWS];
     let mut scratch = vec![];
+    // Many heads over shared rows (MLA decode) on AVX2: the heads-major score kernel.
+    let heads_major = simd::HeadsMajorQueries::new(queries, key_len, scale);
     let mut b0 = start;
     while b0 < end {
         let len = (end - b0).min(BLOCK_ROWS);
@@ -254,6 +256,10 @@ fn attend_partial(
         const SR: usize = 4;
         const SG: usize = 4;
         let mut i = 0;
+        if let Some(q) = &heads_major {
+            simd::scores_heads_major(q, block, row_width, key_offset, len, &mut s, BLOCK_ROWS);
+            i = len;
+        }
         while i < len {
             let nr = (len - i).min(SR);
             let ks: [&[f32]; SR] =

@@ -245,6 +245,14 @@ pub fn accumulate_rows(
         }
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa() == Isa::Avx2 {
+        // SAFETY: AVX2 and FMA are present; every access is inside the slices checked above.
+        unsafe {
+            x86::accumulate_rows_avx2(w, ws, groups, rows, stride, offset, n, len, out);
+        }
+        return;
+    }
     #[cfg(target_arch = "aarch64")]
     if isa() == Isa::Neon {
         // SAFETY: NEON is part of AArch64; every access is inside the slices checked above.
@@ -284,6 +292,96 @@ pub fn accumulate_rows_reference(
                 s += w[g * ws + r] as f64 * rows[r * stride + offset + c] as f64;
             }
             out[g * len + c] = s as f32;
+        }
+    }
+}
+
+/// Queries packed for [`scores_heads_major`]: `qt[c * heads + g] = scale · q[g][c]`, heads
+/// padded to a multiple of 8 with zeros.
+pub struct HeadsMajorQueries {
+    qt: Vec<f32>,
+    heads: usize,
+    groups: usize,
+    key_len: usize,
+}
+
+impl HeadsMajorQueries {
+    /// Packs `queries` (`groups × key_len`) when this CPU has a heads-major kernel and there are
+    /// enough heads to fill its registers (8 or more); `None` otherwise.
+    pub fn new(queries: &[f32], key_len: usize, scale: f32) -> Option<Self> {
+        let groups = queries.len() / key_len.max(1);
+        if isa() != Isa::Avx2 || groups < 8 || key_len == 0 {
+            return None;
+        }
+        let heads = groups.next_multiple_of(8);
+        let mut qt = vec![0.0f32; key_len * heads];
+        for (g, q) in queries.chunks_exact(key_len).enumerate() {
+            for (c, &v) in q.iter().enumerate() {
+                qt[c * heads + g] = v * scale;
+            }
+        }
+        Some(HeadsMajorQueries {
+            qt,
+            heads,
+            groups,
+            key_len,
+        })
+    }
+}
+
+/// `s[g · ws + i] = scale · q[g] · rows[i · stride + offset..][..key_len]` for the `n` rows and
+/// every head: the score pass of attention with many heads per key row (MLA decode: all heads
+/// share the latent rows). Heads run along the vector lanes, so each key value is broadcast
+/// once for 16 heads and no horizontal sums are needed (AVX2 has 16 registers: the
+/// dot-product tiles that suit AVX-512 spill there).
+pub fn scores_heads_major(
+    q: &HeadsMajorQueries,
+    rows: &[f32],
+    stride: usize,
+    offset: usize,
+    n: usize,
+    s: &mut [f32],
+    ws: usize,
+) {
+    if n == 0 {
+        return;
+    }
+    assert!(
+        rows.len() >= (n - 1) * stride + offset + q.key_len,
+        "scores: rows too short"
+    );
+    assert!(
+        ws >= n && s.len() >= (q.groups - 1) * ws + n,
+        "scores: output too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert_eq!(isa(), Isa::Avx2);
+        // SAFETY: AVX2 and FMA present (`HeadsMajorQueries::new` checked the ISA); bounds above.
+        unsafe { x86::scores_heads_major_avx2(q, rows, stride, offset, n, s, ws) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("HeadsMajorQueries are only made on x86-64")
+}
+
+/// Plain reference of [`scores_heads_major`].
+#[allow(clippy::too_many_arguments)]
+pub fn scores_reference(
+    queries: &[f32],
+    key_len: usize,
+    scale: f32,
+    rows: &[f32],
+    stride: usize,
+    offset: usize,
+    n: usize,
+    s: &mut [f32],
+    ws: usize,
+) {
+    for (g, qg) in queries.chunks_exact(key_len).enumerate() {
+        for i in 0..n {
+            let k = &rows[i * stride + offset..][..key_len];
+            let d: f64 = qg.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum();
+            s[g * ws + i] = (d * scale as f64) as f32;
         }
     }
 }
@@ -373,6 +471,172 @@ mod x86 {
                 g += take;
             }
             c += 16;
+        }
+    }
+
+    /// See [`super::accumulate_rows`]; slices already checked by the caller. A tile is 16
+    /// columns (two registers) × up to 6 groups: 12 accumulators of AVX2's 16 registers, each
+    /// row chunk loaded once for the tile's groups and each weight broadcast for two FMAs.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn accumulate_rows_avx2(
+        w: &[f32],
+        ws: usize,
+        groups: usize,
+        rows: &[f32],
+        stride: usize,
+        offset: usize,
+        n: usize,
+        len: usize,
+        out: &mut [f32],
+    ) {
+        /// `MASKED`: the last, partial 16 columns, through `vmaskmovps` (which never touches
+        /// the masked-off lanes' memory).
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn tile<const G: usize, const MASKED: bool>(
+            w: *const f32,
+            ws: usize,
+            rows: *const f32,
+            stride: usize,
+            n: usize,
+            m: [__m256i; 2],
+            out: *mut f32,
+            len: usize,
+        ) {
+            let load = |p: *const f32, h: usize| {
+                if MASKED {
+                    _mm256_maskload_ps(p, m[h])
+                } else {
+                    _mm256_loadu_ps(p)
+                }
+            };
+            let mut acc = [[_mm256_setzero_ps(); 2]; G];
+            for (j, a) in acc.iter_mut().enumerate() {
+                for (h, ah) in a.iter_mut().enumerate() {
+                    *ah = load(out.add(j * len + 8 * h), h);
+                }
+            }
+            for r in 0..n {
+                let v0 = load(rows.add(r * stride), 0);
+                let v1 = load(rows.add(r * stride + 8), 1);
+                for (j, a) in acc.iter_mut().enumerate() {
+                    let b = _mm256_broadcast_ss(&*w.add(j * ws + r));
+                    a[0] = _mm256_fmadd_ps(b, v0, a[0]);
+                    a[1] = _mm256_fmadd_ps(b, v1, a[1]);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                for (h, ah) in a.iter().enumerate() {
+                    let p = out.add(j * len + 8 * h);
+                    if MASKED {
+                        _mm256_maskstore_ps(p, m[h], *ah);
+                    } else {
+                        _mm256_storeu_ps(p, *ah);
+                    }
+                }
+            }
+        }
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mut c = 0;
+        while c < len {
+            let left = (len - c).min(16) as i32;
+            let m = [
+                _mm256_cmpgt_epi32(_mm256_set1_epi32(left), lane),
+                _mm256_cmpgt_epi32(_mm256_set1_epi32(left - 8), lane),
+            ];
+            let rp = rows.as_ptr().add(offset + c);
+            let mut g = 0;
+            while g < groups {
+                let wp = w.as_ptr().add(g * ws);
+                let op = out.as_mut_ptr().add(g * len + c);
+                macro_rules! run {
+                    ($g:literal) => {{
+                        if left == 16 {
+                            tile::<$g, false>(wp, ws, rp, stride, n, m, op, len)
+                        } else {
+                            tile::<$g, true>(wp, ws, rp, stride, n, m, op, len)
+                        }
+                        $g
+                    }};
+                }
+                g += match groups - g {
+                    6.. => run!(6),
+                    4.. => run!(4),
+                    2.. => run!(2),
+                    _ => run!(1),
+                };
+            }
+            c += 16;
+        }
+    }
+
+    /// See [`super::scores_heads_major`]; bounds checked by the caller. Tiles of up to 6 rows
+    /// × 16 heads (12 accumulators): per key column, two query loads and one broadcast per row.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn scores_heads_major_avx2(
+        q: &super::HeadsMajorQueries,
+        rows: &[f32],
+        stride: usize,
+        offset: usize,
+        n: usize,
+        s: &mut [f32],
+        ws: usize,
+    ) {
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn tile<const R: usize, const V: usize>(
+            qt: *const f32,
+            heads: usize,
+            key_len: usize,
+            rows: *const f32,
+            stride: usize,
+            out: &mut [[f32; 16]; 6],
+        ) {
+            let mut acc = [[_mm256_setzero_ps(); V]; R];
+            for c in 0..key_len {
+                let qv: [__m256; V] =
+                    std::array::from_fn(|v| _mm256_loadu_ps(qt.add(c * heads + 8 * v)));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let k = _mm256_broadcast_ss(&*rows.add(r * stride + c));
+                    for (av, qv) in a.iter_mut().zip(&qv) {
+                        *av = _mm256_fmadd_ps(k, *qv, *av);
+                    }
+                }
+            }
+            for (a, o) in acc.iter().zip(out.iter_mut()) {
+                for (v, av) in a.iter().enumerate() {
+                    _mm256_storeu_ps(o.as_mut_ptr().add(8 * v), *av);
+                }
+            }
+        }
+        let mut tmp = [[0.0f32; 16]; 6];
+        let mut h = 0;
+        while h < q.groups {
+            let v = if q.heads - h >= 16 { 2 } else { 1 };
+            let qt = q.qt.as_ptr().add(h);
+            let mut i = 0;
+            while i < n {
+                let r = (n - i).min(6);
+                let rp = rows.as_ptr().add(i * stride + offset);
+                macro_rules! run {
+                    ($($r:literal),*) => {
+                        match (r, v) {
+                            $(($r, 2) => tile::<$r, 2>(qt, q.heads, q.key_len, rp, stride, &mut tmp),
+                              ($r, _) => tile::<$r, 1>(qt, q.heads, q.key_len, rp, stride, &mut tmp),)*
+                            _ => unreachable!(),
+                        }
+                    };
+                }
+                run!(1, 2, 3, 4, 5, 6);
+                for (j, t) in tmp.iter().enumerate().take(r) {
+                    for (l, &val) in t.iter().enumerate().take((8 * v).min(q.groups - h)) {
+                        *s.get_unchecked_mut((h + l) * ws + i + j) = val;
+                    }
+                }
+                i += r;
+            }
+            h += 8 * v;
         }
     }
 
@@ -803,10 +1067,56 @@ mod tests {
             let init: Vec<f32> = (0..groups * len).map(|i| (i % 5) as f32 * 0.1).collect();
             let mut got = init.clone();
             accumulate_rows(&w, ws, groups, &rows, stride, offset, n, len, &mut got);
-            let mut want = init;
+            let mut want = init.clone();
             accumulate_rows_reference(&w, ws, groups, &rows, stride, offset, n, len, &mut want);
+            let mut results = vec![got];
+            // The AVX2 kernel too where the dispatcher picks a wider one.
+            #[cfg(target_arch = "x86_64")]
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                let mut got = init.clone();
+                // SAFETY: features detected just above; slices sized as the dispatcher checks.
+                unsafe {
+                    x86::accumulate_rows_avx2(
+                        &w, ws, groups, &rows, stride, offset, n, len, &mut got,
+                    )
+                };
+                results.push(got);
+            }
+            for got in results {
+                for (a, b) in got.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-4, "{groups}x{n}x{len}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn heads_major_scores_match_reference() {
+        for (groups, n, key_len, stride, offset) in [
+            (16, 64, 576, 576, 0),
+            (19, 13, 40, 50, 3),
+            (8, 5, 32, 40, 8),
+            (128, 7, 24, 24, 0),
+        ] {
+            let q: Vec<f32> = (0..groups * key_len)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0)
+                .collect();
+            let rows: Vec<f32> = (0..n * stride + offset + key_len)
+                .map(|i| ((i * 11 % 17) as f32 - 8.0) / 9.0)
+                .collect();
+            let ws = n + 2;
+            let mut want = vec![0.0f32; groups * ws];
+            scores_reference(&q, key_len, 0.3, &rows, stride, offset, n, &mut want, ws);
+            let Some(packed) = HeadsMajorQueries::new(&q, key_len, 0.3) else {
+                return; // no heads-major kernel on this CPU
+            };
+            let mut got = vec![0.0f32; groups * ws];
+            scores_heads_major(&packed, &rows, stride, offset, n, &mut got, ws);
             for (a, b) in got.iter().zip(&want) {
-                assert!((a - b).abs() < 1e-4, "{groups}x{n}x{len}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() < 1e-3 * (1.0 + b.abs()),
+                    "{groups}x{n}: {a} vs {b}"
+                );
             }
         }
     }
