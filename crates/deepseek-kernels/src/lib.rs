@@ -8,6 +8,7 @@
 
 pub mod amx;
 pub mod attention;
+pub mod gemm;
 pub mod matrix;
 pub mod ops;
 pub mod probe;

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::quant::{self, QuantType, QuantizedActivations};
 use crate::repack;
-use crate::{amx, simd};
+use crate::{amx, gemm, simd};
 
 /// Storage format of a weight matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -411,6 +411,8 @@ struct Act<'a> {
     q: Option<QuantizedActivations>,
     split: Option<amx::SplitActivations>,
     bf16: Option<amx::grouped::Bf16Activations>,
+    /// f32/bf16 weights on AVX2 with enough tokens: the tokens-major GEMM's packing.
+    tokens: Option<gemm::TokensMajor>,
 }
 
 impl<'a> Act<'a> {
@@ -440,7 +442,19 @@ impl<'a> Act<'a> {
             }
             _ => None,
         };
-        Act { x, q, split, bf16 }
+        let tokens = match w.data {
+            MatrixData::F32(_) | MatrixData::BF16(_) if split.is_none() => {
+                gemm::TokensMajor::new(x, n, w.cols)
+            }
+            _ => None,
+        };
+        Act {
+            x,
+            q,
+            split,
+            bf16,
+            tokens,
+        }
     }
 }
 
@@ -525,10 +539,14 @@ fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut 
                 }
             }
         }
-        MatrixData::F32(b) => rows_tiled(b.as_slice(), w.cols, r0, nr, x, n, out, ld),
-        MatrixData::BF16(b) => match &act.split {
-            Some(split) => amx::gemm_rows(b.as_slice(), w.cols, r0, nr, split, out, ld),
+        MatrixData::F32(b) => match &act.tokens {
+            Some(tk) => gemm::gemm_rows(&b.as_slice()[r0 * w.cols..], nr, tk, out, ld),
             None => rows_tiled(b.as_slice(), w.cols, r0, nr, x, n, out, ld),
+        },
+        MatrixData::BF16(b) => match (&act.split, &act.tokens) {
+            (Some(split), _) => amx::gemm_rows(b.as_slice(), w.cols, r0, nr, split, out, ld),
+            (None, Some(tk)) => gemm::gemm_rows(&b.as_slice()[r0 * w.cols..], nr, tk, out, ld),
+            (None, None) => rows_tiled(b.as_slice(), w.cols, r0, nr, x, n, out, ld),
         },
         MatrixData::F16(b) => {
             // Rare format: plain per-row dot products.
