@@ -102,14 +102,7 @@ pub fn gemm_rows<W: PanelWeight>(w: &[W], nr: usize, x: &TokensMajor, out: &mut 
         for (ti, xt) in x.data.chunks_exact(cols * TILE_TOKENS).enumerate() {
             let t0 = ti * TILE_TOKENS;
             let tokens = (x.n - t0).min(TILE_TOKENS);
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `TokensMajor::new` only packs where AVX2 and FMA are present; `p` holds
-            // `rows` rows of `cols`, `xt` one tile of `cols × 16`.
-            unsafe {
-                x86::tile(p, rows, cols, xt, tokens > 8, &mut tile)
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            unreachable!("TokensMajor is only made on x86-64");
+            panel_tile(p, rows, cols, xt, tokens > 8, &mut tile);
             for (i, tr) in tile.iter().enumerate().take(rows) {
                 for (j, &v) in tr.iter().enumerate().take(tokens) {
                     out[(t0 + j) * ld + r + i] = v;
@@ -117,6 +110,28 @@ pub fn gemm_rows<W: PanelWeight>(w: &[W], nr: usize, x: &TokensMajor, out: &mut 
             }
         }
         r += rows;
+    }
+}
+
+/// One panel against one token tile (see `x86::tile`).
+fn panel_tile(
+    p: &[f32],
+    rows: usize,
+    cols: usize,
+    xt: &[f32],
+    wide: bool,
+    out: &mut [[f32; TILE_TOKENS]; PANEL_ROWS],
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `TokensMajor::new` only packs where AVX2 and FMA are present; `tile` checks the
+    // slice lengths.
+    unsafe {
+        x86::tile(p, rows, cols, xt, wide, out)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (p, rows, cols, xt, wide, out);
+        unreachable!("TokensMajor is only made on x86-64")
     }
 }
 

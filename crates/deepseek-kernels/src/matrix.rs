@@ -147,7 +147,7 @@ impl Matrix {
     /// The layout our kernels run fastest on, made once at load (owned; the mapping's pages
     /// are then no longer touched): Q8_0 and Q4_K with rows in groups of 8 are repacked
     /// (see [`crate::repack`]; Q4_K where the CPU has AVX2 or 512-bit VNNI), and so is Q5_0
-    /// where the CPU has 512-bit VNNI; elsewhere Q5_0,
+    /// on the same CPUs; elsewhere Q5_0,
     /// and Q4_0 everywhere, become Q8_0 first (exactly: same scale, the offset values fit in a
     /// byte), trading 50% more bytes for the fast kernel. Everything else is returned as it is.
     pub fn repacked(self) -> Matrix {
@@ -163,9 +163,9 @@ impl Matrix {
         }
         let (rows, cols) = (self.rows, self.cols);
         let layout = match ty {
-            QuantType::Q5_0 if repack::vnni512_repack_supported() => repack::Layout::Q5_0x8,
+            QuantType::Q5_0 if repack::k_and_q5_repack_supported() => repack::Layout::Q5_0x8,
             QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q5_0 => repack::Layout::Q8_0x8,
-            QuantType::Q4K if repack::q4k_repack_supported() => repack::Layout::Q4Kx8,
+            QuantType::Q4K if repack::k_and_q5_repack_supported() => repack::Layout::Q4Kx8,
             _ => return self,
         };
         // A few MB of rows at a time, each slice's mapped pages dropped right after it is

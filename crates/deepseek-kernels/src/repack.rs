@@ -692,22 +692,10 @@ mod x86_q4k_avx2 {
     }
 }
 
-/// Whether Q5_0 weights are worth repacking in their own format on this CPU (the repacked
-/// kernel needs 512-bit VNNI; elsewhere Q5_0 is widened to Q8_0).
-pub fn vnni512_repack_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::quant::byte_dot_isa() == crate::quant::ByteDotIsa::Vnni
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether Q4_K weights are repacked into Q4_Kx8 on this CPU: where a kernel for the layout
-/// exists (512-bit VNNI or AVX2); elsewhere Q4_K stays in plain rows.
-pub fn q4k_repack_supported() -> bool {
+/// Whether Q4_K and Q5_0 weights are repacked in their own formats (Q4_Kx8, Q5_0x8) on this
+/// CPU: where kernels for the layouts exist (512-bit VNNI or AVX2); elsewhere Q4_K stays in
+/// plain rows and Q5_0 is widened to Q8_0.
+pub fn k_and_q5_repack_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use crate::quant::ByteDotIsa;
@@ -871,6 +859,96 @@ mod x86_q5_0 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod x86_q5_0_avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// The Q5_0x8 kernel for AVX2 (no VNNI, no byte masks): a 256-bit load holds 8 `qs` bytes
+    /// of each of 4 rows (rows 0–3, then 4–7); the fifth bits come from the masks' 4 row
+    /// bytes, spread over their rows' 64-bit lanes and tested bit by bit (`vpcmpeqb`). The
+    /// `vpmaddubsw` pair sums of a block's 32 columns stay in i16 (2 × 2 × 2 × 31 × 127 < 2¹⁵).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_group_q5_0_avx2<const T: usize>(
+        group: &[u8],
+        nb: usize,
+        acts: &[ActRow; T],
+    ) -> [[f32; 8]; T] {
+        let low4 = _mm256_set1_epi8(0x0F);
+        let bit4 = _mm256_set1_epi8(0x10);
+        let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        // Byte q of a 32-bit word (row 4h + q's mask byte) to every byte of 64-bit lane q.
+        let spread = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        );
+        let ones = _mm256_set1_epi16(1);
+        // d of rows 4h..4h+4, each twice: the layout of a half's i32 lanes.
+        let dup = [
+            _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3),
+            _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7),
+        ];
+        let mut acc = [[_mm256_setzero_ps(); 2]; T];
+        let base = group.as_ptr();
+        for b in 0..nb {
+            let blk = base.add(b * Q5_0_BLOCK_BYTES);
+            let ahead = blk.wrapping_add(PREFETCH_BLOCKS * BLOCK_BYTES) as *const i8;
+            for line in 0..3 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
+            }
+            let d8 = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            // The fifth bits of mask `m` for rows 4h..4h+4, as 0x10 bytes.
+            let fifth = |m: usize, h: usize| {
+                let mask = (blk.add(16 + m * 8) as *const u64).read_unaligned();
+                let rows = _mm256_set1_epi32((mask >> (32 * h)) as u32 as i32);
+                let v = _mm256_shuffle_epi8(rows, spread);
+                _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bits), bits), bit4)
+            };
+            for h in 0..2 {
+                let mut isum = [_mm256_setzero_si256(); T];
+                for kk in 0..2 {
+                    let q = _mm256_loadu_si256(blk.add(48 + kk * 64 + h * 32) as *const __m256i);
+                    // Weights 0..31 (unsigned for vpmaddubsw), offset 16 removed below.
+                    let lo = _mm256_or_si256(_mm256_and_si256(q, low4), fifth(kk, h));
+                    let hi = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4),
+                        fifth(2 + kk, h),
+                    );
+                    for (t, a) in acts.iter().enumerate() {
+                        let p = a.2.as_ptr().add(b * QK + 8 * kk);
+                        let alo = _mm256_set1_epi64x((p as *const i64).read_unaligned());
+                        let ahi = _mm256_set1_epi64x((p.add(16) as *const i64).read_unaligned());
+                        let s = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, alo),
+                            _mm256_maddubs_epi16(hi, ahi),
+                        );
+                        isum[t] = _mm256_add_epi16(isum[t], s);
+                    }
+                }
+                let dh = _mm256_permutevar8x32_ps(d8, dup[h]);
+                for (t, a) in acts.iter().enumerate() {
+                    // Σ (w - 16)·a = Σ w·a - 16·Σa, the 16·Σa split evenly over a row's two
+                    // i32 lanes.
+                    let z = _mm256_sub_epi32(
+                        _mm256_madd_epi16(isum[t], ones),
+                        _mm256_set1_epi32(8 * *a.1.get_unchecked(b)),
+                    );
+                    let f = _mm256_mul_ps(dh, _mm256_set1_ps(*a.0.get_unchecked(b)));
+                    acc[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(z), f, acc[t][h]);
+                }
+            }
+        }
+        let mut out = [[0.0f32; 8]; T];
+        // [r0 r0 r1 r1 r2 r2 r3 r3], [r4 ...] → [r0 r1 r4 r5 | r2 r3 r6 r7] → rows in order.
+        let order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+        for t in 0..T {
+            let pairs = _mm256_hadd_ps(acc[t][0], acc[t][1]);
+            _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_permutevar8x32_ps(pairs, order));
+        }
+        out
+    }
+}
+
 /// The 8 rows of one Q5_0x8 group against `T` activation rows.
 pub fn dot_group_q5_0<const T: usize>(
     group: &[u8],
@@ -879,9 +957,19 @@ pub fn dot_group_q5_0<const T: usize>(
 ) -> [[f32; 8]; T] {
     check_lengths(group, q5_0_group_bytes(cols), cols, acts);
     #[cfg(target_arch = "x86_64")]
-    if vnni512_repack_supported() {
-        // SAFETY: VNNI detected; lengths checked above.
-        return unsafe { x86_q5_0::dot_group_q5_0_vnni512::<T>(group, cols / QK, acts) };
+    {
+        use crate::quant::ByteDotIsa;
+        match crate::quant::byte_dot_isa() {
+            // SAFETY: VNNI detected at run time; lengths checked above.
+            ByteDotIsa::Vnni => {
+                return unsafe { x86_q5_0::dot_group_q5_0_vnni512::<T>(group, cols / QK, acts) }
+            }
+            // SAFETY: AVX2, FMA and F16C detected at run time; lengths checked above.
+            ByteDotIsa::Avx2 => {
+                return unsafe { x86_q5_0_avx2::dot_group_q5_0_avx2::<T>(group, cols / QK, acts) }
+            }
+            ByteDotIsa::Scalar => {}
+        }
     }
     dot_group_unpacked::<T>(Layout::Q5_0x8, group, cols, acts)
 }
@@ -930,20 +1018,31 @@ mod grouped_tests {
         for g in 0..rows / GROUP {
             let group = &packed[g * layout.group_bytes(cols)..];
             let acts: [ActRow; T] = std::array::from_fn(|t| a.row(t));
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
             let mut results = vec![
                 dot_group_unpacked::<T>(layout, group, cols, &acts),
                 layout.dot_group::<T>(group, cols, &acts),
             ];
             // The AVX2 kernel too where the dispatch picks the VNNI one.
             #[cfg(target_arch = "x86_64")]
-            if layout == Layout::Q4Kx8
-                && is_x86_feature_detected!("avx2")
+            if is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c")
             {
-                let nsb = cols / crate::quant::QK_K;
-                // SAFETY: features detected just above; lengths as in `dot_group_q4k`.
-                results.push(unsafe { x86_q4k_avx2::dot_group_q4k_avx2::<T>(group, nsb, &acts) });
+                // SAFETY: features detected just above; lengths as in the dispatchers.
+                match layout {
+                    Layout::Q4Kx8 => results.push(unsafe {
+                        x86_q4k_avx2::dot_group_q4k_avx2::<T>(
+                            group,
+                            cols / crate::quant::QK_K,
+                            &acts,
+                        )
+                    }),
+                    Layout::Q5_0x8 => results.push(unsafe {
+                        x86_q5_0_avx2::dot_group_q5_0_avx2::<T>(group, cols / QK, &acts)
+                    }),
+                    Layout::Q8_0x8 => {}
+                }
             }
             for res in results {
                 for (t, rt) in res.iter().enumerate() {

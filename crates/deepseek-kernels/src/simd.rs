@@ -298,6 +298,7 @@ pub fn accumulate_rows_reference(
 
 /// Queries packed for [`scores_heads_major`]: `qt[c * heads + g] = scale · q[g][c]`, heads
 /// padded to a multiple of 8 with zeros.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct HeadsMajorQueries {
     qt: Vec<f32>,
     heads: usize,
@@ -1069,6 +1070,7 @@ mod tests {
             accumulate_rows(&w, ws, groups, &rows, stride, offset, n, len, &mut got);
             let mut want = init.clone();
             accumulate_rows_reference(&w, ws, groups, &rows, stride, offset, n, len, &mut want);
+            #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
             let mut results = vec![got];
             // The AVX2 kernel too where the dispatcher picks a wider one.
             #[cfg(target_arch = "x86_64")]
