@@ -586,6 +586,27 @@ mod x86_q4k_avx2 {
         m
     };
 
+    /// `v` (one value per row) in the i32-lane layout of half `h`'s products: rows
+    /// 4h..4h+4, each twice.
+    #[inline(always)]
+    pub(super) unsafe fn half_lanes(v: __m256, h: usize) -> __m256 {
+        let idx = if h == 0 {
+            _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)
+        } else {
+            _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7)
+        };
+        _mm256_permutevar8x32_ps(v, idx)
+    }
+
+    /// The two halves' sums (`[r0 r0 r1 r1 r2 r2 r3 r3]`, `[r4 …]`) as one value per row, in
+    /// row order.
+    #[inline(always)]
+    pub(super) unsafe fn rows_in_order(half0: __m256, half1: __m256) -> __m256 {
+        // hadd: [r0 r1 r4 r5 | r2 r3 r6 r7].
+        let pairs = _mm256_hadd_ps(half0, half1);
+        _mm256_permutevar8x32_ps(pairs, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7))
+    }
+
     /// The Q4_Kx8 kernel for AVX2 (no VNNI): a 256-bit load holds 8 bytes of each of 4 rows
     /// (rows 0–3, then 4–7). `vpmaddubsw` pairs stay in i16 over a sub-block's 32 columns
     /// (4 × 2 × 15 × 127 < 2¹⁵), then one `vpmaddwd` against the rows' 6-bit scales does the
@@ -602,11 +623,6 @@ mod x86_q4k_avx2 {
         let spread = [
             _mm256_loadu_si256(SCALE_SPREAD[0].as_ptr() as *const __m256i),
             _mm256_loadu_si256(SCALE_SPREAD[1].as_ptr() as *const __m256i),
-        ];
-        // d of rows 4h..4h+4, each twice: the layout of a half's i32 lanes.
-        let dup = [
-            _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3),
-            _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7),
         ];
         let mut acc = [[_mm256_setzero_ps(); 2]; T];
         let mut accm = [_mm256_setzero_ps(); T];
@@ -670,10 +686,9 @@ mod x86_q4k_avx2 {
                     }
                 }
             }
-            for h in 0..2 {
-                let dh = _mm256_permutevar8x32_ps(dv, dup[h]);
-                for t in 0..T {
-                    acc[t][h] = _mm256_fmadd_ps(dh, accs[t][h], acc[t][h]);
+            for (a, s) in acc.iter_mut().zip(&accs) {
+                for (h, (ah, sh)) in a.iter_mut().zip(s).enumerate() {
+                    *ah = _mm256_fmadd_ps(half_lanes(dv, h), *sh, *ah);
                 }
             }
             for t in 0..T {
@@ -681,11 +696,8 @@ mod x86_q4k_avx2 {
             }
         }
         let mut out = [[0.0f32; 8]; T];
-        // [r0 r0 r1 r1 r2 r2 r3 r3], [r4 ...] → [r0 r1 r4 r5 | r2 r3 r6 r7] → rows in order.
-        let order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
         for t in 0..T {
-            let pairs = _mm256_hadd_ps(acc[t][0], acc[t][1]);
-            let rows = _mm256_permutevar8x32_ps(pairs, order);
+            let rows = rows_in_order(acc[t][0], acc[t][1]);
             _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_sub_ps(rows, accm[t]));
         }
         out
@@ -861,6 +873,7 @@ mod x86_q5_0 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86_q5_0_avx2 {
+    use super::x86_q4k_avx2::{half_lanes, rows_in_order};
     use super::*;
     use std::arch::x86_64::*;
 
@@ -869,6 +882,7 @@ mod x86_q5_0_avx2 {
     /// bytes, spread over their rows' 64-bit lanes and tested bit by bit (`vpcmpeqb`). The
     /// `vpmaddubsw` pair sums of a block's 32 columns stay in i16 (2 × 2 × 2 × 31 × 127 < 2¹⁵).
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop)] // `h` also addresses the loads and the masks
     pub unsafe fn dot_group_q5_0_avx2<const T: usize>(
         group: &[u8],
         nb: usize,
@@ -883,11 +897,6 @@ mod x86_q5_0_avx2 {
             3, 3, 3,
         );
         let ones = _mm256_set1_epi16(1);
-        // d of rows 4h..4h+4, each twice: the layout of a half's i32 lanes.
-        let dup = [
-            _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3),
-            _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7),
-        ];
         let mut acc = [[_mm256_setzero_ps(); 2]; T];
         let base = group.as_ptr();
         for b in 0..nb {
@@ -925,7 +934,7 @@ mod x86_q5_0_avx2 {
                         isum[t] = _mm256_add_epi16(isum[t], s);
                     }
                 }
-                let dh = _mm256_permutevar8x32_ps(d8, dup[h]);
+                let dh = half_lanes(d8, h);
                 for (t, a) in acts.iter().enumerate() {
                     // Σ (w - 16)·a = Σ w·a - 16·Σa, the 16·Σa split evenly over a row's two
                     // i32 lanes.
@@ -939,11 +948,8 @@ mod x86_q5_0_avx2 {
             }
         }
         let mut out = [[0.0f32; 8]; T];
-        // [r0 r0 r1 r1 r2 r2 r3 r3], [r4 ...] → [r0 r1 r4 r5 | r2 r3 r6 r7] → rows in order.
-        let order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
         for t in 0..T {
-            let pairs = _mm256_hadd_ps(acc[t][0], acc[t][1]);
-            _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_permutevar8x32_ps(pairs, order));
+            _mm256_storeu_ps(out[t].as_mut_ptr(), rows_in_order(acc[t][0], acc[t][1]));
         }
         out
     }
