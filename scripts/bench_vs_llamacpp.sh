@@ -5,8 +5,9 @@
 #   scripts/bench_vs_llamacpp.sh [WORKDIR]        (default WORKDIR: /tmp/deepseek-rs-bench)
 #
 # llama.cpp comes from the PyPI sdist of llama-cpp-python (vendor/llama.cpp), built in WORKDIR;
-# nothing of it enters the repo. Needs a C++ compiler and python3 with pip (cmake from PyPI where missing); the converter
-# needs numpy, torch, transformers, sentencepiece (installed into WORKDIR/venv).
+# nothing of it enters the repo. Needs a C++ compiler and python3 with pip (cmake comes from
+# PyPI where the machine has none); the converter needs numpy, torch, transformers,
+# sentencepiece (installed into WORKDIR/venv).
 # Env: LAYERS (8), PP (512), TG (128), REPS (3), THREADS (all cores), DEPTHS ("0"), HF=1 to add
 # transformers' decode, TYPES ("bf16 q8_0 q4_k"): quantized types are written by
 # `deepseek quantize` from the same checkpoint, and both engines run that same GGUF file.
@@ -23,19 +24,20 @@ python3 scripts/fetch_tokenizers.py
 
 # 1. llama.cpp from the llama-cpp-python sdist.
 LCPP="$WORK/llama.cpp"
-[ -x "$WORK/venv/bin/python" ] || python3 -m venv "$WORK/venv"
-if ! command -v cmake >/dev/null; then
-  # Not every machine has cmake; PyPI's wheel carries it.
-  "$WORK/venv/bin/pip" install -q cmake
-  export PATH="$WORK/venv/bin:$PATH"
-fi
 if [ ! -x "$LCPP/build/bin/llama-bench" ]; then
+  CMAKE=cmake
+  if ! command -v cmake >/dev/null; then
+    # Not every machine has cmake; PyPI's wheel carries it.
+    [ -x "$WORK/venv/bin/python" ] || python3 -m venv "$WORK/venv"
+    "$WORK/venv/bin/pip" install -q cmake
+    CMAKE="$WORK/venv/bin/cmake"
+  fi
   (cd "$WORK" && python3 -m pip download -q --no-deps --no-binary llama-cpp-python -d sdist llama-cpp-python)
   rm -rf "$WORK/src" && mkdir -p "$WORK/src" && tar xzf "$WORK"/sdist/llama_cpp_python-*.tar.gz -C "$WORK/src"
   rm -rf "$LCPP" && cp -r "$WORK"/src/llama_cpp_python-*/vendor/llama.cpp "$LCPP"
-  cmake -S "$LCPP" -B "$LCPP/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+  "$CMAKE" -S "$LCPP" -B "$LCPP/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
         -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
-  cmake --build "$LCPP/build" -j "$(nproc)" --target llama-bench llama-quantize >/dev/null
+  "$CMAKE" --build "$LCPP/build" -j "$(nproc)" --target llama-bench llama-quantize >/dev/null
 fi
 LCPP_VERSION=$(cd "$WORK" && ls src | head -1)
 

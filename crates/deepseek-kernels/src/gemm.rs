@@ -5,7 +5,7 @@
 //! and with bf16 weights every weight vector is also widened per use. Here the tokens are
 //! packed once per matmul into 16-wide, column-major tiles ([`TokensMajor`]); a tile of 6 weight
 //! rows × 16 tokens keeps 12 accumulators, and per column it loads two token vectors and
-//! broadcasts one weight per row (6 loads, 12 FMAs), the shape of a BLAS micro-kernel. bf16
+//! broadcasts one weight per row (8 loads, 12 FMAs), the shape of a BLAS micro-kernel. bf16
 //! rows are widened once per 6-row panel, not once per token tile.
 
 use crate::simd::{self, Isa};
