@@ -429,9 +429,13 @@ impl<'a> Act<'a> {
             _ => None,
         };
         let q = match w.data {
-            MatrixData::Quant { .. } | MatrixData::Grouped { .. }
-                if !quant::exact_activations() && bf16.is_none() =>
-            {
+            _ if quant::exact_activations() || bf16.is_some() => None,
+            // The Q4_Kx8 kernels sum each super-block in integers: one scale per 256 values.
+            MatrixData::Grouped {
+                layout: repack::Layout::Q4Kx8,
+                ..
+            } => Some(QuantizedActivations::per_super_block(x, w.cols)),
+            MatrixData::Quant { .. } | MatrixData::Grouped { .. } => {
                 Some(QuantizedActivations::new(x, w.cols))
             }
             _ => None,

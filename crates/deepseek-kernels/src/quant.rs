@@ -330,7 +330,9 @@ pub fn exact_activations() -> bool {
     EXACT_ACTIVATIONS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// `n` rows of activations quantized per 32 values: scale, int8 values, and their sum.
+/// `n` rows of activations quantized to int8: a scale per 32 values (or the same scale for all
+/// 8 blocks of a 256-value super-block, see [`QuantizedActivations::per_super_block`]), the
+/// int8 values, and each 32-value block's sum.
 pub struct QuantizedActivations {
     pub cols: usize,
     pub d: Vec<f32>,
@@ -339,9 +341,24 @@ pub struct QuantizedActivations {
 }
 
 impl QuantizedActivations {
-    /// Quantizes `x` (`[n, cols]`, `cols` a multiple of 32).
+    /// Quantizes `x` (`[n, cols]`, `cols` a multiple of 32), one scale per 32 values.
     pub fn new(x: &[f32], cols: usize) -> Self {
-        assert_eq!(cols % QK, 0, "activation width must be a multiple of 32");
+        Self::with_scale_block(x, cols, QK)
+    }
+
+    /// Quantizes `x` (`[n, cols]`, `cols` a multiple of 256) with one scale per 256 values,
+    /// as llama.cpp's Q8_K, still stored once per 32-value block. K-quant kernels can then sum
+    /// a whole super-block in integers (the AVX2 Q4_Kx8 kernel requires this form); the
+    /// rounding is coarser where a block's values are much smaller than its super-block's.
+    pub fn per_super_block(x: &[f32], cols: usize) -> Self {
+        Self::with_scale_block(x, cols, QK_K)
+    }
+
+    fn with_scale_block(x: &[f32], cols: usize, block: usize) -> Self {
+        assert!(
+            cols.is_multiple_of(block),
+            "activation width {cols} must be a multiple of {block}"
+        );
         let nb = x.len() / QK;
         let mut a = QuantizedActivations {
             cols,
@@ -349,23 +366,26 @@ impl QuantizedActivations {
             sums: vec![0; nb],
             qs: vec![0; x.len()],
         };
-        for (b, (xb, qb)) in x
-            .chunks_exact(QK)
-            .zip(a.qs.chunks_exact_mut(QK))
+        let per = block / QK;
+        for (s, (xs, qs)) in x
+            .chunks_exact(block)
+            .zip(a.qs.chunks_exact_mut(block))
             .enumerate()
         {
-            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let mut s = 0i32;
-            for (q, &v) in qb.iter_mut().zip(xb) {
-                // Round half away from zero without a libm call (|y| ≤ 127).
-                let y = v * id;
-                *q = (y + 0.5f32.copysign(y)) as i8;
-                s += *q as i32;
+            for (i, (xb, qb)) in xs.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
+                let mut sum = 0i32;
+                for (q, &v) in qb.iter_mut().zip(xb) {
+                    // Round half away from zero without a libm call (|y| ≤ 127).
+                    let y = v * id;
+                    *q = (y + 0.5f32.copysign(y)) as i8;
+                    sum += *q as i32;
+                }
+                a.d[s * per + i] = d;
+                a.sums[s * per + i] = sum;
             }
-            a.d[b] = d;
-            a.sums[b] = s;
         }
         a
     }
@@ -744,6 +764,36 @@ fn quantize_q6k(x: &[f32], out: &mut [u8]) {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn super_block_activations_share_a_scale_and_round_to_it() {
+        let mut r = rand::rngs::StdRng::seed_from_u64(5);
+        let cols = 512;
+        // Two rows; the second row's blocks differ in magnitude by 100x.
+        let x: Vec<f32> = (0..2 * cols)
+            .map(|i| {
+                let v: f32 = r.random_range(-1.0..1.0);
+                if i >= cols && (i / QK).is_multiple_of(2) {
+                    v * 100.0
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let a = QuantizedActivations::per_super_block(&x, cols);
+        for (s, xs) in x.chunks(QK_K).enumerate() {
+            let d = xs.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+            for b in 0..QK_K / QK {
+                let bi = s * QK_K / QK + b;
+                assert_eq!(a.d[bi], d, "super-block {s}, block {b}");
+                let q = &a.qs[bi * QK..(bi + 1) * QK];
+                assert_eq!(a.sums[bi], q.iter().map(|&v| v as i32).sum::<i32>());
+                for (&qv, &xv) in q.iter().zip(&xs[b * QK..(b + 1) * QK]) {
+                    assert!((qv as f32 * d - xv).abs() <= 0.5 * d * 1.0001);
+                }
+            }
+        }
+    }
 
     fn vectors() -> serde_json::Value {
         let p = concat!(

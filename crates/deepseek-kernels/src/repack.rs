@@ -159,7 +159,9 @@ mod x86 {
             }
             let scales = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
             let w = blk.add(2 * GROUP);
-            // Two chains per token so consecutive dot products do not wait on each other.
+            // Two chains per token for one or two tokens, so consecutive dot products do not
+            // wait on each other; three or more tokens are independent chains already, and a
+            // second chain each would not fit the 16 registers.
             let mut isum = [[_mm256_setzero_si256(); 2]; T];
             for k in 0..QK / 4 {
                 let wv = _mm256_loadu_si256(w.add(k * 32) as *const __m256i);
@@ -168,7 +170,7 @@ mod x86 {
                     let av = _mm256_set1_epi32(
                         (a.2.as_ptr().add(b * QK + 4 * k) as *const i32).read_unaligned(),
                     );
-                    let s = &mut isum[t][k & 1];
+                    let s = &mut isum[t][if T <= 2 { k & 1 } else { 0 }];
                     let p = _mm256_maddubs_epi16(wu, _mm256_sign_epi8(av, wv));
                     *s = _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones));
                 }
@@ -610,97 +612,129 @@ mod x86_q4k_avx2 {
     /// The Q4_Kx8 kernel for AVX2 (no VNNI): a 256-bit load holds 8 bytes of each of 4 rows
     /// (rows 0–3, then 4–7). `vpmaddubsw` pairs stay in i16 over a sub-block's 32 columns
     /// (4 × 2 × 15 × 127 < 2¹⁵), then one `vpmaddwd` against the rows' 6-bit scales does the
-    /// pairing and the scale at once (llama.cpp's AVX2 Q4_K trick): the per-32 work is a
-    /// third of a plain row's, which re-did the scales in f32 per row and per block. A row's
-    /// two i32 lanes (and its f32 accumulators) stay side by side until the end.
+    /// pairing and the scale at once (llama.cpp's AVX2 Q4_K trick), and the i32 sums run over
+    /// the whole super-block (< 8 × 2 × 15240 × 63 < 2³¹): the activations carry one scale per
+    /// 256 values (as llama.cpp's Q8_K), so the float work is once per super-block, not per
+    /// sub-block. A row's two i32 lanes (and its f32 accumulators) stay side by side until the
+    /// end.
+    ///
+    /// AVX2 has 16 vector registers and each token needs an i16 sum, an i32 sum and an f32
+    /// accumulator per 4-row half: one or two tokens take both halves in one pass (sharing
+    /// the activation broadcasts), more tokens take the halves one after the other (4
+    /// tokens: 12 registers plus the weights). Holding both halves of 4 tokens at once
+    /// spilled to the stack in the inner loop.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_group_q4k_avx2<const T: usize>(
         group: &[u8],
         nsb: usize,
         acts: &[ActRow; T],
     ) -> [[f32; 8]; T] {
-        let low4 = _mm256_set1_epi8(0x0F);
-        let spread = [
-            _mm256_loadu_si256(SCALE_SPREAD[0].as_ptr() as *const __m256i),
-            _mm256_loadu_si256(SCALE_SPREAD[1].as_ptr() as *const __m256i),
-        ];
-        let mut acc = [[_mm256_setzero_ps(); 2]; T];
-        let mut accm = [_mm256_setzero_ps(); T];
+        let halves: [[__m256; 2]; T] = if T <= 2 {
+            let [h0, h1] = halves_q4k::<T, 2>(group, nsb, acts, 0);
+            std::array::from_fn(|t| [h0[t], h1[t]])
+        } else {
+            let [h0] = halves_q4k::<T, 1>(group, nsb, acts, 0);
+            let [h1] = halves_q4k::<T, 1>(group, nsb, acts, 1);
+            std::array::from_fn(|t| [h0[t], h1[t]])
+        };
+        // The mins: Σ_j dmin · m_j · Σ(activations of sub-block j), one value per row.
         let base = group.as_ptr();
+        let mut accm = [_mm256_setzero_ps(); T];
+        for sb in 0..nsb {
+            let blk = base.add(sb * Q4K_SUPER_BYTES);
+            let dminv = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
+            let mut mins = [_mm256_setzero_ps(); T];
+            for j in 0..8 {
+                let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                    blk.add(96 + j * 8) as *const __m128i,
+                )));
+                for (t, a) in acts.iter().enumerate() {
+                    let sum = *a.1.get_unchecked(sb * 8 + j) as f32;
+                    mins[t] = _mm256_fmadd_ps(mn, _mm256_set1_ps(sum), mins[t]);
+                }
+            }
+            for (t, a) in acts.iter().enumerate() {
+                let f = _mm256_mul_ps(dminv, _mm256_set1_ps(*a.0.get_unchecked(sb * 8)));
+                accm[t] = _mm256_fmadd_ps(f, mins[t], accm[t]);
+            }
+        }
+        let mut out = [[0.0f32; 8]; T];
+        for t in 0..T {
+            let rows = rows_in_order(halves[t][0], halves[t][1]);
+            _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_sub_ps(rows, accm[t]));
+        }
+        out
+    }
+
+    /// Halves `h0..h0 + H` of a Q4_Kx8 group against `T` tokens, without the mins: per half
+    /// and token, rows `4h..4h + 4` each in two lanes.
+    #[inline(always)]
+    unsafe fn halves_q4k<const T: usize, const H: usize>(
+        group: &[u8],
+        nsb: usize,
+        acts: &[ActRow; T],
+        h0: usize,
+    ) -> [[__m256; T]; H] {
+        let low4 = _mm256_set1_epi8(0x0F);
+        let base = group.as_ptr();
+        // Plain loops, not `array::from_fn`: a closure is not always inlined into a
+        // `target_feature` function, and intrinsics outside it become calls.
+        let mut spread = [_mm256_setzero_si256(); H];
+        for (i, s) in spread.iter_mut().enumerate() {
+            *s = _mm256_loadu_si256(SCALE_SPREAD[h0 + i].as_ptr() as *const __m256i);
+        }
+        let mut acc = [[_mm256_setzero_ps(); T]; H];
         for sb in 0..nsb {
             let blk = base.add(sb * Q4K_SUPER_BYTES);
             let ahead = blk.wrapping_add(2 * Q4K_SUPER_BYTES) as *const i8;
             for line in 0..Q4K_SUPER_BYTES.div_ceil(64) {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
             }
-            let dv = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-            let dminv = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
-            let mut accs = [[_mm256_setzero_ps(); 2]; T];
-            let mut mins = [_mm256_setzero_ps(); T];
-            for c in 0..4 {
-                let (j0, j1) = (2 * c, 2 * c + 1);
-                let sc = |j: usize| {
-                    _mm256_broadcastq_epi64(_mm_loadl_epi64(blk.add(32 + j * 8) as *const __m128i))
-                };
-                let (sc0, sc1) = (sc(j0), sc(j1));
-                for h in 0..2 {
-                    let mut ilo = [_mm256_setzero_si256(); T];
-                    let mut ihi = [_mm256_setzero_si256(); T];
-                    for kk in 0..4 {
-                        let q = _mm256_loadu_si256(
-                            blk.add(160 + c * 256 + kk * 64 + h * 32) as *const __m256i
-                        );
-                        let lo = _mm256_and_si256(q, low4);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4);
-                        for (t, a) in acts.iter().enumerate() {
-                            let p = a.2.as_ptr().add((sb * 8 + j0) * 32 + 8 * kk);
-                            // Each row's 8 bytes meet the same 8 activation bytes: a broadcast.
-                            let alo = _mm256_set1_epi64x((p as *const i64).read_unaligned());
-                            let ahi =
-                                _mm256_set1_epi64x((p.add(32) as *const i64).read_unaligned());
-                            ilo[t] = _mm256_add_epi16(ilo[t], _mm256_maddubs_epi16(lo, alo));
-                            ihi[t] = _mm256_add_epi16(ihi[t], _mm256_maddubs_epi16(hi, ahi));
+            let mut isb = [[_mm256_setzero_si256(); T]; H];
+            for j in 0..8 {
+                // Sub-block j: the low (even j) or high nibbles of 32-byte chunk j / 2.
+                let chunk = blk.add(160 + (j / 2) * 256 + h0 * 32);
+                let mut isum = [[_mm256_setzero_si256(); T]; H];
+                for kk in 0..4 {
+                    let mut w = [_mm256_setzero_si256(); H];
+                    for (i, wi) in w.iter_mut().enumerate() {
+                        let q = _mm256_loadu_si256(chunk.add(kk * 64 + i * 32) as *const __m256i);
+                        *wi = if j % 2 == 0 {
+                            _mm256_and_si256(q, low4)
+                        } else {
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4)
+                        };
+                    }
+                    for (t, a) in acts.iter().enumerate() {
+                        let p = a.2.as_ptr().add((sb * 8 + j) * 32 + 8 * kk);
+                        // Each row's 8 bytes meet the same 8 activation bytes: a broadcast.
+                        let av = _mm256_set1_epi64x((p as *const i64).read_unaligned());
+                        for i in 0..H {
+                            isum[i][t] =
+                                _mm256_add_epi16(isum[i][t], _mm256_maddubs_epi16(w[i], av));
                         }
                     }
-                    let s0 = _mm256_shuffle_epi8(sc0, spread[h]);
-                    let s1 = _mm256_shuffle_epi8(sc1, spread[h]);
-                    for (t, a) in acts.iter().enumerate() {
-                        let (d0, d1) = (
-                            *a.0.get_unchecked(sb * 8 + j0),
-                            *a.0.get_unchecked(sb * 8 + j1),
-                        );
-                        let p0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(ilo[t], s0));
-                        let p1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(ihi[t], s1));
-                        accs[t][h] = _mm256_fmadd_ps(p0, _mm256_set1_ps(d0), accs[t][h]);
-                        accs[t][h] = _mm256_fmadd_ps(p1, _mm256_set1_ps(d1), accs[t][h]);
-                    }
                 }
-                for j in [j0, j1] {
-                    let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                        blk.add(96 + j * 8) as *const __m128i,
-                    )));
-                    for (t, a) in acts.iter().enumerate() {
-                        let ab = sb * 8 + j;
-                        let dsum = *a.0.get_unchecked(ab) * *a.1.get_unchecked(ab) as f32;
-                        mins[t] = _mm256_fmadd_ps(mn, _mm256_set1_ps(dsum), mins[t]);
+                let sc =
+                    _mm256_broadcastq_epi64(_mm_loadl_epi64(blk.add(32 + j * 8) as *const __m128i));
+                for i in 0..H {
+                    let scales = _mm256_shuffle_epi8(sc, spread[i]);
+                    for t in 0..T {
+                        isb[i][t] =
+                            _mm256_add_epi32(isb[i][t], _mm256_madd_epi16(isum[i][t], scales));
                     }
                 }
             }
-            for (a, s) in acc.iter_mut().zip(&accs) {
-                for (h, (ah, sh)) in a.iter_mut().zip(s).enumerate() {
-                    *ah = _mm256_fmadd_ps(half_lanes(dv, h), *sh, *ah);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            for i in 0..H {
+                let dh = half_lanes(d, h0 + i);
+                for (t, a) in acts.iter().enumerate() {
+                    let f = _mm256_mul_ps(dh, _mm256_set1_ps(*a.0.get_unchecked(sb * 8)));
+                    acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isb[i][t]), f, acc[i][t]);
                 }
             }
-            for t in 0..T {
-                accm[t] = _mm256_fmadd_ps(dminv, mins[t], accm[t]);
-            }
         }
-        let mut out = [[0.0f32; 8]; T];
-        for t in 0..T {
-            let rows = rows_in_order(acc[t][0], acc[t][1]);
-            _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_sub_ps(rows, accm[t]));
-        }
-        out
+        acc
     }
 }
 
@@ -722,13 +756,21 @@ pub fn k_and_q5_repack_supported() -> bool {
     }
 }
 
-/// The 8 rows of one Q4_Kx8 group against `T` activation rows.
+/// The 8 rows of one Q4_Kx8 group against `T` activation rows, quantized with one scale per
+/// super-block ([`crate::quant::QuantizedActivations::per_super_block`]).
 pub fn dot_group_q4k<const T: usize>(
     group: &[u8],
     cols: usize,
     acts: &[ActRow; T],
 ) -> [[f32; 8]; T] {
     check_lengths(group, q4k_group_bytes(cols), cols, acts);
+    assert!(
+        acts.iter().all(|a| a
+            .0
+            .chunks_exact(8)
+            .all(|d| d.iter().all(|&v| v.to_bits() == d[0].to_bits()))),
+        "Q4_Kx8 needs activations with one scale per 256 values"
+    );
     #[cfg(target_arch = "x86_64")]
     {
         use crate::quant::ByteDotIsa;
@@ -881,13 +923,41 @@ mod x86_q5_0_avx2 {
     /// of each of 4 rows (rows 0–3, then 4–7); the fifth bits come from the masks' 4 row
     /// bytes, spread over their rows' 64-bit lanes and tested bit by bit (`vpcmpeqb`). The
     /// `vpmaddubsw` pair sums of a block's 32 columns stay in i16 (2 × 2 × 2 × 31 × 127 < 2¹⁵).
+    /// As in the Q4_K kernel, one or two tokens take both 4-row halves in one pass, more
+    /// tokens one half after the other, so that the accumulators stay in the 16 registers.
     #[target_feature(enable = "avx2,fma,f16c")]
-    #[allow(clippy::needless_range_loop)] // `h` also addresses the loads and the masks
     pub unsafe fn dot_group_q5_0_avx2<const T: usize>(
         group: &[u8],
         nb: usize,
         acts: &[ActRow; T],
     ) -> [[f32; 8]; T] {
+        let halves: [[__m256; 2]; T] = if T <= 2 {
+            let [h0, h1] = halves_q5_0::<T, 2>(group, nb, acts, 0);
+            std::array::from_fn(|t| [h0[t], h1[t]])
+        } else {
+            let [h0] = halves_q5_0::<T, 1>(group, nb, acts, 0);
+            let [h1] = halves_q5_0::<T, 1>(group, nb, acts, 1);
+            std::array::from_fn(|t| [h0[t], h1[t]])
+        };
+        let mut out = [[0.0f32; 8]; T];
+        for t in 0..T {
+            _mm256_storeu_ps(
+                out[t].as_mut_ptr(),
+                rows_in_order(halves[t][0], halves[t][1]),
+            );
+        }
+        out
+    }
+
+    /// Halves `h0..h0 + H` of a Q5_0x8 group against `T` tokens: per half and token, rows
+    /// `4h..4h + 4` each in two lanes.
+    #[inline(always)]
+    unsafe fn halves_q5_0<const T: usize, const H: usize>(
+        group: &[u8],
+        nb: usize,
+        acts: &[ActRow; T],
+        h0: usize,
+    ) -> [[__m256; T]; H] {
         let low4 = _mm256_set1_epi8(0x0F);
         let bit4 = _mm256_set1_epi8(0x10);
         let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
@@ -897,7 +967,7 @@ mod x86_q5_0_avx2 {
             3, 3, 3,
         );
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); 2]; T];
+        let mut acc = [[_mm256_setzero_ps(); T]; H];
         let base = group.as_ptr();
         for b in 0..nb {
             let blk = base.add(b * Q5_0_BLOCK_BYTES);
@@ -905,7 +975,6 @@ mod x86_q5_0_avx2 {
             for line in 0..3 {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
             }
-            let d8 = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
             // The fifth bits of mask `m` for rows 4h..4h+4, as 0x10 bytes.
             let fifth = |m: usize, h: usize| {
                 let mask = (blk.add(16 + m * 8) as *const u64).read_unaligned();
@@ -913,45 +982,50 @@ mod x86_q5_0_avx2 {
                 let v = _mm256_shuffle_epi8(rows, spread);
                 _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bits), bits), bit4)
             };
-            for h in 0..2 {
-                let mut isum = [_mm256_setzero_si256(); T];
-                for kk in 0..2 {
+            let mut isum = [[_mm256_setzero_si256(); T]; H];
+            for kk in 0..2 {
+                // Weights 0..31 (unsigned for vpmaddubsw), offset 16 removed below.
+                let mut w = [(_mm256_setzero_si256(), _mm256_setzero_si256()); H];
+                for (i, wi) in w.iter_mut().enumerate() {
+                    let h = h0 + i;
                     let q = _mm256_loadu_si256(blk.add(48 + kk * 64 + h * 32) as *const __m256i);
-                    // Weights 0..31 (unsigned for vpmaddubsw), offset 16 removed below.
-                    let lo = _mm256_or_si256(_mm256_and_si256(q, low4), fifth(kk, h));
-                    let hi = _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4),
-                        fifth(2 + kk, h),
+                    *wi = (
+                        _mm256_or_si256(_mm256_and_si256(q, low4), fifth(kk, h)),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4),
+                            fifth(2 + kk, h),
+                        ),
                     );
-                    for (t, a) in acts.iter().enumerate() {
-                        let p = a.2.as_ptr().add(b * QK + 8 * kk);
-                        let alo = _mm256_set1_epi64x((p as *const i64).read_unaligned());
-                        let ahi = _mm256_set1_epi64x((p.add(16) as *const i64).read_unaligned());
+                }
+                for (t, a) in acts.iter().enumerate() {
+                    let p = a.2.as_ptr().add(b * QK + 8 * kk);
+                    let alo = _mm256_set1_epi64x((p as *const i64).read_unaligned());
+                    let ahi = _mm256_set1_epi64x((p.add(16) as *const i64).read_unaligned());
+                    for i in 0..H {
                         let s = _mm256_add_epi16(
-                            _mm256_maddubs_epi16(lo, alo),
-                            _mm256_maddubs_epi16(hi, ahi),
+                            _mm256_maddubs_epi16(w[i].0, alo),
+                            _mm256_maddubs_epi16(w[i].1, ahi),
                         );
-                        isum[t] = _mm256_add_epi16(isum[t], s);
+                        isum[i][t] = _mm256_add_epi16(isum[i][t], s);
                     }
                 }
-                let dh = half_lanes(d8, h);
+            }
+            let d8 = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            for i in 0..H {
+                let dh = half_lanes(d8, h0 + i);
                 for (t, a) in acts.iter().enumerate() {
                     // Σ (w - 16)·a = Σ w·a - 16·Σa, the 16·Σa split evenly over a row's two
                     // i32 lanes.
                     let z = _mm256_sub_epi32(
-                        _mm256_madd_epi16(isum[t], ones),
+                        _mm256_madd_epi16(isum[i][t], ones),
                         _mm256_set1_epi32(8 * *a.1.get_unchecked(b)),
                     );
                     let f = _mm256_mul_ps(dh, _mm256_set1_ps(*a.0.get_unchecked(b)));
-                    acc[t][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(z), f, acc[t][h]);
+                    acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(z), f, acc[i][t]);
                 }
             }
         }
-        let mut out = [[0.0f32; 8]; T];
-        for t in 0..T {
-            _mm256_storeu_ps(out[t].as_mut_ptr(), rows_in_order(acc[t][0], acc[t][1]));
-        }
-        out
+        acc
     }
 }
 
@@ -1018,7 +1092,10 @@ mod grouped_tests {
         let x: Vec<f32> = (0..T * cols)
             .map(|i| ((i * 17) % 31) as f32 / 15.0 - 1.0)
             .collect();
-        let a = QuantizedActivations::new(&x, cols);
+        let a = match layout {
+            Layout::Q4Kx8 => QuantizedActivations::per_super_block(&x, cols),
+            _ => QuantizedActivations::new(&x, cols),
+        };
         let xq: Vec<f32> = (0..x.len()).map(|i| a.d[i / QK] * a.qs[i] as f32).collect();
         let mut deq = vec![0.0; cols];
         for g in 0..rows / GROUP {
@@ -1072,6 +1149,22 @@ mod grouped_tests {
         check::<1>(Layout::Q4Kx8, repack_q4_k, 8, 256, 1e-3);
         check::<3>(Layout::Q4Kx8, repack_q4_k, 16, 768, 1e-3);
         check::<4>(Layout::Q4Kx8, repack_q4_k, 8, 1536, 1e-3);
+    }
+
+    #[test]
+    #[should_panic(expected = "one scale per 256 values")]
+    fn q4_k_groups_refuse_activations_scaled_per_32() {
+        let (rows, cols) = (8, 256);
+        let x: Vec<f32> = (0..cols).map(|i| (i as f32 - 100.0) / 50.0).collect();
+        let w: Vec<f32> = (0..rows * cols).map(|i| (i % 7) as f32 - 3.0).collect();
+        let rb = QuantType::Q4K.row_bytes(cols);
+        let mut plain = vec![0u8; rows * rb];
+        for (r, o) in plain.chunks_mut(rb).enumerate() {
+            quantize_row(QuantType::Q4K, &w[r * cols..(r + 1) * cols], o);
+        }
+        let packed = repack_q4_k(&plain, rows, cols);
+        let a = QuantizedActivations::new(&x, cols);
+        dot_group_q4k::<1>(&packed, cols, &[a.row(0)]);
     }
 
     #[test]
