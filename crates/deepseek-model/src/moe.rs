@@ -11,8 +11,8 @@ use rayon::prelude::*;
 use crate::mlp::Mlp;
 use crate::router::{Router, Routing};
 
-/// Steps of at most this many tokens run whole experts in parallel rather than splitting each
-/// expert's matmuls across threads.
+/// Steps of at most this many tokens run the shared experts as one job beside the routed ones
+/// rather than splitting their matmuls across threads.
 const SMALL_BATCH: usize = 4;
 
 pub struct Moe {
@@ -90,53 +90,47 @@ impl Moe {
                 );
             }
         };
-        if n <= SMALL_BATCH {
-            // Decode-sized steps: each expert's matrices are small, so splitting every matmul
-            // across threads costs more in synchronisation than it gains. Run whole experts
-            // (and the shared experts) side by side instead, one parallel region per layer.
-            let mut jobs: Vec<(Option<usize>, &Mlp, Vec<f32>, usize)> = chosen
-                .iter()
-                .map(|&(e, toks)| (Some(e), &self.experts[e], gather(toks), toks.len()))
-                .collect();
-            if let Some(shared) = &self.shared_experts {
-                jobs.push((None, shared, x.to_vec(), n));
-            }
-            // Largest jobs first, one job per task: whole jobs cannot be split, so a big job
-            // taken last leaves the other threads idle. V2-Lite's two shared experts are one
-            // MLP twice a routed expert's size; at the end of the list (6 + 2 units on two
-            // threads) rayon's halving would run it last, 5 units of time instead of 4
-            // (BENCHMARKS.md, "the MoE's expert jobs in order", has the measured gain).
-            jobs.sort_by_cached_key(|&(_, mlp, _, m)| std::cmp::Reverse(m * mlp.weight_bytes()));
-            let mut results: Vec<(Option<usize>, Vec<f32>)> = jobs
-                .into_par_iter()
-                .with_max_len(1)
-                .map(|(e, mlp, xs, m)| {
-                    let mut ys = vec![0.0; m * hid];
-                    mlp.forward_serial(&xs, m, &mut ys);
-                    (e, ys)
-                })
-                .collect();
-            // Summed in expert order, shared last, whatever order they ran in.
-            results.sort_by_key(|&(e, _)| e.unwrap_or(usize::MAX));
-            for (e, ys) in results {
-                match e {
-                    Some(e) => scatter(out, &by_expert[e], &ys),
-                    None => deepseek_kernels::ops::add_inplace(out, &ys),
-                }
-            }
-            return routing;
+        // Whole experts side by side, one job per thread at a time, rather than each expert's
+        // matmuls split across the threads: an expert's own matrices are small (a 512-token
+        // prompt gives each routed expert ~48 tokens), so splitting them costs a fork-join per
+        // matmul and leaves a thread idle through every serial step between them (gathering,
+        // quantizing the activations, SiLU). Decode-sized steps also run the shared experts as
+        // one more job; longer steps split theirs (each token meets them) across the threads.
+        let shared_job = self.shared_experts.as_ref().filter(|_| n <= SMALL_BATCH);
+        let mut jobs: Vec<(Option<usize>, &Mlp, Vec<f32>, usize)> = chosen
+            .iter()
+            .map(|&(e, toks)| (Some(e), &self.experts[e], gather(toks), toks.len()))
+            .collect();
+        if let Some(shared) = shared_job {
+            jobs.push((None, shared, x.to_vec(), n));
         }
-        let mut ys = Vec::new();
-        for &(e, toks) in &chosen {
-            let xs = gather(toks);
-            ys.resize(toks.len() * hid, 0.0);
-            self.experts[e].forward(&xs, toks.len(), &mut ys);
-            scatter(out, toks, &ys);
+        // Largest jobs first, one job per task: whole jobs cannot be split, so a big job
+        // taken last leaves the other threads idle. V2-Lite's two shared experts are one
+        // MLP twice a routed expert's size; at the end of the list (6 + 2 units on two
+        // threads) rayon's halving would run it last, 5 units of time instead of 4
+        // (BENCHMARKS.md, "the MoE's expert jobs in order", has the measured gain).
+        jobs.sort_by_cached_key(|&(_, mlp, _, m)| std::cmp::Reverse(m * mlp.weight_bytes()));
+        let mut results: Vec<(Option<usize>, Vec<f32>)> = jobs
+            .into_par_iter()
+            .with_max_len(1)
+            .map(|(e, mlp, xs, m)| {
+                let mut ys = vec![0.0; m * hid];
+                mlp.forward_serial(&xs, m, &mut ys);
+                (e, ys)
+            })
+            .collect();
+        if let (Some(shared), None) = (&self.shared_experts, shared_job) {
+            let mut ys = vec![0.0; n * hid];
+            shared.forward(x, n, &mut ys);
+            results.push((None, ys));
         }
-        if let Some(shared) = &self.shared_experts {
-            let mut s = vec![0.0; n * hid];
-            shared.forward(x, n, &mut s);
-            deepseek_kernels::ops::add_inplace(out, &s);
+        // Summed in expert order, shared last, whatever order they ran in.
+        results.sort_by_key(|&(e, _)| e.unwrap_or(usize::MAX));
+        for (e, ys) in results {
+            match e {
+                Some(e) => scatter(out, &by_expert[e], &ys),
+                None => deepseek_kernels::ops::add_inplace(out, &ys),
+            }
         }
         routing
     }
