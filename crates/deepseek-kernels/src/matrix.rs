@@ -583,6 +583,10 @@ fn rows_grouped(
 ) {
     let gb = layout.group_bytes(cols);
     let qx = act.q.as_ref().expect("quantized activations");
+    assert!(
+        layout != repack::Layout::Q4Kx8 || qx.scale_block == crate::quant::QK_K,
+        "Q4_Kx8 needs activations with one scale per 256 values"
+    );
     let g = repack::GROUP;
     debug_assert!(r0.is_multiple_of(g) && nr.is_multiple_of(g));
     for gi in 0..nr / g {

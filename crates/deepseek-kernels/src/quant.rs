@@ -335,6 +335,8 @@ pub fn exact_activations() -> bool {
 /// int8 values, and each 32-value block's sum.
 pub struct QuantizedActivations {
     pub cols: usize,
+    /// Values per scale: 32, or 256 for [`QuantizedActivations::per_super_block`].
+    pub scale_block: usize,
     pub d: Vec<f32>,
     pub sums: Vec<i32>,
     pub qs: Vec<i8>,
@@ -362,6 +364,7 @@ impl QuantizedActivations {
         let nb = x.len() / QK;
         let mut a = QuantizedActivations {
             cols,
+            scale_block: block,
             d: vec![0.0; nb],
             sums: vec![0; nb],
             qs: vec![0; x.len()],
