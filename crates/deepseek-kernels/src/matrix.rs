@@ -589,8 +589,16 @@ fn rows_grouped(
     );
     let g = repack::GROUP;
     debug_assert!(r0.is_multiple_of(g) && nr.is_multiple_of(g));
+    // Q5_0 groups that meet more tokens than one pass takes are decoded to bytes once, where
+    // that pays (AVX2), instead of once per pass.
+    let mut decoded = (layout == repack::Layout::Q5_0x8 && n > 4 && repack::q5_0_predecode_pays())
+        .then(|| vec![0u8; cols / crate::quant::QK * repack::Q5_0_DECODED_BLOCK]);
     for gi in 0..nr / g {
         let group = &d[(r0 / g + gi) * gb..(r0 / g + gi + 1) * gb];
+        if let Some(dec) = decoded.as_mut() {
+            repack::decode_q5_0_group(group, cols, dec);
+        }
+        let dec = decoded.as_deref();
         let mut t = 0;
         while t < n {
             let k = (n - t).min(4);
@@ -600,25 +608,45 @@ fn rows_grouped(
                 }
             };
             match k {
-                4 => put(&layout.dot_group::<4>(
+                4 => put(&group_pass::<4>(
+                    layout,
                     group,
+                    dec,
                     cols,
                     &std::array::from_fn(|i| qx.row(t + i)),
                 )),
-                3 => put(&layout.dot_group::<3>(
+                3 => put(&group_pass::<3>(
+                    layout,
                     group,
+                    dec,
                     cols,
                     &std::array::from_fn(|i| qx.row(t + i)),
                 )),
-                2 => put(&layout.dot_group::<2>(
+                2 => put(&group_pass::<2>(
+                    layout,
                     group,
+                    dec,
                     cols,
                     &std::array::from_fn(|i| qx.row(t + i)),
                 )),
-                _ => put(&layout.dot_group::<1>(group, cols, &[qx.row(t)])),
+                _ => put(&group_pass::<1>(layout, group, dec, cols, &[qx.row(t)])),
             }
             t += k;
         }
+    }
+}
+
+/// One pass of `T` tokens over a repacked group, through its decoded form where there is one.
+fn group_pass<const T: usize>(
+    layout: repack::Layout,
+    group: &[u8],
+    decoded: Option<&[u8]>,
+    cols: usize,
+    acts: &[repack::ActRow; T],
+) -> [[f32; 8]; T] {
+    match decoded {
+        Some(dec) => repack::dot_group_q5_0_decoded::<T>(group, dec, cols, acts),
+        None => layout.dot_group::<T>(group, cols, acts),
     }
 }
 

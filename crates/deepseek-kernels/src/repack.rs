@@ -930,15 +930,16 @@ mod x86_q5_0_avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_group_q5_0_avx2<const T: usize>(
         group: &[u8],
+        decoded: Option<&[u8]>,
         nb: usize,
         acts: &[ActRow; T],
     ) -> [[f32; 8]; T] {
         let halves: [[__m256; 2]; T] = if T <= 2 {
-            let [h0, h1] = halves_q5_0::<T, 2>(group, nb, acts, 0);
+            let [h0, h1] = halves_q5_0::<T, 2>(group, decoded, nb, acts, 0);
             std::array::from_fn(|t| [h0[t], h1[t]])
         } else {
-            let [h0] = halves_q5_0::<T, 1>(group, nb, acts, 0);
-            let [h1] = halves_q5_0::<T, 1>(group, nb, acts, 1);
+            let [h0] = halves_q5_0::<T, 1>(group, decoded, nb, acts, 0);
+            let [h1] = halves_q5_0::<T, 1>(group, decoded, nb, acts, 1);
             std::array::from_fn(|t| [h0[t], h1[t]])
         };
         let mut out = [[0.0f32; 8]; T];
@@ -954,8 +955,11 @@ mod x86_q5_0_avx2 {
     /// Halves `h0..h0 + H` of a Q5_0x8 group against `T` tokens: per half and token, rows
     /// `4h..4h + 4` each in two lanes.
     #[inline(always)]
+    /// With `decoded` (from [`decode_q5_0_group_avx2`]) the weights are loaded ready-made
+    /// instead of rebuilt from nibbles and bit masks.
     unsafe fn halves_q5_0<const T: usize, const H: usize>(
         group: &[u8],
+        decoded: Option<&[u8]>,
         nb: usize,
         acts: &[ActRow; T],
         h0: usize,
@@ -990,14 +994,27 @@ mod x86_q5_0_avx2 {
                 let mut w = [(_mm256_setzero_si256(), _mm256_setzero_si256()); H];
                 for (i, wi) in w.iter_mut().enumerate() {
                     let h = h0 + i;
-                    let q = _mm256_loadu_si256(blk.add(48 + kk * 64 + h * 32) as *const __m256i);
-                    *wi = (
-                        _mm256_or_si256(_mm256_and_si256(q, low4), fifth(kk, h)),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4),
-                            fifth(2 + kk, h),
-                        ),
-                    );
+                    *wi = match decoded {
+                        Some(dec) => {
+                            let p = dec.as_ptr().add(b * Q5_0_DECODED_BLOCK + kk * 128 + h * 64);
+                            (
+                                _mm256_loadu_si256(p as *const __m256i),
+                                _mm256_loadu_si256(p.add(32) as *const __m256i),
+                            )
+                        }
+                        None => {
+                            let q = _mm256_loadu_si256(
+                                blk.add(48 + kk * 64 + h * 32) as *const __m256i
+                            );
+                            (
+                                _mm256_or_si256(_mm256_and_si256(q, low4), fifth(kk, h)),
+                                _mm256_or_si256(
+                                    _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4),
+                                    fifth(2 + kk, h),
+                                ),
+                            )
+                        }
+                    };
                 }
                 for (t, a) in acts.iter().enumerate() {
                     let p = a.2.as_ptr().add(b * QK + 8 * kk);
@@ -1029,6 +1046,116 @@ mod x86_q5_0_avx2 {
         }
         acc
     }
+
+    /// A Q5_0x8 group's weights as unsigned bytes (value + 16), in [`decode_q5_0_group`]'s
+    /// layout: the nibble and bit-mask work of [`halves_q5_0`], done once.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn decode_q5_0_group_avx2(group: &[u8], nb: usize, out: &mut [u8]) {
+        let low4 = _mm256_set1_epi8(0x0F);
+        let bit4 = _mm256_set1_epi8(0x10);
+        let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let spread = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        );
+        for b in 0..nb {
+            let blk = group.as_ptr().add(b * Q5_0_BLOCK_BYTES);
+            let fifth = |m: usize, h: usize| {
+                let mask = (blk.add(16 + m * 8) as *const u64).read_unaligned();
+                let rows = _mm256_set1_epi32((mask >> (32 * h)) as u32 as i32);
+                let v = _mm256_shuffle_epi8(rows, spread);
+                _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bits), bits), bit4)
+            };
+            for kk in 0..2 {
+                for h in 0..2 {
+                    let q = _mm256_loadu_si256(blk.add(48 + kk * 64 + h * 32) as *const __m256i);
+                    let lo = _mm256_or_si256(_mm256_and_si256(q, low4), fifth(kk, h));
+                    let hi = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4),
+                        fifth(2 + kk, h),
+                    );
+                    let o = out
+                        .as_mut_ptr()
+                        .add(b * Q5_0_DECODED_BLOCK + kk * 128 + h * 64);
+                    _mm256_storeu_si256(o as *mut __m256i, lo);
+                    _mm256_storeu_si256(o.add(32) as *mut __m256i, hi);
+                }
+            }
+        }
+    }
+}
+
+/// Bytes per 32-column block of a Q5_0x8 group decoded by [`decode_q5_0_group`].
+pub const Q5_0_DECODED_BLOCK: usize = 256;
+
+/// Whether [`dot_group_q5_0_decoded`] is faster than [`dot_group_q5_0`] once a group meets
+/// more tokens than one kernel pass takes (AVX2 without VNNI, where rebuilding the fifth bits
+/// costs about as much as the multiplies of four tokens).
+pub fn q5_0_predecode_pays() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::quant::byte_dot_isa() == crate::quant::ByteDotIsa::Avx2
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One Q5_0x8 group's weights as unsigned bytes `value + 16` (0..31), 256 bytes per block: for
+/// each 8-column group `kk` and 4-row half `h`, 32 bytes of columns `8kk..8kk+8` then 32 of
+/// columns `16+8kk..`, each 8 bytes of rows `4h..4h+4` in turn (the order of the group's `qs`
+/// loads). `out`: `cols / 32 * Q5_0_DECODED_BLOCK` bytes.
+pub fn decode_q5_0_group(group: &[u8], cols: usize, out: &mut [u8]) {
+    let nb = cols / QK;
+    assert!(group.len() >= q5_0_group_bytes(cols) && out.len() >= nb * Q5_0_DECODED_BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 detected; lengths checked above.
+        unsafe { x86_q5_0_avx2::decode_q5_0_group_avx2(group, nb, out) };
+        return;
+    }
+    decode_q5_0_group_plain(group, nb, out);
+}
+
+fn decode_q5_0_group_plain(group: &[u8], nb: usize, out: &mut [u8]) {
+    for b in 0..nb {
+        let blk = &group[b * Q5_0_BLOCK_BYTES..(b + 1) * Q5_0_BLOCK_BYTES];
+        let mask = |m: usize| u64::from_le_bytes(blk[16 + m * 8..24 + m * 8].try_into().unwrap());
+        // Fifth bit of row r, column c: bit c % 8 of row r's byte in mask c / 8.
+        let fifth = |r: usize, c: usize| (((mask(c / 8) >> (8 * r + c % 8)) & 1) as u8) << 4;
+        for kk in 0..2 {
+            for h in 0..2 {
+                for i in 0..32 {
+                    let (r, j) = (4 * h + i / 8, kk * 8 + i % 8);
+                    let q = blk[48 + kk * 64 + h * 32 + i];
+                    let o = b * Q5_0_DECODED_BLOCK + kk * 128 + h * 64 + i;
+                    out[o] = (q & 0x0F) | fifth(r, j);
+                    out[o + 32] = (q >> 4) | fifth(r, j + 16);
+                }
+            }
+        }
+    }
+}
+
+/// [`dot_group_q5_0`] over a group already decoded by [`decode_q5_0_group`] (`decoded`);
+/// falls back to `dot_group_q5_0` where [`q5_0_predecode_pays`] is false.
+pub fn dot_group_q5_0_decoded<const T: usize>(
+    group: &[u8],
+    decoded: &[u8],
+    cols: usize,
+    acts: &[ActRow; T],
+) -> [[f32; 8]; T] {
+    check_lengths(group, q5_0_group_bytes(cols), cols, acts);
+    assert!(decoded.len() >= cols / QK * Q5_0_DECODED_BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    if q5_0_predecode_pays() {
+        // SAFETY: AVX2, FMA and F16C detected at run time (byte_dot_isa); lengths checked.
+        return unsafe {
+            x86_q5_0_avx2::dot_group_q5_0_avx2::<T>(group, Some(decoded), cols / QK, acts)
+        };
+    }
+    dot_group_q5_0::<T>(group, cols, acts)
 }
 
 /// The 8 rows of one Q5_0x8 group against `T` activation rows.
@@ -1048,7 +1175,9 @@ pub fn dot_group_q5_0<const T: usize>(
             }
             // SAFETY: AVX2, FMA and F16C detected at run time; lengths checked above.
             ByteDotIsa::Avx2 => {
-                return unsafe { x86_q5_0_avx2::dot_group_q5_0_avx2::<T>(group, cols / QK, acts) }
+                return unsafe {
+                    x86_q5_0_avx2::dot_group_q5_0_avx2::<T>(group, None, cols / QK, acts)
+                }
             }
             ByteDotIsa::Scalar => {}
         }
@@ -1123,9 +1252,21 @@ mod grouped_tests {
                             &acts,
                         )
                     }),
-                    Layout::Q5_0x8 => results.push(unsafe {
-                        x86_q5_0_avx2::dot_group_q5_0_avx2::<T>(group, cols / QK, &acts)
-                    }),
+                    Layout::Q5_0x8 => {
+                        results.push(unsafe {
+                            x86_q5_0_avx2::dot_group_q5_0_avx2::<T>(group, None, cols / QK, &acts)
+                        });
+                        // The pre-decoded form, decoded by the AVX2 and the plain code.
+                        let nb = cols / QK;
+                        let mut dec = vec![0u8; nb * Q5_0_DECODED_BLOCK];
+                        let mut plain_dec = vec![0u8; nb * Q5_0_DECODED_BLOCK];
+                        decode_q5_0_group(group, cols, &mut dec);
+                        decode_q5_0_group_plain(group, nb, &mut plain_dec);
+                        assert_eq!(dec, plain_dec, "decoded Q5_0x8 group {g}");
+                        results.push(unsafe {
+                            x86_q5_0_avx2::dot_group_q5_0_avx2::<T>(group, Some(&dec), nb, &acts)
+                        });
+                    }
                     Layout::Q8_0x8 => {}
                 }
             }
