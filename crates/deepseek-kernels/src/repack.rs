@@ -952,6 +952,39 @@ mod x86_q5_0_avx2 {
         out
     }
 
+    /// Block `blk`'s weights for 8-column group `kk` and rows `4h..4h + 4` as unsigned bytes
+    /// (value + 16): columns `8kk..` from the low nibbles, `16 + 8kk..` from the high ones,
+    /// each with its fifth bit from the masks.
+    #[inline(always)]
+    unsafe fn weights_q5_0(blk: *const u8, kk: usize, h: usize) -> (__m256i, __m256i) {
+        let low4 = _mm256_set1_epi8(0x0F);
+        let q = _mm256_loadu_si256(blk.add(48 + kk * 64 + h * 32) as *const __m256i);
+        (
+            _mm256_or_si256(_mm256_and_si256(q, low4), fifth_bits_q5_0(blk, kk, h)),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4),
+                fifth_bits_q5_0(blk, 2 + kk, h),
+            ),
+        )
+    }
+
+    /// The fifth bits in block `blk`'s mask `m` for rows `4h..4h + 4`, as 0x10 bytes: the rows'
+    /// mask bytes spread over their 64-bit lanes (`vpshufb`), then tested bit by bit.
+    #[inline(always)]
+    unsafe fn fifth_bits_q5_0(blk: *const u8, m: usize, h: usize) -> __m256i {
+        let bit4 = _mm256_set1_epi8(0x10);
+        let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        // Byte q of a 32-bit word (row 4h + q's mask byte) to every byte of 64-bit lane q.
+        let spread = _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        );
+        let mask = (blk.add(16 + m * 8) as *const u64).read_unaligned();
+        let rows = _mm256_set1_epi32((mask >> (32 * h)) as u32 as i32);
+        let v = _mm256_shuffle_epi8(rows, spread);
+        _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bits), bits), bit4)
+    }
+
     /// Halves `h0..h0 + H` of a Q5_0x8 group against `T` tokens: per half and token, rows
     /// `4h..4h + 4` each in two lanes.
     #[inline(always)]
@@ -964,14 +997,6 @@ mod x86_q5_0_avx2 {
         acts: &[ActRow; T],
         h0: usize,
     ) -> [[__m256; T]; H] {
-        let low4 = _mm256_set1_epi8(0x0F);
-        let bit4 = _mm256_set1_epi8(0x10);
-        let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        // Byte q of a 32-bit word (row 4h + q's mask byte) to every byte of 64-bit lane q.
-        let spread = _mm256_setr_epi8(
-            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
-            3, 3, 3,
-        );
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); T]; H];
         let base = group.as_ptr();
@@ -981,13 +1006,6 @@ mod x86_q5_0_avx2 {
             for line in 0..3 {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
             }
-            // The fifth bits of mask `m` for rows 4h..4h+4, as 0x10 bytes.
-            let fifth = |m: usize, h: usize| {
-                let mask = (blk.add(16 + m * 8) as *const u64).read_unaligned();
-                let rows = _mm256_set1_epi32((mask >> (32 * h)) as u32 as i32);
-                let v = _mm256_shuffle_epi8(rows, spread);
-                _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bits), bits), bit4)
-            };
             let mut isum = [[_mm256_setzero_si256(); T]; H];
             for kk in 0..2 {
                 // Weights 0..31 (unsigned for vpmaddubsw), offset 16 removed below.
@@ -1002,18 +1020,7 @@ mod x86_q5_0_avx2 {
                                 _mm256_loadu_si256(p.add(32) as *const __m256i),
                             )
                         }
-                        None => {
-                            let q = _mm256_loadu_si256(
-                                blk.add(48 + kk * 64 + h * 32) as *const __m256i
-                            );
-                            (
-                                _mm256_or_si256(_mm256_and_si256(q, low4), fifth(kk, h)),
-                                _mm256_or_si256(
-                                    _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4),
-                                    fifth(2 + kk, h),
-                                ),
-                            )
-                        }
+                        None => weights_q5_0(blk, kk, h),
                     };
                 }
                 for (t, a) in acts.iter().enumerate() {
@@ -1051,29 +1058,11 @@ mod x86_q5_0_avx2 {
     /// layout: the nibble and bit-mask work of [`halves_q5_0`], done once.
     #[target_feature(enable = "avx2")]
     pub unsafe fn decode_q5_0_group_avx2(group: &[u8], nb: usize, out: &mut [u8]) {
-        let low4 = _mm256_set1_epi8(0x0F);
-        let bit4 = _mm256_set1_epi8(0x10);
-        let bits = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
-        let spread = _mm256_setr_epi8(
-            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
-            3, 3, 3,
-        );
         for b in 0..nb {
             let blk = group.as_ptr().add(b * Q5_0_BLOCK_BYTES);
-            let fifth = |m: usize, h: usize| {
-                let mask = (blk.add(16 + m * 8) as *const u64).read_unaligned();
-                let rows = _mm256_set1_epi32((mask >> (32 * h)) as u32 as i32);
-                let v = _mm256_shuffle_epi8(rows, spread);
-                _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bits), bits), bit4)
-            };
             for kk in 0..2 {
                 for h in 0..2 {
-                    let q = _mm256_loadu_si256(blk.add(48 + kk * 64 + h * 32) as *const __m256i);
-                    let lo = _mm256_or_si256(_mm256_and_si256(q, low4), fifth(kk, h));
-                    let hi = _mm256_or_si256(
-                        _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4),
-                        fifth(2 + kk, h),
-                    );
+                    let (lo, hi) = weights_q5_0(blk, kk, h);
                     let o = out
                         .as_mut_ptr()
                         .add(b * Q5_0_DECODED_BLOCK + kk * 128 + h * 64);
