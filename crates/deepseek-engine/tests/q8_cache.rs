@@ -11,40 +11,38 @@ use std::path::{Path, PathBuf};
 
 use deepseek_cache::{CacheDtype, SequenceCache};
 use deepseek_engine::sampler::argmax;
-use deepseek_model::{LogitsFor, Model, PrefillPath, SeqStep};
+use deepseek_model::{LogitsFor, Model, PrefillPath, SeqStep, Trace};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// (max |Δlogit| / logit spread, share of steps with the same argmax) over `steps` decode steps
-/// of a `dtype` cache against an f32 one.
-fn compare(model: &mut Model, prompt: &[u32], steps: usize, dtype: CacheDtype) -> (f32, f32) {
-    let run = |model: &Model, forced: Option<&[u32]>| -> (Vec<Vec<f32>>, Vec<u32>) {
-        let mut pool = model.new_cache_pool(prompt.len() + steps + 1);
-        let mut cache = SequenceCache::default();
-        let mut logits = model
-            .forward(
-                &mut pool,
-                &mut [SeqStep {
-                    tokens: prompt,
-                    cache: &mut cache,
-                }],
-                LogitsFor::LastToken,
-                PrefillPath::Auto,
-                None,
-            )
-            .unwrap();
-        let (mut all, mut toks) = (vec![], vec![]);
-        for s in 0..steps {
-            let next = forced.map(|f| f[s]).unwrap_or_else(|| argmax(&logits));
-            all.push(logits.clone());
-            toks.push(next);
-            logits = model
+/// How a `dtype` cache's decode steps compare with an f32 cache's.
+struct Comparison {
+    /// Max |Δlogit| / logit spread over the steps whose experts were the same in both runs.
+    worst: f32,
+    /// The same over every step.
+    worst_any: f32,
+    /// Share of steps with the same argmax.
+    agree: f32,
+    /// Steps where some MoE layer chose other experts: the cache's error tipped a near-tied
+    /// router, a discrete jump rather than the cache's own rounding.
+    rerouted: usize,
+}
+
+/// Experts chosen by every MoE layer for the step's one token.
+type StepRouting = Vec<Vec<usize>>;
+
+fn compare(model: &mut Model, prompt: &[u32], steps: usize, dtype: CacheDtype) -> Comparison {
+    let run =
+        |model: &Model, forced: Option<&[u32]>| -> (Vec<Vec<f32>>, Vec<u32>, Vec<StepRouting>) {
+            let mut pool = model.new_cache_pool(prompt.len() + steps + 1);
+            let mut cache = SequenceCache::default();
+            let mut logits = model
                 .forward(
                     &mut pool,
                     &mut [SeqStep {
-                        tokens: &[next],
+                        tokens: prompt,
                         cache: &mut cache,
                     }],
                     LogitsFor::LastToken,
@@ -52,16 +50,43 @@ fn compare(model: &mut Model, prompt: &[u32], steps: usize, dtype: CacheDtype) -
                     None,
                 )
                 .unwrap();
-        }
-        (all, toks)
-    };
+            let (mut all, mut toks, mut routes) = (vec![], vec![], vec![]);
+            for s in 0..steps {
+                let next = forced.map(|f| f[s]).unwrap_or_else(|| argmax(&logits));
+                all.push(logits.clone());
+                toks.push(next);
+                let mut trace = Trace::default();
+                logits = model
+                    .forward(
+                        &mut pool,
+                        &mut [SeqStep {
+                            tokens: &[next],
+                            cache: &mut cache,
+                        }],
+                        LogitsFor::LastToken,
+                        PrefillPath::Auto,
+                        Some(&mut trace),
+                    )
+                    .unwrap();
+                routes.push(
+                    trace
+                        .routing
+                        .iter()
+                        .flat_map(|layer| layer.iter().map(|r| r.experts.clone()))
+                        .collect(),
+                );
+            }
+            (all, toks, routes)
+        };
     model.cache_dtype = CacheDtype::F32;
-    let (exact, toks) = run(model, None);
+    let (exact, toks, exact_routes) = run(model, None);
     model.cache_dtype = dtype;
-    let (q8, _) = run(model, Some(&toks));
+    let (q8, _, q8_routes) = run(model, Some(&toks));
     model.cache_dtype = CacheDtype::F32;
-    let (mut worst, mut same) = (0.0f32, 0);
-    for (a, b) in exact.iter().zip(&q8) {
+    let (mut worst, mut worst_any, mut same, mut rerouted) = (0.0f32, 0.0f32, 0, 0);
+    // The logits after step s come from step s's forward pass, whose routing is routes[s]; the
+    // prompt's own (prefill) logits are entry 0 of `exact`, so step s's logits are entry s + 1.
+    for (s, (a, b)) in exact.iter().zip(&q8).enumerate() {
         let spread =
             a.iter().copied().fold(f32::MIN, f32::max) - a.iter().copied().fold(f32::MAX, f32::min);
         let d = a
@@ -69,10 +94,21 @@ fn compare(model: &mut Model, prompt: &[u32], steps: usize, dtype: CacheDtype) -
             .zip(b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max);
-        worst = worst.max(d / spread);
+        let same_route = s == 0 || exact_routes[s - 1] == q8_routes[s - 1];
+        if same_route {
+            worst = worst.max(d / spread);
+        } else {
+            rerouted += 1;
+        }
+        worst_any = worst_any.max(d / spread);
         same += (argmax(a) == argmax(b)) as usize;
     }
-    (worst, same as f32 / exact.len() as f32)
+    Comparison {
+        worst,
+        worst_any,
+        agree: same as f32 / exact.len() as f32,
+        rerouted,
+    }
 }
 
 #[test]
@@ -121,21 +157,30 @@ fn check_cache(dtype: CacheDtype, max_rel: f32) {
     )]);
     for (dir, prompt) in cases {
         let mut model = Model::load(&root().join(dir), &mut |_, _| {}).unwrap();
-        let (rel, agree) = compare(&mut model, &prompt, 48, dtype);
+        let c = compare(&mut model, &prompt, 48, dtype);
         eprintln!(
-            "{dtype:?} cache, {dir}: max |Δlogit| = {:.2}% of the logit spread, greedy agreement {:.0}%",
-            rel * 100.0,
-            agree * 100.0
+            "{dtype:?} cache, {dir}: max |Δlogit| = {:.2}% of the logit spread ({:.2}% counting \
+             the {} of 48 steps whose experts changed), greedy agreement {:.0}%",
+            c.worst * 100.0,
+            c.worst_any * 100.0,
+            c.rerouted,
+            c.agree * 100.0
         );
         // Random-weight fixtures are only reported: their routers sit on knife edges (a tiny
-        // change flips an expert choice and the output jumps). The trained model must hold.
+        // change flips an expert choice and the output jumps). The trained models must hold,
+        // and may tip a near-tied router at most twice in 48 steps.
         if dir.contains("nano") || dir.contains("smollm2") {
             assert!(
-                rel < max_rel,
+                c.worst < max_rel,
                 "{dir}: {dtype:?} cache moved logits by {:.1}% of their spread",
-                rel * 100.0
+                c.worst * 100.0
             );
-            assert!(agree >= 0.95, "{dir}: greedy agreement {agree}");
+            assert!(
+                c.rerouted <= 2,
+                "{dir}: {} steps changed experts",
+                c.rerouted
+            );
+            assert!(c.agree >= 0.95, "{dir}: greedy agreement {}", c.agree);
         }
     }
 }
