@@ -16,3 +16,15 @@ pub fn init(threads: Option<usize>) {
 pub fn current() -> usize {
     rayon::current_num_threads()
 }
+
+/// Runs `f` on one of the pool's threads (directly when already on one). A parallel region
+/// entered from a thread outside the pool hands its work to the pool and sleeps on a lock until
+/// it is done; a model step runs dozens of regions, so it pays that sleep and wake-up once
+/// instead of once per region.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::join(f, || ()).0
+    }
+}

@@ -241,6 +241,22 @@ impl Model {
         seqs: &mut [SeqStep],
         logits_for: LogitsFor,
         prefill: PrefillPath,
+        trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>, ModelError> {
+        // The whole step on one of the pool's threads: a parallel region started from outside
+        // the pool puts the caller to sleep until it ends and wakes it after, twice per region
+        // (about 60 regions per decoded token).
+        deepseek_kernels::threads::on_pool(|| {
+            self.forward_on_pool(pool, seqs, logits_for, prefill, trace)
+        })
+    }
+
+    fn forward_on_pool(
+        &self,
+        pool: &mut BlockPool,
+        seqs: &mut [SeqStep],
+        logits_for: LogitsFor,
+        prefill: PrefillPath,
         mut trace: Option<&mut Trace>,
     ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
