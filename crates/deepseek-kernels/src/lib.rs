@@ -12,6 +12,7 @@ pub mod gemm;
 pub mod matrix;
 pub mod ops;
 pub mod probe;
+pub mod qgemm;
 pub mod quant;
 #[cfg(target_arch = "aarch64")]
 mod quant_neon;

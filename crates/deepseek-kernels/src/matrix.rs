@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use crate::quant::{self, QuantType, QuantizedActivations};
 use crate::repack;
-use crate::{amx, gemm, simd};
+use crate::{amx, gemm, qgemm, simd};
 
 /// Storage format of a weight matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -413,6 +413,8 @@ struct Act<'a> {
     bf16: Option<amx::grouped::Bf16Activations>,
     /// f32/bf16 weights on AVX2 with enough tokens: the tokens-major GEMM's packing.
     tokens: Option<gemm::TokensMajor>,
+    /// Q4_Kx8 / Q5_0x8 weights on AVX2 with enough tokens: the quantized GEMM's panels of `q`.
+    panels: Option<qgemm::Panels>,
 }
 
 impl<'a> Act<'a> {
@@ -452,12 +454,17 @@ impl<'a> Act<'a> {
             }
             _ => None,
         };
+        let panels = match (&w.data, &q) {
+            (MatrixData::Grouped { layout, .. }, Some(q)) => qgemm::Panels::new(*layout, q, n),
+            _ => None,
+        };
         Act {
             x,
             q,
             split,
             bf16,
             tokens,
+            panels,
         }
     }
 }
@@ -495,6 +502,10 @@ fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut 
         MatrixData::Grouped { layout, data } if act.bf16.is_some() => {
             let act = act.bf16.as_ref().expect("checked");
             amx::grouped::gemm_rows(*layout, data.as_slice(), w.cols, r0, nr, act, out, ld);
+        }
+        MatrixData::Grouped { data, .. } if act.panels.is_some() => {
+            let panels = act.panels.as_ref().expect("checked");
+            qgemm::gemm_rows(data.as_slice(), w.cols, r0, nr, panels, out, ld);
         }
         MatrixData::Grouped { layout, data } if act.q.is_some() => {
             rows_grouped(*layout, data.as_slice(), w.cols, r0, nr, act, n, out, ld);
