@@ -330,6 +330,24 @@ pub fn exact_activations() -> bool {
     EXACT_ACTIVATIONS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Quantizes one scale block `xs` (a multiple of 32 values) to int8 with one scale, writing
+/// each 32 values' sum to `sums`; returns the scale. The rounding is half away from zero,
+/// done without a libm call (|y| ≤ 127).
+pub fn quantize_block_reference(xs: &[f32], qs: &mut [i8], sums: &mut [i32]) -> f32 {
+    let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for ((xb, qb), sum) in xs.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(sums) {
+        *sum = 0;
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            let y = v * id;
+            *q = (y + 0.5f32.copysign(y)) as i8;
+            *sum += *q as i32;
+        }
+    }
+    d
+}
+
 /// `n` rows of activations quantized to int8: a scale per 32 values (or the same scale for all
 /// 8 blocks of a 256-value super-block, see [`QuantizedActivations::per_super_block`]), the
 /// int8 values, and each 32-value block's sum.
@@ -370,25 +388,28 @@ impl QuantizedActivations {
             qs: vec![0; x.len()],
         };
         let per = block / QK;
+        #[cfg(target_arch = "x86_64")]
+        let avx2 = is_x86_feature_detected!("avx2");
         for (s, (xs, qs)) in x
             .chunks_exact(block)
             .zip(a.qs.chunks_exact_mut(block))
             .enumerate()
         {
-            let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            for (i, (xb, qb)) in xs.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
-                let mut sum = 0i32;
-                for (q, &v) in qb.iter_mut().zip(xb) {
-                    // Round half away from zero without a libm call (|y| ≤ 127).
-                    let y = v * id;
-                    *q = (y + 0.5f32.copysign(y)) as i8;
-                    sum += *q as i32;
-                }
-                a.d[s * per + i] = d;
-                a.sums[s * per + i] = sum;
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: AVX2 detected above; `xs` and `qs` are `block` long.
+                let d = unsafe {
+                    crate::quant_x86::quantize_activations_avx2(
+                        xs,
+                        qs,
+                        &mut a.sums[s * per..][..per],
+                    )
+                };
+                a.d[s * per..][..per].fill(d);
+                continue;
             }
+            let d = quantize_block_reference(xs, qs, &mut a.sums[s * per..][..per]);
+            a.d[s * per..][..per].fill(d);
         }
         a
     }
@@ -767,6 +788,46 @@ fn quantize_q6k(x: &[f32], out: &mut [u8]) {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_activation_quantization_is_bit_exact() {
+        if !is_x86_feature_detected!("avx2") {
+            return;
+        }
+        let mut r = rand::rngs::StdRng::seed_from_u64(9);
+        for block in [QK, QK_K] {
+            for case in 0..40 {
+                let mut xs: Vec<f32> = (0..block).map(|_| r.random_range(-3.0..3.0)).collect();
+                match case % 4 {
+                    // All zero: scale 0, every value 0.
+                    0 => xs.fill(0.0),
+                    // A max of 127 (scale 1): half the values are ties at k + 0.5.
+                    1 => {
+                        for (i, v) in xs.iter_mut().enumerate() {
+                            *v = (i % 200) as f32 / 2.0 - 50.0;
+                        }
+                        xs[1] = 127.0;
+                    }
+                    // Negative zeros and a single large value.
+                    2 => {
+                        xs.iter_mut().step_by(3).for_each(|v| *v = -0.0);
+                        xs[block / 2] = -1e6;
+                    }
+                    _ => {}
+                }
+                let (mut q0, mut q1) = (vec![0i8; block], vec![0i8; block]);
+                let (mut s0, mut s1) = (vec![0i32; block / QK], vec![7i32; block / QK]);
+                let d0 = quantize_block_reference(&xs, &mut q0, &mut s0);
+                // SAFETY: AVX2 detected above; lengths as required.
+                let d1 =
+                    unsafe { crate::quant_x86::quantize_activations_avx2(&xs, &mut q1, &mut s1) };
+                assert_eq!(d0.to_bits(), d1.to_bits(), "scale, case {case}");
+                assert_eq!(q0, q1, "values, block {block}, case {case}");
+                assert_eq!(s0, s1, "sums, block {block}, case {case}");
+            }
+        }
+    }
 
     #[test]
     fn super_block_activations_share_a_scale_and_round_to_it() {

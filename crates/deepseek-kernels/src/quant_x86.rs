@@ -292,3 +292,43 @@ pub unsafe fn dot_rows_avx2<const T: usize>(
 ) -> [f32; T] {
     dot_rows::<Avx2, T>(t, w, acts)
 }
+
+/// [`super::quant::quantize_block_reference`] on AVX2, bit for bit: the same max, scale,
+/// product and half-away rounding (`y + copysign(0.5, y)` truncated), per 8 lanes.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_activations_avx2(xs: &[f32], qs: &mut [i8], sums: &mut [i32]) -> f32 {
+    const QK: usize = super::quant::QK;
+    assert!(xs.len() == qs.len() && xs.len().is_multiple_of(QK) && sums.len() >= xs.len() / QK);
+    let sign_bit = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_setzero_ps();
+    for c in xs.chunks_exact(8) {
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign_bit, _mm256_loadu_ps(c.as_ptr())));
+    }
+    let mut lanes = [0.0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+    let amax = lanes.iter().fold(0.0f32, |a, &v| a.max(v));
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+    let half = _mm256_set1_ps(0.5);
+    for ((xb, qb), sum) in xs.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).zip(sums) {
+        let mut q = [_mm256_setzero_si256(); 4];
+        for (i, qi) in q.iter_mut().enumerate() {
+            let y = _mm256_mul_ps(_mm256_loadu_ps(xb.as_ptr().add(8 * i)), id);
+            let r = _mm256_add_ps(y, _mm256_or_ps(half, _mm256_and_ps(y, sign_bit)));
+            *qi = _mm256_cvttps_epi32(r);
+        }
+        let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        let s = _mm_hadd_epi32(s, s);
+        *sum = _mm_cvtsi128_si32(_mm_hadd_epi32(s, s));
+        // i32 → i8 (|q| ≤ 127, so no saturation): packs interleave the 128-bit halves, one
+        // permute restores the order.
+        let w = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let w = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, w);
+    }
+    d
+}

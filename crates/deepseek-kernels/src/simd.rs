@@ -170,9 +170,12 @@ pub fn tile_scalar<W: Copy, const R: usize, const T: usize>(
 /// AVX-512 form is a Cephes-style polynomial, within 2.5e-7 relative of libm's `expf` (tested).
 pub fn exp_shifted_sum(v: &mut [f32], max: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if isa() == Isa::Avx512 {
+    match isa() {
         // SAFETY: AVX-512 detected at run time.
-        return unsafe { x86::exp_shifted_sum_avx512(v, max) };
+        Isa::Avx512 => return unsafe { x86::exp_shifted_sum_avx512(v, max) },
+        // SAFETY: AVX2 and FMA detected at run time.
+        Isa::Avx2 => return unsafe { x86::exp_shifted_sum_avx2(v, max) },
+        _ => {}
     }
     #[cfg(target_arch = "aarch64")]
     if isa() == Isa::Neon {
@@ -180,6 +183,26 @@ pub fn exp_shifted_sum(v: &mut [f32], max: f32) -> f32 {
         return unsafe { neon::exp_shifted_sum(v, max) };
     }
     exp_shifted_sum_reference(v, max)
+}
+
+/// `gate[i] = silu(gate[i]) · up[i]` (SwiGLU's combine), with the polynomial `exp` of
+/// [`exp_shifted_sum`] on AVX2 (within ~1e-6 relative of [`silu_mul_reference`], tested).
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul: gate and up lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa(), Isa::Avx2 | Isa::Avx512) {
+        // SAFETY: AVX2 and FMA detected at run time (both ISAs include them).
+        unsafe { x86::silu_mul_avx2(gate, up) };
+        return;
+    }
+    silu_mul_reference(gate, up)
+}
+
+/// Plain reference of [`silu_mul`]: `x / (1 + exp(-x)) · u` with libm's `expf`.
+pub fn silu_mul_reference(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
 }
 
 /// Plain reference of [`exp_shifted_sum`] (libm's `expf`).
@@ -806,6 +829,96 @@ mod x86 {
         _mm512_reduce_add_ps(acc)
     }
 
+    /// The AVX-512 form's polynomial on 8 lanes for `d ≤ 0` (and NaN, which propagates);
+    /// 0 below −80. 2ⁿ is built in the exponent bits (n ≥ −116 after the flush).
+    #[inline(always)]
+    unsafe fn exp8_nonpositive(d: __m256) -> __m256 {
+        let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(d, _mm256_set1_ps(-80.0));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(d, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), d);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let r2 = _mm256_mul_ps(r, r);
+        let e = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0));
+        // A NaN n becomes −126 here (max returns its second operand); e is NaN anyway.
+        let ni = _mm256_cvtps_epi32(_mm256_max_ps(n, _mm256_set1_ps(-126.0)));
+        let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            ni,
+            _mm256_set1_epi32(127),
+        )));
+        _mm256_and_ps(_mm256_mul_ps(e, pow2), keep)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_shifted_sum_avx2(v: &mut [f32], max: f32) -> f32 {
+        let m = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        let mut chunks = v.chunks_exact_mut(8);
+        for c in &mut chunks {
+            let e = exp8_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
+            _mm256_storeu_ps(c.as_mut_ptr(), e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            // Padding of −∞ flushes to 0 and adds nothing.
+            let mut buf = [f32::NEG_INFINITY; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            let e = exp8_nonpositive(_mm256_sub_ps(_mm256_loadu_ps(buf.as_ptr()), m));
+            _mm256_storeu_ps(buf.as_mut_ptr(), e);
+            rest.copy_from_slice(&buf[..rest.len()]);
+            acc = _mm256_add_ps(acc, e);
+        }
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        lanes.iter().sum()
+    }
+
+    /// silu(g) = g / (1 + e^−g), taken as g / (1 + e) for g ≥ 0 and g·e / (1 + e) below, with
+    /// e = exp(−|g|) ≤ 1 so the polynomial never overflows.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_mul_avx2(gate: &mut [f32], up: &[f32]) {
+        let silu8 = |g: __m256, u: __m256| {
+            let sign = _mm256_set1_ps(-0.0);
+            let e = exp8_nonpositive(_mm256_or_ps(g, sign));
+            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(g, _mm256_setzero_ps());
+            let num = _mm256_blendv_ps(g, _mm256_mul_ps(g, e), neg);
+            _mm256_mul_ps(_mm256_div_ps(num, _mm256_add_ps(_mm256_set1_ps(1.0), e)), u)
+        };
+        let n = gate.len().min(up.len());
+        let main = n - n % 8;
+        let mut i = 0;
+        while i < main {
+            let gp = gate.as_mut_ptr().add(i);
+            _mm256_storeu_ps(
+                gp,
+                silu8(_mm256_loadu_ps(gp), _mm256_loadu_ps(up.as_ptr().add(i))),
+            );
+            i += 8;
+        }
+        if main < n {
+            let (mut g, mut u) = ([0.0f32; 8], [0.0f32; 8]);
+            g[..n - main].copy_from_slice(&gate[main..n]);
+            u[..n - main].copy_from_slice(&up[main..n]);
+            _mm256_storeu_ps(
+                g.as_mut_ptr(),
+                silu8(_mm256_loadu_ps(g.as_ptr()), _mm256_loadu_ps(u.as_ptr())),
+            );
+            gate[main..n].copy_from_slice(&g[..n - main]);
+        }
+    }
+
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn axpy_bf16_avx512(alpha: f32, w: &[u16], y: &mut [f32]) {
         let n = w.len().min(y.len());
@@ -1048,6 +1161,28 @@ mod tests {
         assert_eq!(v[0], 1.0);
         assert!(v[1].is_nan());
         assert_eq!(v[2], 0.0);
+    }
+
+    #[test]
+    fn silu_mul_matches_libm() {
+        for n in [1usize, 7, 8, 9, 100] {
+            let g: Vec<f32> = (0..n).map(|i| (i as f32 * 1.3713) % 60.0 - 30.0).collect();
+            let u: Vec<f32> = (0..n).map(|i| 1.0 + (i % 5) as f32 * 0.25).collect();
+            let (mut fast, mut slow) = (g.clone(), g.clone());
+            silu_mul(&mut fast, &u);
+            silu_mul_reference(&mut slow, &u);
+            for (x, y) in fast.iter().zip(&slow) {
+                assert!((x - y).abs() <= 1e-6 * y.abs() + 1e-30, "{x} vs {y}");
+            }
+        }
+        // Far out on both sides, zero, and NaN.
+        let mut g = [100.0, -100.0, 0.0, f32::NAN, 1e-20, -1e-20];
+        silu_mul(&mut g, &[1.0; 6]);
+        assert_eq!(g[0], 100.0);
+        assert!(g[1].abs() < 1e-30);
+        assert_eq!(g[2], 0.0);
+        assert!(g[3].is_nan());
+        assert!((g[4] - 0.5e-20).abs() < 1e-27 && (g[5] + 0.5e-20).abs() < 1e-27);
     }
 
     #[test]
