@@ -57,7 +57,14 @@ pub fn bf16_bits_to_f32(b: u16) -> f32 {
 }
 
 pub fn bf16_to_f32(src: &[u16], dst: &mut [f32]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
+    let n = src.len().min(dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa(), Isa::Avx2 | Isa::Avx512) {
+        // SAFETY: AVX2 detected at run time (both ISAs include it); `n` bounds both slices.
+        unsafe { x86::bf16_to_f32_avx2(&src[..n], &mut dst[..n]) };
+        return;
+    }
+    for (d, &s) in dst[..n].iter_mut().zip(&src[..n]) {
         *d = bf16_bits_to_f32(s);
     }
 }
@@ -829,6 +836,24 @@ mod x86 {
         _mm512_reduce_add_ps(acc)
     }
 
+    /// bf16 → f32 (the bits shifted up), 8 values per step: the GEMM's panel widening, where
+    /// the compiler's SSE2 form was ~12% of a bf16 prefill.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn bf16_to_f32_avx2(src: &[u16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let main = n - n % 8;
+        let mut i = 0;
+        while i < main {
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            let f = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, f);
+            i += 8;
+        }
+        for j in main..n {
+            dst[j] = super::bf16_bits_to_f32(src[j]);
+        }
+    }
+
     /// The AVX-512 form's polynomial on 8 lanes for `d ≤ 0` (and NaN, which propagates);
     /// 0 below −80. 2ⁿ is built in the exponent bits (n ≥ −116 after the flush).
     #[inline(always)]
@@ -1161,6 +1186,20 @@ mod tests {
         assert_eq!(v[0], 1.0);
         assert!(v[1].is_nan());
         assert_eq!(v[2], 0.0);
+    }
+
+    #[test]
+    fn bf16_widening_is_exact() {
+        for n in [0usize, 1, 7, 8, 9, 100] {
+            let src: Vec<u16> = (0..n)
+                .map(|i| (i as u16).wrapping_mul(40503) ^ 0x3f80)
+                .collect();
+            let mut got = vec![f32::NAN; n];
+            bf16_to_f32(&src, &mut got);
+            for (s, g) in src.iter().zip(&got) {
+                assert_eq!(g.to_bits(), bf16_bits_to_f32(*s).to_bits());
+            }
+        }
     }
 
     #[test]
