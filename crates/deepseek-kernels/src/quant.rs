@@ -388,8 +388,12 @@ impl QuantizedActivations {
             qs: vec![0; x.len()],
         };
         let per = block / QK;
+        // Through `simd::isa`, so `DEEPSEEK_ISA=scalar` takes the reference (bit-identical).
         #[cfg(target_arch = "x86_64")]
-        let avx2 = is_x86_feature_detected!("avx2");
+        let avx2 = matches!(
+            crate::simd::isa(),
+            crate::simd::Isa::Avx2 | crate::simd::Isa::Avx512
+        );
         for (s, (xs, qs)) in x
             .chunks_exact(block)
             .zip(a.qs.chunks_exact_mut(block))
@@ -397,7 +401,8 @@ impl QuantizedActivations {
         {
             #[cfg(target_arch = "x86_64")]
             if avx2 {
-                // SAFETY: AVX2 detected above; `xs` and `qs` are `block` long.
+                // SAFETY: AVX2 detected at run time (both ISAs include it); `xs` and `qs` are
+                // `block` long.
                 let d = unsafe {
                     crate::quant_x86::quantize_activations_avx2(
                         xs,

@@ -174,7 +174,8 @@ pub fn tile_scalar<W: Copy, const R: usize, const T: usize>(
 
 /// `v = exp(v - max)` for every value (0 where `v - max < -80`, which would be denormal and
 /// costs ~100× in later arithmetic), returning their sum: the softmax step of attention. The
-/// AVX-512 form is a Cephes-style polynomial, within 2.5e-7 relative of libm's `expf` (tested).
+/// vector forms (AVX-512, AVX2, NEON) use Cephes' polynomial (`EXP_POLY`), within 2.5e-7
+/// relative of libm's `expf` (tested).
 pub fn exp_shifted_sum(v: &mut [f32], max: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     match isa() {
@@ -205,12 +206,25 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     silu_mul_reference(gate, up)
 }
 
-/// Plain reference of [`silu_mul`]: `x / (1 + exp(-x)) · u` with libm's `expf`.
+/// Plain reference of [`silu_mul`]: [`crate::ops::silu`] (libm's `expf`) times `up`.
 pub fn silu_mul_reference(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+        *g = crate::ops::silu(*g) * u;
     }
 }
+
+/// Cephes' `expf`, shared by the vector forms: exp(x) = 2ⁿ · exp(r), n = round(x / ln 2),
+/// r = x − n·ln 2 with ln 2 in two parts (`EXP_LN2`), exp(r) = 1 + r + r²·P(r) with P's
+/// coefficients from the highest power (`EXP_POLY`).
+const EXP_LN2: [f32; 2] = [0.693_359_4, -2.121_944_4e-4];
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    0.166_666_65,
+    0.5,
+];
 
 /// Plain reference of [`exp_shifted_sum`] (libm's `expf`).
 pub fn exp_shifted_sum_reference(v: &mut [f32], max: f32) -> f32 {
@@ -426,6 +440,7 @@ pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::{EXP_LN2, EXP_POLY};
     use std::arch::x86_64::*;
 
     /// See [`super::accumulate_rows`]; slices already checked by the caller.
@@ -804,17 +819,11 @@ mod x86 {
             let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
                 _mm512_mul_ps(d, _mm512_set1_ps(std::f32::consts::LOG2_E)),
             );
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), d);
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-            let mut p = _mm512_set1_ps(1.987_569_1e-4);
-            for c in [
-                1.398_199_9e-3,
-                8.333_452e-3,
-                4.166_579_6e-2,
-                0.166_666_65,
-                0.5,
-            ] {
-                p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2[0]), d);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2[1]), r);
+            let mut p = _mm512_set1_ps(EXP_POLY[0]);
+            for c in &EXP_POLY[1..] {
+                p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
             }
             let r2 = _mm512_mul_ps(r, r);
             let e = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0));
@@ -862,17 +871,11 @@ mod x86 {
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
             _mm256_mul_ps(d, _mm256_set1_ps(std::f32::consts::LOG2_E)),
         );
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), d);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            0.166_666_65,
-            0.5,
-        ] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2[0]), d);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2[1]), r);
+        let mut p = _mm256_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
         }
         let r2 = _mm256_mul_ps(r, r);
         let e = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0));
@@ -966,6 +969,7 @@ mod x86 {
 mod neon {
     //! The same kernels as `x86` on 4-lane NEON registers. Each loop step takes 8 values (two
     //! registers) so every accumulator chain has a second one beside it.
+    use super::{EXP_LN2, EXP_POLY};
     use std::arch::aarch64::*;
 
     /// 4 bf16 values (raw bits) widened to f32: the bits shifted into the high half.
@@ -1104,17 +1108,11 @@ mod neon {
             // NaN fails the comparison and is kept (it propagates, as libm's does).
             let flush = vcltq_f32(d, vdupq_n_f32(-80.0));
             let n = vrndnq_f32(vmulq_f32(d, vdupq_n_f32(std::f32::consts::LOG2_E)));
-            let r = vfmsq_f32(d, n, vdupq_n_f32(0.693_359_4));
-            let r = vfmsq_f32(r, n, vdupq_n_f32(-2.121_944_4e-4));
-            let mut p = vdupq_n_f32(1.987_569_1e-4);
-            for c in [
-                1.398_199_9e-3,
-                8.333_452e-3,
-                4.166_579_6e-2,
-                0.166_666_65,
-                0.5,
-            ] {
-                p = vfmaq_f32(vdupq_n_f32(c), p, r);
+            let r = vfmsq_f32(d, n, vdupq_n_f32(EXP_LN2[0]));
+            let r = vfmsq_f32(r, n, vdupq_n_f32(EXP_LN2[1]));
+            let mut p = vdupq_n_f32(EXP_POLY[0]);
+            for c in &EXP_POLY[1..] {
+                p = vfmaq_f32(vdupq_n_f32(*c), p, r);
             }
             let r2 = vmulq_f32(r, r);
             let e = vaddq_f32(vfmaq_f32(r, p, r2), vdupq_n_f32(1.0));
