@@ -382,26 +382,22 @@ pub fn attend_group_split(
     scale: f32,
     out: &mut [f32],
 ) {
-    use rayon::prelude::*;
     let parts = n_ctx
         .div_ceil(SPLIT_ROWS)
-        .min(rayon::current_num_threads() * 2)
+        .min(crate::threads::current() * 2)
         .max(1);
     // Parts start on multiples of BLOCK_ROWS so f32 rows are read in place, not copied.
     let per = n_ctx.div_ceil(parts).next_multiple_of(BLOCK_ROWS);
-    let partials: Vec<Partial> = (0..parts)
-        .into_par_iter()
-        .map(|p| {
-            attend_partial(
-                queries,
-                rows,
-                layout,
-                p * per,
-                ((p + 1) * per).min(n_ctx),
-                scale,
-            )
-        })
-        .collect();
+    let partials: Vec<Partial> = crate::threads::map(parts, |p| {
+        attend_partial(
+            queries,
+            rows,
+            layout,
+            p * per,
+            ((p + 1) * per).min(n_ctx),
+            scale,
+        )
+    });
     merge(&partials, layout.value_len, out);
 }
 

@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use crate::quant::{self, QuantType, QuantizedActivations};
 use crate::repack;
 use crate::{amx, gemm, qgemm, simd};
@@ -361,7 +359,7 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     // GEMV tiles.
     let row_bytes = w.dtype().row_bytes(cols);
     let min_rows = (65536 / row_bytes.max(1)).clamp(1, rows);
-    let threads = rayon::current_num_threads();
+    let threads = crate::threads::current();
     let act = Act::new(w, x, n);
     // AMX panels are 16 rows and run in pairs: chunks of whole pairs waste no tile products.
     let align = if act.bf16.is_some() { 32 } else { 8 };
@@ -376,7 +374,7 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     }
     if n == 1 {
         // GEMV: each chunk writes its own slice of the single output row.
-        out.par_chunks_mut(chunk).enumerate().for_each(|(ci, o)| {
+        crate::threads::for_each_chunk_mut(out, chunk, |ci, o| {
             let len = o.len();
             rows_kernel(w, ci * chunk, len, &act, 1, o, len);
         });
@@ -385,16 +383,13 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     // GEMM: a row chunk's outputs are strided across tokens; compute into a per-chunk
     // [tokens, chunk] scratch and scatter.
     let n_chunks = rows.div_ceil(chunk);
-    let parts: Vec<(usize, Vec<f32>)> = (0..n_chunks)
-        .into_par_iter()
-        .map(|ci| {
-            let r0 = ci * chunk;
-            let nr = chunk.min(rows - r0);
-            let mut o = vec![0.0f32; n * nr];
-            rows_kernel(w, r0, nr, &act, n, &mut o, nr);
-            (r0, o)
-        })
-        .collect();
+    let parts: Vec<(usize, Vec<f32>)> = crate::threads::map(n_chunks, |ci| {
+        let r0 = ci * chunk;
+        let nr = chunk.min(rows - r0);
+        let mut o = vec![0.0f32; n * nr];
+        rows_kernel(w, r0, nr, &act, n, &mut o, nr);
+        (r0, o)
+    });
     for (r0, o) in parts {
         let nr = o.len() / n;
         for t in 0..n {

@@ -5,7 +5,6 @@ use deepseek_kernels::attention::{attend_group, RowBlocks, RowLayout};
 use deepseek_kernels::ops::{rope, RopeStyle};
 use deepseek_kernels::{matmul, Matrix};
 use deepseek_loader::{LoadError, ModelConfig, WeightStore};
-use rayon::prelude::*;
 
 use crate::batch::BatchLayout;
 use crate::rope::Rope;
@@ -81,21 +80,19 @@ impl LlamaAttention {
         let seq_rows: Vec<RowBlocks> = caches.iter().map(|c| pool.layer_rows(c, layer)).collect();
         let mut attn = vec![0.0; n * h * hd];
         // One task per (token, kv head): its `group` query heads share the K/V rows.
-        attn.par_chunks_mut(group * hd)
-            .enumerate()
-            .for_each(|(i, o)| {
-                let (t, j) = (i / kvh, i % kvh);
-                let rows = &seq_rows[batch.seq_of(t)];
-                let layout = RowLayout {
-                    row_width: 2 * kvw,
-                    key_offset: j * hd,
-                    key_len: hd,
-                    value_offset: kvw + j * hd,
-                    value_len: hd,
-                };
-                let qs = &q[(t * h + j * group) * hd..(t * h + (j + 1) * group) * hd];
-                attend_group(qs, rows, layout, batch.position(t) + 1, scale, o);
-            });
+        deepseek_kernels::threads::for_each_chunk_mut(&mut attn, group * hd, |i, o| {
+            let (t, j) = (i / kvh, i % kvh);
+            let rows = &seq_rows[batch.seq_of(t)];
+            let layout = RowLayout {
+                row_width: 2 * kvw,
+                key_offset: j * hd,
+                key_len: hd,
+                value_offset: kvw + j * hd,
+                value_len: hd,
+            };
+            let qs = &q[(t * h + j * group) * hd..(t * h + (j + 1) * group) * hd];
+            attend_group(qs, rows, layout, batch.position(t) + 1, scale, o);
+        });
         matmul(&self.o_proj, &attn, n, out);
     }
 }

@@ -20,7 +20,6 @@ use deepseek_kernels::matrix::{matmul_serial, matmul_transposed};
 use deepseek_kernels::ops::{rms_norm_inplace, rope, RopeStyle};
 use deepseek_kernels::{matmul, Matrix};
 use deepseek_loader::{LoadError, MlaConfig, ModelConfig, WeightStore};
-use rayon::prelude::*;
 
 use crate::batch::BatchLayout;
 use crate::rope::{mla_softmax_scale, Rope};
@@ -283,7 +282,7 @@ impl MlaAttention {
         };
         let mut latent_out = vec![0.0; n * h * lora];
         let seq_rows: Vec<RowBlocks> = caches.iter().map(|c| pool.layer_rows(c, layer)).collect();
-        if n < rayon::current_num_threads() {
+        if n < deepseek_kernels::threads::current() {
             // Few query tokens (decode): split each one's context across the threads instead.
             for (t, o) in latent_out.chunks_mut(h * lora).enumerate() {
                 let q = &absorbed_q[t * h * width..(t + 1) * h * width];
@@ -297,19 +296,16 @@ impl MlaAttention {
                 );
             }
         } else {
-            latent_out
-                .par_chunks_mut(h * lora)
-                .enumerate()
-                .for_each(|(t, o)| {
-                    attend_group(
-                        &absorbed_q[t * h * width..(t + 1) * h * width],
-                        &seq_rows[batch.seq_of(t)],
-                        layout,
-                        batch.position(t) + 1,
-                        self.softmax_scale,
-                        o,
-                    );
-                });
+            deepseek_kernels::threads::for_each_chunk_mut(&mut latent_out, h * lora, |t, o| {
+                attend_group(
+                    &absorbed_q[t * h * width..(t + 1) * h * width],
+                    &seq_rows[batch.seq_of(t)],
+                    layout,
+                    batch.position(t) + 1,
+                    self.softmax_scale,
+                    o,
+                );
+            });
         }
 
         // Back from latent space: out[t, h] = W_UV[h] · latent_out[t, h], heads in parallel.
@@ -378,32 +374,30 @@ impl MlaAttention {
             let runs: Vec<(usize, usize)> = (0..h)
                 .flat_map(|hh| tokens.clone().step_by(CAUSAL_RUN).map(move |t0| (hh, t0)))
                 .collect();
-            let outs: Vec<Vec<f32>> = runs
-                .par_iter()
-                .map(|&(hh, t0)| {
-                    let t1 = (t0 + CAUSAL_RUN).min(tokens.end);
-                    let layout = RowLayout {
-                        row_width: h * head_w,
-                        key_offset: hh * head_w,
-                        key_len: qk,
-                        value_offset: hh * head_w + qk,
-                        value_len: vdim,
-                    };
-                    let queries: Vec<f32> = (t0..t1)
-                        .flat_map(|t| q[(t * h + hh) * qk..][..qk].iter().copied())
-                        .collect();
-                    let mut o = vec![0.0; (t1 - t0) * vdim];
-                    attend_causal(
-                        &queries,
-                        &full_rows,
-                        layout,
-                        batch.position(t0) + 1,
-                        self.softmax_scale,
-                        &mut o,
-                    );
-                    o
-                })
-                .collect();
+            let outs: Vec<Vec<f32>> = deepseek_kernels::threads::map(runs.len(), |r| {
+                let (hh, t0) = runs[r];
+                let t1 = (t0 + CAUSAL_RUN).min(tokens.end);
+                let layout = RowLayout {
+                    row_width: h * head_w,
+                    key_offset: hh * head_w,
+                    key_len: qk,
+                    value_offset: hh * head_w + qk,
+                    value_len: vdim,
+                };
+                let queries: Vec<f32> = (t0..t1)
+                    .flat_map(|t| q[(t * h + hh) * qk..][..qk].iter().copied())
+                    .collect();
+                let mut o = vec![0.0; (t1 - t0) * vdim];
+                attend_causal(
+                    &queries,
+                    &full_rows,
+                    layout,
+                    batch.position(t0) + 1,
+                    self.softmax_scale,
+                    &mut o,
+                );
+                o
+            });
             for (&(hh, t0), o) in runs.iter().zip(&outs) {
                 for (j, v) in o.chunks(vdim).enumerate() {
                     let t = t0 + j;
@@ -426,15 +420,12 @@ fn per_head_par(
     out_len: usize,
     f: impl Fn(usize, &[f32], &mut [f32]) + Sync,
 ) -> Vec<Vec<f32>> {
-    (0..h)
-        .into_par_iter()
-        .map(|hh| {
-            let input: Vec<f32> = (0..n)
-                .flat_map(|t| x[(t * h + hh) * stride..][..in_len].iter().copied())
-                .collect();
-            let mut out = vec![0.0; n * out_len];
-            f(hh, &input, &mut out);
-            out
-        })
-        .collect()
+    deepseek_kernels::threads::map(h, |hh| {
+        let input: Vec<f32> = (0..n)
+            .flat_map(|t| x[(t * h + hh) * stride..][..in_len].iter().copied())
+            .collect();
+        let mut out = vec![0.0; n * out_len];
+        f(hh, &input, &mut out);
+        out
+    })
 }
