@@ -368,8 +368,10 @@ fn merge(parts: &[Partial], vl: usize, out: &mut [f32]) {
 }
 
 /// Rows per task when one query's context is split across threads (flash-decoding): below this
-/// the split costs more than it saves.
-const SPLIT_ROWS: usize = 512;
+/// the split costs more than it saves. 512 left a decode at depth 384 (V2-Lite's 16 heads, ~0.4
+/// ms of attention per layer) on one thread: 128 took q4_k tg64 there from 36.5–39.2 to
+/// 37.2–43.1 tok/s (three alternating pairs); 64 was no better than 128 at depth 0–256.
+const SPLIT_ROWS: usize = 128;
 
 /// [`attend_group`] with the context split across the thread pool: each part keeps its own
 /// softmax state and the parts are merged exactly. This keeps every core busy when a single
