@@ -363,11 +363,14 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     let act = Act::new(w, x, n);
     // AMX panels are 16 rows and run in pairs: chunks of whole pairs waste no tile products.
     let align = if act.bf16.is_some() { 32 } else { 8 };
-    let chunk = rows
-        .div_ceil(threads * 4)
-        .max(min_rows)
-        .next_multiple_of(align)
-        .min(rows);
+    let mut chunk = rows.div_ceil(threads * 4).max(min_rows);
+    if n == 1 {
+        // A GEMV's tasks at most 1 MiB: the threads claim them one at a time and finish
+        // within one task of each other (lm_head's quarter-per-thread chunks were ~15 MB,
+        // over a millisecond of streaming each).
+        chunk = chunk.min(((1 << 20) / row_bytes.max(1)).max(min_rows));
+    }
+    let chunk = chunk.next_multiple_of(align).min(rows);
     if threads == 1 || chunk >= rows {
         rows_kernel(w, 0, rows, &act, n, out, rows);
         return;

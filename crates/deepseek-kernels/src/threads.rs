@@ -325,7 +325,8 @@ fn work(pool: &'static Pool, index: usize) {
             continue;
         }
         idle_poll(&mut polls);
-        if polls >= PAUSE_POLLS && polls.is_multiple_of(64) && idle_since.elapsed() >= spin_budget() {
+        if polls >= PAUSE_POLLS && polls.is_multiple_of(64) && idle_since.elapsed() >= spin_budget()
+        {
             me.parked.store(true, SeqCst);
             if pool.state.load(SeqCst) & !(CLOSED | REFS) == seen {
                 std::thread::park();
