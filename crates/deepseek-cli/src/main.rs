@@ -21,7 +21,8 @@ use clap::{Parser, Subcommand};
     arg_required_else_help = true
 )]
 struct Cli {
-    /// Worker threads for the kernels (default: every core).
+    /// Threads for the kernels (default: every core). Between parallel regions idle workers
+    /// spin for up to 2 ms before sleeping; DEEPSEEK_SPIN_US=0 makes them sleep at once.
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
     /// How the KV/latent cache stores rows: f32 (exact), bf16 (half the bytes, rounded as a bf16
