@@ -494,6 +494,7 @@ fn eval_runs_each_benchmark_end_to_end_and_resumes() {
     let r = deepseek(&["eval", "mmlu", "--limit", "4", "--out", &o]);
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("partial results of another run"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
