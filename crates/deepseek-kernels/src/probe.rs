@@ -9,7 +9,8 @@ use std::time::Instant;
 pub fn read_bandwidth(bytes: usize, reps: usize) -> f64 {
     let n = bytes / 4;
     let mut buf = vec![0.0f32; n];
-    // One slice per thread: a worker wakes in microseconds, a slice takes tens of milliseconds.
+    // One slice per thread, as under rayon: a worker that is parked when the probe starts
+    // wakes long before the caller is through its half (tens of milliseconds at 1 GiB).
     let chunk = n.div_ceil(crate::threads::current()).max(1);
     crate::threads::for_each_chunk_mut(&mut buf, chunk, |ci, c| {
         for (j, v) in c.iter_mut().enumerate() {

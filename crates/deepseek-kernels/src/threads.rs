@@ -1,12 +1,12 @@
 //! One thread pool for every kernel, sized once at start-up.
 //!
 //! A decoded token runs about 60 parallel regions (per layer: the projections, the absorbed
-//! per-head matmuls, attention, the MoE's expert jobs), most of them 50–500 µs long, with short
-//! serial steps between them (norms, RoPE, routing). A pool whose idle workers sleep in the
-//! kernel pays a wake-up for each region; in a VM, waking a halted virtual CPU costs tens of
-//! microseconds. rayon's workers sleep after a few rounds of `sched_yield`, and a decode profile
-//! had each of its two workers idle ~25% of the time. So the workers here spin between regions,
-//! for a bounded time:
+//! per-head matmuls, attention, the MoE's expert jobs) with short serial steps between them
+//! (norms, RoPE, routing). A pool whose idle workers sleep in the kernel pays a wake-up for
+//! each region: rayon's workers sleep after a few rounds of `sched_yield`, and a q4_k decode
+//! profile had each of its two workers off the CPU ~25% of the time (BENCHMARKS.md, "Decode: a
+//! thread pool whose workers spin between regions"). So the workers here spin between
+//! regions, for a bounded time:
 //!
 //! - a worker that finds no work spins on one atomic (a CPU `pause` per poll), then polls with
 //!   `sched_yield` (which lets another process on its core run), and after
@@ -21,9 +21,9 @@
 //! ([`on_pool`]), which starts its regions; the `threads` count is the leader (or whichever
 //! thread starts a region) plus `threads - 1` workers.
 //!
-//! With another process on one of the cores (a busy loop beside a q4_k decode), the spinning
-//! pool decoded 25.0–26.0 tok/s where rayon's did 21.7–24.7: no collapse, because nothing waits
-//! for a worker that has not started a task.
+//! With another process on one of the cores (a busy loop beside a q4_k decode, same section),
+//! the spinning pool decoded 25.0–26.0 tok/s where rayon's did 21.7–24.7: no collapse, because
+//! nothing waits for a worker that has not started a task.
 
 use std::any::Any;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -47,7 +47,8 @@ pub fn current() -> usize {
 /// already on it); the calling thread sleeps until `f` returns. A model step runs here: its
 /// temporaries then come from a thread's own malloc arena, not the main thread's, where glibc
 /// returns freed memory to the kernel at once and the next step faults it back in (a q4_k
-/// pp512 spent 4% of its time in page faults on the main thread, 0.3% on a pool thread).
+/// pp512 profile: 4% of the time in page faults with steps on the main thread, 0.8% on the
+/// leader).
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     // On the leader already, or on a worker inside a region (whose caller may be the leader,
     // waiting for this very task): run here.
@@ -153,9 +154,9 @@ impl<T> SendPtr<T> {
 }
 
 /// How long an idle worker polls for the next region before it parks (`DEEPSEEK_SPIN_US`,
-/// microseconds, default 2000; 0 parks at once). Decode's serial steps between regions and
-/// between tokens take well under a millisecond.
-pub fn spin_budget() -> Duration {
+/// microseconds, default 2000; 0 parks at once). With 2000 both threads of a q4_k decode were
+/// on the CPU 96–99% of the time: the serial steps between regions and tokens are shorter.
+fn spin_budget() -> Duration {
     static BUDGET: OnceLock<Duration> = OnceLock::new();
     *BUDGET.get_or_init(|| {
         let us = std::env::var("DEEPSEEK_SPIN_US")
