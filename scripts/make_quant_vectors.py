@@ -1,7 +1,7 @@
 """Writes tests/fixtures/quant/vectors.json: test vectors for our GGUF block formats, made with the
 `gguf` package's numpy (de)quantizers (the reference llama.cpp ships with its converter).
 
-For types gguf can quantize (Q8_0, Q4_0, Q4_1, Q5_0) the vectors hold the input floats, the
+For types gguf can quantize (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) the vectors hold the input floats, the
 blocks gguf made from them and their dequantization; for the K-quants, which gguf only
 dequantizes, random but valid blocks and their dequantization.
 
@@ -36,6 +36,30 @@ def kblock(name):
 for name in ["Q4_K", "Q5_K", "Q6_K"]:
     t = getattr(T, name)
     raw = b"".join(kblock(name) for _ in range(3))
+    q = np.frombuffer(raw, dtype=np.uint8).reshape(1, -1)
+    deq = quants.dequantize(q, t).reshape(-1)
+    out[name] = {"blocks": raw.hex(), "dequant": deq.tolist()}
+
+# Added later, after the others so that their vectors stay as they were.
+for name in ["Q5_1"]:
+    t = getattr(T, name)
+    x = (rng.standard_normal(32 * 4) * np.array([0.02, 1.0, 3.0, 1e-3]).repeat(32)).astype(np.float32)
+    x[5] = 0.0
+    x[40:72] += 2.5  # a block that does not straddle zero
+    q = quants.quantize(x.reshape(1, -1), t)
+    deq = quants.dequantize(q, t).reshape(-1)
+    out[name] = {"input": x.tolist(), "blocks": q.reshape(-1).tobytes().hex(), "dequant": deq.tolist()}
+
+def kblock_low(name):
+    if name == "Q2_K":
+        return rng.integers(0, 256, 16 + 64, dtype=np.uint8).tobytes() + f16(rng.uniform(0.001, 0.05)) + f16(rng.uniform(0.001, 0.05))
+    if name == "Q3_K":
+        return rng.integers(0, 256, 32 + 64 + 12, dtype=np.uint8).tobytes() + f16(rng.uniform(0.0005, 0.01))
+    raise ValueError(name)
+
+for name in ["Q2_K", "Q3_K"]:
+    t = getattr(T, name)
+    raw = b"".join(kblock_low(name) for _ in range(3))
     q = np.frombuffer(raw, dtype=np.uint8).reshape(1, -1)
     deq = quants.dequantize(q, t).reshape(-1)
     out[name] = {"blocks": raw.hex(), "dequant": deq.tolist()}

@@ -19,17 +19,23 @@ pub enum QuantType {
     Q4_0,
     Q4_1,
     Q5_0,
+    Q5_1,
+    Q2K,
+    Q3K,
     Q4K,
     Q5K,
     Q6K,
 }
 
 impl QuantType {
-    pub const ALL: [QuantType; 7] = [
+    pub const ALL: [QuantType; 10] = [
         QuantType::Q8_0,
         QuantType::Q4_0,
         QuantType::Q4_1,
         QuantType::Q5_0,
+        QuantType::Q5_1,
+        QuantType::Q2K,
+        QuantType::Q3K,
         QuantType::Q4K,
         QuantType::Q5K,
         QuantType::Q6K,
@@ -38,8 +44,14 @@ impl QuantType {
     /// Values per block.
     pub fn block_elems(self) -> usize {
         match self {
-            QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q4_1 | QuantType::Q5_0 => QK,
-            QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => QK_K,
+            QuantType::Q8_0
+            | QuantType::Q4_0
+            | QuantType::Q4_1
+            | QuantType::Q5_0
+            | QuantType::Q5_1 => QK,
+            QuantType::Q2K | QuantType::Q3K | QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => {
+                QK_K
+            }
         }
     }
 
@@ -50,6 +62,9 @@ impl QuantType {
             QuantType::Q4_0 => 2 + 16,
             QuantType::Q4_1 => 2 + 2 + 16,
             QuantType::Q5_0 => 2 + 4 + 16,
+            QuantType::Q5_1 => 2 + 2 + 4 + 16,
+            QuantType::Q2K => 16 + 64 + 2 + 2,
+            QuantType::Q3K => 32 + 64 + 12 + 2,
             QuantType::Q4K => 2 + 2 + 12 + 128,
             QuantType::Q5K => 2 + 2 + 12 + 32 + 128,
             QuantType::Q6K => 128 + 64 + 16 + 2,
@@ -67,7 +82,10 @@ impl QuantType {
             QuantType::Q4_0 => 2,
             QuantType::Q4_1 => 3,
             QuantType::Q5_0 => 6,
+            QuantType::Q5_1 => 7,
             QuantType::Q8_0 => 8,
+            QuantType::Q2K => 10,
+            QuantType::Q3K => 11,
             QuantType::Q4K => 12,
             QuantType::Q5K => 13,
             QuantType::Q6K => 14,
@@ -84,6 +102,9 @@ impl QuantType {
             QuantType::Q4_0 => "q4_0",
             QuantType::Q4_1 => "q4_1",
             QuantType::Q5_0 => "q5_0",
+            QuantType::Q5_1 => "q5_1",
+            QuantType::Q2K => "q2_k",
+            QuantType::Q3K => "q3_k",
             QuantType::Q4K => "q4_k",
             QuantType::Q5K => "q5_k",
             QuantType::Q6K => "q6_k",
@@ -136,7 +157,8 @@ pub(crate) fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
 
 // ---- unpacking one block into integers (shared by dequantization and the dot products) ----
 
-/// Q4_0 / Q5_0 / Q8_0: the block's int8 values (offsets removed) and its scale.
+/// Q4_0 / Q5_0 / Q8_0: the block's int8 values (offsets removed) and its scale; Q4_1 / Q5_1:
+/// the unsigned values and the scale (the min is the block's second f16).
 #[inline(always)]
 fn unpack_32(t: QuantType, b: &[u8], q: &mut [i8; QK]) -> f32 {
     match t {
@@ -159,14 +181,20 @@ fn unpack_32(t: QuantType, b: &[u8], q: &mut [i8; QK]) -> f32 {
                 q[j + 16] = (qs[j] >> 4) as i8;
             }
         }
-        QuantType::Q5_0 => {
-            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-            let qs = &b[6..22];
+        QuantType::Q5_0 | QuantType::Q5_1 => {
+            // Q5_1: the same bits after a second f16 (the min), values unsigned.
+            let (o, off) = if t == QuantType::Q5_0 {
+                (2, 16)
+            } else {
+                (4, 0)
+            };
+            let qh = u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+            let qs = &b[o + 4..o + 20];
             for j in 0..16 {
                 let h0 = ((qh >> j) << 4) as u8 & 0x10;
                 let h1 = (qh >> (j + 12)) as u8 & 0x10;
-                q[j] = ((qs[j] & 0xF) | h0) as i8 - 16;
-                q[j + 16] = ((qs[j] >> 4) | h1) as i8 - 16;
+                q[j] = ((qs[j] & 0xF) | h0) as i8 - off;
+                q[j + 16] = ((qs[j] >> 4) | h1) as i8 - off;
             }
         }
         _ => unreachable!("unpack_32 on a K-quant"),
@@ -175,8 +203,9 @@ fn unpack_32(t: QuantType, b: &[u8], q: &mut [i8; QK]) -> f32 {
 }
 
 /// A K-quant super-block unpacked: 256 integer values, and per 32-value sub-block the factors
-/// such that value = d_sub[i] * q - m_sub[i] (Q4_K, Q5_K). Q6_K has 16-value sub-blocks with
-/// signed scales: value = d * scale16[i] * q.
+/// such that value = d_sub[i] * q - m_sub[i] (Q4_K, Q5_K). Q6_K and Q3_K have 16-value
+/// sub-blocks with signed scales: value = d * scale16[i] * q; Q2_K has 16-value sub-blocks
+/// with 4-bit scales and mins: value = d * scale16[i] * q - dmin * min16[i].
 struct KBlock {
     q: [i8; QK_K],
     d: f32,
@@ -184,6 +213,16 @@ struct KBlock {
     scales: [u8; 8],
     mins: [u8; 8],
     scales16: [i8; 16],
+    mins16: [u8; 16],
+}
+
+/// Q3_K's sixteen 6-bit scales (stored + 32): low nibbles in bytes 0–7 (sub-blocks 0–7 low,
+/// 8–15 high), the top two bits in bytes 8–11 (two bits per sub-block, `j % 4`'s byte at
+/// shift `2 * (j / 4)`).
+pub(crate) fn q3k_scale(j: usize, sc: &[u8]) -> i8 {
+    let lo = (sc[j % 8] >> (4 * (j / 8))) & 0xF;
+    let hi = (sc[8 + j % 4] >> (2 * (j / 4))) & 3;
+    (lo | (hi << 4)) as i8 - 32
 }
 
 #[inline(always)]
@@ -235,6 +274,35 @@ fn unpack_k(t: QuantType, b: &[u8], k: &mut KBlock) {
                 }
             }
         }
+        QuantType::Q2K => {
+            // 16 scale bytes (low nibble scale, high nibble min), 64 bytes of 2-bit values:
+            // value i = 128n + 32j + l is bits 2j of byte 32n + l.
+            let (sc, qs) = (&b[0..16], &b[16..80]);
+            k.d = f16_at(b, 80);
+            k.dmin = f16_at(b, 82);
+            for ((s, m), &v) in k.scales16.iter_mut().zip(&mut k.mins16).zip(sc) {
+                *s = (v & 0xF) as i8;
+                *m = v >> 4;
+            }
+            for (i, q) in k.q.iter_mut().enumerate() {
+                let (n, j, l) = (i / 128, (i / 32) % 4, i % 32);
+                *q = ((qs[n * 32 + l] >> (2 * j)) & 3) as i8;
+            }
+        }
+        QuantType::Q3K => {
+            // As Q2_K's values, minus 4 where bit i/32 of hmask[i % 32] is clear.
+            let (hm, qs, sc) = (&b[0..32], &b[32..96], &b[96..108]);
+            k.d = f16_at(b, 108);
+            for j in 0..16 {
+                k.scales16[j] = q3k_scale(j, sc);
+            }
+            for (i, q) in k.q.iter_mut().enumerate() {
+                let (n, j, l) = (i / 128, (i / 32) % 4, i % 32);
+                let low = ((qs[n * 32 + l] >> (2 * j)) & 3) as i8;
+                let high = (hm[l] >> (i / 32)) & 1;
+                *q = low - if high == 0 { 4 } else { 0 };
+            }
+        }
         _ => unreachable!("unpack_k on a 32-wide format"),
     }
 }
@@ -248,6 +316,7 @@ impl KBlock {
             scales: [0; 8],
             mins: [0; 8],
             scales16: [0; 16],
+            mins16: [0; 16],
         }
     }
 }
@@ -275,14 +344,34 @@ pub fn dequantize_row(t: QuantType, bytes: &[u8], out: &mut [f32]) {
     let (be, bb) = (t.block_elems(), t.block_bytes());
     assert_eq!(out.len() % be, 0);
     assert!(bytes.len() >= out.len() / be * bb);
+    #[cfg(target_arch = "x86_64")]
+    if matches!(byte_dot_isa(), ByteDotIsa::Avx2 | ByteDotIsa::Vnni) {
+        // SAFETY: AVX2, FMA and F16C were detected (`byte_dot_isa`); lengths checked above.
+        unsafe { crate::quant_x86::dequantize_row_avx2(t, bytes, out) };
+        return;
+    }
+    dequantize_row_plain(t, bytes, out)
+}
+
+/// [`dequantize_row`] in plain code (the reference the SIMD form is tested against).
+pub fn dequantize_row_plain(t: QuantType, bytes: &[u8], out: &mut [f32]) {
+    let (be, bb) = (t.block_elems(), t.block_bytes());
+    assert_eq!(out.len() % be, 0);
+    assert!(bytes.len() >= out.len() / be * bb);
     match t {
-        QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => {
+        QuantType::Q2K | QuantType::Q3K | QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => {
             let mut k = KBlock::new();
             for (o, b) in out.chunks_exact_mut(QK_K).zip(bytes.chunks_exact(bb)) {
                 unpack_k(t, b, &mut k);
-                if t == QuantType::Q6K {
+                if matches!(t, QuantType::Q6K | QuantType::Q3K) {
                     for (i, v) in o.iter_mut().enumerate() {
                         *v = k.d * k.scales16[i / 16] as f32 * k.q[i] as f32;
+                    }
+                } else if t == QuantType::Q2K {
+                    for (i, v) in o.iter_mut().enumerate() {
+                        let j = i / 16;
+                        *v = k.d * k.scales16[j] as f32 * k.q[i] as f32
+                            - k.dmin * k.mins16[j] as f32;
                     }
                 } else {
                     for (i, v) in o.iter_mut().enumerate() {
@@ -296,7 +385,7 @@ pub fn dequantize_row(t: QuantType, bytes: &[u8], out: &mut [f32]) {
             let mut q = [0i8; QK];
             for (o, b) in out.chunks_exact_mut(QK).zip(bytes.chunks_exact(bb)) {
                 let d = unpack_32(t, b, &mut q);
-                let m = if t == QuantType::Q4_1 {
+                let m = if matches!(t, QuantType::Q4_1 | QuantType::Q5_1) {
                     f16_at(b, 2)
                 } else {
                     0.0
@@ -446,6 +535,9 @@ pub(crate) fn dot_row_generic(t: QuantType, w: &[u8], ad: &[f32], asum: &[i32], 
     dot_rows_unpacked::<ScalarDot, 1>(t, w, &[(ad, asum, aq)])[0]
 }
 
+/// Sixteen ones: a dot product with them sums 16 activations (Q2_K's mins).
+const ONES: [i8; 16] = [1; 16];
+
 /// Integer dot products of the unpacked weight values with the int8 activations.
 pub(crate) trait IntDot {
     fn dot32(w: &[i8], a: &[i8]) -> i32;
@@ -493,11 +585,23 @@ pub(crate) fn dot_rows_unpacked<D: IntDot, const T: usize>(
                 }
             }
         }
-        QuantType::Q6K => {
+        QuantType::Q6K | QuantType::Q3K | QuantType::Q2K => {
             let mut k = KBlock::new();
             for (sb, b) in w.chunks_exact(bb).enumerate() {
                 unpack_k(t, b, &mut k);
                 for (acc, &(ad, _, aq)) in acc.iter_mut().zip(acts) {
+                    if t == QuantType::Q2K {
+                        // The mins meet the activations' sums over 16 values.
+                        let mut m = 0.0f32;
+                        for j in 0..8 {
+                            let ab = sb * 8 + j;
+                            let s0 = D::dot16(&ONES, &aq[ab * 32..ab * 32 + 16]);
+                            let s1 = D::dot16(&ONES, &aq[ab * 32 + 16..ab * 32 + 32]);
+                            let i = k.mins16[2 * j] as i32 * s0 + k.mins16[2 * j + 1] as i32 * s1;
+                            m += ad[ab] * i as f32;
+                        }
+                        *acc -= k.dmin * m;
+                    }
                     let mut s = 0.0f32;
                     for j in 0..8 {
                         let ab = sb * 8 + j;
@@ -520,7 +624,7 @@ pub(crate) fn dot_rows_unpacked<D: IntDot, const T: usize>(
                 for (acc, &(ad, asum, aq)) in acc.iter_mut().zip(acts) {
                     let i = D::dot32(&q, &aq[ab * 32..ab * 32 + 32]);
                     *acc += d * ad[ab] * i as f32;
-                    if t == QuantType::Q4_1 {
+                    if matches!(t, QuantType::Q4_1 | QuantType::Q5_1) {
                         *acc += f16_at(b, 2) * ad[ab] * asum[ab] as f32;
                     }
                 }
@@ -671,8 +775,117 @@ pub fn quantize_row(t: QuantType, x: &[f32], out: &mut [u8]) {
                     ob[4 + j] = q(xb[j]) | (q(xb[j + 16]) << 4);
                 }
             }
+            QuantType::Q5_1 => {
+                let min = xb.iter().fold(f32::INFINITY, |m, &v| m.min(v));
+                let max = xb.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let d = (max - min) / 31.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                put_f16(ob, 0, d);
+                put_f16(ob, 2, min);
+                let q = |v: f32| (((v - min) * id + 0.5) as i32).min(31) as u8;
+                let mut qh = 0u32;
+                for j in 0..16 {
+                    let (a, b) = (q(xb[j]), q(xb[j + 16]));
+                    ob[8 + j] = (a & 0xF) | ((b & 0xF) << 4);
+                    qh |= ((a >> 4) as u32) << j | ((b >> 4) as u32) << (j + 16);
+                }
+                ob[4..8].copy_from_slice(&qh.to_le_bytes());
+            }
+            QuantType::Q2K => quantize_q2k(xb, ob),
+            QuantType::Q3K => quantize_q3k(xb, ob),
             QuantType::Q4K | QuantType::Q5K => quantize_k_minmax(t, xb, ob),
             QuantType::Q6K => quantize_q6k(xb, ob),
+        }
+    }
+}
+
+/// Q2_K: per 16-value sub-block an affine (scale, min) fit by min/max over 0..3, the scales
+/// and mins quantized to 4 bits against the super-block's `d` and `dmin`.
+fn quantize_q2k(x: &[f32], out: &mut [u8]) {
+    let mut sc = [0.0f32; 16];
+    let mut mn = [0.0f32; 16];
+    for j in 0..16 {
+        let s = &x[j * 16..(j + 1) * 16];
+        let lo = s.iter().fold(0.0f32, |m, &v| m.min(v));
+        let hi = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        sc[j] = (hi - lo) / 3.0;
+        mn[j] = -lo;
+    }
+    put_f16(out, 80, sc.iter().fold(0.0f32, |m, &v| m.max(v)) / 15.0);
+    put_f16(out, 82, mn.iter().fold(0.0f32, |m, &v| m.max(v)) / 15.0);
+    let (d, dmin) = (f16_at(out, 80), f16_at(out, 82));
+    let code = |v: f32, unit: f32| {
+        if unit > 0.0 {
+            ((v / unit).round() as i32).clamp(0, 15) as u8
+        } else {
+            0
+        }
+    };
+    let mut q = [0u8; QK_K];
+    for j in 0..16 {
+        let (ls, lm) = (code(sc[j], d), code(mn[j], dmin));
+        out[j] = ls | (lm << 4);
+        let (dj, mj) = (d * ls as f32, dmin * lm as f32);
+        let id = if dj > 0.0 { 1.0 / dj } else { 0.0 };
+        for l in 0..16 {
+            q[j * 16 + l] = (((x[j * 16 + l] + mj) * id).round() as i32).clamp(0, 3) as u8;
+        }
+    }
+    let qs = &mut out[16..80];
+    qs.fill(0);
+    for (i, &v) in q.iter().enumerate() {
+        let (n, j, l) = (i / 128, (i / 32) % 4, i % 32);
+        qs[n * 32 + l] |= v << (2 * j);
+    }
+}
+
+/// Q3_K: per 16-value sub-block a signed scale (the value of largest magnitude maps to -4 or
+/// to +3, whichever fits the sub-block with the smaller squared error: with only 8 levels the
+/// lost level on one side matters), the 16 scales quantized to 6 bits (-32..31) against the
+/// super-block's `d`.
+fn quantize_q3k(x: &[f32], out: &mut [u8]) {
+    let mut sc = [0.0f32; 16];
+    for (j, s) in sc.iter_mut().enumerate() {
+        let sub = &x[j * 16..(j + 1) * 16];
+        let max = sub
+            .iter()
+            .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let err = |scale: f32| -> f32 {
+            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+            sub.iter()
+                .map(|&v| {
+                    let q = (v * inv).round().clamp(-4.0, 3.0);
+                    (v - q * scale).powi(2)
+                })
+                .sum()
+        };
+        let (a, b) = (max / -4.0, max / 3.0);
+        *s = if err(b) < err(a) { b } else { a };
+    }
+    let max_sc = sc
+        .iter()
+        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    put_f16(out, 108, max_sc / -32.0);
+    let d = f16_at(out, 108);
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let (hm, rest) = out.split_at_mut(32);
+    let (qs, scales) = rest.split_at_mut(64);
+    hm.fill(0);
+    qs.fill(0);
+    scales[..12].fill(0);
+    for j in 0..16 {
+        let ls = ((sc[j] * id).round() as i32).clamp(-32, 31);
+        let stored = (ls + 32) as u8;
+        scales[j % 8] |= (stored & 0xF) << (4 * (j / 8));
+        scales[8 + j % 4] |= (stored >> 4) << (2 * (j / 4));
+        let dj = d * ls as f32;
+        let idj = if dj != 0.0 { 1.0 / dj } else { 0.0 };
+        for l in 0..16 {
+            let i = j * 16 + l;
+            let u = ((x[i] * idj).round() as i32).clamp(-4, 3) + 4; // 0..7
+            let (n, b, pos) = (i / 128, (i / 32) % 4, i % 32);
+            qs[n * 32 + pos] |= ((u & 3) as u8) << (2 * b);
+            hm[pos] |= ((u >> 2) as u8) << (i / 32);
         }
     }
 }
@@ -910,9 +1123,44 @@ mod tests {
     }
 
     #[test]
+    fn simd_dequantization_equals_plain() {
+        let x = rand_vec(QK_K * 3, 31);
+        for t in QuantType::ALL {
+            let mut q = vec![0u8; t.row_bytes(x.len())];
+            quantize_row(t, &x, &mut q);
+            // Random bytes too, for every bit pattern of the scales and values; the f16
+            // fields are kept from the quantized row (finite, of a sensible size).
+            let mut r = rand::rngs::StdRng::seed_from_u64(32);
+            let mut noise: Vec<u8> = (0..q.len()).map(|_| r.random::<u8>()).collect();
+            let f16_fields = match t {
+                QuantType::Q4_1 | QuantType::Q5_1 | QuantType::Q4K | QuantType::Q5K => 0..4,
+                QuantType::Q2K => 80..84,
+                QuantType::Q3K => 108..110,
+                QuantType::Q6K => 208..210,
+                _ => 0..2,
+            };
+            let bb = t.block_bytes();
+            for (n, b) in noise.chunks_exact_mut(bb).zip(q.chunks_exact(bb)) {
+                n[f16_fields.clone()].copy_from_slice(&b[f16_fields.clone()]);
+            }
+            for bytes in [q, noise] {
+                let (mut a, mut b) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+                dequantize_row(t, &bytes, &mut a);
+                dequantize_row_plain(t, &bytes, &mut b);
+                for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+                    assert!(
+                        (u - v).abs() <= 1e-6 * (1.0 + v.abs()),
+                        "{t:?}[{i}]: {u} vs {v}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn quantize_is_byte_identical_to_gguf_py() {
         let v = vectors();
-        for name in ["Q8_0", "Q4_0", "Q4_1", "Q5_0"] {
+        for name in ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"] {
             let case = &v[name];
             let t = ty(name);
             let x = floats(&case["input"]);
@@ -935,6 +1183,9 @@ mod tests {
             (QuantType::Q5K, 0.04),
             (QuantType::Q6K, 0.035), // one step where a value mirrors the sub-block extreme
             (QuantType::Q8_0, 0.005),
+            (QuantType::Q5_1, 0.04),
+            (QuantType::Q3K, 0.3), // 8 levels: a step of a quarter to a third of the extreme
+            (QuantType::Q2K, 0.4),
         ] {
             let mut q = vec![0u8; t.row_bytes(x.len())];
             quantize_row(t, &x, &mut q);

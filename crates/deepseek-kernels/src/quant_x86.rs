@@ -102,8 +102,8 @@ unsafe fn load_a(a: &ActRow, block: usize) -> __m256i {
     _mm256_loadu_si256(a.2.as_ptr().add(block * 32) as *const __m256i)
 }
 
-/// The 32-wide formats, `KIND` 0..4 = Q8_0, Q4_0, Q4_1, Q5_0 (a constant, so each format gets
-/// its own loop), two blocks per iteration.
+/// The 32-wide formats, `KIND` 0..5 = Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (a constant, so each format
+/// gets its own loop), two blocks per iteration. Q4_1 and Q5_1 are unsigned with a min.
 #[inline(always)]
 unsafe fn dot32<B: ByteDot, const T: usize, const KIND: u8>(
     base: *const u8,
@@ -112,11 +112,16 @@ unsafe fn dot32<B: ByteDot, const T: usize, const KIND: u8>(
     acc: &mut [[__m256; 2]; T],
     extra: &mut [f32; T],
 ) {
-    let bb = [34, 18, 20, 22][KIND as usize];
+    let bb = [34, 18, 20, 22, 24][KIND as usize];
+    let with_min = KIND == 2 || KIND == 4;
     let unpack = |b: *const u8| match KIND {
         0 => _mm256_loadu_si256(b.add(2) as *const __m256i),
         1 => _mm256_sub_epi8(nibbles_16(b.add(2)), _mm256_set1_epi8(8)),
         2 => nibbles_16(b.add(4)), // unsigned, plus a min
+        4 => {
+            let qh = (b.add(4) as *const u32).read_unaligned();
+            _mm256_or_si256(nibbles_16(b.add(8)), bits_to_0x10(qh))
+        }
         _ => {
             let qh = (b.add(2) as *const u32).read_unaligned();
             let q = _mm256_or_si256(nibbles_16(b.add(6)), bits_to_0x10(qh));
@@ -134,7 +139,7 @@ unsafe fn dot32<B: ByteDot, const T: usize, const KIND: u8>(
             let wv = unpack(b);
             for (k, a) in acts.iter().enumerate() {
                 let av = load_a(a, ib + h);
-                let p = if KIND == 2 {
+                let p = if with_min {
                     B::dot(_mm256_setzero_si256(), wv, av)
                 } else {
                     dot_signed::<B>(wv, av)
@@ -142,7 +147,7 @@ unsafe fn dot32<B: ByteDot, const T: usize, const KIND: u8>(
                 let f = _mm256_set1_ps(d * *a.0.get_unchecked(ib + h));
                 let ch = &mut acc[k][h];
                 *ch = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), f, *ch);
-                if KIND == 2 {
+                if with_min {
                     extra[k] += f16(b.add(2)) * a.0[ib + h] * a.1[ib + h] as f32;
                 }
             }
@@ -170,6 +175,80 @@ pub unsafe fn dot_rows<B: ByteDot, const T: usize>(
         QuantType::Q4_0 => dot32::<B, T, 1>(base, nblocks, acts, &mut acc, &mut extra),
         QuantType::Q4_1 => dot32::<B, T, 2>(base, nblocks, acts, &mut acc, &mut extra),
         QuantType::Q5_0 => dot32::<B, T, 3>(base, nblocks, acts, &mut acc, &mut extra),
+        QuantType::Q5_1 => dot32::<B, T, 4>(base, nblocks, acts, &mut acc, &mut extra),
+        QuantType::Q2K | QuantType::Q3K => {
+            // 2-bit values: value 128n + 32j + l is bits 2j of byte 32n + l; Q3_K adds bit
+            // (4n + j) of hmask[l] as a third bit, then subtracts 4. Each 32-value chunk has two
+            // 16-value scales: the dot product's low 128 bits are the first 16 values.
+            let three = _mm256_set1_epi8(3);
+            let one = _mm256_set1_epi8(1);
+            let q3 = t == QuantType::Q3K;
+            for sb in 0..nblocks {
+                let b = base.add(sb * bb);
+                let mut scales = [0.0f32; 16];
+                let mut mins = [0.0f32; 16];
+                let (qs, d, dmin, hm) = if q3 {
+                    let sc = std::slice::from_raw_parts(b.add(96), 12);
+                    for (j, s) in scales.iter_mut().enumerate() {
+                        *s = super::quant::q3k_scale(j, sc) as f32;
+                    }
+                    let hm = _mm256_loadu_si256(b as *const __m256i);
+                    (b.add(32), f16(b.add(108)), 0.0, hm)
+                } else {
+                    for j in 0..16 {
+                        let v = *b.add(j);
+                        scales[j] = (v & 0xF) as f32;
+                        mins[j] = (v >> 4) as f32;
+                    }
+                    (
+                        b.add(16),
+                        f16(b.add(80)),
+                        f16(b.add(82)),
+                        _mm256_setzero_si256(),
+                    )
+                };
+                for n in 0..2 {
+                    let q = _mm256_loadu_si256(qs.add(n * 32) as *const __m256i);
+                    for j in 0..4 {
+                        let c = n * 4 + j;
+                        let sh = _mm_cvtsi32_si128(2 * j as i32);
+                        let low = _mm256_and_si256(_mm256_srl_epi16(q, sh), three);
+                        let wv = if q3 {
+                            let h = _mm256_srl_epi16(hm, _mm_cvtsi32_si128(c as i32));
+                            let h = _mm256_slli_epi16(_mm256_and_si256(h, one), 2);
+                            _mm256_sub_epi8(_mm256_or_si256(low, h), _mm256_set1_epi8(4))
+                        } else {
+                            low
+                        };
+                        let (s0, s1) = (scales[2 * c], scales[2 * c + 1]);
+                        for (k, a) in acts.iter().enumerate() {
+                            let ab = sb * (QK_K / 32) + c;
+                            let av = load_a(a, ab);
+                            let p = if q3 {
+                                dot_signed::<B>(wv, av)
+                            } else {
+                                B::dot(_mm256_setzero_si256(), wv, av)
+                            };
+                            let f = d * a.0[ab];
+                            let sv = _mm256_set_m128(_mm_set1_ps(f * s1), _mm_set1_ps(f * s0));
+                            let ch = &mut acc[k][j & 1];
+                            *ch = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sv, *ch);
+                            if !q3 {
+                                // The mins meet the sums of 16 activations.
+                                let sums = B::dot(_mm256_setzero_si256(), one, av);
+                                let fm = -dmin * a.0[ab];
+                                let mv = _mm256_set_m128(
+                                    _mm_set1_ps(fm * mins[2 * c + 1]),
+                                    _mm_set1_ps(fm * mins[2 * c]),
+                                );
+                                let ch = &mut acc[k][(j + 1) & 1];
+                                *ch = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), mv, *ch);
+                            }
+                        }
+                    }
+                }
+            }
+        }
         QuantType::Q4K | QuantType::Q5K => {
             for sb in 0..nblocks {
                 let b = base.add(sb * bb);
@@ -331,4 +410,151 @@ pub unsafe fn quantize_activations_avx2(xs: &[f32], qs: &mut [i8], sums: &mut [i
         _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, w);
     }
     d
+}
+
+/// 32 int8 values → f32 `scale * q - min` at `out`, the first 16 with (`s0`, `m0`), the rest
+/// with (`s1`, `m1`).
+#[inline(always)]
+unsafe fn store_dequant(q: __m256i, (s0, m0): (f32, f32), (s1, m1): (f32, f32), out: *mut f32) {
+    let halves = [
+        (_mm256_castsi256_si128(q), s0, m0),
+        (_mm256_extracti128_si256::<1>(q), s1, m1),
+    ];
+    for (h, (v, s, m)) in halves.into_iter().enumerate() {
+        let (sv, mv) = (_mm256_set1_ps(s), _mm256_set1_ps(m));
+        for (e, part) in [v, _mm_unpackhi_epi64(v, v)].into_iter().enumerate() {
+            let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part));
+            _mm256_storeu_ps(out.add(16 * h + 8 * e), _mm256_fmsub_ps(f, sv, mv));
+        }
+    }
+}
+
+/// [`super::quant::dequantize_row`] on AVX2: each block unpacked in registers as the dot
+/// products above unpack it, then widened. Prefill's dequantized panels go through here.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
+    let bb = t.block_bytes();
+    let nblocks = out.len() / t.block_elems();
+    assert!(w.len() >= nblocks * bb);
+    let low4 = _mm256_set1_epi8(0x0F);
+    let three = _mm256_set1_epi8(3);
+    let one = _mm256_set1_epi8(1);
+    for ib in 0..nblocks {
+        let b = w.as_ptr().add(ib * bb);
+        let o = out.as_mut_ptr().add(ib * t.block_elems());
+        match t {
+            QuantType::Q8_0
+            | QuantType::Q4_0
+            | QuantType::Q4_1
+            | QuantType::Q5_0
+            | QuantType::Q5_1 => {
+                let d = f16(b);
+                let (q, m) = match t {
+                    QuantType::Q8_0 => (_mm256_loadu_si256(b.add(2) as *const __m256i), 0.0),
+                    QuantType::Q4_0 => (
+                        _mm256_sub_epi8(nibbles_16(b.add(2)), _mm256_set1_epi8(8)),
+                        0.0,
+                    ),
+                    QuantType::Q4_1 => (nibbles_16(b.add(4)), -f16(b.add(2))),
+                    QuantType::Q5_0 => {
+                        let qh = (b.add(2) as *const u32).read_unaligned();
+                        let q = _mm256_or_si256(nibbles_16(b.add(6)), bits_to_0x10(qh));
+                        (_mm256_sub_epi8(q, _mm256_set1_epi8(16)), 0.0)
+                    }
+                    _ => {
+                        let qh = (b.add(4) as *const u32).read_unaligned();
+                        (
+                            _mm256_or_si256(nibbles_16(b.add(8)), bits_to_0x10(qh)),
+                            -f16(b.add(2)),
+                        )
+                    }
+                };
+                store_dequant(q, (d, m), (d, m), o);
+            }
+            QuantType::Q4K | QuantType::Q5K => {
+                let (d, dmin) = (f16(b), f16(b.add(2)));
+                let sc = std::slice::from_raw_parts(b.add(4), 12);
+                let (qs, qhv) = if t == QuantType::Q4K {
+                    (b.add(16), _mm256_setzero_si256())
+                } else {
+                    (b.add(48), _mm256_loadu_si256(b.add(16) as *const __m256i))
+                };
+                for c in 0..4 {
+                    let q = _mm256_loadu_si256(qs.add(c * 32) as *const __m256i);
+                    let mut lo = _mm256_and_si256(q, low4);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+                    if t == QuantType::Q5K {
+                        let h = _mm256_srl_epi16(qhv, _mm_cvtsi32_si128(2 * c as i32));
+                        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(h, one), 4));
+                        let h1 = _mm256_and_si256(_mm256_srli_epi16(h, 1), one);
+                        hi = _mm256_or_si256(hi, _mm256_slli_epi16(h1, 4));
+                    }
+                    for (j, v) in [(2 * c, lo), (2 * c + 1, hi)] {
+                        let (s, m) = super::quant::scale_min_k4(j, sc);
+                        let f = (d * s as f32, dmin * m as f32);
+                        store_dequant(v, f, f, o.add(32 * j));
+                    }
+                }
+            }
+            QuantType::Q6K => {
+                let d = f16(b.add(208));
+                let scales = std::slice::from_raw_parts(b.add(192) as *const i8, 16);
+                for n in 0..2 {
+                    let ql = b.add(n * 64);
+                    let qh = _mm256_loadu_si256(b.add(128 + n * 32) as *const __m256i);
+                    let l0 = _mm256_loadu_si256(ql as *const __m256i);
+                    let l1 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+                    let h = |s: i32| q6_high(qh, s, three);
+                    let qv = [
+                        _mm256_or_si256(_mm256_and_si256(l0, low4), h(0)),
+                        _mm256_or_si256(_mm256_and_si256(l1, low4), h(2)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), h(4)),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), h(6)),
+                    ];
+                    for (i, q) in qv.into_iter().enumerate() {
+                        let j = n * 4 + i;
+                        let v = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
+                        let (s0, s1) = (d * scales[2 * j] as f32, d * scales[2 * j + 1] as f32);
+                        store_dequant(v, (s0, 0.0), (s1, 0.0), o.add(32 * j));
+                    }
+                }
+            }
+            QuantType::Q2K | QuantType::Q3K => {
+                let q3 = t == QuantType::Q3K;
+                let (qs, hm) = if q3 {
+                    (b.add(32), _mm256_loadu_si256(b as *const __m256i))
+                } else {
+                    (b.add(16), _mm256_setzero_si256())
+                };
+                let (d, dmin) = if q3 {
+                    (f16(b.add(108)), 0.0)
+                } else {
+                    (f16(b.add(80)), f16(b.add(82)))
+                };
+                let factors = |j: usize| -> (f32, f32) {
+                    if q3 {
+                        let sc = std::slice::from_raw_parts(b.add(96), 12);
+                        (d * super::quant::q3k_scale(j, sc) as f32, 0.0)
+                    } else {
+                        let v = *b.add(j);
+                        (d * (v & 0xF) as f32, dmin * (v >> 4) as f32)
+                    }
+                };
+                for n in 0..2 {
+                    let q = _mm256_loadu_si256(qs.add(n * 32) as *const __m256i);
+                    for j in 0..4 {
+                        let c = n * 4 + j;
+                        let sh = _mm_cvtsi32_si128(2 * j as i32);
+                        let mut v = _mm256_and_si256(_mm256_srl_epi16(q, sh), three);
+                        if q3 {
+                            let h = _mm256_srl_epi16(hm, _mm_cvtsi32_si128(c as i32));
+                            let h = _mm256_slli_epi16(_mm256_and_si256(h, one), 2);
+                            v = _mm256_sub_epi8(_mm256_or_si256(v, h), _mm256_set1_epi8(4));
+                        }
+                        store_dequant(v, factors(2 * c), factors(2 * c + 1), o.add(32 * c));
+                    }
+                }
+            }
+        }
+    }
 }

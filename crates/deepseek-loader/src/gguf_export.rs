@@ -55,6 +55,9 @@ impl ExportType {
                 QuantType::Q4_1 => 3,
                 QuantType::Q8_0 => 7,
                 QuantType::Q5_0 => 8,
+                QuantType::Q5_1 => 9,
+                QuantType::Q2K => 10,
+                QuantType::Q3K => 12,
                 QuantType::Q4K => 15,
                 QuantType::Q5K => 17,
                 QuantType::Q6K => 18,
@@ -69,7 +72,9 @@ impl ExportType {
         match self {
             ExportType::Quant(q) if !cols.is_multiple_of(q.block_elems()) => {
                 let fallback = match q {
+                    QuantType::Q2K | QuantType::Q3K => QuantType::Q4_0,
                     QuantType::Q4K => QuantType::Q5_0,
+                    QuantType::Q5K => QuantType::Q5_1,
                     _ => QuantType::Q8_0,
                 };
                 if cols.is_multiple_of(fallback.block_elems()) {
