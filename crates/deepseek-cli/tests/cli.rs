@@ -630,3 +630,71 @@ fn quantized_prefill_on_amx_is_as_accurate_as_the_vnni_kernels() {
     );
     std::fs::remove_dir_all(&tmp).ok();
 }
+
+/// The lower-bit K-quants llama.cpp writes (Q5_K with its Q5_1 fallback rows, Q3_K and Q2_K
+/// with Q4_0 ones), written by `quantize` and run both ways: prefill (on AVX2, dequantized
+/// panels through the f32 GEMM) and token-by-token decode (integer dot products with 8-bit
+/// activations). Both stay near the unquantized model, closer with more bits, and nearer to
+/// each other than to it (the two paths differ only in the activations' rounding).
+#[test]
+fn low_bit_k_quants_prefill_and_decode_agree() {
+    let tmp = std::env::temp_dir().join(format!("deepseek-lowbit-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let ids = "1,400,401,402,1000,1500,2000,2500,3000,3500,4000,300,301,302,303,304,305,306,307,308,309,310,311,312";
+    let logits = |model: Option<&str>, mode: &str, name: &str| {
+        let file = tmp.join(name);
+        let mut args = vec![
+            "forward",
+            "--token-ids",
+            ids,
+            "--mode",
+            mode,
+            "--out",
+            file.to_str().unwrap(),
+        ];
+        if let Some(m) = model {
+            args.extend(["-m", m]);
+        }
+        let out = deepseek(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        read_f32(&file, "logits").1
+    };
+    let reference = logits(None, "prefill", "ref.safetensors");
+    let mean_abs = |a: &[f32], b: &[f32]| {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32
+    };
+    let spread = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let mut errors = vec![];
+    for ty in ["q5_k", "q3_k", "q2_k"] {
+        let gguf = tmp.join(format!("nano-{ty}.gguf"));
+        let out = deepseek(&["quantize", "-t", ty, "-o", gguf.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let prefill = logits(gguf.to_str(), "prefill", &format!("{ty}-p.safetensors"));
+        let decode = logits(gguf.to_str(), "decode", &format!("{ty}-d.safetensors"));
+        let (e_p, e_d, between) = (
+            mean_abs(&prefill, &reference),
+            mean_abs(&decode, &reference),
+            mean_abs(&prefill, &decode),
+        );
+        eprintln!("{ty}: mean |Δlogit| prefill {e_p}, decode {e_d}, between {between} (logits within ±{spread})");
+        assert!(
+            e_p < 0.2 * spread && e_d < 0.2 * spread,
+            "{ty}: {e_p} {e_d}"
+        );
+        assert!(
+            between < 0.5 * e_p.min(e_d),
+            "{ty}: paths differ by {between}"
+        );
+        errors.push(e_p);
+    }
+    assert!(errors[0] < errors[1] && errors[1] < errors[2], "{errors:?}");
+    std::fs::remove_dir_all(&tmp).ok();
+}

@@ -8,6 +8,7 @@
 //! broadcasts one weight per row (8 loads, 12 FMAs), the shape of a BLAS micro-kernel. bf16
 //! rows are widened once per 6-row panel, not once per token tile.
 
+use crate::quant::{self, QuantType};
 use crate::simd::{self, Isa};
 
 /// Tokens per packed tile (two AVX2 registers of f32).
@@ -82,22 +83,60 @@ impl PanelWeight for u16 {
 pub fn gemm_rows<W: PanelWeight>(w: &[W], nr: usize, x: &TokensMajor, out: &mut [f32], ld: usize) {
     let cols = x.cols;
     assert!(w.len() >= nr * cols, "gemm: weights too short");
+    gemm_panels(nr, x, out, ld, |r, rows, panel| {
+        let src = &w[r * cols..(r + rows) * cols];
+        let direct = W::as_f32(src);
+        if direct.is_none() {
+            W::widen(src, &mut panel[..rows * cols]);
+        }
+        direct
+    })
+}
+
+/// [`gemm_rows`] for rows of a GGML block format (`ty.row_bytes(x.cols)` bytes each),
+/// dequantized to f32 one panel at a time: prefill's path for the formats that are not
+/// repacked (Q2_K, Q3_K, Q5_K, Q6_K, Q4_1, Q5_1), whose one-row-at-a-time integer dot products
+/// unpack each block once per four tokens.
+pub fn gemm_rows_quant(
+    ty: QuantType,
+    data: &[u8],
+    nr: usize,
+    x: &TokensMajor,
+    out: &mut [f32],
+    ld: usize,
+) {
+    let (cols, rb) = (x.cols, ty.row_bytes(x.cols));
+    assert!(data.len() >= nr * rb, "gemm: weights too short");
+    gemm_panels(nr, x, out, ld, |r, rows, panel| {
+        for (i, o) in panel[..rows * cols].chunks_exact_mut(cols).enumerate() {
+            quant::dequantize_row(ty, &data[(r + i) * rb..(r + i + 1) * rb], o);
+        }
+        None
+    })
+}
+
+/// The GEMM over panels of up to [`PANEL_ROWS`] rows; `panel(r, rows, buf)` gives rows
+/// `r..r + rows` as f32 (row-major) where they already are, or writes them into `buf`.
+fn gemm_panels<'w>(
+    nr: usize,
+    x: &TokensMajor,
+    out: &mut [f32],
+    ld: usize,
+    panel: impl Fn(usize, usize, &mut [f32]) -> Option<&'w [f32]>,
+) {
+    let cols = x.cols;
     assert!(
         x.n == 0 || nr == 0 || out.len() >= (x.n - 1) * ld + nr,
         "gemm: output too short"
     );
-    let mut panel = vec![0.0f32; PANEL_ROWS * cols];
+    let mut buf = vec![0.0f32; PANEL_ROWS * cols];
     let mut tile = [[0.0f32; TILE_TOKENS]; PANEL_ROWS];
     let mut r = 0;
     while r < nr {
         let rows = (nr - r).min(PANEL_ROWS);
-        let src = &w[r * cols..(r + rows) * cols];
-        let p: &[f32] = match W::as_f32(src) {
+        let p = match panel(r, rows, &mut buf) {
             Some(p) => p,
-            None => {
-                W::widen(src, &mut panel[..rows * cols]);
-                &panel[..rows * cols]
-            }
+            None => &buf[..rows * cols],
         };
         for (ti, xt) in x.data.chunks_exact(cols * TILE_TOKENS).enumerate() {
             let t0 = ti * TILE_TOKENS;

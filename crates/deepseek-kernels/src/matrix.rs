@@ -409,7 +409,8 @@ struct Act<'a> {
     q: Option<QuantizedActivations>,
     split: Option<amx::SplitActivations>,
     bf16: Option<amx::grouped::Bf16Activations>,
-    /// f32/bf16 weights on AVX2 with enough tokens: the tokens-major GEMM's packing.
+    /// f32/bf16 weights, or plain block-format ones, on AVX2 with enough tokens: the
+    /// tokens-major GEMM's packing.
     tokens: Option<gemm::TokensMajor>,
     /// Q4_Kx8 / Q5_0x8 weights on AVX2 with enough tokens: the quantized GEMM's panels of `q`.
     panels: Option<qgemm::Panels>,
@@ -428,8 +429,16 @@ impl<'a> Act<'a> {
             }
             _ => None,
         };
+        // Plain (not repacked) block formats with enough tokens, on AVX2: dequantized panels
+        // through the f32 GEMM instead of integer dot products row by row.
+        let quant_tokens = match w.data {
+            MatrixData::Quant { .. } if !quant::exact_activations() => {
+                gemm::TokensMajor::new(x, n, w.cols)
+            }
+            _ => None,
+        };
         let q = match w.data {
-            _ if quant::exact_activations() || bf16.is_some() => None,
+            _ if quant::exact_activations() || bf16.is_some() || quant_tokens.is_some() => None,
             // The Q4_Kx8 kernels sum each super-block in integers: one scale per 256 values.
             MatrixData::Grouped {
                 layout: repack::Layout::Q4Kx8,
@@ -450,7 +459,7 @@ impl<'a> Act<'a> {
             MatrixData::F32(_) | MatrixData::BF16(_) if split.is_none() => {
                 gemm::TokensMajor::new(x, n, w.cols)
             }
-            _ => None,
+            _ => quant_tokens,
         };
         let panels = match (&w.data, &q) {
             (MatrixData::Grouped { layout, .. }, Some(q)) => qgemm::Panels::new(*layout, q, n),
@@ -519,6 +528,11 @@ fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut 
                     out[t * ld + r] = acc[0];
                 }
             }
+        }
+        MatrixData::Quant { ty, data } if act.tokens.is_some() => {
+            let tk = act.tokens.as_ref().expect("checked");
+            let rb = ty.row_bytes(w.cols);
+            gemm::gemm_rows_quant(*ty, &data.as_slice()[r0 * rb..], nr, tk, out, ld);
         }
         MatrixData::Quant { ty, data } => {
             let rb = ty.row_bytes(w.cols);
