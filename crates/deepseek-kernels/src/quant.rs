@@ -1205,7 +1205,17 @@ mod tests {
     fn dot_is_exact_given_the_activation_rounding() {
         let cols = QK_K * 2;
         let x = rand_vec(cols, 21);
-        let a = QuantizedActivations::new(&x, cols);
+        // Both activation forms: a scale per 32 values, and one per super-block (the Q4_Kx8
+        // kernels' form; every kernel must take either).
+        for a in [
+            QuantizedActivations::new(&x, cols),
+            QuantizedActivations::per_super_block(&x, cols),
+        ] {
+            dot_is_exact_for(&a, cols);
+        }
+    }
+
+    fn dot_is_exact_for(a: &QuantizedActivations, cols: usize) {
         let xq: Vec<f32> = (0..cols).map(|i| a.d[i / QK] * a.qs[i] as f32).collect();
         let w = rand_vec(cols, 22);
         for t in QuantType::ALL {
@@ -1214,7 +1224,7 @@ mod tests {
             let want = dot_row_reference(t, &q, &xq);
             let (ad, s, aq) = a.row(0);
             let generic = dot_row_generic(t, &q, ad, s, aq);
-            let fast = dot_row(t, &q, &a, 0);
+            let fast = dot_row(t, &q, a, 0);
             for g in [generic, fast] {
                 assert!(
                     (g - want).abs() < 1e-4 * (1.0 + want.abs()),

@@ -94,6 +94,26 @@ unsafe fn q6_high(qh: __m256i, s: i32, three: __m256i) -> __m256i {
     _mm256_slli_epi16(_mm256_and_si256(v, three), 4)
 }
 
+/// Q3_K's sixteen 6-bit scales, unpacked four at a time in u32 lanes as ggml does (the same
+/// values as `quant::q3k_scale`, which the tests compare against).
+#[inline(always)]
+unsafe fn q3k_scales(sc: *const u8, out: &mut [i8; 16]) {
+    let word = |i: usize| (sc.add(4 * i) as *const u32).read_unaligned();
+    let (a0, a1, hi) = (word(0), word(1), word(2));
+    let (m4, m2) = (0x0F0F_0F0Fu32, 0x0303_0303u32);
+    let words = [
+        (a0 & m4) | ((hi & m2) << 4),
+        (a1 & m4) | (((hi >> 2) & m2) << 4),
+        ((a0 >> 4) & m4) | (((hi >> 4) & m2) << 4),
+        ((a1 >> 4) & m4) | (((hi >> 6) & m2) << 4),
+    ];
+    for (o, w) in out.chunks_exact_mut(4).zip(words) {
+        for (o, b) in o.iter_mut().zip(w.to_le_bytes()) {
+            *o = b as i8 - 32;
+        }
+    }
+}
+
 /// One activation row: per-32 scales, per-32 sums, int8 values.
 pub type ActRow<'a> = (&'a [f32], &'a [i32], &'a [i8]);
 
@@ -179,26 +199,30 @@ pub unsafe fn dot_rows<B: ByteDot, const T: usize>(
         QuantType::Q2K | QuantType::Q3K => {
             // 2-bit values: value 128n + 32j + l is bits 2j of byte 32n + l; Q3_K adds bit
             // (4n + j) of hmask[l] as a third bit, then subtracts 4. Each 32-value chunk has two
-            // 16-value scales: the dot product's low 128 bits are the first 16 values.
+            // 16-value scales: the byte products' low 128 bits are the first 16 values, so one
+            // `vpmaddwd` with the pair of scales (as i16) applies both, and the activation
+            // block's scale is the chunk's only float factor.
             let three = _mm256_set1_epi8(3);
             let one = _mm256_set1_epi8(1);
             let q3 = t == QuantType::Q3K;
+            let pair = |s0: i8, s1: i8| {
+                _mm256_set_m128i(_mm_set1_epi16(s1 as i16), _mm_set1_epi16(s0 as i16))
+            };
             for sb in 0..nblocks {
                 let b = base.add(sb * bb);
-                let mut scales = [0.0f32; 16];
-                let mut mins = [0.0f32; 16];
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(4 * bb) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(4 * bb + 64) as *const i8);
+                let mut scales = [0i8; 16];
+                let mut mins = [0i8; 16];
                 let (qs, d, dmin, hm) = if q3 {
-                    let sc = std::slice::from_raw_parts(b.add(96), 12);
-                    for (j, s) in scales.iter_mut().enumerate() {
-                        *s = super::quant::q3k_scale(j, sc) as f32;
-                    }
+                    q3k_scales(b.add(96), &mut scales);
                     let hm = _mm256_loadu_si256(b as *const __m256i);
                     (b.add(32), f16(b.add(108)), 0.0, hm)
                 } else {
                     for j in 0..16 {
                         let v = *b.add(j);
-                        scales[j] = (v & 0xF) as f32;
-                        mins[j] = (v >> 4) as f32;
+                        scales[j] = (v & 0xF) as i8;
+                        mins[j] = (v >> 4) as i8;
                     }
                     (
                         b.add(16),
@@ -213,36 +237,35 @@ pub unsafe fn dot_rows<B: ByteDot, const T: usize>(
                         let c = n * 4 + j;
                         let sh = _mm_cvtsi32_si128(2 * j as i32);
                         let low = _mm256_and_si256(_mm256_srl_epi16(q, sh), three);
-                        let wv = if q3 {
+                        let (wu, ws) = if q3 {
                             let h = _mm256_srl_epi16(hm, _mm_cvtsi32_si128(c as i32));
                             let h = _mm256_slli_epi16(_mm256_and_si256(h, one), 2);
-                            _mm256_sub_epi8(_mm256_or_si256(low, h), _mm256_set1_epi8(4))
+                            let v = _mm256_sub_epi8(_mm256_or_si256(low, h), _mm256_set1_epi8(4));
+                            (_mm256_sign_epi8(v, v), v)
                         } else {
-                            low
+                            (low, one)
                         };
-                        let (s0, s1) = (scales[2 * c], scales[2 * c + 1]);
+                        let sc = pair(scales[2 * c], scales[2 * c + 1]);
+                        let mn = pair(mins[2 * c], mins[2 * c + 1]);
                         for (k, a) in acts.iter().enumerate() {
                             let ab = sb * (QK_K / 32) + c;
                             let av = load_a(a, ab);
-                            let p = if q3 {
-                                dot_signed::<B>(wv, av)
-                            } else {
-                                B::dot(_mm256_setzero_si256(), wv, av)
-                            };
+                            // |w| ≤ 4 and |a| ≤ 127: the pairwise i16 sums cannot saturate.
+                            let av_w = if q3 { _mm256_sign_epi8(av, ws) } else { av };
+                            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wu, av_w), sc);
                             let f = d * a.0[ab];
-                            let sv = _mm256_set_m128(_mm_set1_ps(f * s1), _mm_set1_ps(f * s0));
                             let ch = &mut acc[k][j & 1];
-                            *ch = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sv, *ch);
+                            *ch = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f), *ch);
                             if !q3 {
                                 // The mins meet the sums of 16 activations.
-                                let sums = B::dot(_mm256_setzero_si256(), one, av);
+                                let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(one, av), mn);
                                 let fm = -dmin * a.0[ab];
-                                let mv = _mm256_set_m128(
-                                    _mm_set1_ps(fm * mins[2 * c + 1]),
-                                    _mm_set1_ps(fm * mins[2 * c]),
-                                );
                                 let ch = &mut acc[k][(j + 1) & 1];
-                                *ch = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), mv, *ch);
+                                *ch = _mm256_fmadd_ps(
+                                    _mm256_cvtepi32_ps(sums),
+                                    _mm256_set1_ps(fm),
+                                    *ch,
+                                );
                             }
                         }
                     }
@@ -554,6 +577,24 @@ pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
                         store_dequant(v, factors(2 * c), factors(2 * c + 1), o.add(32 * c));
                     }
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn q3k_scales_match_the_plain_unpacking() {
+        for seed in 0..64u32 {
+            let sc: Vec<u8> = (0..12u32)
+                .map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 40503) >> 7) as u8)
+                .collect();
+            let mut got = [0i8; 16];
+            // SAFETY: 12 readable bytes; plain integer code.
+            unsafe { super::q3k_scales(sc.as_ptr(), &mut got) };
+            for (j, &g) in got.iter().enumerate() {
+                assert_eq!(g, crate::quant::q3k_scale(j, &sc), "scale {j} of {sc:?}");
             }
         }
     }
