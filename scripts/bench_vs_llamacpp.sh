@@ -10,7 +10,9 @@
 # sentencepiece (installed into WORKDIR/venv).
 # Env: LAYERS (8), PP (512), TG (128), REPS (3), THREADS (all cores), DEPTHS ("0"), HF=1 to add
 # transformers' decode, TYPES ("bf16 q8_0 q4_k"): quantized types are written by
-# `deepseek quantize` from the same checkpoint, and both engines run that same GGUF file.
+# `deepseek quantize` from the same checkpoint, and both engines run that same GGUF file;
+# upper-case names (Q5_K_M, Q3_K_M, Q2_K, any llama-quantize file type) are written by
+# llama.cpp's own llama-quantize from the bf16 GGUF, the mixes users download.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-/tmp/deepseek-rs-bench}
@@ -76,6 +78,9 @@ llama_bench() {
 for T in ${TYPES:-bf16 q8_0 q4_k}; do
   if [ "$T" = bf16 ]; then
     OURS="$MODEL"; THEIRS="$GGUF"
+  elif [[ "$T" =~ ^[A-Z] ]]; then
+    OURS="$WORK/v2lite-${LAYERS}l-$T.gguf"; THEIRS="$OURS"
+    [ -f "$OURS" ] || "$LCPP/build/bin/llama-quantize" "$GGUF" "$OURS" "$T" >/dev/null 2>&1
   else
     OURS="$WORK/v2lite-${LAYERS}l-$T.gguf"; THEIRS="$OURS"
     [ -f "$OURS" ] || "$DS" quantize --model "$MODEL" --type "$T" --out "$OURS"
