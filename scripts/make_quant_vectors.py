@@ -2,8 +2,8 @@
 `gguf` package's numpy (de)quantizers (the reference llama.cpp ships with its converter).
 
 For types gguf can quantize (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) the vectors hold the input floats, the
-blocks gguf made from them and their dequantization; for the K-quants, which gguf only
-dequantizes, random but valid blocks and their dequantization.
+blocks gguf made from them and their dequantization; for the K-quants and IQ4_NL/IQ4_XS,
+which gguf only dequantizes, random but valid blocks and their dequantization.
 
     pip install gguf==0.19.0 numpy; python scripts/make_quant_vectors.py
 """
@@ -60,6 +60,20 @@ def kblock_low(name):
 for name in ["Q2_K", "Q3_K"]:
     t = getattr(T, name)
     raw = b"".join(kblock_low(name) for _ in range(3))
+    q = np.frombuffer(raw, dtype=np.uint8).reshape(1, -1)
+    deq = quants.dequantize(q, t).reshape(-1)
+    out[name] = {"blocks": raw.hex(), "dequant": deq.tolist()}
+
+def iq4_block(name):
+    if name == "IQ4_NL":
+        return f16(rng.uniform(0.0005, 0.01)) + rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
+    if name == "IQ4_XS":
+        return f16(rng.uniform(0.0005, 0.01)) + rng.integers(0, 256, 2 + 4 + 128, dtype=np.uint8).tobytes()
+    raise ValueError(name)
+
+for name in ["IQ4_NL", "IQ4_XS"]:
+    t = getattr(T, name)
+    raw = b"".join(iq4_block(name) for _ in range(3 if name == "IQ4_XS" else 6))
     q = np.frombuffer(raw, dtype=np.uint8).reshape(1, -1)
     deq = quants.dequantize(q, t).reshape(-1)
     out[name] = {"blocks": raw.hex(), "dequant": deq.tolist()}

@@ -25,10 +25,19 @@ pub enum QuantType {
     Q4K,
     Q5K,
     Q6K,
+    /// 4-bit indices into a fixed non-linear table of int8 levels, an f16 scale per 32 values.
+    IQ4NL,
+    /// IQ4_NL's levels in 256-value super-blocks with a 6-bit signed scale per 32 values.
+    IQ4XS,
 }
 
+/// The levels IQ4_NL and IQ4_XS index (llama.cpp's `kvalues_iq4nl`).
+pub(crate) const IQ4_LEVELS: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
 impl QuantType {
-    pub const ALL: [QuantType; 10] = [
+    pub const ALL: [QuantType; 12] = [
         QuantType::Q8_0,
         QuantType::Q4_0,
         QuantType::Q4_1,
@@ -39,6 +48,8 @@ impl QuantType {
         QuantType::Q4K,
         QuantType::Q5K,
         QuantType::Q6K,
+        QuantType::IQ4NL,
+        QuantType::IQ4XS,
     ];
 
     /// Values per block.
@@ -48,10 +59,14 @@ impl QuantType {
             | QuantType::Q4_0
             | QuantType::Q4_1
             | QuantType::Q5_0
-            | QuantType::Q5_1 => QK,
-            QuantType::Q2K | QuantType::Q3K | QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => {
-                QK_K
-            }
+            | QuantType::Q5_1
+            | QuantType::IQ4NL => QK,
+            QuantType::Q2K
+            | QuantType::Q3K
+            | QuantType::Q4K
+            | QuantType::Q5K
+            | QuantType::Q6K
+            | QuantType::IQ4XS => QK_K,
         }
     }
 
@@ -68,6 +83,8 @@ impl QuantType {
             QuantType::Q4K => 2 + 2 + 12 + 128,
             QuantType::Q5K => 2 + 2 + 12 + 32 + 128,
             QuantType::Q6K => 128 + 64 + 16 + 2,
+            QuantType::IQ4NL => 2 + 16,
+            QuantType::IQ4XS => 2 + 2 + 4 + 128,
         }
     }
 
@@ -89,6 +106,8 @@ impl QuantType {
             QuantType::Q4K => 12,
             QuantType::Q5K => 13,
             QuantType::Q6K => 14,
+            QuantType::IQ4NL => 20,
+            QuantType::IQ4XS => 23,
         }
     }
 
@@ -108,6 +127,8 @@ impl QuantType {
             QuantType::Q4K => "q4_k",
             QuantType::Q5K => "q5_k",
             QuantType::Q6K => "q6_k",
+            QuantType::IQ4NL => "iq4_nl",
+            QuantType::IQ4XS => "iq4_xs",
         }
     }
 
@@ -195,6 +216,13 @@ fn unpack_32(t: QuantType, b: &[u8], q: &mut [i8; QK]) -> f32 {
                 let h1 = (qh >> (j + 12)) as u8 & 0x10;
                 q[j] = ((qs[j] & 0xF) | h0) as i8 - off;
                 q[j + 16] = ((qs[j] >> 4) | h1) as i8 - off;
+            }
+        }
+        QuantType::IQ4NL => {
+            let qs = &b[2..18];
+            for j in 0..16 {
+                q[j] = IQ4_LEVELS[(qs[j] & 0xF) as usize];
+                q[j + 16] = IQ4_LEVELS[(qs[j] >> 4) as usize];
             }
         }
         _ => unreachable!("unpack_32 on a K-quant"),
@@ -303,6 +331,24 @@ fn unpack_k(t: QuantType, b: &[u8], k: &mut KBlock) {
                 *q = low - if high == 0 { 4 } else { 0 };
             }
         }
+        QuantType::IQ4XS => {
+            // Per 32 values a 6-bit scale (low 4 bits in scales_l, top 2 in scales_h), stored
+            // + 32; the two 16-value halves of `scales16` get the same one.
+            k.d = f16_at(b, 0);
+            let sh = u16::from_le_bytes([b[2], b[3]]);
+            let (sl, qs) = (&b[4..8], &b[8..136]);
+            for ib in 0..8 {
+                let ls =
+                    ((sl[ib / 2] >> (4 * (ib % 2))) & 0xF) | ((((sh >> (2 * ib)) & 3) as u8) << 4);
+                k.scales16[2 * ib] = ls as i8 - 32;
+                k.scales16[2 * ib + 1] = ls as i8 - 32;
+                for j in 0..16 {
+                    let v = qs[ib * 16 + j];
+                    k.q[ib * 32 + j] = IQ4_LEVELS[(v & 0xF) as usize];
+                    k.q[ib * 32 + 16 + j] = IQ4_LEVELS[(v >> 4) as usize];
+                }
+            }
+        }
         _ => unreachable!("unpack_k on a 32-wide format"),
     }
 }
@@ -359,11 +405,16 @@ pub fn dequantize_row_plain(t: QuantType, bytes: &[u8], out: &mut [f32]) {
     assert_eq!(out.len() % be, 0);
     assert!(bytes.len() >= out.len() / be * bb);
     match t {
-        QuantType::Q2K | QuantType::Q3K | QuantType::Q4K | QuantType::Q5K | QuantType::Q6K => {
+        QuantType::Q2K
+        | QuantType::Q3K
+        | QuantType::Q4K
+        | QuantType::Q5K
+        | QuantType::Q6K
+        | QuantType::IQ4XS => {
             let mut k = KBlock::new();
             for (o, b) in out.chunks_exact_mut(QK_K).zip(bytes.chunks_exact(bb)) {
                 unpack_k(t, b, &mut k);
-                if matches!(t, QuantType::Q6K | QuantType::Q3K) {
+                if matches!(t, QuantType::Q6K | QuantType::Q3K | QuantType::IQ4XS) {
                     for (i, v) in o.iter_mut().enumerate() {
                         *v = k.d * k.scales16[i / 16] as f32 * k.q[i] as f32;
                     }
@@ -585,7 +636,7 @@ pub(crate) fn dot_rows_unpacked<D: IntDot, const T: usize>(
                 }
             }
         }
-        QuantType::Q6K | QuantType::Q3K | QuantType::Q2K => {
+        QuantType::Q6K | QuantType::Q3K | QuantType::Q2K | QuantType::IQ4XS => {
             let mut k = KBlock::new();
             for (sb, b) in w.chunks_exact(bb).enumerate() {
                 unpack_k(t, b, &mut k);
@@ -795,8 +846,84 @@ pub fn quantize_row(t: QuantType, x: &[f32], out: &mut [u8]) {
             QuantType::Q3K => quantize_q3k(xb, ob),
             QuantType::Q4K | QuantType::Q5K => quantize_k_minmax(t, xb, ob),
             QuantType::Q6K => quantize_q6k(xb, ob),
+            QuantType::IQ4NL => {
+                let d = iq4_scale(xb);
+                put_f16(ob, 0, d);
+                let mut q = [0u8; QK];
+                iq4_indices(xb, f16_at(ob, 0), &mut q);
+                for j in 0..16 {
+                    ob[2 + j] = q[j] | (q[j + 16] << 4);
+                }
+            }
+            QuantType::IQ4XS => quantize_iq4xs(xb, ob),
         }
     }
+}
+
+/// An IQ4 scale for `x`: its value of largest magnitude on the table's -127 or on its 113,
+/// whichever fits `x` with the smaller squared error.
+fn iq4_scale(x: &[f32]) -> f32 {
+    let max = x
+        .iter()
+        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let err = |d: f32| -> f32 {
+        let mut q = vec![0u8; x.len()];
+        iq4_indices(x, d, &mut q);
+        x.iter()
+            .zip(&q)
+            .map(|(&v, &i)| (v - d * IQ4_LEVELS[i as usize] as f32).powi(2))
+            .sum()
+    };
+    let (a, b) = (max / -127.0, max / 113.0);
+    if err(b) < err(a) {
+        b
+    } else {
+        a
+    }
+}
+
+/// The nearest level of `x / d` for each value (index 8, the level 1, for a zero scale).
+fn iq4_indices(x: &[f32], d: f32, q: &mut [u8]) {
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (o, &v) in q.iter_mut().zip(x) {
+        let y = v * id;
+        let mut best = 0;
+        for (i, &l) in IQ4_LEVELS.iter().enumerate() {
+            if (y - l as f32).abs() < (y - IQ4_LEVELS[best] as f32).abs() {
+                best = i;
+            }
+        }
+        *o = best as u8;
+    }
+}
+
+/// IQ4_XS: per 32 values IQ4_NL's scale choice, the eight scales quantized to 6 signed bits
+/// against the super-block's `d` (largest magnitude on -32).
+fn quantize_iq4xs(x: &[f32], out: &mut [u8]) {
+    let mut sc = [0.0f32; 8];
+    for (ib, s) in sc.iter_mut().enumerate() {
+        *s = iq4_scale(&x[ib * 32..(ib + 1) * 32]);
+    }
+    let max_sc = sc
+        .iter()
+        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    put_f16(out, 0, max_sc / -32.0);
+    let d = f16_at(out, 0);
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut sh = 0u16;
+    out[4..8].fill(0);
+    for ib in 0..8 {
+        let ls = ((sc[ib] * id).round() as i32).clamp(-32, 31);
+        let stored = (ls + 32) as u8;
+        out[4 + ib / 2] |= (stored & 0xF) << (4 * (ib % 2));
+        sh |= ((stored >> 4) as u16) << (2 * ib);
+        let mut q = [0u8; 32];
+        iq4_indices(&x[ib * 32..(ib + 1) * 32], d * ls as f32, &mut q);
+        for j in 0..16 {
+            out[8 + ib * 16 + j] = q[j] | (q[j + 16] << 4);
+        }
+    }
+    out[2..4].copy_from_slice(&sh.to_le_bytes());
 }
 
 /// Q2_K: per 16-value sub-block an affine (scale, min) fit by min/max over 0..3, the scales
@@ -1137,7 +1264,7 @@ mod tests {
                 QuantType::Q2K => 80..84,
                 QuantType::Q3K => 108..110,
                 QuantType::Q6K => 208..210,
-                _ => 0..2,
+                _ => 0..2, // Q8_0, Q4_0, Q5_0, IQ4_NL; IQ4_XS's d (its scales_h are random)
             };
             let bb = t.block_bytes();
             for (n, b) in noise.chunks_exact_mut(bb).zip(q.chunks_exact(bb)) {
@@ -1186,6 +1313,8 @@ mod tests {
             (QuantType::Q5_1, 0.04),
             (QuantType::Q3K, 0.3), // 8 levels: a step of a quarter to a third of the extreme
             (QuantType::Q2K, 0.4),
+            (QuantType::IQ4NL, 0.12), // the levels are up to 24 apart (of 127) at the ends
+            (QuantType::IQ4XS, 0.12),
         ] {
             let mut q = vec![0u8; t.row_bytes(x.len())];
             quantize_row(t, &x, &mut q);

@@ -70,6 +70,13 @@ unsafe fn nibbles_16(p: *const u8) -> __m256i {
     _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
 }
 
+/// IQ4's 4-bit indices (one per byte) → their int8 levels, by a byte shuffle of the table.
+#[inline(always)]
+unsafe fn iq4_levels(idx: __m256i) -> __m256i {
+    let t = _mm_loadu_si128(super::quant::IQ4_LEVELS.as_ptr() as *const __m128i);
+    _mm256_shuffle_epi8(_mm256_set_m128i(t, t), idx)
+}
+
 /// 32 bits → 32 bytes holding 0x10 where the bit is set (Q5_0's fifth bits).
 #[inline(always)]
 unsafe fn bits_to_0x10(bits: u32) -> __m256i {
@@ -122,8 +129,8 @@ unsafe fn load_a(a: &ActRow, block: usize) -> __m256i {
     _mm256_loadu_si256(a.2.as_ptr().add(block * 32) as *const __m256i)
 }
 
-/// The 32-wide formats, `KIND` 0..5 = Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 (a constant, so each format
-/// gets its own loop), two blocks per iteration. Q4_1 and Q5_1 are unsigned with a min.
+/// The 32-wide formats, `KIND` 0..6 = Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL (a constant, so each
+/// format gets its own loop), two blocks per iteration. Q4_1 and Q5_1 are unsigned with a min.
 #[inline(always)]
 unsafe fn dot32<B: ByteDot, const T: usize, const KIND: u8>(
     base: *const u8,
@@ -132,7 +139,7 @@ unsafe fn dot32<B: ByteDot, const T: usize, const KIND: u8>(
     acc: &mut [[__m256; 2]; T],
     extra: &mut [f32; T],
 ) {
-    let bb = [34, 18, 20, 22, 24][KIND as usize];
+    let bb = [34, 18, 20, 22, 24, 18][KIND as usize];
     let with_min = KIND == 2 || KIND == 4;
     let unpack = |b: *const u8| match KIND {
         0 => _mm256_loadu_si256(b.add(2) as *const __m256i),
@@ -142,6 +149,7 @@ unsafe fn dot32<B: ByteDot, const T: usize, const KIND: u8>(
             let qh = (b.add(4) as *const u32).read_unaligned();
             _mm256_or_si256(nibbles_16(b.add(8)), bits_to_0x10(qh))
         }
+        5 => iq4_levels(nibbles_16(b.add(2))),
         _ => {
             let qh = (b.add(2) as *const u32).read_unaligned();
             let q = _mm256_or_si256(nibbles_16(b.add(6)), bits_to_0x10(qh));
@@ -196,6 +204,27 @@ pub unsafe fn dot_rows<B: ByteDot, const T: usize>(
         QuantType::Q4_1 => dot32::<B, T, 2>(base, nblocks, acts, &mut acc, &mut extra),
         QuantType::Q5_0 => dot32::<B, T, 3>(base, nblocks, acts, &mut acc, &mut extra),
         QuantType::Q5_1 => dot32::<B, T, 4>(base, nblocks, acts, &mut acc, &mut extra),
+        QuantType::IQ4NL => dot32::<B, T, 5>(base, nblocks, acts, &mut acc, &mut extra),
+        QuantType::IQ4XS => {
+            for sb in 0..nblocks {
+                let b = base.add(sb * bb);
+                let d = f16(b);
+                let sh = (b.add(2) as *const u16).read_unaligned();
+                for ib in 0..8 {
+                    let sl = (*b.add(4 + ib / 2) >> (4 * (ib % 2))) & 0xF;
+                    let ls = (sl | ((((sh >> (2 * ib)) & 3) as u8) << 4)) as i32 - 32;
+                    let wv = iq4_levels(nibbles_16(b.add(8 + 16 * ib)));
+                    for (k, a) in acts.iter().enumerate() {
+                        let ab = sb * (QK_K / 32) + ib;
+                        // |level| ≤ 127: the sign trick's pairwise i16 sums stay in range.
+                        let p = dot_signed::<B>(wv, load_a(a, ab));
+                        let f = _mm256_set1_ps(d * ls as f32 * a.0[ab]);
+                        let ch = &mut acc[k][ib & 1];
+                        *ch = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), f, *ch);
+                    }
+                }
+            }
+        }
         QuantType::Q2K | QuantType::Q3K => {
             // 2-bit values: value 128n + 32j + l is bits 2j of byte 32n + l; Q3_K adds bit
             // (4n + j) of hmask[l] as a third bit, then subtracts 4. Each 32-value chunk has two
@@ -470,7 +499,8 @@ pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
             | QuantType::Q4_0
             | QuantType::Q4_1
             | QuantType::Q5_0
-            | QuantType::Q5_1 => {
+            | QuantType::Q5_1
+            | QuantType::IQ4NL => {
                 let d = f16(b);
                 let (q, m) = match t {
                     QuantType::Q8_0 => (_mm256_loadu_si256(b.add(2) as *const __m256i), 0.0),
@@ -479,6 +509,7 @@ pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
                         0.0,
                     ),
                     QuantType::Q4_1 => (nibbles_16(b.add(4)), -f16(b.add(2))),
+                    QuantType::IQ4NL => (iq4_levels(nibbles_16(b.add(2))), 0.0),
                     QuantType::Q5_0 => {
                         let qh = (b.add(2) as *const u32).read_unaligned();
                         let q = _mm256_or_si256(nibbles_16(b.add(6)), bits_to_0x10(qh));
@@ -540,6 +571,17 @@ pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
                         let (s0, s1) = (d * scales[2 * j] as f32, d * scales[2 * j + 1] as f32);
                         store_dequant(v, (s0, 0.0), (s1, 0.0), o.add(32 * j));
                     }
+                }
+            }
+            QuantType::IQ4XS => {
+                let d = f16(b);
+                let sh = (b.add(2) as *const u16).read_unaligned();
+                for ib in 0..8 {
+                    let sl = (*b.add(4 + ib / 2) >> (4 * (ib % 2))) & 0xF;
+                    let ls = (sl | ((((sh >> (2 * ib)) & 3) as u8) << 4)) as i32 - 32;
+                    let v = iq4_levels(nibbles_16(b.add(8 + 16 * ib)));
+                    let f = (d * ls as f32, 0.0);
+                    store_dequant(v, f, f, o.add(32 * ib));
                 }
             }
             QuantType::Q2K | QuantType::Q3K => {

@@ -61,6 +61,8 @@ impl ExportType {
                 QuantType::Q4K => 15,
                 QuantType::Q5K => 17,
                 QuantType::Q6K => 18,
+                QuantType::IQ4NL => 25,
+                QuantType::IQ4XS => 30,
             },
         }
     }
@@ -75,6 +77,7 @@ impl ExportType {
                     QuantType::Q2K | QuantType::Q3K => QuantType::Q4_0,
                     QuantType::Q4K => QuantType::Q5_0,
                     QuantType::Q5K => QuantType::Q5_1,
+                    QuantType::IQ4XS => QuantType::IQ4NL,
                     _ => QuantType::Q8_0,
                 };
                 if cols.is_multiple_of(fallback.block_elems()) {

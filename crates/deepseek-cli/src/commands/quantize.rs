@@ -14,10 +14,12 @@ use crate::common::ModelArg;
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
-    /// Weight type: q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q5_1, q5_0, q4_1, q4_0, bf16, f16 or
-    /// f32. Rows that are not a whole number of K-quant blocks (256) fall back as llama.cpp's
-    /// do: q8_0 for q6_k, q5_1 for q5_k, q5_0 for q4_k, q4_0 for q3_k and q2_k; norms and the
-    /// router stay f32.
+    /// Weight type: q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, iq4_xs, iq4_nl, q5_1, q5_0, q4_1, q4_0,
+    /// bf16, f16 or f32. Rows that are not a whole number of 256-value blocks fall back as
+    /// llama.cpp's do: q8_0 for q6_k, q5_1 for q5_k, q5_0 for q4_k, q4_0 for q3_k and q2_k,
+    /// iq4_nl for iq4_xs; norms and the router stay f32. The K-quant and IQ4 scales come from
+    /// a plain min/max (or two-candidate) fit, not llama.cpp's search: the same formats, a
+    /// little less accurate.
     #[arg(long = "type", short = 't', value_name = "TYPE")]
     ty: String,
     /// The GGUF file to write.
@@ -28,7 +30,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let target = ExportType::parse(&a.ty).with_context(|| {
         format!(
-            "--type `{}` is not one of q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, q5_1, q5_0, q4_1, q4_0, bf16, f16, f32",
+            "--type `{}` is not one of q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, iq4_xs, iq4_nl, q5_1, q5_0, q4_1, q4_0, bf16, f16, f32",
             a.ty
         )
     })?;
