@@ -95,8 +95,8 @@ pub fn gemm_rows<W: PanelWeight>(w: &[W], nr: usize, x: &TokensMajor, out: &mut 
 
 /// [`gemm_rows`] for rows of a GGML block format (`ty.row_bytes(x.cols)` bytes each),
 /// dequantized to f32 one panel at a time: prefill's path for the formats that are not
-/// repacked (Q2_K, Q3_K, Q5_K, Q6_K, Q4_1, Q5_1), whose one-row-at-a-time integer dot products
-/// unpack each block once per four tokens.
+/// repacked (Q2_K, Q3_K, Q5_K, Q6_K, Q4_1, Q5_1, IQ4_NL, IQ4_XS), whose one-row-at-a-time
+/// integer dot products unpack each block once per four tokens.
 pub fn gemm_rows_quant(
     ty: QuantType,
     data: &[u8],
