@@ -101,6 +101,46 @@ unsafe fn q6_high(qh: __m256i, s: i32, three: __m256i) -> __m256i {
     _mm256_slli_epi16(_mm256_and_si256(v, three), 4)
 }
 
+/// Half `n` (0 or 1) of a Q6_K super-block at `b`: its four 32-value chunks as signed bytes
+/// (chunk `i` holds values 128n + 32i ..).
+#[inline(always)]
+unsafe fn q6k_half(b: *const u8, n: usize) -> [__m256i; 4] {
+    let (low4, three, off) = (
+        _mm256_set1_epi8(0x0F),
+        _mm256_set1_epi8(3),
+        _mm256_set1_epi8(32),
+    );
+    let ql = b.add(n * 64);
+    let qh = _mm256_loadu_si256(b.add(128 + n * 32) as *const __m256i);
+    let l0 = _mm256_loadu_si256(ql as *const __m256i);
+    let l1 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
+    let h = |s: i32| q6_high(qh, s, three);
+    [
+        _mm256_or_si256(_mm256_and_si256(l0, low4), h(0)),
+        _mm256_or_si256(_mm256_and_si256(l1, low4), h(2)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), h(4)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), h(6)),
+    ]
+    .map(|q| _mm256_sub_epi8(q, off))
+}
+
+/// Chunk `c` (0..8) of a Q2_K/Q3_K super-block as bytes: `q` the 32 bytes of 2-bit values of
+/// its half, `hm` Q3_K's hmask (its bit `c` is the third bit; the value then less 4, signed)
+/// or `None` for Q2_K (unsigned 0..3).
+#[inline(always)]
+unsafe fn q23k_chunk(q: __m256i, hm: Option<__m256i>, c: usize) -> __m256i {
+    let sh = _mm_cvtsi32_si128(2 * (c % 4) as i32);
+    let low = _mm256_and_si256(_mm256_srl_epi16(q, sh), _mm256_set1_epi8(3));
+    match hm {
+        Some(hm) => {
+            let h = _mm256_srl_epi16(hm, _mm_cvtsi32_si128(c as i32));
+            let h = _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(1)), 2);
+            _mm256_sub_epi8(_mm256_or_si256(low, h), _mm256_set1_epi8(4))
+        }
+        None => low,
+    }
+}
+
 /// Q3_K's sixteen 6-bit scales, unpacked four at a time in u32 lanes as ggml does (the same
 /// values as `quant::q3k_scale`, which the tests compare against).
 #[inline(always)]
@@ -231,7 +271,6 @@ pub unsafe fn dot_rows<B: ByteDot, const T: usize>(
             // 16-value scales: the byte products' low 128 bits are the first 16 values, so one
             // `vpmaddwd` with the pair of scales (as i16) applies both, and the activation
             // block's scale is the chunk's only float factor.
-            let three = _mm256_set1_epi8(3);
             let one = _mm256_set1_epi8(1);
             let q3 = t == QuantType::Q3K;
             let pair = |s0: i8, s1: i8| {
@@ -264,15 +303,11 @@ pub unsafe fn dot_rows<B: ByteDot, const T: usize>(
                     let q = _mm256_loadu_si256(qs.add(n * 32) as *const __m256i);
                     for j in 0..4 {
                         let c = n * 4 + j;
-                        let sh = _mm_cvtsi32_si128(2 * j as i32);
-                        let low = _mm256_and_si256(_mm256_srl_epi16(q, sh), three);
+                        let v = q23k_chunk(q, q3.then_some(hm), c);
                         let (wu, ws) = if q3 {
-                            let h = _mm256_srl_epi16(hm, _mm_cvtsi32_si128(c as i32));
-                            let h = _mm256_slli_epi16(_mm256_and_si256(h, one), 2);
-                            let v = _mm256_sub_epi8(_mm256_or_si256(low, h), _mm256_set1_epi8(4));
                             (_mm256_sign_epi8(v, v), v)
                         } else {
-                            (low, one)
+                            (v, one)
                         };
                         let sc = pair(scales[2 * c], scales[2 * c + 1]);
                         let mn = pair(mins[2 * c], mins[2 * c + 1]);
@@ -367,27 +402,13 @@ pub unsafe fn dot_rows<B: ByteDot, const T: usize>(
             }
         }
         QuantType::Q6K => {
-            let low4 = _mm256_set1_epi8(0x0F);
-            let three = _mm256_set1_epi8(3);
-            let off = _mm256_set1_epi8(32);
             for sb in 0..nblocks {
                 let b = base.add(sb * bb);
                 let d = f16(b.add(208));
                 let scales = std::slice::from_raw_parts(b.add(192) as *const i8, 16);
                 for n in 0..2 {
-                    let ql = b.add(n * 64);
-                    let qh = _mm256_loadu_si256(b.add(128 + n * 32) as *const __m256i);
-                    let l0 = _mm256_loadu_si256(ql as *const __m256i);
-                    let l1 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
-                    let h = |s: i32| q6_high(qh, s, three);
-                    let qv = [
-                        _mm256_or_si256(_mm256_and_si256(l0, low4), h(0)),
-                        _mm256_or_si256(_mm256_and_si256(l1, low4), h(2)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), h(4)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), h(6)),
-                    ];
-                    for (i, q) in qv.iter().enumerate() {
-                        let w8 = _mm256_sub_epi8(*q, off);
+                    let qv = q6k_half(b, n);
+                    for (i, &w8) in qv.iter().enumerate() {
                         let j = n * 4 + i; // 32-value sub-block within the super-block
                         let (s0, s1) = (scales[2 * j] as f32, scales[2 * j + 1] as f32);
                         for (k, a) in acts.iter().enumerate() {
@@ -489,7 +510,6 @@ pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
     let nblocks = out.len() / t.block_elems();
     assert!(w.len() >= nblocks * bb);
     let low4 = _mm256_set1_epi8(0x0F);
-    let three = _mm256_set1_epi8(3);
     let one = _mm256_set1_epi8(1);
     for ib in 0..nblocks {
         let b = w.as_ptr().add(ib * bb);
@@ -554,20 +574,9 @@ pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
                 let d = f16(b.add(208));
                 let scales = std::slice::from_raw_parts(b.add(192) as *const i8, 16);
                 for n in 0..2 {
-                    let ql = b.add(n * 64);
-                    let qh = _mm256_loadu_si256(b.add(128 + n * 32) as *const __m256i);
-                    let l0 = _mm256_loadu_si256(ql as *const __m256i);
-                    let l1 = _mm256_loadu_si256(ql.add(32) as *const __m256i);
-                    let h = |s: i32| q6_high(qh, s, three);
-                    let qv = [
-                        _mm256_or_si256(_mm256_and_si256(l0, low4), h(0)),
-                        _mm256_or_si256(_mm256_and_si256(l1, low4), h(2)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), h(4)),
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), h(6)),
-                    ];
-                    for (i, q) in qv.into_iter().enumerate() {
+                    let qv = q6k_half(b, n);
+                    for (i, v) in qv.into_iter().enumerate() {
                         let j = n * 4 + i;
-                        let v = _mm256_sub_epi8(q, _mm256_set1_epi8(32));
                         let (s0, s1) = (d * scales[2 * j] as f32, d * scales[2 * j + 1] as f32);
                         store_dequant(v, (s0, 0.0), (s1, 0.0), o.add(32 * j));
                     }
@@ -609,13 +618,7 @@ pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
                     let q = _mm256_loadu_si256(qs.add(n * 32) as *const __m256i);
                     for j in 0..4 {
                         let c = n * 4 + j;
-                        let sh = _mm_cvtsi32_si128(2 * j as i32);
-                        let mut v = _mm256_and_si256(_mm256_srl_epi16(q, sh), three);
-                        if q3 {
-                            let h = _mm256_srl_epi16(hm, _mm_cvtsi32_si128(c as i32));
-                            let h = _mm256_slli_epi16(_mm256_and_si256(h, one), 2);
-                            v = _mm256_sub_epi8(_mm256_or_si256(v, h), _mm256_set1_epi8(4));
-                        }
+                        let v = q23k_chunk(q, q3.then_some(hm), c);
                         store_dequant(v, factors(2 * c), factors(2 * c + 1), o.add(32 * c));
                     }
                 }
