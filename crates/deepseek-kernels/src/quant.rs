@@ -867,10 +867,11 @@ fn iq4_scale(x: &[f32]) -> f32 {
         .iter()
         .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
     let err = |d: f32| -> f32 {
-        let mut q = vec![0u8; x.len()];
-        iq4_indices(x, d, &mut q);
+        let mut q = [0u8; QK];
+        let q = &mut q[..x.len()]; // a 32-value block (IQ4_NL) or sub-block (IQ4_XS)
+        iq4_indices(x, d, q);
         x.iter()
-            .zip(&q)
+            .zip(q.iter())
             .map(|(&v, &i)| (v - d * IQ4_LEVELS[i as usize] as f32).powi(2))
             .sum()
     };

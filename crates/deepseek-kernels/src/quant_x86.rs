@@ -169,6 +169,36 @@ unsafe fn load_a(a: &ActRow, block: usize) -> __m256i {
     _mm256_loadu_si256(a.2.as_ptr().add(block * 32) as *const __m256i)
 }
 
+/// The `KIND` (see [`dot32`]) block at `b` as 32 bytes: signed values, or unsigned ones for
+/// Q4_1 and Q5_1 (whose min is their second f16).
+#[inline(always)]
+unsafe fn unpack32<const KIND: u8>(b: *const u8) -> __m256i {
+    match KIND {
+        0 => _mm256_loadu_si256(b.add(2) as *const __m256i),
+        1 => _mm256_sub_epi8(nibbles_16(b.add(2)), _mm256_set1_epi8(8)),
+        2 => nibbles_16(b.add(4)),
+        4 => {
+            let qh = (b.add(4) as *const u32).read_unaligned();
+            _mm256_or_si256(nibbles_16(b.add(8)), bits_to_0x10(qh))
+        }
+        5 => iq4_levels(nibbles_16(b.add(2))),
+        _ => {
+            let qh = (b.add(2) as *const u32).read_unaligned();
+            let q = _mm256_or_si256(nibbles_16(b.add(6)), bits_to_0x10(qh));
+            _mm256_sub_epi8(q, _mm256_set1_epi8(16))
+        }
+    }
+}
+
+/// IQ4_XS's signed scale of 32-value block `ib` of the super-block at `b` (low 4 bits in
+/// scales_l, top 2 in scales_h, stored + 32).
+#[inline(always)]
+unsafe fn iq4xs_scale(b: *const u8, ib: usize) -> i32 {
+    let sh = (b.add(2) as *const u16).read_unaligned();
+    let sl = (*b.add(4 + ib / 2) >> (4 * (ib % 2))) & 0xF;
+    (sl | ((((sh >> (2 * ib)) & 3) as u8) << 4)) as i32 - 32
+}
+
 /// The 32-wide formats, `KIND` 0..6 = Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL (a constant, so each
 /// format gets its own loop), two blocks per iteration. Q4_1 and Q5_1 are unsigned with a min.
 #[inline(always)]
@@ -181,21 +211,7 @@ unsafe fn dot32<B: ByteDot, const T: usize, const KIND: u8>(
 ) {
     let bb = [34, 18, 20, 22, 24, 18][KIND as usize];
     let with_min = KIND == 2 || KIND == 4;
-    let unpack = |b: *const u8| match KIND {
-        0 => _mm256_loadu_si256(b.add(2) as *const __m256i),
-        1 => _mm256_sub_epi8(nibbles_16(b.add(2)), _mm256_set1_epi8(8)),
-        2 => nibbles_16(b.add(4)), // unsigned, plus a min
-        4 => {
-            let qh = (b.add(4) as *const u32).read_unaligned();
-            _mm256_or_si256(nibbles_16(b.add(8)), bits_to_0x10(qh))
-        }
-        5 => iq4_levels(nibbles_16(b.add(2))),
-        _ => {
-            let qh = (b.add(2) as *const u32).read_unaligned();
-            let q = _mm256_or_si256(nibbles_16(b.add(6)), bits_to_0x10(qh));
-            _mm256_sub_epi8(q, _mm256_set1_epi8(16))
-        }
-    };
+    let unpack = |b: *const u8| unpack32::<KIND>(b);
     let mut ib = 0;
     while ib < nblocks {
         let pair = if ib + 1 < nblocks { 2 } else { 1 };
@@ -249,10 +265,8 @@ pub unsafe fn dot_rows<B: ByteDot, const T: usize>(
             for sb in 0..nblocks {
                 let b = base.add(sb * bb);
                 let d = f16(b);
-                let sh = (b.add(2) as *const u16).read_unaligned();
                 for ib in 0..8 {
-                    let sl = (*b.add(4 + ib / 2) >> (4 * (ib % 2))) & 0xF;
-                    let ls = (sl | ((((sh >> (2 * ib)) & 3) as u8) << 4)) as i32 - 32;
+                    let ls = iq4xs_scale(b, ib);
                     let wv = iq4_levels(nibbles_16(b.add(8 + 16 * ib)));
                     for (k, a) in acts.iter().enumerate() {
                         let ab = sb * (QK_K / 32) + ib;
@@ -522,27 +536,16 @@ pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
             | QuantType::Q5_1
             | QuantType::IQ4NL => {
                 let d = f16(b);
-                let (q, m) = match t {
-                    QuantType::Q8_0 => (_mm256_loadu_si256(b.add(2) as *const __m256i), 0.0),
-                    QuantType::Q4_0 => (
-                        _mm256_sub_epi8(nibbles_16(b.add(2)), _mm256_set1_epi8(8)),
-                        0.0,
-                    ),
-                    QuantType::Q4_1 => (nibbles_16(b.add(4)), -f16(b.add(2))),
-                    QuantType::IQ4NL => (iq4_levels(nibbles_16(b.add(2))), 0.0),
-                    QuantType::Q5_0 => {
-                        let qh = (b.add(2) as *const u32).read_unaligned();
-                        let q = _mm256_or_si256(nibbles_16(b.add(6)), bits_to_0x10(qh));
-                        (_mm256_sub_epi8(q, _mm256_set1_epi8(16)), 0.0)
-                    }
-                    _ => {
-                        let qh = (b.add(4) as *const u32).read_unaligned();
-                        (
-                            _mm256_or_si256(nibbles_16(b.add(8)), bits_to_0x10(qh)),
-                            -f16(b.add(2)),
-                        )
-                    }
+                let q = match t {
+                    QuantType::Q8_0 => unpack32::<0>(b),
+                    QuantType::Q4_0 => unpack32::<1>(b),
+                    QuantType::Q4_1 => unpack32::<2>(b),
+                    QuantType::Q5_0 => unpack32::<3>(b),
+                    QuantType::Q5_1 => unpack32::<4>(b),
+                    _ => unpack32::<5>(b),
                 };
+                let with_min = matches!(t, QuantType::Q4_1 | QuantType::Q5_1);
+                let m = if with_min { -f16(b.add(2)) } else { 0.0 };
                 store_dequant(q, (d, m), (d, m), o);
             }
             QuantType::Q4K | QuantType::Q5K => {
@@ -584,10 +587,8 @@ pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
             }
             QuantType::IQ4XS => {
                 let d = f16(b);
-                let sh = (b.add(2) as *const u16).read_unaligned();
                 for ib in 0..8 {
-                    let sl = (*b.add(4 + ib / 2) >> (4 * (ib % 2))) & 0xF;
-                    let ls = (sl | ((((sh >> (2 * ib)) & 3) as u8) << 4)) as i32 - 32;
+                    let ls = iq4xs_scale(b, ib);
                     let v = iq4_levels(nibbles_16(b.add(8 + 16 * ib)));
                     let f = (d * ls as f32, 0.0);
                     store_dequant(v, f, f, o.add(32 * ib));
