@@ -115,6 +115,36 @@ pub fn gemm_rows_quant(
     })
 }
 
+/// [`gemm_rows_quant`] over rows `r0..r0 + nr` of a repacked matrix: each row back in its
+/// plain blocks (a byte copy), then dequantized into the panel.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_rows_grouped(
+    layout: crate::repack::Layout,
+    data: &[u8],
+    cols: usize,
+    r0: usize,
+    nr: usize,
+    x: &TokensMajor,
+    out: &mut [f32],
+    ld: usize,
+) {
+    assert_eq!(
+        cols, x.cols,
+        "gemm: weight width does not match the activations"
+    );
+    let mut plain = vec![0u8; layout.plain().row_bytes(cols)];
+    // `gemm_panels` takes a `Fn`: the scratch row is borrowed through a cell.
+    let plain = std::cell::RefCell::new(&mut plain[..]);
+    gemm_panels(nr, x, out, ld, |r, rows, panel| {
+        let mut plain = plain.borrow_mut();
+        for (i, o) in panel[..rows * cols].chunks_exact_mut(cols).enumerate() {
+            layout.unpack_row(data, cols, r0 + r + i, &mut plain);
+            quant::dequantize_row(layout.plain(), &plain, o);
+        }
+        None
+    })
+}
+
 /// The GEMM over panels of up to [`PANEL_ROWS`] rows; `panel(r, rows, buf)` gives rows
 /// `r..r + rows` as f32 (row-major) where they already are, or writes them into `buf`.
 fn gemm_panels<'w>(

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::quant::{self, QuantType, QuantizedActivations};
 use crate::repack;
+use crate::repack::K16;
 use crate::{amx, gemm, qgemm, simd};
 
 /// Storage format of a weight matrix.
@@ -164,6 +165,9 @@ impl Matrix {
             QuantType::Q5_0 if repack::k_and_q5_repack_supported() => repack::Layout::Q5_0x8,
             QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q5_0 => repack::Layout::Q8_0x8,
             QuantType::Q4K if repack::k_and_q5_repack_supported() => repack::Layout::Q4Kx8,
+            QuantType::Q6K if repack::k16_repack_supported() => repack::Layout::K16x8(K16::Q6K),
+            QuantType::Q3K if repack::k16_repack_supported() => repack::Layout::K16x8(K16::Q3K),
+            QuantType::Q2K if repack::k16_repack_supported() => repack::Layout::K16x8(K16::Q2K),
             _ => return self,
         };
         // A few MB of rows at a time, each slice's mapped pages dropped right after it is
@@ -183,6 +187,7 @@ impl Matrix {
                 }
                 (repack::Layout::Q5_0x8, _) => repack::repack_q5_0(src, n, cols),
                 (repack::Layout::Q4Kx8, _) => repack::repack_q4_k(src, n, cols),
+                (repack::Layout::K16x8(k), _) => crate::repack_k16::repack(k, src, n, cols),
             };
             packed.extend_from_slice(&part);
             // The mapped original is not read again: let the kernel drop its pages from this
@@ -420,8 +425,9 @@ impl<'a> Act<'a> {
     /// Prepares the forms `w`'s kernels read, once for all row chunks.
     fn new(w: &Matrix, x: &'a [f32], n: usize) -> Self {
         let bf16 = match w.data {
-            MatrixData::Grouped { .. }
-                if n >= amx_grouped_min_tokens()
+            MatrixData::Grouped { layout, .. }
+                if !matches!(layout, repack::Layout::K16x8(_))
+                    && n >= amx_grouped_min_tokens()
                     && !quant::exact_activations()
                     && amx::grouped::available() =>
             {
@@ -429,12 +435,14 @@ impl<'a> Act<'a> {
             }
             _ => None,
         };
-        // Plain (not repacked) block formats with enough tokens, on AVX2: dequantized panels
-        // through the f32 GEMM instead of integer dot products row by row.
+        // Plain (not repacked) block formats, and the K16x8 groups, with enough tokens, on
+        // AVX2: dequantized panels through the f32 GEMM instead of integer dot products.
         let quant_tokens = match w.data {
-            MatrixData::Quant { .. } if !quant::exact_activations() => {
-                gemm::TokensMajor::new(x, n, w.cols)
-            }
+            MatrixData::Quant { .. }
+            | MatrixData::Grouped {
+                layout: repack::Layout::K16x8(_),
+                ..
+            } if !quant::exact_activations() => gemm::TokensMajor::new(x, n, w.cols),
             _ => None,
         };
         let q = match w.data {
@@ -444,6 +452,11 @@ impl<'a> Act<'a> {
                 layout: repack::Layout::Q4Kx8,
                 ..
             } => Some(QuantizedActivations::per_super_block(x, w.cols)),
+            // The K16x8 kernels: the same, with a sum per 16 values for their offsets and mins.
+            MatrixData::Grouped {
+                layout: repack::Layout::K16x8(_),
+                ..
+            } => Some(QuantizedActivations::per_super_block_sums16(x, w.cols)),
             MatrixData::Quant { .. } | MatrixData::Grouped { .. } => {
                 Some(QuantizedActivations::new(x, w.cols))
             }
@@ -516,6 +529,10 @@ fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut 
         }
         MatrixData::Grouped { layout, data } if act.q.is_some() => {
             rows_grouped(*layout, data.as_slice(), w.cols, r0, nr, act, n, out, ld);
+        }
+        MatrixData::Grouped { layout, data } if act.tokens.is_some() => {
+            let tk = act.tokens.as_ref().expect("checked");
+            gemm::gemm_rows_grouped(*layout, data.as_slice(), w.cols, r0, nr, tk, out, ld);
         }
         MatrixData::Grouped { .. } => {
             // Exact mode: dequantize each row, f32 dot products.
@@ -911,7 +928,20 @@ mod tests {
                         }
                     ));
                 }
-                for n in [1, 3, 4, 6] {
+                if matches!(ty, QuantType::Q6K | QuantType::Q3K | QuantType::Q2K)
+                    && rows % 8 == 0
+                    && repack::k16_repack_supported()
+                {
+                    assert!(matches!(
+                        packed.data,
+                        MatrixData::Grouped {
+                            layout: repack::Layout::K16x8(_),
+                            ..
+                        }
+                    ));
+                }
+                // 9 tokens: the tokens-major GEMM where the CPU takes it (≥ 8 tokens).
+                for n in [1, 3, 4, 6, 9] {
                     let x = rand_vec(n * cols, 8);
                     let want = matmul_reference(&m, &x, n);
                     let scale = x.iter().map(|v| v.abs()).sum::<f32>() / n as f32;

@@ -73,7 +73,7 @@ impl Panels {
     /// Packs `q` for `layout`'s weights when this CPU takes the kernels, the layout has one
     /// (Q4_Kx8, Q5_0x8) and there are at least [`min_tokens`] tokens; `None` otherwise.
     pub fn new(layout: Layout, q: &QuantizedActivations, n: usize) -> Option<Self> {
-        if !available() || n < min_tokens() || layout == Layout::Q8_0x8 {
+        if !available() || n < min_tokens() || !matches!(layout, Layout::Q4Kx8 | Layout::Q5_0x8) {
             return None;
         }
         Some(Self::pack(layout, q, n))
@@ -84,7 +84,7 @@ impl Panels {
         let block = match layout {
             Layout::Q4Kx8 => QK_K,
             Layout::Q5_0x8 => QK,
-            Layout::Q8_0x8 => unreachable!("no panels for Q8_0x8"),
+            Layout::Q8_0x8 | Layout::K16x8(_) => unreachable!("no panels for {layout:?}"),
         };
         assert_eq!(
             q.scale_block, block,

@@ -490,11 +490,14 @@ pub fn quantize_block_reference(xs: &[f32], qs: &mut [i8], sums: &mut [i32]) -> 
 
 /// `n` rows of activations quantized to int8: a scale per 32 values (or the same scale for all
 /// 8 blocks of a 256-value super-block, see [`QuantizedActivations::per_super_block`]), the
-/// int8 values, and each 32-value block's sum.
+/// int8 values, and each 32-value block's sum (each 16-value block's, see
+/// [`QuantizedActivations::per_super_block_sums16`]).
 pub struct QuantizedActivations {
     pub cols: usize,
     /// Values per scale: 32, or 256 for [`QuantizedActivations::per_super_block`].
     pub scale_block: usize,
+    /// Values per entry of `sums`: 32, or 16.
+    pub sum_block: usize,
     pub d: Vec<f32>,
     pub sums: Vec<i32>,
     pub qs: Vec<i8>,
@@ -514,6 +517,19 @@ impl QuantizedActivations {
         Self::with_scale_block(x, cols, QK_K)
     }
 
+    /// [`QuantizedActivations::per_super_block`] with a sum per 16 values instead of per 32:
+    /// the K-quants whose scales cover 16 values (Q6_K, Q3_K, Q2_K) take their offsets and
+    /// mins against these sums in their repacked kernels.
+    pub fn per_super_block_sums16(x: &[f32], cols: usize) -> Self {
+        let mut a = Self::per_super_block(x, cols);
+        a.sum_block = 16;
+        a.sums =
+            a.qs.chunks_exact(16)
+                .map(|c| c.iter().map(|&v| v as i32).sum())
+                .collect();
+        a
+    }
+
     fn with_scale_block(x: &[f32], cols: usize, block: usize) -> Self {
         assert!(
             cols.is_multiple_of(block),
@@ -523,6 +539,7 @@ impl QuantizedActivations {
         let mut a = QuantizedActivations {
             cols,
             scale_block: block,
+            sum_block: QK,
             d: vec![0.0; nb],
             sums: vec![0; nb],
             qs: vec![0; x.len()],
@@ -561,10 +578,10 @@ impl QuantizedActivations {
 
     /// Row `t` as (scales, sums, values).
     pub fn row(&self, t: usize) -> (&[f32], &[i32], &[i8]) {
-        let nb = self.cols / QK;
+        let (nb, ns) = (self.cols / QK, self.cols / self.sum_block);
         (
             &self.d[t * nb..(t + 1) * nb],
-            &self.sums[t * nb..(t + 1) * nb],
+            &self.sums[t * ns..(t + 1) * ns],
             &self.qs[t * self.cols..(t + 1) * self.cols],
         )
     }

@@ -8,6 +8,7 @@
 //! row 1, …, row 7.
 
 use crate::quant::{QuantType, QK};
+pub use crate::repack_k16::K16;
 
 pub const GROUP: usize = 8;
 
@@ -17,6 +18,8 @@ pub enum Layout {
     Q8_0x8,
     Q4Kx8,
     Q5_0x8,
+    /// Q6_K, Q3_K, Q2_K (scales per 16 values): see [`crate::repack_k16`].
+    K16x8(K16),
 }
 
 impl Layout {
@@ -26,6 +29,7 @@ impl Layout {
             Layout::Q8_0x8 => QuantType::Q8_0,
             Layout::Q4Kx8 => QuantType::Q4K,
             Layout::Q5_0x8 => QuantType::Q5_0,
+            Layout::K16x8(k) => k.plain(),
         }
     }
 
@@ -35,6 +39,7 @@ impl Layout {
             Layout::Q8_0x8 => group_bytes(cols),
             Layout::Q4Kx8 => q4k_group_bytes(cols),
             Layout::Q5_0x8 => q5_0_group_bytes(cols),
+            Layout::K16x8(k) => k.group_bytes(cols),
         }
     }
 
@@ -44,6 +49,7 @@ impl Layout {
             Layout::Q8_0x8 => unpack_q8_0_row(data, cols, r, out),
             Layout::Q4Kx8 => unpack_q4_k_row(data, cols, r, out),
             Layout::Q5_0x8 => unpack_q5_0_row(data, cols, r, out),
+            Layout::K16x8(k) => crate::repack_k16::unpack_row(k, data, cols, r, out),
         }
     }
 
@@ -58,6 +64,7 @@ impl Layout {
             Layout::Q8_0x8 => dot_group::<T>(group, cols, acts),
             Layout::Q4Kx8 => dot_group_q4k::<T>(group, cols, acts),
             Layout::Q5_0x8 => dot_group_q5_0::<T>(group, cols, acts),
+            Layout::K16x8(k) => crate::repack_k16::dot_group::<T>(k, group, cols, acts),
         }
     }
 }
@@ -567,7 +574,7 @@ mod x86_q4k {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86_q4k_avx2 {
+pub(crate) mod x86_q4k_avx2 {
     use super::*;
     use std::arch::x86_64::*;
 
@@ -591,7 +598,7 @@ mod x86_q4k_avx2 {
     /// `v` (one value per row) in the i32-lane layout of half `h`'s products: rows
     /// 4h..4h+4, each twice.
     #[inline(always)]
-    pub(super) unsafe fn half_lanes(v: __m256, h: usize) -> __m256 {
+    pub(crate) unsafe fn half_lanes(v: __m256, h: usize) -> __m256 {
         let idx = if h == 0 {
             _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)
         } else {
@@ -603,7 +610,7 @@ mod x86_q4k_avx2 {
     /// The two halves' sums (`[r0 r0 r1 r1 r2 r2 r3 r3]`, `[r4 …]`) as one value per row, in
     /// row order.
     #[inline(always)]
-    pub(super) unsafe fn rows_in_order(half0: __m256, half1: __m256) -> __m256 {
+    pub(crate) unsafe fn rows_in_order(half0: __m256, half1: __m256) -> __m256 {
         // hadd: [r0 r1 r4 r5 | r2 r3 r6 r7].
         let pairs = _mm256_hadd_ps(half0, half1);
         _mm256_permutevar8x32_ps(pairs, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7))
@@ -749,6 +756,20 @@ pub fn k_and_q5_repack_supported() -> bool {
             crate::quant::byte_dot_isa(),
             ByteDotIsa::Vnni | ByteDotIsa::Avx2
         )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether Q6_K, Q3_K and Q2_K weights are repacked ([`Layout::K16x8`]) on this CPU: where
+/// the AVX2 kernel is the best there is (AVX2 without 512-bit VNNI, whose machines keep the
+/// plain rows and their VNNI dot products).
+pub fn k16_repack_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::quant::byte_dot_isa() == crate::quant::ByteDotIsa::Avx2
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -1256,7 +1277,7 @@ mod grouped_tests {
                             x86_q5_0_avx2::dot_group_q5_0_avx2::<T>(group, Some(&dec), nb, &acts)
                         });
                     }
-                    Layout::Q8_0x8 => {}
+                    Layout::Q8_0x8 | Layout::K16x8(_) => {}
                 }
             }
             for res in results {

@@ -362,6 +362,9 @@ mod x86 {
         };
         let out = dst.as_mut_ptr();
         match layout {
+            // Repacked only where there is no AMX (see `repack::k16_repack_supported`), and
+            // `matrix::Act::new` does not route them here.
+            Layout::K16x8(_) => unreachable!("K16x8 groups on AMX"),
             Layout::Q8_0x8 => {
                 // Block bytes: 8 f16 scales, then 4-column groups k of rows 0..8 (4 bytes each).
                 let bb = repack::group_bytes(QK);
@@ -647,6 +650,7 @@ mod tests {
             Layout::Q8_0x8 => repack::repack_q8_0(&plain, rows, cols),
             Layout::Q5_0x8 => repack::repack_q5_0(&plain, rows, cols),
             Layout::Q4Kx8 => repack::repack_q4_k(&plain, rows, cols),
+            Layout::K16x8(_) => unreachable!("no AMX path for K16x8"),
         }
     }
 
