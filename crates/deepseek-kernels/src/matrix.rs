@@ -145,10 +145,11 @@ impl Matrix {
 
     /// The layout our kernels run fastest on, made once at load (owned; the mapping's pages
     /// are then no longer touched): Q8_0 and Q4_K with rows in groups of 8 are repacked
-    /// (see [`crate::repack`]; Q4_K where the CPU has AVX2 or 512-bit VNNI), and so is Q5_0
-    /// on the same CPUs; elsewhere Q5_0,
-    /// and Q4_0 everywhere, become Q8_0 first (exactly: same scale, the offset values fit in a
-    /// byte), trading 50% more bytes for the fast kernel. Everything else is returned as it is.
+    /// (see [`crate::repack`]; Q4_K where the CPU has AVX2 or 512-bit VNNI), and so are Q5_0
+    /// and Q4_0 (as Q5_0, exactly) on the same CPUs; elsewhere Q5_0 and Q4_0 become Q8_0 first
+    /// (exactly: same scale, the offset values fit in a byte), trading bytes for the fast
+    /// kernel. On AVX2 without VNNI, Q5_K, Q6_K, Q3_K and Q2_K are repacked too. Everything
+    /// else is returned as it is.
     pub fn repacked(self) -> Matrix {
         self.repacked_in_chunks(REPACK_CHUNK_BYTES)
     }
@@ -162,12 +163,15 @@ impl Matrix {
         }
         let (rows, cols) = (self.rows, self.cols);
         let layout = match ty {
-            QuantType::Q5_0 if repack::k_and_q5_repack_supported() => repack::Layout::Q5_0x8,
+            QuantType::Q5_0 | QuantType::Q4_0 if repack::k_and_q5_repack_supported() => {
+                repack::Layout::Q5_0x8
+            }
             QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q5_0 => repack::Layout::Q8_0x8,
             QuantType::Q4K if repack::k_and_q5_repack_supported() => repack::Layout::Q4Kx8,
             QuantType::Q6K if repack::k16_repack_supported() => repack::Layout::K16x8(K16::Q6K),
             QuantType::Q3K if repack::k16_repack_supported() => repack::Layout::K16x8(K16::Q3K),
             QuantType::Q2K if repack::k16_repack_supported() => repack::Layout::K16x8(K16::Q2K),
+            QuantType::Q5K if repack::k16_repack_supported() => repack::Layout::Q5Kx8,
             _ => return self,
         };
         // A few MB of rows at a time, each slice's mapped pages dropped right after it is
@@ -185,9 +189,13 @@ impl Matrix {
                 (repack::Layout::Q8_0x8, _) => {
                     repack::repack_q8_0(&quant::to_q8_0(*ty, src), n, cols)
                 }
+                (repack::Layout::Q5_0x8, QuantType::Q4_0) => {
+                    repack::repack_q5_0(&quant::q4_0_to_q5_0(src), n, cols)
+                }
                 (repack::Layout::Q5_0x8, _) => repack::repack_q5_0(src, n, cols),
                 (repack::Layout::Q4Kx8, _) => repack::repack_q4_k(src, n, cols),
                 (repack::Layout::K16x8(k), _) => crate::repack_k16::repack(k, src, n, cols),
+                (repack::Layout::Q5Kx8, _) => repack::repack_q5_k(src, n, cols),
             };
             packed.extend_from_slice(&part);
             // The mapped original is not read again: let the kernel drop its pages from this
@@ -426,7 +434,7 @@ impl<'a> Act<'a> {
     fn new(w: &Matrix, x: &'a [f32], n: usize) -> Self {
         let bf16 = match w.data {
             MatrixData::Grouped { layout, .. }
-                if !matches!(layout, repack::Layout::K16x8(_))
+                if !layout.avx2_decode_only()
                     && n >= amx_grouped_min_tokens()
                     && !quant::exact_activations()
                     && amx::grouped::available() =>
@@ -435,21 +443,26 @@ impl<'a> Act<'a> {
             }
             _ => None,
         };
-        // Plain (not repacked) block formats, and the K16x8 groups, with enough tokens, on
-        // AVX2: dequantized panels through the f32 GEMM instead of integer dot products.
+        // Plain (not repacked) block formats, and the layouts with decode kernels only, with
+        // enough tokens, on AVX2: dequantized panels through the f32 GEMM instead of integer
+        // dot products.
         let quant_tokens = match w.data {
-            MatrixData::Quant { .. }
-            | MatrixData::Grouped {
-                layout: repack::Layout::K16x8(_),
-                ..
-            } if !quant::exact_activations() => gemm::TokensMajor::new(x, n, w.cols),
+            MatrixData::Grouped { layout, .. }
+                if layout.avx2_decode_only() && !quant::exact_activations() =>
+            {
+                gemm::TokensMajor::new(x, n, w.cols)
+            }
+            MatrixData::Quant { .. } if !quant::exact_activations() => {
+                gemm::TokensMajor::new(x, n, w.cols)
+            }
             _ => None,
         };
         let q = match w.data {
             _ if quant::exact_activations() || bf16.is_some() || quant_tokens.is_some() => None,
-            // The Q4_Kx8 kernels sum each super-block in integers: one scale per 256 values.
+            // The Q4_Kx8 and Q5_Kx8 kernels sum each super-block in integers: one scale per
+            // 256 values.
             MatrixData::Grouped {
-                layout: repack::Layout::Q4Kx8,
+                layout: repack::Layout::Q4Kx8 | repack::Layout::Q5Kx8,
                 ..
             } => Some(QuantizedActivations::per_super_block(x, w.cols)),
             // The K16x8 kernels: the same, with a sum per 16 values for their offsets and mins.
@@ -624,7 +637,8 @@ fn rows_grouped(
     let gb = layout.group_bytes(cols);
     let qx = act.q.as_ref().expect("quantized activations");
     assert!(
-        layout != repack::Layout::Q4Kx8 || qx.scale_block == crate::quant::QK_K,
+        !matches!(layout, repack::Layout::Q4Kx8 | repack::Layout::Q5Kx8)
+            || qx.scale_block == crate::quant::QK_K,
         "Q4_Kx8 needs activations with one scale per 256 values"
     );
     let g = repack::GROUP;
@@ -928,14 +942,16 @@ mod tests {
                         }
                     ));
                 }
-                if matches!(ty, QuantType::Q6K | QuantType::Q3K | QuantType::Q2K)
-                    && rows % 8 == 0
+                if matches!(
+                    ty,
+                    QuantType::Q6K | QuantType::Q3K | QuantType::Q2K | QuantType::Q5K
+                ) && rows % 8 == 0
                     && repack::k16_repack_supported()
                 {
                     assert!(matches!(
                         packed.data,
                         MatrixData::Grouped {
-                            layout: repack::Layout::K16x8(_),
+                            layout: repack::Layout::K16x8(_) | repack::Layout::Q5Kx8,
                             ..
                         }
                     ));

@@ -20,9 +20,17 @@ pub enum Layout {
     Q5_0x8,
     /// Q6_K, Q3_K, Q2_K (scales per 16 values): see [`crate::repack_k16`].
     K16x8(K16),
+    /// Q5_K: Q4_Kx8 with the fifth bits after it, see [`Q5K_SUPER_BYTES`].
+    Q5Kx8,
 }
 
 impl Layout {
+    /// Layouts with an AVX2 kernel only, made where that is the best kernel
+    /// ([`k16_repack_supported`]): no AMX, no quantized GEMM panels; prefill dequantizes them.
+    pub fn avx2_decode_only(self) -> bool {
+        matches!(self, Layout::K16x8(_) | Layout::Q5Kx8)
+    }
+
     /// The plain format the rows hold.
     pub fn plain(self) -> QuantType {
         match self {
@@ -30,6 +38,7 @@ impl Layout {
             Layout::Q4Kx8 => QuantType::Q4K,
             Layout::Q5_0x8 => QuantType::Q5_0,
             Layout::K16x8(k) => k.plain(),
+            Layout::Q5Kx8 => QuantType::Q5K,
         }
     }
 
@@ -40,6 +49,7 @@ impl Layout {
             Layout::Q4Kx8 => q4k_group_bytes(cols),
             Layout::Q5_0x8 => q5_0_group_bytes(cols),
             Layout::K16x8(k) => k.group_bytes(cols),
+            Layout::Q5Kx8 => q5k_group_bytes(cols),
         }
     }
 
@@ -50,6 +60,7 @@ impl Layout {
             Layout::Q4Kx8 => unpack_q4_k_row(data, cols, r, out),
             Layout::Q5_0x8 => unpack_q5_0_row(data, cols, r, out),
             Layout::K16x8(k) => crate::repack_k16::unpack_row(k, data, cols, r, out),
+            Layout::Q5Kx8 => unpack_q5_k_row(data, cols, r, out),
         }
     }
 
@@ -65,6 +76,7 @@ impl Layout {
             Layout::Q4Kx8 => dot_group_q4k::<T>(group, cols, acts),
             Layout::Q5_0x8 => dot_group_q5_0::<T>(group, cols, acts),
             Layout::K16x8(k) => crate::repack_k16::dot_group::<T>(k, group, cols, acts),
+            Layout::Q5Kx8 => dot_group_q5k::<T>(group, cols, acts),
         }
     }
 }
@@ -424,17 +436,38 @@ pub fn q4k_group_bytes(cols: usize) -> usize {
 }
 
 pub fn repack_q4_k(data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    repack_k4_k5(data, rows, cols, false)
+}
+
+/// Q5_K in groups of 8 rows ("Q5_Kx8", 1440 bytes per super-block, 2.3% more than 8 Q5_K
+/// blocks): the Q4_Kx8 super-block of the low four bits, then for each 8-byte column group kk
+/// the 8 `qh` bytes kk*8..kk*8+8 of rows 0..8 (bit j of a byte: the fifth bit of sub-block j).
+pub const Q5K_SUPER_BYTES: usize = Q4K_SUPER_BYTES + 256;
+
+pub fn q5k_group_bytes(cols: usize) -> usize {
+    cols / crate::quant::QK_K * Q5K_SUPER_BYTES
+}
+
+pub fn repack_q5_k(data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    repack_k4_k5(data, rows, cols, true)
+}
+
+/// Q4_K (`five` false) or Q5_K rows into their 8-row groups.
+fn repack_k4_k5(data: &[u8], rows: usize, cols: usize, five: bool) -> Vec<u8> {
     use crate::quant::{scale_min_k4, QuantType, QK_K};
     assert!(rows.is_multiple_of(GROUP) && cols.is_multiple_of(QK_K));
-    let nsb = cols / QK_K;
-    let rb = QuantType::Q4K.row_bytes(cols);
-    let mut out = vec![0u8; rows / GROUP * q4k_group_bytes(cols)];
+    let (ty, sbb, qs_at) = if five {
+        (QuantType::Q5K, Q5K_SUPER_BYTES, 48)
+    } else {
+        (QuantType::Q4K, Q4K_SUPER_BYTES, 16)
+    };
+    let (nsb, rb, bb) = (cols / QK_K, ty.row_bytes(cols), ty.block_bytes());
+    let mut out = vec![0u8; rows / GROUP * nsb * sbb];
     for g in 0..rows / GROUP {
         for sb in 0..nsb {
-            let dst =
-                &mut out[g * q4k_group_bytes(cols) + sb * Q4K_SUPER_BYTES..][..Q4K_SUPER_BYTES];
+            let dst = &mut out[(g * nsb + sb) * sbb..][..sbb];
             for r in 0..GROUP {
-                let src = &data[(g * GROUP + r) * rb + sb * 144..][..144];
+                let src = &data[(g * GROUP + r) * rb + sb * bb..][..bb];
                 dst[2 * r..2 * r + 2].copy_from_slice(&src[0..2]);
                 dst[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&src[2..4]);
                 for j in 0..8 {
@@ -445,7 +478,13 @@ pub fn repack_q4_k(data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
                 for c in 0..4 {
                     for kk in 0..4 {
                         let o = 160 + c * 256 + kk * 64 + r * 8;
-                        dst[o..o + 8].copy_from_slice(&src[16 + c * 32 + 8 * kk..][..8]);
+                        dst[o..o + 8].copy_from_slice(&src[qs_at + c * 32 + 8 * kk..][..8]);
+                    }
+                }
+                if five {
+                    for kk in 0..4 {
+                        let o = Q4K_SUPER_BYTES + kk * 64 + r * 8;
+                        dst[o..o + 8].copy_from_slice(&src[16 + 8 * kk..][..8]);
                     }
                 }
             }
@@ -456,11 +495,25 @@ pub fn repack_q4_k(data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
 
 /// Row `r` of Q4_Kx8 data back in plain Q4_K blocks.
 pub fn unpack_q4_k_row(data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
+    unpack_k4_k5_row(data, cols, r, out, false)
+}
+
+/// Row `r` of Q5_Kx8 data back in plain Q5_K blocks.
+pub fn unpack_q5_k_row(data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
+    unpack_k4_k5_row(data, cols, r, out, true)
+}
+
+fn unpack_k4_k5_row(data: &[u8], cols: usize, r: usize, out: &mut [u8], five: bool) {
     use crate::quant::{pack_scale_min_k4, QK_K};
-    let (g, i) = (r / GROUP, r % GROUP);
-    for sb in 0..cols / QK_K {
-        let src = &data[g * q4k_group_bytes(cols) + sb * Q4K_SUPER_BYTES..][..Q4K_SUPER_BYTES];
-        let dst = &mut out[sb * 144..(sb + 1) * 144];
+    let (sbb, bb, qs_at) = if five {
+        (Q5K_SUPER_BYTES, 176, 48)
+    } else {
+        (Q4K_SUPER_BYTES, 144, 16)
+    };
+    let (g, i, nsb) = (r / GROUP, r % GROUP, cols / QK_K);
+    for sb in 0..nsb {
+        let src = &data[(g * nsb + sb) * sbb..][..sbb];
+        let dst = &mut out[sb * bb..(sb + 1) * bb];
         dst[0..2].copy_from_slice(&src[2 * i..2 * i + 2]);
         dst[2..4].copy_from_slice(&src[16 + 2 * i..16 + 2 * i + 2]);
         let ls: [u8; 8] = std::array::from_fn(|j| src[32 + j * 8 + i]);
@@ -469,7 +522,13 @@ pub fn unpack_q4_k_row(data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
         for c in 0..4 {
             for kk in 0..4 {
                 let o = 160 + c * 256 + kk * 64 + i * 8;
-                dst[16 + c * 32 + 8 * kk..][..8].copy_from_slice(&src[o..o + 8]);
+                dst[qs_at + c * 32 + 8 * kk..][..8].copy_from_slice(&src[o..o + 8]);
+            }
+        }
+        if five {
+            for kk in 0..4 {
+                let o = Q4K_SUPER_BYTES + kk * 64 + i * 8;
+                dst[16 + 8 * kk..][..8].copy_from_slice(&src[o..o + 8]);
             }
         }
     }
@@ -631,24 +690,33 @@ pub(crate) mod x86_q4k_avx2 {
     /// tokens: 12 registers plus the weights). Holding both halves of 4 tokens at once
     /// spilled to the stack in the inner loop.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_group_q4k_avx2<const T: usize>(
+    ///
+    /// `FIVE`: the Q5_Kx8 layout, whose fifth bits (one 256-bit load per column group and
+    /// half) are or-ed in as 0x10; values ≤ 31 keep a sub-block's i16 sums < 4 × 2 × 31 × 127
+    /// < 2¹⁵.
+    pub unsafe fn dot_group_q4k_avx2<const T: usize, const FIVE: bool>(
         group: &[u8],
         nsb: usize,
         acts: &[ActRow; T],
     ) -> [[f32; 8]; T] {
         let halves: [[__m256; 2]; T] = if T <= 2 {
-            let [h0, h1] = halves_q4k::<T, 2>(group, nsb, acts, 0);
+            let [h0, h1] = halves_q4k::<T, 2, FIVE>(group, nsb, acts, 0);
             std::array::from_fn(|t| [h0[t], h1[t]])
         } else {
-            let [h0] = halves_q4k::<T, 1>(group, nsb, acts, 0);
-            let [h1] = halves_q4k::<T, 1>(group, nsb, acts, 1);
+            let [h0] = halves_q4k::<T, 1, FIVE>(group, nsb, acts, 0);
+            let [h1] = halves_q4k::<T, 1, FIVE>(group, nsb, acts, 1);
             std::array::from_fn(|t| [h0[t], h1[t]])
         };
         // The mins: Σ_j dmin · m_j · Σ(activations of sub-block j), one value per row.
         let base = group.as_ptr();
+        let sbb = if FIVE {
+            Q5K_SUPER_BYTES
+        } else {
+            Q4K_SUPER_BYTES
+        };
         let mut accm = [_mm256_setzero_ps(); T];
         for sb in 0..nsb {
-            let blk = base.add(sb * Q4K_SUPER_BYTES);
+            let blk = base.add(sb * sbb);
             let dminv = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i));
             let mut mins = [_mm256_setzero_ps(); T];
             for j in 0..8 {
@@ -676,7 +744,7 @@ pub(crate) mod x86_q4k_avx2 {
     /// Halves `h0..h0 + H` of a Q4_Kx8 group against `T` tokens, without the mins: per half
     /// and token, rows `4h..4h + 4` each in two lanes.
     #[inline(always)]
-    unsafe fn halves_q4k<const T: usize, const H: usize>(
+    unsafe fn halves_q4k<const T: usize, const H: usize, const FIVE: bool>(
         group: &[u8],
         nsb: usize,
         acts: &[ActRow; T],
@@ -690,11 +758,16 @@ pub(crate) mod x86_q4k_avx2 {
         for (i, s) in spread.iter_mut().enumerate() {
             *s = _mm256_loadu_si256(SCALE_SPREAD[h0 + i].as_ptr() as *const __m256i);
         }
+        let sbb = if FIVE {
+            Q5K_SUPER_BYTES
+        } else {
+            Q4K_SUPER_BYTES
+        };
         let mut acc = [[_mm256_setzero_ps(); T]; H];
         for sb in 0..nsb {
-            let blk = base.add(sb * Q4K_SUPER_BYTES);
-            let ahead = blk.wrapping_add(2 * Q4K_SUPER_BYTES) as *const i8;
-            for line in 0..Q4K_SUPER_BYTES.div_ceil(64) {
+            let blk = base.add(sb * sbb);
+            let ahead = blk.wrapping_add(2 * sbb) as *const i8;
+            for line in 0..sbb.div_ceil(64) {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line * 64));
             }
             let mut isb = [[_mm256_setzero_si256(); T]; H];
@@ -711,6 +784,19 @@ pub(crate) mod x86_q4k_avx2 {
                         } else {
                             _mm256_and_si256(_mm256_srli_epi16::<4>(q), low4)
                         };
+                        if FIVE {
+                            // Bit j of the column group's qh bytes, moved to bit 4.
+                            let qh = _mm256_loadu_si256(
+                                blk.add(Q4K_SUPER_BYTES + kk * 64 + (h0 + i) * 32)
+                                    as *const __m256i,
+                            );
+                            let h = if j <= 4 {
+                                _mm256_sll_epi16(qh, _mm_cvtsi32_si128(4 - j as i32))
+                            } else {
+                                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32 - 4))
+                            };
+                            *wi = _mm256_or_si256(*wi, _mm256_and_si256(h, _mm256_set1_epi8(0x10)));
+                        }
                     }
                     for (t, a) in acts.iter().enumerate() {
                         let p = a.2.as_ptr().add((sb * 8 + j) * 32 + 8 * kk);
@@ -805,12 +891,31 @@ pub fn dot_group_q4k<const T: usize>(
             }
             // SAFETY: AVX2, FMA and F16C detected at run time; lengths checked above.
             ByteDotIsa::Avx2 => {
-                return unsafe { x86_q4k_avx2::dot_group_q4k_avx2::<T>(group, nsb, acts) }
+                return unsafe { x86_q4k_avx2::dot_group_q4k_avx2::<T, false>(group, nsb, acts) }
             }
             ByteDotIsa::Scalar => {}
         }
     }
     dot_group_unpacked::<T>(Layout::Q4Kx8, group, cols, acts)
+}
+
+/// The 8 rows of one Q5_Kx8 group against `T` activation rows, quantized with one scale per
+/// super-block (AVX2; elsewhere the plain rows' dot products, though the layout is only made
+/// where [`k16_repack_supported`]).
+pub fn dot_group_q5k<const T: usize>(
+    group: &[u8],
+    cols: usize,
+    acts: &[ActRow; T],
+) -> [[f32; 8]; T] {
+    check_lengths(group, q5k_group_bytes(cols), cols, acts);
+    #[cfg(target_arch = "x86_64")]
+    if k16_repack_supported() {
+        // SAFETY: AVX2, FMA and F16C detected at run time; lengths checked above.
+        return unsafe {
+            x86_q4k_avx2::dot_group_q4k_avx2::<T, true>(group, cols / crate::quant::QK_K, acts)
+        };
+    }
+    dot_group_unpacked::<T>(Layout::Q5Kx8, group, cols, acts)
 }
 
 // ---- Q5_0 in groups of 8 rows ----
@@ -1234,7 +1339,7 @@ mod grouped_tests {
             .map(|i| ((i * 17) % 31) as f32 / 15.0 - 1.0)
             .collect();
         let a = match layout {
-            Layout::Q4Kx8 => QuantizedActivations::per_super_block(&x, cols),
+            Layout::Q4Kx8 | Layout::Q5Kx8 => QuantizedActivations::per_super_block(&x, cols),
             _ => QuantizedActivations::new(&x, cols),
         };
         let xq: Vec<f32> = (0..x.len()).map(|i| a.d[i / QK] * a.qs[i] as f32).collect();
@@ -1256,7 +1361,7 @@ mod grouped_tests {
                 // SAFETY: features detected just above; lengths as in the dispatchers.
                 match layout {
                     Layout::Q4Kx8 => results.push(unsafe {
-                        x86_q4k_avx2::dot_group_q4k_avx2::<T>(
+                        x86_q4k_avx2::dot_group_q4k_avx2::<T, false>(
                             group,
                             cols / crate::quant::QK_K,
                             &acts,
@@ -1277,7 +1382,7 @@ mod grouped_tests {
                             x86_q5_0_avx2::dot_group_q5_0_avx2::<T>(group, Some(&dec), nb, &acts)
                         });
                     }
-                    Layout::Q8_0x8 | Layout::K16x8(_) => {}
+                    Layout::Q8_0x8 | Layout::K16x8(_) | Layout::Q5Kx8 => {}
                 }
             }
             for res in results {
@@ -1302,6 +1407,14 @@ mod grouped_tests {
         check::<1>(Layout::Q4Kx8, repack_q4_k, 8, 256, 1e-3);
         check::<3>(Layout::Q4Kx8, repack_q4_k, 16, 768, 1e-3);
         check::<4>(Layout::Q4Kx8, repack_q4_k, 8, 1536, 1e-3);
+    }
+
+    #[test]
+    fn repacked_q5_k_groups_equal_plain_rows() {
+        check::<1>(Layout::Q5Kx8, repack_q5_k, 16, 512, 1e-3);
+        check::<2>(Layout::Q5Kx8, repack_q5_k, 8, 256, 1e-3);
+        check::<3>(Layout::Q5Kx8, repack_q5_k, 16, 768, 1e-3);
+        check::<4>(Layout::Q5Kx8, repack_q5_k, 8, 1536, 1e-3);
     }
 
     #[test]
