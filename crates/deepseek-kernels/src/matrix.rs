@@ -448,7 +448,9 @@ impl<'a> Act<'a> {
         // dot products.
         let quant_tokens = match w.data {
             MatrixData::Grouped { layout, .. }
-                if layout.avx2_decode_only() && !quant::exact_activations() =>
+                if layout.avx2_decode_only()
+                    && n >= decode_layout_gemm_min_tokens()
+                    && !quant::exact_activations() =>
             {
                 gemm::TokensMajor::new(x, n, w.cols)
             }
@@ -511,6 +513,22 @@ fn amx_grouped_min_tokens() -> usize {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(16)
+    })
+}
+
+/// Fewest tokens for which the layouts with decode kernels only (Q5_Kx8, K16x8) are
+/// dequantized into the f32 GEMM rather than run through their integer kernels four tokens at
+/// a time (`DEEPSEEK_DECODE_LAYOUT_GEMM_MIN_TOKENS` overrides, for measuring).
+fn decode_layout_gemm_min_tokens() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::env::var("DEEPSEEK_DECODE_LAYOUT_GEMM_MIN_TOKENS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            // `examples/gemv_speed` (2 threads, 32768x2048): at 16 tokens the integer kernels
+            // ran 1.2-2x the GEMM's rate in all four formats, at 48 and 64 they were even
+            // (Q6_K, Q3_K, Q2_K) or ahead (Q5_K).
+            .unwrap_or(32)
     })
 }
 
@@ -956,8 +974,9 @@ mod tests {
                         }
                     ));
                 }
-                // 9 tokens: the tokens-major GEMM where the CPU takes it (≥ 8 tokens).
-                for n in [1, 3, 4, 6, 9] {
+                // 9 and 33 tokens: the tokens-major GEMM where the CPU takes it (≥ 8 tokens for
+                // plain rows, ≥ 32 for the layouts with decode kernels only).
+                for n in [1, 3, 4, 6, 9, 33] {
                     let x = rand_vec(n * cols, 8);
                     let want = matmul_reference(&m, &x, n);
                     let scale = x.iter().map(|v| v.abs()).sum::<f32>() / n as f32;
