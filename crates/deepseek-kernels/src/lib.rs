@@ -19,6 +19,7 @@ mod quant_neon;
 #[cfg(target_arch = "x86_64")]
 mod quant_x86;
 pub mod repack;
+pub mod repack_iq4;
 pub mod repack_k16;
 pub mod simd;
 pub mod threads;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::quant::{self, QuantType, QuantizedActivations};
 use crate::repack;
-use crate::repack::K16;
+use crate::repack::{Iq4, K16};
 use crate::{amx, gemm, qgemm, simd};
 
 /// Storage format of a weight matrix.
@@ -172,6 +172,8 @@ impl Matrix {
             QuantType::Q3K if repack::k16_repack_supported() => repack::Layout::K16x8(K16::Q3K),
             QuantType::Q2K if repack::k16_repack_supported() => repack::Layout::K16x8(K16::Q2K),
             QuantType::Q5K if repack::k16_repack_supported() => repack::Layout::Q5Kx8,
+            QuantType::IQ4NL if repack::k16_repack_supported() => repack::Layout::IQ4x8(Iq4::NL),
+            QuantType::IQ4XS if repack::k16_repack_supported() => repack::Layout::IQ4x8(Iq4::XS),
             _ => return self,
         };
         // A few MB of rows at a time, each slice's mapped pages dropped right after it is
@@ -196,6 +198,7 @@ impl Matrix {
                 (repack::Layout::Q4Kx8, _) => repack::repack_q4_k(src, n, cols),
                 (repack::Layout::K16x8(k), _) => crate::repack_k16::repack(k, src, n, cols),
                 (repack::Layout::Q5Kx8, _) => repack::repack_q5_k(src, n, cols),
+                (repack::Layout::IQ4x8(k), _) => crate::repack_iq4::repack(k, src, n, cols),
             };
             packed.extend_from_slice(&part);
             // The mapped original is not read again: let the kernel drop its pages from this
@@ -464,7 +467,8 @@ impl<'a> Act<'a> {
             // The Q4_Kx8 and Q5_Kx8 kernels sum each super-block in integers: one scale per
             // 256 values.
             MatrixData::Grouped {
-                layout: repack::Layout::Q4Kx8 | repack::Layout::Q5Kx8,
+                layout:
+                    repack::Layout::Q4Kx8 | repack::Layout::Q5Kx8 | repack::Layout::IQ4x8(Iq4::XS),
                 ..
             } => Some(QuantizedActivations::per_super_block(x, w.cols)),
             // The K16x8 kernels: the same, with a sum per 16 values for their offsets and mins.
@@ -516,7 +520,7 @@ fn amx_grouped_min_tokens() -> usize {
     })
 }
 
-/// Fewest tokens for which the layouts with decode kernels only (Q5_Kx8, K16x8) are
+/// Fewest tokens for which the layouts with decode kernels only (Q5_Kx8, K16x8, IQ4x8) are
 /// dequantized into the f32 GEMM rather than run through their integer kernels four tokens at
 /// a time (`DEEPSEEK_DECODE_LAYOUT_GEMM_MIN_TOKENS` overrides, for measuring).
 fn decode_layout_gemm_min_tokens() -> usize {
@@ -655,8 +659,10 @@ fn rows_grouped(
     let gb = layout.group_bytes(cols);
     let qx = act.q.as_ref().expect("quantized activations");
     assert!(
-        !matches!(layout, repack::Layout::Q4Kx8 | repack::Layout::Q5Kx8)
-            || qx.scale_block == crate::quant::QK_K,
+        !matches!(
+            layout,
+            repack::Layout::Q4Kx8 | repack::Layout::Q5Kx8 | repack::Layout::IQ4x8(Iq4::XS)
+        ) || qx.scale_block == crate::quant::QK_K,
         "Q4_Kx8 needs activations with one scale per 256 values"
     );
     let g = repack::GROUP;
@@ -962,14 +968,21 @@ mod tests {
                 }
                 if matches!(
                     ty,
-                    QuantType::Q6K | QuantType::Q3K | QuantType::Q2K | QuantType::Q5K
+                    QuantType::Q6K
+                        | QuantType::Q3K
+                        | QuantType::Q2K
+                        | QuantType::Q5K
+                        | QuantType::IQ4NL
+                        | QuantType::IQ4XS
                 ) && rows % 8 == 0
                     && repack::k16_repack_supported()
                 {
                     assert!(matches!(
                         packed.data,
                         MatrixData::Grouped {
-                            layout: repack::Layout::K16x8(_) | repack::Layout::Q5Kx8,
+                            layout: repack::Layout::K16x8(_)
+                                | repack::Layout::Q5Kx8
+                                | repack::Layout::IQ4x8(_),
                             ..
                         }
                     ));

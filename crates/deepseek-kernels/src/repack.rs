@@ -8,6 +8,7 @@
 //! row 1, …, row 7.
 
 use crate::quant::{QuantType, QK};
+pub use crate::repack_iq4::Iq4;
 pub use crate::repack_k16::K16;
 
 pub const GROUP: usize = 8;
@@ -22,13 +23,15 @@ pub enum Layout {
     K16x8(K16),
     /// Q5_K: Q4_Kx8 with the fifth bits after it, see [`Q5K_SUPER_BYTES`].
     Q5Kx8,
+    /// IQ4_NL, IQ4_XS: see [`crate::repack_iq4`].
+    IQ4x8(Iq4),
 }
 
 impl Layout {
     /// Layouts with an AVX2 kernel only, made where that is the best kernel
     /// ([`k16_repack_supported`]): no AMX, no quantized GEMM panels; prefill dequantizes them.
     pub fn avx2_decode_only(self) -> bool {
-        matches!(self, Layout::K16x8(_) | Layout::Q5Kx8)
+        matches!(self, Layout::K16x8(_) | Layout::Q5Kx8 | Layout::IQ4x8(_))
     }
 
     /// The plain format the rows hold.
@@ -39,6 +42,7 @@ impl Layout {
             Layout::Q5_0x8 => QuantType::Q5_0,
             Layout::K16x8(k) => k.plain(),
             Layout::Q5Kx8 => QuantType::Q5K,
+            Layout::IQ4x8(k) => k.plain(),
         }
     }
 
@@ -50,6 +54,7 @@ impl Layout {
             Layout::Q5_0x8 => q5_0_group_bytes(cols),
             Layout::K16x8(k) => k.group_bytes(cols),
             Layout::Q5Kx8 => q5k_group_bytes(cols),
+            Layout::IQ4x8(k) => k.group_bytes(cols),
         }
     }
 
@@ -61,6 +66,7 @@ impl Layout {
             Layout::Q5_0x8 => unpack_q5_0_row(data, cols, r, out),
             Layout::K16x8(k) => crate::repack_k16::unpack_row(k, data, cols, r, out),
             Layout::Q5Kx8 => unpack_q5_k_row(data, cols, r, out),
+            Layout::IQ4x8(k) => crate::repack_iq4::unpack_row(k, data, cols, r, out),
         }
     }
 
@@ -77,6 +83,7 @@ impl Layout {
             Layout::Q5_0x8 => dot_group_q5_0::<T>(group, cols, acts),
             Layout::K16x8(k) => crate::repack_k16::dot_group::<T>(k, group, cols, acts),
             Layout::Q5Kx8 => dot_group_q5k::<T>(group, cols, acts),
+            Layout::IQ4x8(k) => crate::repack_iq4::dot_group::<T>(k, group, cols, acts),
         }
     }
 }
@@ -849,7 +856,8 @@ pub fn k_and_q5_repack_supported() -> bool {
     }
 }
 
-/// Whether Q6_K, Q3_K and Q2_K weights are repacked ([`Layout::K16x8`]) on this CPU: where
+/// Whether Q5_K, Q6_K, Q3_K, Q2_K, IQ4_NL and IQ4_XS weights are repacked
+/// ([`Layout::avx2_decode_only`]) on this CPU: where
 /// the AVX2 kernel is the best there is (AVX2 without 512-bit VNNI, whose machines keep the
 /// plain rows and their VNNI dot products).
 pub fn k16_repack_supported() -> bool {
@@ -1382,7 +1390,7 @@ mod grouped_tests {
                             x86_q5_0_avx2::dot_group_q5_0_avx2::<T>(group, Some(&dec), nb, &acts)
                         });
                     }
-                    Layout::Q8_0x8 | Layout::K16x8(_) | Layout::Q5Kx8 => {}
+                    Layout::Q8_0x8 | Layout::K16x8(_) | Layout::Q5Kx8 | Layout::IQ4x8(_) => {}
                 }
             }
             for res in results {

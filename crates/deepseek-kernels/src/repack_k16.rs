@@ -243,7 +243,7 @@ pub fn dot_group_plain<const T: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{ActRow, GROUP, QK_K};
@@ -252,7 +252,7 @@ mod x86 {
     /// Per half (rows 0–3, 4–7): i16 lane k of a sub-block's scale vector takes row
     /// `4h + k / 4`'s byte into its high byte (so an arithmetic shift sign-extends it, and
     /// Q2_K's nibbles come out with logical ones).
-    const SPREAD_HI: [[i8; 32]; 2] = {
+    pub(crate) const SPREAD_HI: [[i8; 32]; 2] = {
         let mut s = [[-1i8; 32]; 2];
         let mut h = 0;
         while h < 2 {
@@ -328,7 +328,7 @@ mod x86 {
     /// Q2_K's i32 min sum and an f32 accumulator; one token takes both halves in one pass,
     /// more tokens take the halves one after the other, as the Q4_Kx8 kernel does.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_group_avx2<const T: usize, const KIND: u8>(
+    pub(crate) unsafe fn dot_group_avx2<const T: usize, const KIND: u8>(
         group: &[u8],
         nsb: usize,
         acts: &[ActRow; T],

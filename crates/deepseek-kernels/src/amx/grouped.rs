@@ -364,7 +364,9 @@ mod x86 {
         match layout {
             // Repacked only where there is no AMX (see `repack::k16_repack_supported`), and
             // `matrix::Act::new` does not route them here.
-            Layout::K16x8(_) | Layout::Q5Kx8 => unreachable!("{layout:?} groups on AMX"),
+            Layout::K16x8(_) | Layout::Q5Kx8 | Layout::IQ4x8(_) => {
+                unreachable!("{layout:?} groups on AMX")
+            }
             Layout::Q8_0x8 => {
                 // Block bytes: 8 f16 scales, then 4-column groups k of rows 0..8 (4 bytes each).
                 let bb = repack::group_bytes(QK);
@@ -650,7 +652,9 @@ mod tests {
             Layout::Q8_0x8 => repack::repack_q8_0(&plain, rows, cols),
             Layout::Q5_0x8 => repack::repack_q5_0(&plain, rows, cols),
             Layout::Q4Kx8 => repack::repack_q4_k(&plain, rows, cols),
-            Layout::K16x8(_) | Layout::Q5Kx8 => unreachable!("no AMX path for {layout:?}"),
+            Layout::K16x8(_) | Layout::Q5Kx8 | Layout::IQ4x8(_) => {
+                unreachable!("no AMX path for {layout:?}")
+            }
         }
     }
 
