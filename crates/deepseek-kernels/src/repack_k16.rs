@@ -278,13 +278,12 @@ pub(crate) mod x86 {
 
     /// The weights of half `h`, columns `128n + 32j + 8kk ..+ 8` of 4 rows, as unsigned bytes.
     #[inline(always)]
-    unsafe fn weights<const KIND: u8>(
+    unsafe fn weights<const KIND: u8, const N: usize, const J: usize>(
         q: *const u8,
         h: usize,
-        n: usize,
-        j: usize,
         kk: usize,
     ) -> __m256i {
+        let (n, j) = (N, J);
         let unit = |u: usize| _mm256_loadu_si256(q.add(u * 64 + h * 32) as *const __m256i);
         match KIND {
             0 => {
@@ -319,6 +318,77 @@ pub(crate) mod x86 {
                 // Q2_K: bits 2j of qs[32n + l].
                 let qs = unit(4 * n + kk);
                 _mm256_and_si256(shift_right(qs, 2 * j as i32), _mm256_set1_epi8(3))
+            }
+        }
+    }
+
+    /// Chunk (N, J) of a super-block: columns `128N + 32J ..+ 32`, sub-blocks `8N + 2J` and
+    /// `8N + 2J + 1`, added to the i32 sums (`isb`) and Q2_K's min sums (`imin`).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn chunk<
+        const T: usize,
+        const H: usize,
+        const KIND: u8,
+        const N: usize,
+        const J: usize,
+    >(
+        q: *const u8,
+        scales: *const u8,
+        acts: &[ActRow; T],
+        sb: usize,
+        h0: usize,
+        spread: &[__m256i; H],
+        isb: &mut [[__m256i; T]; H],
+        imin: &mut [[__m256i; T]; H],
+    ) {
+        for kp in 0..2 {
+            let g = 8 * N + 2 * J + kp; // the 16-value sub-block
+            let mut isum = [[_mm256_setzero_si256(); T]; H];
+            for kk in 2 * kp..2 * kp + 2 {
+                let mut w = [_mm256_setzero_si256(); H];
+                for (i, wi) in w.iter_mut().enumerate() {
+                    *wi = weights::<KIND, N, J>(q, h0 + i, kk);
+                }
+                for (t, a) in acts.iter().enumerate() {
+                    let p = a.2.as_ptr().add(sb * QK_K + 128 * N + 32 * J + 8 * kk);
+                    let av = _mm256_set1_epi64x((p as *const i64).read_unaligned());
+                    // Unsigned ≤ 63 times |a| ≤ 127: a pair ≤ 16002, two ≤ 32004.
+                    for i in 0..H {
+                        isum[i][t] = _mm256_add_epi16(isum[i][t], _mm256_maddubs_epi16(w[i], av));
+                    }
+                }
+            }
+            let sc = _mm256_set1_epi64x((scales.add(g * GROUP) as *const i64).read_unaligned());
+            for i in 0..H {
+                let hi = _mm256_shuffle_epi8(sc, spread[i]);
+                for (t, a) in acts.iter().enumerate() {
+                    let asum = *a.1.get_unchecked(sb * 16 + g);
+                    match KIND {
+                        0 | 1 => {
+                            let s = _mm256_srai_epi16::<8>(hi);
+                            // The offset (32 or 4) times the sub-block's sum, half
+                            // in each of a row's two lanes.
+                            let off = if KIND == 0 { 16 * asum } else { 2 * asum };
+                            let off = _mm256_set1_epi32(off & 0xFFFF);
+                            let v = _mm256_sub_epi32(
+                                _mm256_madd_epi16(isum[i][t], s),
+                                _mm256_madd_epi16(off, s),
+                            );
+                            isb[i][t] = _mm256_add_epi32(isb[i][t], v);
+                        }
+                        _ => {
+                            let nib = _mm256_set1_epi16(15);
+                            let s = _mm256_and_si256(_mm256_srli_epi16::<8>(hi), nib);
+                            let m = _mm256_srli_epi16::<12>(hi);
+                            isb[i][t] =
+                                _mm256_add_epi32(isb[i][t], _mm256_madd_epi16(isum[i][t], s));
+                            // The min times the sum, in a row's first lane only.
+                            let sum = _mm256_set1_epi64x((asum & 0xFFFF) as i64);
+                            imin[i][t] = _mm256_add_epi32(imin[i][t], _mm256_madd_epi16(sum, m));
+                        }
+                    }
+                }
             }
         }
     }
@@ -380,67 +450,23 @@ pub(crate) mod x86 {
             let q = blk.add(header + 16 * GROUP);
             let mut isb = [[_mm256_setzero_si256(); T]; H];
             let mut imin = [[_mm256_setzero_si256(); T]; H];
-            for n in 0..2 {
-                for j in 0..4 {
-                    for kp in 0..2 {
-                        let g = 8 * n + 2 * j + kp; // the 16-value sub-block
-                        let mut isum = [[_mm256_setzero_si256(); T]; H];
-                        for kk in 2 * kp..2 * kp + 2 {
-                            let mut w = [_mm256_setzero_si256(); H];
-                            for (i, wi) in w.iter_mut().enumerate() {
-                                *wi = weights::<KIND>(q, h0 + i, n, j, kk);
-                            }
-                            for (t, a) in acts.iter().enumerate() {
-                                let p = a.2.as_ptr().add(sb * QK_K + 128 * n + 32 * j + 8 * kk);
-                                let av = _mm256_set1_epi64x((p as *const i64).read_unaligned());
-                                // Unsigned ≤ 63 times |a| ≤ 127: a pair ≤ 16002, two ≤ 32004.
-                                for i in 0..H {
-                                    isum[i][t] = _mm256_add_epi16(
-                                        isum[i][t],
-                                        _mm256_maddubs_epi16(w[i], av),
-                                    );
-                                }
-                            }
-                        }
-                        let sc = _mm256_set1_epi64x(
-                            (scales.add(g * GROUP) as *const i64).read_unaligned(),
-                        );
-                        for i in 0..H {
-                            let hi = _mm256_shuffle_epi8(sc, spread[i]);
-                            for (t, a) in acts.iter().enumerate() {
-                                let asum = *a.1.get_unchecked(sb * 16 + g);
-                                match KIND {
-                                    0 | 1 => {
-                                        let s = _mm256_srai_epi16::<8>(hi);
-                                        // The offset (32 or 4) times the sub-block's sum, half
-                                        // in each of a row's two lanes.
-                                        let off = if KIND == 0 { 16 * asum } else { 2 * asum };
-                                        let off = _mm256_set1_epi32(off & 0xFFFF);
-                                        let v = _mm256_sub_epi32(
-                                            _mm256_madd_epi16(isum[i][t], s),
-                                            _mm256_madd_epi16(off, s),
-                                        );
-                                        isb[i][t] = _mm256_add_epi32(isb[i][t], v);
-                                    }
-                                    _ => {
-                                        let nib = _mm256_set1_epi16(15);
-                                        let s = _mm256_and_si256(_mm256_srli_epi16::<8>(hi), nib);
-                                        let m = _mm256_srli_epi16::<12>(hi);
-                                        isb[i][t] = _mm256_add_epi32(
-                                            isb[i][t],
-                                            _mm256_madd_epi16(isum[i][t], s),
-                                        );
-                                        // The min times the sum, in a row's first lane only.
-                                        let sum = _mm256_set1_epi64x((asum & 0xFFFF) as i64);
-                                        imin[i][t] =
-                                            _mm256_add_epi32(imin[i][t], _mm256_madd_epi16(sum, m));
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
+            // The (n, j) chunks as constants, so that every shift is an immediate and no
+            // `match` on them is left in the loop (LLVM had kept a jump table).
+            macro_rules! chunks {
+                ($(($n:literal, $j:literal)),*) => {
+                    $(chunk::<T, H, KIND, $n, $j>(q, scales, acts, sb, h0, &spread, &mut isb, &mut imin);)*
+                };
             }
+            chunks!(
+                (0, 0),
+                (0, 1),
+                (0, 2),
+                (0, 3),
+                (1, 0),
+                (1, 1),
+                (1, 2),
+                (1, 3)
+            );
             let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
             let dmin = if KIND == 2 {
                 _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16) as *const __m128i))
