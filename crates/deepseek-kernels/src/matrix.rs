@@ -174,6 +174,7 @@ impl Matrix {
             QuantType::Q5K if repack::k16_repack_supported() => repack::Layout::Q5Kx8,
             QuantType::IQ4NL if repack::k16_repack_supported() => repack::Layout::IQ4x8(Iq4::NL),
             QuantType::IQ4XS if repack::k16_repack_supported() => repack::Layout::IQ4x8(Iq4::XS),
+            QuantType::Q5_1 if repack::k16_repack_supported() => repack::Layout::Q5_1x8,
             _ => return self,
         };
         // A few MB of rows at a time, each slice's mapped pages dropped right after it is
@@ -199,6 +200,7 @@ impl Matrix {
                 (repack::Layout::K16x8(k), _) => crate::repack_k16::repack(k, src, n, cols),
                 (repack::Layout::Q5Kx8, _) => repack::repack_q5_k(src, n, cols),
                 (repack::Layout::IQ4x8(k), _) => crate::repack_iq4::repack(k, src, n, cols),
+                (repack::Layout::Q5_1x8, _) => crate::repack_q5_1::repack(src, n, cols),
             };
             packed.extend_from_slice(&part);
             // The mapped original is not read again: let the kernel drop its pages from this
@@ -520,7 +522,7 @@ fn amx_grouped_min_tokens() -> usize {
     })
 }
 
-/// Fewest tokens for which the layouts with decode kernels only (Q5_Kx8, K16x8, IQ4x8) are
+/// Fewest tokens for which the layouts with decode kernels only ([`repack::Layout::avx2_decode_only`]) are
 /// dequantized into the f32 GEMM rather than run through their integer kernels four tokens at
 /// a time (`DEEPSEEK_DECODE_LAYOUT_GEMM_MIN_TOKENS` overrides, for measuring).
 fn decode_layout_gemm_min_tokens() -> usize {
@@ -974,6 +976,7 @@ mod tests {
                         | QuantType::Q5K
                         | QuantType::IQ4NL
                         | QuantType::IQ4XS
+                        | QuantType::Q5_1
                 ) && rows % 8 == 0
                     && repack::k16_repack_supported()
                 {
@@ -982,7 +985,8 @@ mod tests {
                         MatrixData::Grouped {
                             layout: repack::Layout::K16x8(_)
                                 | repack::Layout::Q5Kx8
-                                | repack::Layout::IQ4x8(_),
+                                | repack::Layout::IQ4x8(_)
+                                | repack::Layout::Q5_1x8,
                             ..
                         }
                     ));

@@ -84,7 +84,11 @@ impl Panels {
         let block = match layout {
             Layout::Q4Kx8 => QK_K,
             Layout::Q5_0x8 => QK,
-            Layout::Q8_0x8 | Layout::K16x8(_) | Layout::Q5Kx8 | Layout::IQ4x8(_) => {
+            Layout::Q8_0x8
+            | Layout::K16x8(_)
+            | Layout::Q5Kx8
+            | Layout::IQ4x8(_)
+            | Layout::Q5_1x8 => {
                 unreachable!("no panels for {layout:?}")
             }
         };

@@ -25,13 +25,18 @@ pub enum Layout {
     Q5Kx8,
     /// IQ4_NL, IQ4_XS: see [`crate::repack_iq4`].
     IQ4x8(Iq4),
+    /// Q5_1: see [`crate::repack_q5_1`].
+    Q5_1x8,
 }
 
 impl Layout {
     /// Layouts with an AVX2 kernel only, made where that is the best kernel
     /// ([`k16_repack_supported`]): no AMX, no quantized GEMM panels; prefill dequantizes them.
     pub fn avx2_decode_only(self) -> bool {
-        matches!(self, Layout::K16x8(_) | Layout::Q5Kx8 | Layout::IQ4x8(_))
+        matches!(
+            self,
+            Layout::K16x8(_) | Layout::Q5Kx8 | Layout::IQ4x8(_) | Layout::Q5_1x8
+        )
     }
 
     /// The plain format the rows hold.
@@ -43,6 +48,7 @@ impl Layout {
             Layout::K16x8(k) => k.plain(),
             Layout::Q5Kx8 => QuantType::Q5K,
             Layout::IQ4x8(k) => k.plain(),
+            Layout::Q5_1x8 => QuantType::Q5_1,
         }
     }
 
@@ -55,6 +61,7 @@ impl Layout {
             Layout::K16x8(k) => k.group_bytes(cols),
             Layout::Q5Kx8 => q5k_group_bytes(cols),
             Layout::IQ4x8(k) => k.group_bytes(cols),
+            Layout::Q5_1x8 => crate::repack_q5_1::group_bytes(cols),
         }
     }
 
@@ -67,6 +74,7 @@ impl Layout {
             Layout::K16x8(k) => crate::repack_k16::unpack_row(k, data, cols, r, out),
             Layout::Q5Kx8 => unpack_q5_k_row(data, cols, r, out),
             Layout::IQ4x8(k) => crate::repack_iq4::unpack_row(k, data, cols, r, out),
+            Layout::Q5_1x8 => crate::repack_q5_1::unpack_row(data, cols, r, out),
         }
     }
 
@@ -84,6 +92,7 @@ impl Layout {
             Layout::K16x8(k) => crate::repack_k16::dot_group::<T>(k, group, cols, acts),
             Layout::Q5Kx8 => dot_group_q5k::<T>(group, cols, acts),
             Layout::IQ4x8(k) => crate::repack_iq4::dot_group::<T>(k, group, cols, acts),
+            Layout::Q5_1x8 => crate::repack_q5_1::dot_group::<T>(group, cols, acts),
         }
     }
 }
@@ -856,7 +865,7 @@ pub fn k_and_q5_repack_supported() -> bool {
     }
 }
 
-/// Whether Q5_K, Q6_K, Q3_K, Q2_K, IQ4_NL and IQ4_XS weights are repacked
+/// Whether Q5_K, Q6_K, Q3_K, Q2_K, IQ4_NL, IQ4_XS and Q5_1 weights are repacked
 /// ([`Layout::avx2_decode_only`]) on this CPU: where
 /// the AVX2 kernel is the best there is (AVX2 without 512-bit VNNI, whose machines keep the
 /// plain rows and their VNNI dot products).
@@ -1390,7 +1399,11 @@ mod grouped_tests {
                             x86_q5_0_avx2::dot_group_q5_0_avx2::<T>(group, Some(&dec), nb, &acts)
                         });
                     }
-                    Layout::Q8_0x8 | Layout::K16x8(_) | Layout::Q5Kx8 | Layout::IQ4x8(_) => {}
+                    Layout::Q8_0x8
+                    | Layout::K16x8(_)
+                    | Layout::Q5Kx8
+                    | Layout::IQ4x8(_)
+                    | Layout::Q5_1x8 => {}
                 }
             }
             for res in results {

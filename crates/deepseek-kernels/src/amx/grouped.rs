@@ -364,7 +364,7 @@ mod x86 {
         match layout {
             // Repacked only where there is no AMX (see `repack::k16_repack_supported`), and
             // `matrix::Act::new` does not route them here.
-            Layout::K16x8(_) | Layout::Q5Kx8 | Layout::IQ4x8(_) => {
+            Layout::K16x8(_) | Layout::Q5Kx8 | Layout::IQ4x8(_) | Layout::Q5_1x8 => {
                 unreachable!("{layout:?} groups on AMX")
             }
             Layout::Q8_0x8 => {
@@ -652,7 +652,7 @@ mod tests {
             Layout::Q8_0x8 => repack::repack_q8_0(&plain, rows, cols),
             Layout::Q5_0x8 => repack::repack_q5_0(&plain, rows, cols),
             Layout::Q4Kx8 => repack::repack_q4_k(&plain, rows, cols),
-            Layout::K16x8(_) | Layout::Q5Kx8 | Layout::IQ4x8(_) => {
+            Layout::K16x8(_) | Layout::Q5Kx8 | Layout::IQ4x8(_) | Layout::Q5_1x8 => {
                 unreachable!("no AMX path for {layout:?}")
             }
         }
