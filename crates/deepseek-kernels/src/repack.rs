@@ -373,6 +373,93 @@ pub fn dot_group<const T: usize>(group: &[u8], cols: usize, acts: &[ActRow; T]) 
     dot_group_generic::<T>(group, cols, acts)
 }
 
+/// What the tests of the decode-only layouts (`repack_k16`, `repack_iq4`, `repack_q5_1`) share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{ActRow, GROUP};
+    use crate::quant::{dot_row_reference, quantize_row, QuantType, QuantizedActivations};
+
+    /// `rows` rows of `ty`, quantized from a pattern with columns of different magnitudes.
+    pub fn rows_of(ty: QuantType, rows: usize, cols: usize, seed: usize) -> Vec<u8> {
+        let rb = ty.row_bytes(cols);
+        let mut data = vec![0u8; rows * rb];
+        for (r, o) in data.chunks_exact_mut(rb).enumerate() {
+            let x: Vec<f32> = (0..cols)
+                .map(|c| {
+                    (((r * 131 + c * 71 + seed * 17) % 997) as f32 / 997.0 - 0.45)
+                        * (1.0 + (c % 7) as f32)
+                })
+                .collect();
+            quantize_row(ty, &x, o);
+        }
+        data
+    }
+
+    /// `n` activation rows with an outlier every 61 values.
+    pub fn activations(n: usize, cols: usize) -> Vec<f32> {
+        (0..n * cols)
+            .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * if i % 61 == 0 { 9.0 } else { 1.0 })
+            .collect()
+    }
+
+    /// Every row of `packed` unpacks to the plain row it was made from.
+    pub fn check_unpack(
+        ty: QuantType,
+        data: &[u8],
+        packed: &[u8],
+        cols: usize,
+        unpack: impl Fn(&[u8], usize, usize, &mut [u8]),
+    ) {
+        let rb = ty.row_bytes(cols);
+        let mut row = vec![0u8; rb];
+        for r in 0..data.len() / rb {
+            unpack(packed, cols, r, &mut row);
+            assert_eq!(row, data[r * rb..(r + 1) * rb], "{ty:?} row {r}");
+        }
+    }
+
+    /// Per group of `packed`: the layout's plain formula (`plain`) against the plain rows'
+    /// dequantized dot product with the quantized activations' values, and the dispatched
+    /// kernel (`fast`) against the formula.
+    pub fn check_groups<const T: usize>(
+        ty: QuantType,
+        data: &[u8],
+        packed: &[u8],
+        group_bytes: usize,
+        a: &QuantizedActivations,
+        plain: impl Fn(&[u8], &[ActRow; T]) -> [[f32; 8]; T],
+        fast: impl Fn(&[u8], &[ActRow; T]) -> [[f32; 8]; T],
+    ) {
+        let cols = a.cols;
+        let rb = ty.row_bytes(cols);
+        let acts: [ActRow; T] = std::array::from_fn(|t| a.row(t));
+        for (g, group) in packed.chunks_exact(group_bytes).enumerate() {
+            let (p, f) = (plain(group, &acts), fast(group, &acts));
+            for t in 0..T {
+                let xq: Vec<f32> = (0..cols)
+                    .map(|c| a.qs[t * cols + c] as f32 * a.d[t * cols / 32 + c / 32])
+                    .collect();
+                for r in 0..GROUP {
+                    let row = &data[(g * GROUP + r) * rb..][..rb];
+                    let want = dot_row_reference(ty, row, &xq);
+                    let tol = 1e-3 * (1.0 + want.abs());
+                    assert!(
+                        (p[t][r] - want).abs() < tol,
+                        "{ty:?} plain group {g} t{t} r{r}: {} vs {want}",
+                        p[t][r]
+                    );
+                    assert!(
+                        (f[t][r] - p[t][r]).abs() < tol,
+                        "{ty:?} kernel group {g} t{t} r{r}: {} vs {}",
+                        f[t][r],
+                        p[t][r]
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -306,80 +306,39 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::{quantize_row, QuantizedActivations};
-
-    fn rows_of(kind: Iq4, rows: usize, cols: usize, seed: usize) -> Vec<u8> {
-        let t = kind.plain();
-        let rb = t.row_bytes(cols);
-        let mut data = vec![0u8; rows * rb];
-        for (r, o) in data.chunks_exact_mut(rb).enumerate() {
-            let x: Vec<f32> = (0..cols)
-                .map(|c| {
-                    (((r * 131 + c * 71 + seed * 17) % 997) as f32 / 997.0 - 0.45)
-                        * (1.0 + (c % 7) as f32)
-                })
-                .collect();
-            quantize_row(t, &x, o);
-        }
-        data
-    }
+    use crate::quant::QuantizedActivations;
+    use crate::repack::test_support::{activations, check_groups, check_unpack, rows_of};
 
     #[test]
     fn groups_unpack_to_the_plain_rows() {
         for (kind, cols) in [(Iq4::NL, 96), (Iq4::XS, 512)] {
             let rows = 16;
-            let data = rows_of(kind, rows, cols, 1);
+            let data = rows_of(kind.plain(), rows, cols, 1);
             let packed = repack(kind, &data, rows, cols);
             assert_eq!(packed.len(), rows / GROUP * kind.group_bytes(cols));
-            let rb = kind.plain().row_bytes(cols);
-            let mut row = vec![0u8; rb];
-            for r in 0..rows {
-                unpack_row(kind, &packed, cols, r, &mut row);
-                assert_eq!(row, data[r * rb..(r + 1) * rb], "{kind:?} row {r}");
-            }
+            check_unpack(kind.plain(), &data, &packed, cols, |p, c, r, o| {
+                unpack_row(kind, p, c, r, o)
+            });
         }
     }
 
-    /// The layout's formula against the plain rows' dequantized dot product, and the dispatched
-    /// kernel (AVX2 where present) against the formula.
     fn check<const T: usize>(kind: Iq4, rows: usize, cols: usize) {
-        let data = rows_of(kind, rows, cols, T);
+        let data = rows_of(kind.plain(), rows, cols, T);
         let packed = repack(kind, &data, rows, cols);
-        let x: Vec<f32> = (0..T * cols)
-            .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * if i % 61 == 0 { 9.0 } else { 1.0 })
-            .collect();
+        let x = activations(T, cols);
         let a = match kind {
             Iq4::NL => QuantizedActivations::new(&x, cols),
             Iq4::XS => QuantizedActivations::per_super_block(&x, cols),
         };
-        let acts: [ActRow; T] = std::array::from_fn(|t| a.row(t));
-        let (rb, gb) = (kind.plain().row_bytes(cols), kind.group_bytes(cols));
-        for g in 0..rows / GROUP {
-            let group = &packed[g * gb..(g + 1) * gb];
-            let plain = dot_group_plain::<T>(kind, group, cols, &acts);
-            let fast = dot_group::<T>(kind, group, cols, &acts);
-            for t in 0..T {
-                let xq: Vec<f32> = (0..cols)
-                    .map(|c| a.qs[t * cols + c] as f32 * a.d[t * cols / 32 + c / 32])
-                    .collect();
-                for r in 0..GROUP {
-                    let row = &data[(g * GROUP + r) * rb..][..rb];
-                    let want = crate::quant::dot_row_reference(kind.plain(), row, &xq);
-                    let tol = 1e-3 * (1.0 + want.abs());
-                    assert!(
-                        (plain[t][r] - want).abs() < tol,
-                        "{kind:?} plain t{t} r{r}: {} vs {want}",
-                        plain[t][r]
-                    );
-                    assert!(
-                        (fast[t][r] - plain[t][r]).abs() < tol,
-                        "{kind:?} kernel t{t} r{r}: {} vs {}",
-                        fast[t][r],
-                        plain[t][r]
-                    );
-                }
-            }
-        }
+        check_groups::<T>(
+            kind.plain(),
+            &data,
+            &packed,
+            kind.group_bytes(cols),
+            &a,
+            |g, acts| dot_group_plain::<T>(kind, g, cols, acts),
+            |g, acts| dot_group::<T>(kind, g, cols, acts),
+        );
     }
 
     #[test]

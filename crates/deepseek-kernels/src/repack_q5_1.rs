@@ -195,72 +195,31 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::{quantize_row, QuantizedActivations};
-
-    fn rows_of(rows: usize, cols: usize, seed: usize) -> Vec<u8> {
-        let rb = QuantType::Q5_1.row_bytes(cols);
-        let mut data = vec![0u8; rows * rb];
-        for (r, o) in data.chunks_exact_mut(rb).enumerate() {
-            let x: Vec<f32> = (0..cols)
-                .map(|c| {
-                    (((r * 131 + c * 71 + seed * 17) % 997) as f32 / 997.0 - 0.3)
-                        * (1.0 + (c % 7) as f32)
-                })
-                .collect();
-            quantize_row(QuantType::Q5_1, &x, o);
-        }
-        data
-    }
+    use crate::quant::QuantizedActivations;
+    use crate::repack::test_support::{activations, check_groups, check_unpack, rows_of};
 
     #[test]
     fn groups_unpack_to_the_plain_rows() {
         let (rows, cols) = (16, 96);
-        let data = rows_of(rows, cols, 1);
+        let data = rows_of(QuantType::Q5_1, rows, cols, 1);
         let packed = repack(&data, rows, cols);
         assert_eq!(packed.len(), rows / GROUP * group_bytes(cols));
-        let rb = QuantType::Q5_1.row_bytes(cols);
-        let mut row = vec![0u8; rb];
-        for r in 0..rows {
-            unpack_row(&packed, cols, r, &mut row);
-            assert_eq!(row, data[r * rb..(r + 1) * rb], "row {r}");
-        }
+        check_unpack(QuantType::Q5_1, &data, &packed, cols, unpack_row);
     }
 
     fn check<const T: usize>(rows: usize, cols: usize) {
-        let data = rows_of(rows, cols, T);
+        let data = rows_of(QuantType::Q5_1, rows, cols, T);
         let packed = repack(&data, rows, cols);
-        let x: Vec<f32> = (0..T * cols)
-            .map(|i| ((i * 37 % 101) as f32 / 101.0 - 0.5) * if i % 61 == 0 { 9.0 } else { 1.0 })
-            .collect();
-        let a = QuantizedActivations::new(&x, cols);
-        let acts: [ActRow; T] = std::array::from_fn(|t| a.row(t));
-        let (rb, gb) = (QuantType::Q5_1.row_bytes(cols), group_bytes(cols));
-        for g in 0..rows / GROUP {
-            let group = &packed[g * gb..(g + 1) * gb];
-            let plain = dot_group_plain::<T>(group, cols, &acts);
-            let fast = dot_group::<T>(group, cols, &acts);
-            for t in 0..T {
-                let xq: Vec<f32> = (0..cols)
-                    .map(|c| a.qs[t * cols + c] as f32 * a.d[t * cols / 32 + c / 32])
-                    .collect();
-                for r in 0..GROUP {
-                    let row = &data[(g * GROUP + r) * rb..][..rb];
-                    let want = crate::quant::dot_row_reference(QuantType::Q5_1, row, &xq);
-                    let tol = 1e-3 * (1.0 + want.abs());
-                    assert!(
-                        (plain[t][r] - want).abs() < tol,
-                        "plain t{t} r{r}: {} vs {want}",
-                        plain[t][r]
-                    );
-                    assert!(
-                        (fast[t][r] - plain[t][r]).abs() < tol,
-                        "kernel t{t} r{r}: {} vs {}",
-                        fast[t][r],
-                        plain[t][r]
-                    );
-                }
-            }
-        }
+        let a = QuantizedActivations::new(&activations(T, cols), cols);
+        check_groups::<T>(
+            QuantType::Q5_1,
+            &data,
+            &packed,
+            group_bytes(cols),
+            &a,
+            |g, acts| dot_group_plain::<T>(g, cols, acts),
+            |g, acts| dot_group::<T>(g, cols, acts),
+        );
     }
 
     #[test]
