@@ -148,8 +148,8 @@ impl Matrix {
     /// (see [`crate::repack`]; Q4_K where the CPU has AVX2 or 512-bit VNNI), and so are Q5_0
     /// and Q4_0 (as Q5_0, exactly) on the same CPUs; elsewhere Q5_0 and Q4_0 become Q8_0 first
     /// (exactly: same scale, the offset values fit in a byte), trading bytes for the fast
-    /// kernel. On AVX2 without VNNI, Q5_K, Q6_K, Q3_K and Q2_K are repacked too. Everything
-    /// else is returned as it is.
+    /// kernel. On AVX2 without VNNI, Q5_K, Q6_K, Q3_K, Q2_K, IQ4_NL, IQ4_XS and Q5_1 are
+    /// repacked too ([`repack::Layout::avx2_decode_only`]). Everything else is returned as it is.
     pub fn repacked(self) -> Matrix {
         self.repacked_in_chunks(REPACK_CHUNK_BYTES)
     }
