@@ -133,10 +133,7 @@ pub fn gemm_rows_grouped(
         "gemm: weight width does not match the activations"
     );
     let mut plain = vec![0u8; layout.plain().row_bytes(cols)];
-    // `gemm_panels` takes a `Fn`: the scratch row is borrowed through a cell.
-    let plain = std::cell::RefCell::new(&mut plain[..]);
     gemm_panels(nr, x, out, ld, |r, rows, panel| {
-        let mut plain = plain.borrow_mut();
         for (i, o) in panel[..rows * cols].chunks_exact_mut(cols).enumerate() {
             layout.unpack_row(data, cols, r0 + r + i, &mut plain);
             quant::dequantize_row(layout.plain(), &plain, o);
@@ -152,7 +149,7 @@ fn gemm_panels<'w>(
     x: &TokensMajor,
     out: &mut [f32],
     ld: usize,
-    panel: impl Fn(usize, usize, &mut [f32]) -> Option<&'w [f32]>,
+    mut panel: impl FnMut(usize, usize, &mut [f32]) -> Option<&'w [f32]>,
 ) {
     let cols = x.cols;
     assert!(

@@ -532,8 +532,9 @@ fn decode_layout_gemm_min_tokens() -> usize {
             .ok()
             .and_then(|v| v.parse().ok())
             // `examples/gemv_speed` (2 threads, 32768x2048): at 16 tokens the integer kernels
-            // ran 1.2-2x the GEMM's rate in all four formats, at 48 and 64 they were even
-            // (Q6_K, Q3_K, Q2_K) or ahead (Q5_K).
+            // ran 1.2-2x the GEMM's rate in all seven formats, at 48 and 64 they were even
+            // (Q6_K, Q3_K, Q2_K) or ahead (Q5_K; IQ4_NL, IQ4_XS, Q5_1 by 1.1-1.5x, so for
+            // those a higher threshold may pay; not measured in the model).
             .unwrap_or(32)
     })
 }

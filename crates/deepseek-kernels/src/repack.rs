@@ -579,16 +579,10 @@ fn repack_k4_k5(data: &[u8], rows: usize, cols: usize, five: bool) -> Vec<u8> {
                     dst[96 + j * 8 + r] = m;
                 }
                 for c in 0..4 {
-                    for kk in 0..4 {
-                        let o = 160 + c * 256 + kk * 64 + r * 8;
-                        dst[o..o + 8].copy_from_slice(&src[qs_at + c * 32 + 8 * kk..][..8]);
-                    }
+                    interleave_row(&src[qs_at + c * 32..][..32], r, &mut dst[160 + c * 256..]);
                 }
                 if five {
-                    for kk in 0..4 {
-                        let o = Q4K_SUPER_BYTES + kk * 64 + r * 8;
-                        dst[o..o + 8].copy_from_slice(&src[16 + 8 * kk..][..8]);
-                    }
+                    interleave_row(&src[16..48], r, &mut dst[Q4K_SUPER_BYTES..]);
                 }
             }
         }
@@ -623,16 +617,10 @@ fn unpack_k4_k5_row(data: &[u8], cols: usize, r: usize, out: &mut [u8], five: bo
         let lm: [u8; 8] = std::array::from_fn(|j| src[96 + j * 8 + i]);
         dst[4..16].copy_from_slice(&pack_scale_min_k4(&ls, &lm));
         for c in 0..4 {
-            for kk in 0..4 {
-                let o = 160 + c * 256 + kk * 64 + i * 8;
-                dst[qs_at + c * 32 + 8 * kk..][..8].copy_from_slice(&src[o..o + 8]);
-            }
+            deinterleave_row(&src[160 + c * 256..], i, &mut dst[qs_at + c * 32..][..32]);
         }
         if five {
-            for kk in 0..4 {
-                let o = Q4K_SUPER_BYTES + kk * 64 + i * 8;
-                dst[16 + 8 * kk..][..8].copy_from_slice(&src[o..o + 8]);
-            }
+            deinterleave_row(&src[Q4K_SUPER_BYTES..], i, &mut dst[16..48]);
         }
     }
 }
@@ -934,6 +922,22 @@ pub(crate) mod x86_q4k_avx2 {
     }
 }
 
+/// Row `r`'s bytes `src` (a multiple of 8) into the 8-byte units of a group: unit `u` of row
+/// `r` at `dst[64u + 8r..][..8]`, so one 256-bit load holds the same 8 bytes of 4 rows. The
+/// quantized bytes of Q4_Kx8, Q5_Kx8, Q5_0x8 and the decode-only layouts are laid out so.
+pub(crate) fn interleave_row(src: &[u8], r: usize, dst: &mut [u8]) {
+    for (u, unit) in src.chunks_exact(8).enumerate() {
+        dst[64 * u + 8 * r..][..8].copy_from_slice(unit);
+    }
+}
+
+/// The inverse of [`interleave_row`]: row `r`'s units of `src` back into `dst`.
+pub(crate) fn deinterleave_row(src: &[u8], r: usize, dst: &mut [u8]) {
+    for (u, unit) in dst.chunks_exact_mut(8).enumerate() {
+        unit.copy_from_slice(&src[64 * u + 8 * r..][..8]);
+    }
+}
+
 /// Whether Q4_K and Q5_0 weights are repacked in their own formats (Q4_Kx8, Q5_0x8) on this
 /// CPU: where kernels for the layouts exist (512-bit VNNI or AVX2); elsewhere Q4_K stays in
 /// plain rows and Q5_0 is widened to Q8_0.
@@ -1053,9 +1057,7 @@ pub fn repack_q5_0(data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
                 for m in 0..4 {
                     dst[16 + m * 8 + r] = src[2 + m];
                 }
-                for kk in 0..2 {
-                    dst[48 + kk * 64 + r * 8..][..8].copy_from_slice(&src[6 + kk * 8..][..8]);
-                }
+                interleave_row(&src[6..22], r, &mut dst[48..]);
             }
         }
     }
@@ -1073,9 +1075,7 @@ pub fn unpack_q5_0_row(data: &[u8], cols: usize, r: usize, out: &mut [u8]) {
         for m in 0..4 {
             dst[2 + m] = src[16 + m * 8 + i];
         }
-        for kk in 0..2 {
-            dst[6 + kk * 8..][..8].copy_from_slice(&src[48 + kk * 64 + i * 8..][..8]);
-        }
+        deinterleave_row(&src[48..], i, &mut dst[6..22]);
     }
 }
 

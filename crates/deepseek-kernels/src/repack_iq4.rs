@@ -15,7 +15,7 @@
 //! nibbles and `32b + 16 + 8kk ..+ 8` in its high ones.
 
 use crate::quant::{QuantType, IQ4_LEVELS, QK, QK_K};
-use crate::repack::{ActRow, GROUP};
+use crate::repack::{deinterleave_row, interleave_row, ActRow, GROUP};
 
 /// Which of the two formats a group holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,10 +88,7 @@ pub fn repack(kind: Iq4, data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
                         dst[16 + ib * GROUP + r] = (xs_scale(src, ib) as i8 - 32) as u8;
                     }
                 }
-                for u in 0..units {
-                    let o = head + u * 64 + r * 8;
-                    dst[o..o + 8].copy_from_slice(&src[qs + 8 * u..][..8]);
-                }
+                interleave_row(&src[qs..qs + 8 * units], r, &mut dst[head..]);
             }
         }
     }
@@ -116,10 +113,7 @@ pub fn unpack_row(kind: Iq4, data: &[u8], cols: usize, r: usize, out: &mut [u8])
             dst[2..4].copy_from_slice(&sh.to_le_bytes());
             dst[4..8].copy_from_slice(&sl);
         }
-        for u in 0..units {
-            let o = head + u * 64 + i * 8;
-            dst[qs + 8 * u..][..8].copy_from_slice(&src[o..o + 8]);
-        }
+        deinterleave_row(&src[head..], i, &mut dst[qs..qs + 8 * units]);
     }
 }
 

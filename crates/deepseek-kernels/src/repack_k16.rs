@@ -25,7 +25,7 @@
 //! [`QuantizedActivations::per_super_block_sums16`]: crate::quant::QuantizedActivations::per_super_block_sums16
 
 use crate::quant::{QuantType, QK_K};
-use crate::repack::{ActRow, GROUP};
+use crate::repack::{deinterleave_row, interleave_row, ActRow, GROUP};
 
 /// Which of the three formats a group holds (the `KIND` of the kernel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,11 +114,7 @@ pub fn repack(kind: K16, data: &[u8], rows: usize, cols: usize) -> Vec<u8> {
                         _ => src[sc_at + j],
                     };
                 }
-                let q = h + 16 * GROUP;
-                for u in 0..qn / 8 {
-                    let o = q + u * 64 + r * 8;
-                    dst[o..o + 8].copy_from_slice(&src[q_at + 8 * u..][..8]);
-                }
+                interleave_row(&src[q_at..q_at + qn], r, &mut dst[h + 16 * GROUP..]);
             }
         }
         debug_assert_eq!(nsb * sbb, dst_group.len());
@@ -146,11 +142,7 @@ pub fn unpack_row(kind: K16, data: &[u8], cols: usize, r: usize, out: &mut [u8])
             }
             _ => dst[sc_at..sc_at + 16].copy_from_slice(&scales),
         }
-        let q = h + 16 * GROUP;
-        for u in 0..qn / 8 {
-            let o = q + u * 64 + i * 8;
-            dst[q_at + 8 * u..][..8].copy_from_slice(&src[o..o + 8]);
-        }
+        deinterleave_row(&src[h + 16 * GROUP..], i, &mut dst[q_at..q_at + qn]);
     }
 }
 
