@@ -209,6 +209,16 @@ impl Matrix {
                 release_mapped(map, offset + start * row_bytes, n * row_bytes);
             }
         }
+        // A page fault also maps the cached pages around it (Linux's fault-around, 64 KiB), so
+        // each chunk re-mapped a little of the chunk before it and of the neighbouring tensors.
+        // Left, those pages added up to ~10 MB per layer of a Q2_K file by the end of the load;
+        // drop the whole range once more, with a margin (a neighbour still in use only faults
+        // its pages back in from the page cache).
+        if let Buffer::Mapped { map, offset, .. } = data {
+            let lo = offset.saturating_sub(FAULT_AROUND_MARGIN);
+            let hi = (offset + rows * row_bytes + FAULT_AROUND_MARGIN).min(map.len());
+            release_mapped(map, lo, hi - lo);
+        }
         let data = MatrixData::Grouped {
             layout,
             data: packed.into(),
@@ -317,6 +327,11 @@ impl Matrix {
 
 /// Rows repacked per step of [`Matrix::repacked`].
 const REPACK_CHUNK_BYTES: usize = 4 << 20;
+
+/// Bytes on either side of a repacked tensor whose mapped pages are dropped with it: Linux maps
+/// up to 64 KiB of cached pages around a faulting address by default; 1 MiB covers a larger
+/// `fault_around_bytes` too.
+const FAULT_AROUND_MARGIN: usize = 1 << 20;
 
 #[cfg(unix)]
 fn release_mapped(map: &memmap2::Mmap, offset: usize, len: usize) {
