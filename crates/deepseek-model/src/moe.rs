@@ -96,12 +96,14 @@ impl Moe {
         // quantizing the activations, SiLU). Decode-sized steps also run the shared experts as
         // one more job; longer steps split theirs (each token meets them) across the threads.
         let shared_job = self.shared_experts.as_ref().filter(|_| n <= SMALL_BATCH);
-        let mut jobs: Vec<(Option<usize>, &Mlp, Vec<f32>, usize)> = chosen
+        // Each job gathers its own tokens' rows when it runs: gathered for every expert first,
+        // the copies of a 512-token prompt (6 per token) were 25 MB at once.
+        let mut jobs: Vec<(Option<usize>, &Mlp, usize)> = chosen
             .iter()
-            .map(|&(e, toks)| (Some(e), &self.experts[e], gather(toks), toks.len()))
+            .map(|&(e, toks)| (Some(e), &self.experts[e], toks.len()))
             .collect();
         if let Some(shared) = shared_job {
-            jobs.push((None, shared, x.to_vec(), n));
+            jobs.push((None, shared, n));
         }
         // Largest jobs first (the pool's threads claim tasks in order): whole jobs cannot be
         // split, so a big job taken last leaves the other threads idle. V2-Lite's two shared
@@ -111,13 +113,16 @@ impl Moe {
         // every expert's matmuls by rows instead (two regions per layer, balanced to the
         // row chunk) measured the same: 41.5 vs 41.6 tok/s, medians of five q4_k pairs, and
         // the same share of the run in the kernels in a profile (82.5–84% per thread).
-        jobs.sort_by_cached_key(|&(_, mlp, _, m)| std::cmp::Reverse(m * mlp.weight_bytes()));
+        jobs.sort_by_cached_key(|&(_, mlp, m)| std::cmp::Reverse(m * mlp.weight_bytes()));
         let mut results: Vec<(Option<usize>, Vec<f32>)> =
             deepseek_kernels::threads::map(jobs.len(), |i| {
-                let (e, mlp, xs, m) = &jobs[i];
+                let (e, mlp, m) = jobs[i];
                 let mut ys = vec![0.0; m * hid];
-                mlp.forward_serial(xs, *m, &mut ys);
-                (*e, ys)
+                match e {
+                    Some(e) => mlp.forward_serial(&gather(&by_expert[e]), m, &mut ys),
+                    None => mlp.forward_serial(x, m, &mut ys),
+                }
+                (e, ys)
             });
         if let (Some(shared), None) = (&self.shared_experts, shared_job) {
             let mut ys = vec![0.0; n * hid];
