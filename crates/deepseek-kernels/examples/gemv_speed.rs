@@ -45,7 +45,12 @@ fn main() {
     let x: Vec<f32> = (0..cols).map(|i| (i % 13) as f32 / 13.0).collect();
     let mut out = vec![0.0; rows];
     let bw = deepseek_kernels::probe::read_bandwidth(1 << 30, 5);
-    for n in [1usize, 4, 16, 48, 64] {
+    // Token counts: `GEMV_TOKENS=1,48,512` overrides the default list.
+    let ns: Vec<usize> = std::env::var("GEMV_TOKENS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 4, 16, 48, 64]);
+    for n in ns {
         let xs: Vec<f32> = x.iter().cycle().take(n * cols).copied().collect();
         let mut out_n = vec![0.0; n * rows];
         matmul(&m, &xs, n, &mut out_n);
@@ -59,7 +64,7 @@ fn main() {
             })
             .fold(f64::INFINITY, f64::min);
         println!(
-            "n={n:>2}: {:.1} GB/s of weights ({:.1} GFLOP/s); probe {:.1} GB/s",
+            "n={n:>3}: {:.1} GB/s of weights ({:.1} GFLOP/s); probe {:.1} GB/s",
             m.size_bytes() as f64 / s / 1e9,
             2.0 * (rows * cols * n) as f64 / s / 1e9,
             bw / 1e9

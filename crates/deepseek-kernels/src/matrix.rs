@@ -469,7 +469,7 @@ impl<'a> Act<'a> {
         let quant_tokens = match w.data {
             MatrixData::Grouped { layout, .. }
                 if layout.avx2_decode_only()
-                    && n >= decode_layout_gemm_min_tokens()
+                    && n >= decode_layout_gemm_min_tokens(layout)
                     && !quant::exact_activations() =>
             {
                 gemm::TokensMajor::new(x, n, w.cols)
@@ -537,20 +537,25 @@ fn amx_grouped_min_tokens() -> usize {
     })
 }
 
-/// Fewest tokens for which the layouts with decode kernels only ([`repack::Layout::avx2_decode_only`]) are
-/// dequantized into the f32 GEMM rather than run through their integer kernels four tokens at
-/// a time (`DEEPSEEK_DECODE_LAYOUT_GEMM_MIN_TOKENS` overrides, for measuring).
-fn decode_layout_gemm_min_tokens() -> usize {
-    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MIN.get_or_init(|| {
+/// Fewest tokens for which a layout with decode kernels only ([`repack::Layout::avx2_decode_only`])
+/// is dequantized into the f32 GEMM rather than run through its integer kernels four tokens at
+/// a time (`DEEPSEEK_DECODE_LAYOUT_GEMM_MIN_TOKENS` overrides for all of them, for measuring).
+fn decode_layout_gemm_min_tokens(layout: repack::Layout) -> usize {
+    static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = OVERRIDE.get_or_init(|| {
         std::env::var("DEEPSEEK_DECODE_LAYOUT_GEMM_MIN_TOKENS")
             .ok()
             .and_then(|v| v.parse().ok())
-            // `examples/gemv_speed` (2 threads, 32768x2048): at 16 tokens the integer kernels
-            // ran 1.2-2x the GEMM's rate in all seven formats, at 48 and 64 they were even
-            // (Q6_K, Q3_K, Q2_K) or ahead (Q5_K; IQ4_NL, IQ4_XS, Q5_1 by 1.1-1.5x, so for
-            // those a higher threshold may pay; not measured in the model).
-            .unwrap_or(32)
+    });
+    // `examples/gemv_speed` (2 threads, 32768x2048): at 16 tokens the integer kernels ran
+    // 1.2-2x the GEMM's rate in all seven formats; at 48 and 64 they were even for Q6_K, Q3_K
+    // and Q2_K and ahead for Q5_K, IQ4_NL, IQ4_XS and Q5_1 (1.1-1.5x). In the model (pp512,
+    // whose routed experts see ~48 tokens each; alternating runs) 64 against 32 gave IQ4_XS
+    // 78.6-84.5 -> 86.5-105.5 tok/s (5 of 5 pairs) and Q5_K_M 80.7/85.6 -> 89.4/91.6, while
+    // Q6_K and Q2_K moved within the noise either way.
+    forced.unwrap_or(match layout {
+        repack::Layout::K16x8(_) => 32,
+        _ => 64,
     })
 }
 
@@ -1007,9 +1012,9 @@ mod tests {
                         }
                     ));
                 }
-                // 9 and 33 tokens: the tokens-major GEMM where the CPU takes it (≥ 8 tokens for
-                // plain rows, ≥ 32 for the layouts with decode kernels only).
-                for n in [1, 3, 4, 6, 9, 33] {
+                // 9, 33 and 65 tokens: the tokens-major GEMM where the CPU takes it (≥ 8 tokens
+                // for plain rows, ≥ 32 or ≥ 64 for the layouts with decode kernels only).
+                for n in [1, 3, 4, 6, 9, 33, 65] {
                     let x = rand_vec(n * cols, 8);
                     let want = matmul_reference(&m, &x, n);
                     let scale = x.iter().map(|v| v.abs()).sum::<f32>() / n as f32;
