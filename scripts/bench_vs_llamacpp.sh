@@ -102,21 +102,22 @@ python3 - "$OUT" "$LCPP_VERSION" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 print(f"llama.cpp from {sys.argv[2]}\n")
-print("| engine | type | test | depth | tokens/s | GB/s (decode) | share of probe bandwidth |")
-print("|---|---|---|---|---|---|---|")
+print("| engine | type | test | depth | tokens/s | GB/s (decode) | share of probe bandwidth | peak RSS ÷ (weights + cache) |")
+print("|---|---|---|---|---|---|---|---|")
 for r in rows:
     e, x, t = r["engine"], r["result"], r.get("type", "bf16")
     if e == "deepseek-rs":
         if x["prompt_tokens"] and x["depth"] == 0:  # our prefill test always starts empty
-            print(f"| deepseek-rs | {t} | pp{x['prompt_tokens']} | {x['depth']} | {x['prefill_tok_s']:.1f} ({x['prefill_tok_s_min']:.1f}–{x['prefill_tok_s_max']:.1f}) | | |")
-        print(f"| deepseek-rs | {t} | tg{x['gen_tokens']} | {x['depth']} | {x['decode_tok_s']:.2f} ({x['decode_tok_s_min']:.2f}–{x['decode_tok_s_max']:.2f}) | {x['decode_gb_s']:.1f} | {100*x['bandwidth_share']:.0f}% of {x['bandwidth_gb_s']:.1f} GB/s |")
+            print(f"| deepseek-rs | {t} | pp{x['prompt_tokens']} | {x['depth']} | {x['prefill_tok_s']:.1f} ({x['prefill_tok_s_min']:.1f}–{x['prefill_tok_s_max']:.1f}) | | | |")
+        rss = f"{x['peak_rss_ratio']:.3f}" if x.get("peak_rss_ratio") else ""
+        print(f"| deepseek-rs | {t} | tg{x['gen_tokens']} | {x['depth']} | {x['decode_tok_s']:.2f} ({x['decode_tok_s_min']:.2f}–{x['decode_tok_s_max']:.2f}) | {x['decode_gb_s']:.1f} | {100*x['bandwidth_share']:.0f}% of {x['bandwidth_gb_s']:.1f} GB/s | {rss} |")
         bw, active = x["bandwidth_gb_s"], x["active_weight_bytes"]
     elif e == "llama.cpp":
         test = f"pp{x['n_prompt']}" if x["n_prompt"] else f"tg{x['n_gen']}"
         # Weights only, sized as our engine reads them (for repacked/widened types that is what
         # we read, not what llama.cpp reads); at depth > 0 llama.cpp also reads its KV cache.
         gbs = "" if x["n_prompt"] or x.get("n_depth", 0) else f"{x['avg_ts'] * active / 1e9:.1f}"
-        print(f"| llama.cpp | {t} | {test} | {x.get('n_depth', 0)} | {x['avg_ts']:.2f} ± {x['stddev_ts']:.2f} | {gbs} | |")
+        print(f"| llama.cpp | {t} | {test} | {x.get('n_depth', 0)} | {x['avg_ts']:.2f} ± {x['stddev_ts']:.2f} | {gbs} | | |")
     else:
-        print(f"| transformers | bf16 | tg{x['gen_tokens']} | 0 | {x['decode_tok_s']:.2f} | {x['decode_tok_s'] * active / 1e9:.1f} | |")
+        print(f"| transformers | bf16 | tg{x['gen_tokens']} | 0 | {x['decode_tok_s']:.2f} | {x['decode_tok_s'] * active / 1e9:.1f} | | |")
 PY
