@@ -361,6 +361,13 @@ fn bench_json_has_the_fields_scripts_rely_on() {
         );
     }
     assert_eq!(v["kv_bytes_per_token"], 40 * 3 * 4);
+    // The peak RSS is this tiny model's, not the bandwidth probe's 1 GiB buffer freed before it.
+    if cfg!(target_os = "linux") {
+        let rss = v["peak_rss_bytes"]
+            .as_u64()
+            .expect("peak_rss_bytes on Linux");
+        assert!(rss < 512 << 20, "peak RSS {rss} counts the probe's buffer");
+    }
 }
 
 /// Every fixture family (V2 with v_head_dim ≠ nope, V2 group routing, V3 bias-corrected routing,

@@ -41,6 +41,12 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Starts the peak-RSS measurement over (Linux 4.0+: writing 5 to `clear_refs` resets `VmHWM`
+/// to the current resident set). False where that is not possible.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 fn median_spread(v: &mut [f64]) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (v[v.len() / 2], v[0], v[v.len() - 1])
@@ -51,9 +57,11 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--repetitions must be at least 1");
     }
     let dir = a.model.dir()?;
-    // The probe's 1 GiB buffer is freed before the model loads, so it does not count in the
-    // peak RSS reported below.
     let bw = deepseek_kernels::probe::read_bandwidth(1 << 30, 5);
+    // The probe's 1 GiB buffer is freed by now, but it set the peak: measure the peak from
+    // here (without that, a model smaller than the buffer reported the probe's peak). Where the
+    // peak cannot be reset, none is reported rather than a wrong one.
+    let peak_is_ours = reset_peak_rss();
     // The file's facts are read before the model loads: opening a checkpoint may build small
     // tensors (GGUF's split kv_b), which would otherwise add to the peak RSS measured below.
     let (dtype, disk_bytes) = {
@@ -164,7 +172,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let gbs = tg * bytes_per_token as f64 / 1e9;
     let held_bytes = model.held_weight_bytes();
-    let rss = peak_rss_bytes();
+    let rss = peak_rss_bytes().filter(|_| peak_is_ours);
     let cache_bytes = (a.prompt.max(a.depth + a.gen + 1)) * shape.bytes_per_token();
     let v = json!({
         "model": dir.display().to_string(), "dtype": dtype, "threads": threads, "isa": format!("{:?}", deepseek_kernels::simd::isa()), "amx": deepseek_kernels::amx::available(),
