@@ -121,14 +121,10 @@ impl Tokenizer {
     pub fn from_gguf(g: &deepseek_loader::gguf::GgufFile) -> Result<Self, EngineError> {
         let parts = crate::gguf_tokenizer::tokenizer_parts(g)?;
         let inner: tokenizers::Tokenizer =
-            parts
-                .tokenizer_json
-                .to_string()
-                .parse()
-                .map_err(|e| EngineError::File {
-                    path: g.path.clone(),
-                    msg: format!("cannot build the tokenizer from its metadata: {e}"),
-                })?;
+            serde_json::from_value(parts.tokenizer_json).map_err(|e| EngineError::File {
+                path: g.path.clone(),
+                msg: format!("cannot build the tokenizer from its metadata: {e}"),
+            })?;
         Ok(Self::new(
             inner,
             parts.bos_token,
