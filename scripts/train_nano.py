@@ -25,6 +25,8 @@ import time
 
 import torch
 import transformers
+
+import nano_textbook
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -50,6 +52,10 @@ PACKAGES = [
     ("boltons", "26.2.0", "BSD-3-Clause"),
 ]
 PACKAGE_WEIGHT = 2
+# Generated textbook modules (scripts/nano_textbook.py): their share of the plain-text bytes, and
+# of the FIM examples (whose documents are otherwise drawn uniformly from the real files).
+TEXTBOOK_SHARE = 0.3
+TEXTBOOK_FIM_SHARE = 0.4
 
 # Chat template in the DeepSeek-Coder-V2 style, so `deepseek chat` and the server work.
 CHAT_TEMPLATE = (
@@ -199,8 +205,15 @@ def main():
     # for the earlier models, so validation losses stay comparable across runs.
     is_table = [generated_table(f, d) for f, d in zip(train_files, stdlib_train)]
     tables = sum(is_table)
-    train_docs = [d for d, t in zip(stdlib_train, is_table) if not t] + pkg_train * PACKAGE_WEIGHT
-    print(f"training documents: {len(train_docs)} ({tables} generated tables left out, packages weighted {PACKAGE_WEIGHT}x)", flush=True)
+    real_docs = [d for d, t in zip(stdlib_train, is_table) if not t] + pkg_train * PACKAGE_WEIGHT
+    real_chars = sum(map(len, real_docs))
+    # Fresh modules throughout (a corpus about as large as a pass over the real files at this
+    # share); the held-out ones come from another seed.
+    textbook = nano_textbook.corpus(seed=0, chars=int(real_chars * TEXTBOOK_SHARE / (1 - TEXTBOOK_SHARE)))
+    textbook_val = nano_textbook.corpus(seed=1, chars=200_000)
+    train_docs = real_docs + textbook
+    print(f"training documents: {len(real_docs)} real ({real_chars / 1e6:.2f} MB; {tables} generated tables left out, packages "
+          f"weighted {PACKAGE_WEIGHT}x), {len(textbook)} generated textbook modules ({sum(map(len, textbook)) / 1e6:.2f} MB)", flush=True)
 
     tok = train_tokenizer(stdlib_train)
     tok.save(os.path.join(out_dir, "tokenizer.json"))
@@ -271,7 +284,7 @@ def main():
     def fim_row():
         row = []
         while len(row) < SEQ + 1:
-            ex = fim_example(train_docs, rng)
+            ex = fim_example(textbook if rng.random() < TEXTBOOK_FIM_SHARE else real_docs, rng)
             if ex is not None:
                 prompt, target = encode_fim(*ex)
                 row += prompt + target
@@ -302,6 +315,7 @@ def main():
 
     val_fim = held_out_fim(val_docs, 1)
     val_fim_packages = held_out_fim(pkg_val, 2)
+    val_fim_textbook = held_out_fim(textbook_val, 3)
 
     log = {"step": [], "train_loss": [], "val_step": [], "val_loss": [], "seconds": []}
     t0 = time.time()
@@ -368,6 +382,7 @@ def main():
 
     fim_eval = fim_eval_on(val_fim, "standard library files")
     fim_eval_packages = fim_eval_on(val_fim_packages, "package files")
+    fim_eval_textbook = fim_eval_on(val_fim_textbook, "generated textbook modules")
 
     prompts = {
         "def": "def fibonacci(n):\n",
@@ -395,6 +410,7 @@ def main():
                    "parameters": n_params, "steps": step, "batch": batch, "seq_len": SEQ, "train_seconds": train_seconds,
                    "threads": args.threads, "train_files": len(train_files), "val_files": len(val_files),
                    "final_val_loss": final_val, "fim_eval": fim_eval, "fim_eval_packages": fim_eval_packages,
+                   "fim_eval_textbook": fim_eval_textbook, "textbook_share": TEXTBOOK_SHARE, "textbook_fim_share": TEXTBOOK_FIM_SHARE,
                    "packages": [{"name": n, "version": v, "license": l} for n, v, l in PACKAGES], "package_weight": PACKAGE_WEIGHT,
                    "train_documents": len(train_docs), "val_windows": val_windows, "log": log}, f)
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
