@@ -143,3 +143,15 @@ pub fn parse_token_ids(s: &str, vocab: usize) -> Result<Vec<u32>> {
     }
     Ok(ids)
 }
+
+/// The kernels' instruction-set tier for `info` and `bench`: the one in use, and the host's
+/// best where a cap (`--isa`, `DEEPSEEK_ISA`) keeps the kernels below it.
+pub fn tier_line() -> String {
+    use deepseek_kernels::tier;
+    let (active, host) = (tier::active(), tier::host());
+    if active == host {
+        format!("{active} tier")
+    } else {
+        format!("{active} tier (capped; this CPU has {host})")
+    }
+}

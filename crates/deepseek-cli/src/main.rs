@@ -31,6 +31,12 @@ struct Cli {
     /// values: 3.6x smaller for DeepSeek-V2's 576-value latent rows, slightly inexact).
     #[arg(long, global = true, value_enum, default_value = "f32")]
     cache_type: common::CacheType,
+    /// Highest instruction-set tier the kernels may use (default: the best this CPU has; also
+    /// DEEPSEEK_ISA). x86-64: scalar, avx2, avx512, avx512-vnni, avx512-bf16, amx; AArch64:
+    /// scalar, neon, neon-dot. For comparing tiers on one machine; `info` and `bench` print the
+    /// tier in use and the ones the CPU has.
+    #[arg(long, global = true, value_name = "TIER")]
+    isa: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -88,6 +94,15 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("DEEPSEEK_LOG"))
         .with_writer(std::io::stderr)
         .init();
+    let isa = match cli.isa.as_deref().map(deepseek_kernels::tier::Tier::parse) {
+        Some(Err(e)) => Err(format!("--isa: {e}")),
+        Some(Ok(t)) => Ok(Some(t)),
+        None => Ok(None),
+    };
+    if let Err(e) = isa.and_then(deepseek_kernels::tier::init) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     deepseek_kernels::threads::init(cli.threads);
     common::set_cache_type(cli.cache_type);
     let result = std::panic::catch_unwind(|| match cli.command {

@@ -18,7 +18,6 @@
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 
 use std::cell::RefCell;
-use std::sync::OnceLock;
 
 pub(crate) mod attention;
 pub mod grouped;
@@ -33,19 +32,10 @@ const TILE_LEN: usize = TILE * K_TILE;
 /// columns, so they stay in L2 while the block's weight panels stream past.
 const TOKEN_TILES_PER_BLOCK: usize = 8;
 
-/// Whether AMX bf16 tiles can be used: the CPU has them, the kernel granted this process the
-/// tile state, AVX-512 is in use (a narrower `DEEPSEEK_ISA` turns AMX off too), and
-/// `DEEPSEEK_AMX=0` is not set.
+/// Whether AMX bf16 tiles can be used: the active [`crate::tier`] is AMX (the CPU has the
+/// tiles, the kernel granted this process their state, and no cap below it is set).
 pub fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        if std::env::var("DEEPSEEK_AMX").is_ok_and(|v| v == "0")
-            || crate::simd::isa() != crate::simd::Isa::Avx512
-        {
-            return false;
-        }
-        x86::detect_and_enable()
-    })
+    crate::tier::at_least(crate::tier::Tier::Amx)
 }
 
 /// Activations split into bf16 `hi` and `lo` parts in AMX's second-operand layout, zero-padded
@@ -271,43 +261,8 @@ mod x86 {
     use super::{Panel, SplitActivations, K_TILE, TILE, TILE_LEN};
     use std::arch::asm;
 
-    pub fn detect_and_enable() -> bool {
-        // CPUID.(EAX=7,ECX=0):EDX bit 22 = AMX-BF16, bit 24 = AMX-TILE.
-        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
-        if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
-            return false;
-        }
-        request_tile_state()
-    }
-
-    /// Linux hands out the (8 KiB) tile register state only on request:
-    /// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, once per process.
-    #[cfg(target_os = "linux")]
-    fn request_tile_state() -> bool {
-        const SYS_ARCH_PRCTL: i64 = 158;
-        const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
-        const XFEATURE_XTILEDATA: i64 = 18;
-        let ret: i64;
-        // SAFETY: a plain syscall with integer arguments; it changes only this process's
-        // permission to use the tile state.
-        unsafe {
-            asm!("syscall",
-                inlateout("rax") SYS_ARCH_PRCTL => ret,
-                in("rdi") ARCH_REQ_XCOMP_PERM,
-                in("rsi") XFEATURE_XTILEDATA,
-                lateout("rcx") _, lateout("r11") _,
-                options(nostack));
-        }
-        ret == 0
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn request_tile_state() -> bool {
-        false
-    }
-
     pub fn has_avx512_bf16() -> bool {
-        is_x86_feature_detected!("avx512bf16") && is_x86_feature_detected!("avx512bw")
+        crate::tier::at_least(crate::tier::Tier::Avx512Bf16)
     }
 
     /// 32 values at `x` split into bf16 `hi` and `lo` parts (`x = hi + lo`), each 32 bf16 in
@@ -616,9 +571,6 @@ mod x86 {
 #[cfg(not(target_arch = "x86_64"))]
 mod x86 {
     use super::SplitActivations;
-    pub fn detect_and_enable() -> bool {
-        false
-    }
     pub fn has_avx512_bf16() -> bool {
         false
     }

@@ -24,6 +24,7 @@ pub mod repack_k16;
 pub mod repack_q5_1;
 pub mod simd;
 pub mod threads;
+pub mod tier;
 
 pub use matrix::{Buffer, DType, Matrix, MatrixData};
 pub use quant::QuantType;

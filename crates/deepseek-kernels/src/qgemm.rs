@@ -295,7 +295,7 @@ fn q5_0_offset(s: usize, r: usize) -> usize {
 fn f16x8_to_f32(src: &[u8], dst: &mut [f32]) {
     assert!(src.len() >= 2 * GROUP && dst.len() >= GROUP);
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("f16c") {
+    if crate::tier::at_least(crate::tier::Tier::Avx2) {
         // SAFETY: F16C detected; lengths checked above.
         unsafe { x86::f16x8_to_f32(src.as_ptr(), dst.as_mut_ptr()) };
         return;

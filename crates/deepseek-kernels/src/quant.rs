@@ -720,7 +720,7 @@ pub(crate) fn dot_rows_unpacked<D: IntDot, const T: usize>(
     acc
 }
 
-/// Which integer dot-product code this CPU runs (detected once).
+/// Which integer dot-product code runs, from the active [`crate::tier`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ByteDotIsa {
     Scalar,
@@ -734,25 +734,16 @@ pub(crate) enum ByteDotIsa {
 }
 
 pub(crate) fn byte_dot_isa() -> ByteDotIsa {
-    static ISA: std::sync::OnceLock<ByteDotIsa> = std::sync::OnceLock::new();
-    *ISA.get_or_init(|| match crate::simd::isa() {
-        crate::simd::Isa::Scalar => ByteDotIsa::Scalar,
+    use crate::tier::{self, Tier};
+    match tier::active() {
         #[cfg(target_arch = "x86_64")]
-        _ if !is_x86_feature_detected!("f16c") => ByteDotIsa::Scalar,
+        Tier::Avx2 | Tier::Avx512 => ByteDotIsa::Avx2,
         #[cfg(target_arch = "x86_64")]
-        _ if is_x86_feature_detected!("avx512vnni")
-            && is_x86_feature_detected!("avx512vl")
-            && crate::simd::isa() == crate::simd::Isa::Avx512 =>
-        {
-            ByteDotIsa::Vnni
-        }
-        #[cfg(target_arch = "x86_64")]
-        _ => ByteDotIsa::Avx2,
+        Tier::Avx512Vnni | Tier::Avx512Bf16 | Tier::Amx => ByteDotIsa::Vnni,
         #[cfg(target_arch = "aarch64")]
-        _ if std::arch::is_aarch64_feature_detected!("dotprod") => ByteDotIsa::NeonDot,
-        #[cfg(not(target_arch = "x86_64"))]
+        Tier::NeonDot => ByteDotIsa::NeonDot,
         _ => ByteDotIsa::Scalar,
-    })
+    }
 }
 
 /// `Σ w·x` of one quantized weight row (`row_bytes(cols)` bytes) with `T` activation rows of

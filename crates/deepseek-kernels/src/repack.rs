@@ -1329,7 +1329,7 @@ pub fn decode_q5_0_group(group: &[u8], cols: usize, out: &mut [u8]) {
     let nb = cols / QK;
     assert!(group.len() >= q5_0_group_bytes(cols) && out.len() >= nb * Q5_0_DECODED_BLOCK);
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") {
+    if crate::tier::at_least(crate::tier::Tier::Avx2) {
         // SAFETY: AVX2 detected; lengths checked above.
         unsafe { x86_q5_0_avx2::decode_q5_0_group_avx2(group, nb, out) };
         return;

@@ -5,8 +5,6 @@
 //! loaded and converted to f32 once and used for every activation row, which is what makes
 //! batched decode and prefill cheaper than one GEMV per token.
 
-use std::sync::OnceLock;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
     Scalar,
@@ -16,39 +14,16 @@ pub enum Isa {
     Neon,
 }
 
-/// The widest instruction set this CPU supports (detected once). `DEEPSEEK_ISA=scalar|avx2`
-/// forces a narrower one, for testing and comparison (`scalar` on AArch64 too).
+/// The vector width the float kernels use, from the active [`crate::tier`] (all AVX-512 tiers
+/// and AMX use the 512-bit code; `DEEPSEEK_ISA` caps it).
 pub fn isa() -> Isa {
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        let forced = std::env::var("DEEPSEEK_ISA").ok();
-        #[cfg(target_arch = "x86_64")]
-        {
-            let avx512 = is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl");
-            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-            match forced.as_deref() {
-                Some("scalar") => Isa::Scalar,
-                Some("avx2") if avx2 => Isa::Avx2,
-                _ if avx512 => Isa::Avx512,
-                _ if avx2 => Isa::Avx2,
-                _ => Isa::Scalar,
-            }
-        }
-        #[cfg(target_arch = "aarch64")]
-        {
-            match forced.as_deref() {
-                Some("scalar") => Isa::Scalar,
-                _ => Isa::Neon,
-            }
-        }
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        {
-            let _ = forced;
-            Isa::Scalar
-        }
-    })
+    use crate::tier::{self, Tier};
+    match tier::active() {
+        Tier::Scalar => Isa::Scalar,
+        Tier::Avx2 => Isa::Avx2,
+        Tier::Avx512 | Tier::Avx512Vnni | Tier::Avx512Bf16 | Tier::Amx => Isa::Avx512,
+        Tier::Neon | Tier::NeonDot => Isa::Neon,
+    }
 }
 
 #[inline]

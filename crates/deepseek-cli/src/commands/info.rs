@@ -59,6 +59,8 @@ pub fn run(a: Args) -> Result<()> {
         "kv_cache_values_per_token_per_layer": shape.row_width,
         "kv_bytes_per_token": shape.bytes_per_token(),
         "max_position_embeddings": c.max_position_embeddings,
+        "isa": deepseek_kernels::tier::active().name(),
+        "host_isa_tiers": deepseek_kernels::tier::host_tiers().iter().map(|t| t.name()).collect::<Vec<_>>(),
     });
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -98,6 +100,7 @@ pub fn run(a: Args) -> Result<()> {
             shape.layers
         );
         println!("context          {} tokens", c.max_position_embeddings);
+        println!("kernels          {}", crate::common::tier_line());
     }
     Ok(())
 }

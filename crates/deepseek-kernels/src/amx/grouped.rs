@@ -21,6 +21,8 @@
 
 use std::cell::RefCell;
 
+#[cfg(test)]
+use super::bf16_value;
 use super::{bf16_round, x86 as amx_x86, K_TILE, TILE};
 use crate::quant::{dequantize_row, QK, QK_K};
 use crate::repack::{self, Layout, GROUP};
@@ -685,10 +687,15 @@ mod tests {
                     for (i, (&f, &p)) in fast.iter().zip(&plain).enumerate() {
                         for h in [0, 16] {
                             let (a, b) = ((f >> h) as u16, (p >> h) as u16);
+                            let (va, vb) = (bf16_value(a), bf16_value(b));
+                            // Values, not bits: `d·q + (-16d)` fused gives +0 where the plain
+                            // `(q - 16)·d` gives -0 for a negative scale, and both are right.
                             // The plain Q4_K path rounds d·sc·q and the min separately; the
                             // vector one fuses them: at most one bf16 step apart.
+                            let larger = if va.abs() >= vb.abs() { a } else { b };
+                            let step = bf16_value(larger & 0x7f80) / 128.0;
                             assert!(
-                                a.abs_diff(b) <= 1,
+                                (va - vb).abs() <= step,
                                 "{layout:?} kt0 {kt0} word {i}: {a:#x} vs {b:#x}"
                             );
                         }
