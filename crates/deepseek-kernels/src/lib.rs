@@ -13,6 +13,7 @@ pub mod matrix;
 pub mod ops;
 pub mod probe;
 pub mod qgemm;
+pub mod qgemm_vnni;
 pub mod quant;
 #[cfg(target_arch = "aarch64")]
 mod quant_neon;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::quant::{self, QuantType, QuantizedActivations};
 use crate::repack;
 use crate::repack::{Iq4, K16};
-use crate::{amx, gemm, qgemm, simd};
+use crate::{amx, gemm, qgemm, qgemm_vnni, simd};
 
 /// Storage format of a weight matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -394,8 +394,15 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     let min_rows = (65536 / row_bytes.max(1)).clamp(1, rows);
     let threads = crate::threads::current();
     let act = Act::new(w, x, n);
-    // AMX panels are 16 rows and run in pairs: chunks of whole pairs waste no tile products.
-    let align = if act.bf16.is_some() { 32 } else { 8 };
+    // AMX panels are 16 rows and run in pairs: chunks of whole pairs waste no tile products;
+    // the VNNI GEMM's panels are 16 rows.
+    let align = if act.bf16.is_some() {
+        32
+    } else if act.vnni.is_some() {
+        qgemm_vnni::PANEL_ROWS
+    } else {
+        8
+    };
     let mut chunk = rows.div_ceil(threads * 4).max(min_rows);
     if n == 1 {
         // A GEMV's tasks at most 1 MiB: the threads claim them one at a time and finish
@@ -447,6 +454,9 @@ struct Act<'a> {
     tokens: Option<gemm::TokensMajor>,
     /// Q4_Kx8 / Q5_0x8 weights on AVX2 with enough tokens: the quantized GEMM's panels of `q`.
     panels: Option<qgemm::Panels>,
+    /// Q8_0x8 / Q5_0x8 / Q4_Kx8 weights on 512-bit VNNI (no AMX) with enough tokens: what the
+    /// VNNI GEMM reads besides `q`.
+    vnni: Option<qgemm_vnni::Activations>,
 }
 
 impl<'a> Act<'a> {
@@ -514,6 +524,12 @@ impl<'a> Act<'a> {
             (MatrixData::Grouped { layout, .. }, Some(q)) => qgemm::Panels::new(*layout, q, n),
             _ => None,
         };
+        let vnni = match (&w.data, &q) {
+            (MatrixData::Grouped { layout, .. }, Some(q)) => {
+                qgemm_vnni::Activations::new(*layout, q, n)
+            }
+            _ => None,
+        };
         Act {
             x,
             q,
@@ -521,6 +537,7 @@ impl<'a> Act<'a> {
             bf16,
             tokens,
             panels,
+            vnni,
         }
     }
 }
@@ -580,6 +597,13 @@ fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut 
         MatrixData::Grouped { layout, data } if act.bf16.is_some() => {
             let act = act.bf16.as_ref().expect("checked");
             amx::grouped::gemm_rows(*layout, data.as_slice(), w.cols, r0, nr, act, out, ld);
+        }
+        MatrixData::Grouped { layout, data } if act.vnni.is_some() => {
+            let (q, vnni) = (
+                act.q.as_ref().expect("checked"),
+                act.vnni.as_ref().expect("checked"),
+            );
+            qgemm_vnni::gemm_rows(*layout, data.as_slice(), w.cols, r0, nr, q, vnni, out, ld);
         }
         MatrixData::Grouped { data, .. } if act.panels.is_some() => {
             let panels = act.panels.as_ref().expect("checked");
