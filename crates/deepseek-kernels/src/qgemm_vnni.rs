@@ -53,11 +53,14 @@ pub fn min_tokens() -> usize {
     })
 }
 
-/// What the kernels read of the activations besides `q` itself: `dx · Σx` per token and 32-value
-/// block (the min terms' factor).
+/// What the kernels read of the activations besides `q` itself, per token and 32-value block:
+/// for Q4_K `dx · Σx` (the min terms' factor); for Q8_0 and Q5_0, whose min is a fixed multiple
+/// `c` of the scale, `-c · Σx` as an integer, the starting value of the block's integer sum
+/// (`scale · (Σ u·x − c·Σx)`), so their blocks need no separate min term.
 pub struct Activations {
     n: usize,
     scaled_sums: Vec<f32>,
+    offsets: Vec<i32>,
 }
 
 impl Activations {
@@ -67,10 +70,10 @@ impl Activations {
         if !available() || !supports(layout) || n < min_tokens() {
             return None;
         }
-        Some(Self::from_quantized(q, n))
+        Some(Self::from_quantized(layout, q, n))
     }
 
-    fn from_quantized(q: &QuantizedActivations, n: usize) -> Self {
+    fn from_quantized(layout: Layout, q: &QuantizedActivations, n: usize) -> Self {
         assert_eq!(
             q.sum_block, QK,
             "VNNI GEMM: activations need a sum per 32 values"
@@ -80,12 +83,30 @@ impl Activations {
             n * q.cols,
             "VNNI GEMM: activations are not [n, cols]"
         );
-        let scaled_sums =
-            q.d.iter()
-                .zip(&q.sums)
-                .map(|(&d, &s)| d * s as f32)
-                .collect();
-        Activations { n, scaled_sums }
+        let (scaled_sums, offsets) = match min_multiple(layout) {
+            None => (
+                q.d.iter()
+                    .zip(&q.sums)
+                    .map(|(&d, &s)| d * s as f32)
+                    .collect(),
+                vec![],
+            ),
+            Some(c) => (vec![], q.sums.iter().map(|&s| -c * s).collect()),
+        };
+        Activations {
+            n,
+            scaled_sums,
+            offsets,
+        }
+    }
+}
+
+/// `c` where every block's min is `c ·` its scale (the unsigned bytes' fixed offset).
+fn min_multiple(layout: Layout) -> Option<i32> {
+    match layout {
+        Layout::Q8_0x8 => Some(128),
+        Layout::Q5_0x8 => Some(16),
+        _ => None,
     }
 }
 
@@ -173,7 +194,7 @@ pub fn gemm_rows(
                         p,
                         nb,
                         q,
-                        &x.scaled_sums,
+                        x,
                         t0,
                         t,
                         out[t0 * ld + pi * PANEL_ROWS..].as_mut_ptr(),
@@ -357,7 +378,7 @@ mod x86 {
         p: &Panel,
         nb: usize,
         q: &QuantizedActivations,
-        scaled_sums: &[f32],
+        act: &Activations,
         t0: usize,
         count: usize,
         out: *mut f32,
@@ -365,35 +386,46 @@ mod x86 {
         rows: usize,
     ) {
         let cols = nb * QK;
-        assert!(count <= TOKENS && (t0 + count) * cols <= q.qs.len());
-        assert!((t0 + count) * nb <= q.d.len() && (t0 + count) * nb <= scaled_sums.len());
+        let end = (t0 + count) * nb;
+        assert!(count <= TOKENS && (t0 + count) * cols <= q.qs.len() && end <= q.d.len());
+        assert!(end <= act.scaled_sums.len().max(act.offsets.len()));
         assert!(
             p.q.len() >= nb * BLOCK_BYTES && p.scale.len() >= nb * 16 && p.min.len() >= nb * 16
         );
         let x = q.qs.as_ptr().add(t0 * cols);
         let d = q.d.as_ptr().add(t0 * nb);
-        let ds = scaled_sums.as_ptr().add(t0 * nb);
         let keep: __mmask16 = if rows >= 16 { 0xFFFF } else { (1 << rows) - 1 };
         macro_rules! run {
             ($($t:literal),*) => {
-                match count {
-                    $($t => kernel::<$t>(p, nb, x, d, ds, out, ld, keep),)*
-                    _ => unreachable!(),
+                if act.offsets.is_empty() {
+                    let ds = act.scaled_sums.as_ptr().add(t0 * nb);
+                    match count {
+                        $($t => kernel::<$t, true>(p, nb, x, d, ds, out, ld, keep),)*
+                        _ => unreachable!(),
+                    }
+                } else {
+                    let off = act.offsets.as_ptr().add(t0 * nb) as *const f32;
+                    match count {
+                        $($t => kernel::<$t, false>(p, nb, x, d, off, out, ld, keep),)*
+                        _ => unreachable!(),
+                    }
                 }
             };
         }
         run!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12);
     }
 
+    /// `MINS`: `extra` holds `dx · Σx` per token and block for a separate min term; else the
+    /// integer offsets each block's sums start from (their bits).
     #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn kernel<const T: usize>(
+    unsafe fn kernel<const T: usize, const MINS: bool>(
         p: &Panel,
         nb: usize,
         x: *const i8,
         d: *const f32,
-        ds: *const f32,
+        extra: *const f32,
         out: *mut f32,
         ld: usize,
         keep: __mmask16,
@@ -402,7 +434,13 @@ mod x86 {
         let (pq, ps, pm) = (p.q.as_ptr(), p.scale.as_ptr(), p.min.as_ptr());
         let mut acc = [_mm512_setzero_ps(); T];
         for blk in 0..nb {
-            let mut s = [_mm512_setzero_si512(); T];
+            let mut s: [__m512i; T] = std::array::from_fn(|t| {
+                if MINS {
+                    _mm512_setzero_si512()
+                } else {
+                    _mm512_set1_epi32((extra.add(t * nb + blk) as *const i32).read())
+                }
+            });
             let w = pq.add(blk * BLOCK_BYTES);
             for step in 0..8 {
                 let wv = _mm512_loadu_si512(w.add(64 * step) as *const _);
@@ -412,12 +450,13 @@ mod x86 {
                 }
             }
             let sc = _mm512_loadu_ps(ps.add(blk * 16));
-            let mn = _mm512_loadu_ps(pm.add(blk * 16));
             for (t, (a, st)) in acc.iter_mut().zip(&s).enumerate() {
                 let dx = _mm512_set1_ps(*d.add(t * nb + blk));
-                let dsx = _mm512_set1_ps(*ds.add(t * nb + blk));
                 *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*st), _mm512_mul_ps(sc, dx), *a);
-                *a = _mm512_fnmadd_ps(mn, dsx, *a);
+                if MINS {
+                    let mn = _mm512_loadu_ps(pm.add(blk * 16));
+                    *a = _mm512_fnmadd_ps(mn, _mm512_set1_ps(*extra.add(t * nb + blk)), *a);
+                }
             }
         }
         for (t, a) in acc.iter().enumerate() {
@@ -478,7 +517,7 @@ mod tests {
                 } else {
                     QuantizedActivations::new(&x, cols)
                 };
-                let act = Activations::from_quantized(&q, n);
+                let act = Activations::from_quantized(layout, &q, n);
                 let ld = rows + 3;
                 let mut out = vec![f32::NAN; n * ld];
                 gemm_rows(layout, &data, cols, 0, rows, &q, &act, &mut out, ld);
