@@ -149,9 +149,13 @@ pub fn parse_token_ids(s: &str, vocab: usize) -> Result<Vec<u32>> {
 pub fn tier_line() -> String {
     use deepseek_kernels::tier;
     let (active, host) = (tier::active(), tier::host());
-    if active == host {
+    let mut line = if active == host {
         format!("{active} tier")
     } else {
         format!("{active} tier (capped; this CPU has {host})")
+    };
+    if deepseek_kernels::gemm_avx512::rounds_activations() {
+        line += ", bf16 activations for bf16 weights";
     }
+    line
 }

@@ -289,53 +289,6 @@ mod x86 {
         )
     }
 
-    /// 16 rows of 16 dwords transposed: row p of the result holds dword p of every input row.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn transpose16(
-        r: &[std::arch::x86_64::__m512i; 16],
-    ) -> [std::arch::x86_64::__m512i; 16] {
-        use std::arch::x86_64::*;
-        // Within each 128-bit lane L, u[4g + m] ends up holding column 4L + m of rows 4g..4g+4;
-        // two rounds of lane shuffles then gather each column's four lanes.
-        let t: [__m512i; 16] = std::array::from_fn(|i| {
-            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
-            if i % 2 == 0 {
-                _mm512_unpacklo_epi32(a, b)
-            } else {
-                _mm512_unpackhi_epi32(a, b)
-            }
-        });
-        let u: [__m512i; 16] = std::array::from_fn(|i| {
-            let (g, m) = (i / 4, i % 4);
-            let (a, b) = (t[4 * g + m / 2], t[4 * g + 2 + m / 2]);
-            if m % 2 == 0 {
-                _mm512_unpacklo_epi64(a, b)
-            } else {
-                _mm512_unpackhi_epi64(a, b)
-            }
-        });
-        // v[m] holds columns m and 8 + m, v[4 + m] columns 4 + m and 12 + m, of rows 0..8 (two
-        // lanes each); v[8..] the same for rows 8..16.
-        let v: [__m512i; 16] = std::array::from_fn(|i| {
-            let (half, j) = (i / 8, i % 8);
-            let (a, b) = (u[8 * half + j % 4], u[8 * half + 4 + j % 4]);
-            if j < 4 {
-                _mm512_shuffle_i32x4::<0x88>(a, b)
-            } else {
-                _mm512_shuffle_i32x4::<0xdd>(a, b)
-            }
-        });
-        std::array::from_fn(|p| {
-            let j = (p / 4) % 2 * 4 + p % 4;
-            if p < 8 {
-                _mm512_shuffle_i32x4::<0x88>(v[j], v[8 + j])
-            } else {
-                _mm512_shuffle_i32x4::<0xdd>(v[j], v[8 + j])
-            }
-        })
-    }
-
     /// Splits the first `tiles` 32-column tiles of up to 16 tokens' rows (`x`: whole rows of
     /// `cols`) into bf16 hi/lo pairs in AMX's second-operand layout: tile k's row p (pair p of
     /// every token) at `hi[k * 256 + 16p..]`, missing tokens zero. Sixteen tokens are split
@@ -364,7 +317,7 @@ mod x86 {
                 (h[t], l[t]) = split32(x.as_ptr().add(t * cols + k * K_TILE));
             }
             for (part, dst) in [(&h, &mut *hi), (&l, &mut *lo)] {
-                let rows = transpose16(part);
+                let rows = crate::simd::x86::transpose16(part);
                 for (p, row) in rows.iter().enumerate() {
                     _mm512_storeu_si512(
                         dst.as_mut_ptr().add(k * TILE * TILE + p * TILE) as *mut _,

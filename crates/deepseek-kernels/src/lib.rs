@@ -9,6 +9,7 @@
 pub mod amx;
 pub mod attention;
 pub mod gemm;
+pub mod gemm_avx512;
 pub mod matrix;
 pub mod ops;
 pub mod probe;

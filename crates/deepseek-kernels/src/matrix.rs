@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::quant::{self, QuantType, QuantizedActivations};
 use crate::repack;
 use crate::repack::{Iq4, K16};
-use crate::{amx, gemm, qgemm, qgemm_vnni, simd};
+use crate::{amx, gemm, gemm_avx512, qgemm, qgemm_vnni, simd};
 
 /// Storage format of a weight matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -400,6 +400,8 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
         32
     } else if act.vnni.is_some() {
         qgemm_vnni::PANEL_ROWS
+    } else if act.avx512.is_some() {
+        gemm_avx512::PASS_ROWS
     } else {
         8
     };
@@ -445,7 +447,8 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
 /// bf16 hi/lo split when bf16 weights go through AMX, their bf16 rounding when repacked
 /// quantized weights do.
 struct Act<'a> {
-    x: &'a [f32],
+    /// The activations, rounded to bf16 where bf16 weights meet them so (see [`Act::new`]).
+    x: std::borrow::Cow<'a, [f32]>,
     q: Option<QuantizedActivations>,
     split: Option<amx::SplitActivations>,
     bf16: Option<amx::grouped::Bf16Activations>,
@@ -457,6 +460,9 @@ struct Act<'a> {
     /// Q8_0x8 / Q5_0x8 / Q4_Kx8 weights on 512-bit VNNI (no AMX) with enough tokens: what the
     /// VNNI GEMM reads besides `q`.
     vnni: Option<qgemm_vnni::Activations>,
+    /// bf16 weights on AVX512-BF16 without AMX with enough tokens: the activations rounded to
+    /// bf16 for the panel GEMM.
+    avx512: Option<gemm_avx512::Activations>,
 }
 
 impl<'a> Act<'a> {
@@ -524,6 +530,10 @@ impl<'a> Act<'a> {
             (MatrixData::Grouped { layout, .. }, Some(q)) => qgemm::Panels::new(*layout, q, n),
             _ => None,
         };
+        let avx512 = match w.data {
+            MatrixData::BF16(_) if split.is_none() => gemm_avx512::Activations::new(x, n, w.cols),
+            _ => None,
+        };
         let vnni = match (&w.data, &q) {
             (MatrixData::Grouped { layout, .. }, Some(q)) => {
                 qgemm_vnni::Activations::new(*layout, q, n)
@@ -531,13 +541,19 @@ impl<'a> Act<'a> {
             _ => None,
         };
         Act {
-            x,
+            x: match w.data {
+                MatrixData::BF16(_) if gemm_avx512::rounds_activations() => {
+                    std::borrow::Cow::Owned(gemm_avx512::rounded(x))
+                }
+                _ => std::borrow::Cow::Borrowed(x),
+            },
             q,
             split,
             bf16,
             tokens,
             panels,
             vnni,
+            avx512,
         }
     }
 }
@@ -592,7 +608,7 @@ fn amx_min_tokens() -> usize {
 
 /// Rows `r0..r0+nr` of `w` against `n` tokens; `out[t * ld + r]` (r relative to `r0`).
 fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut [f32], ld: usize) {
-    let x = act.x;
+    let x = &act.x[..];
     match &w.data {
         MatrixData::Grouped { layout, data } if act.bf16.is_some() => {
             let act = act.bf16.as_ref().expect("checked");
@@ -669,10 +685,15 @@ fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut 
             Some(tk) => gemm::gemm_rows(&b.as_slice()[r0 * w.cols..], nr, tk, out, ld),
             None => rows_tiled(b.as_slice(), w.cols, r0, nr, x, n, out, ld),
         },
-        MatrixData::BF16(b) => match (&act.split, &act.tokens) {
-            (Some(split), _) => amx::gemm_rows(b.as_slice(), w.cols, r0, nr, split, out, ld),
-            (None, Some(tk)) => gemm::gemm_rows(&b.as_slice()[r0 * w.cols..], nr, tk, out, ld),
-            (None, None) => rows_tiled(b.as_slice(), w.cols, r0, nr, x, n, out, ld),
+        MatrixData::BF16(b) => match (&act.split, &act.avx512, &act.tokens) {
+            (Some(split), _, _) => amx::gemm_rows(b.as_slice(), w.cols, r0, nr, split, out, ld),
+            (None, Some(p), _) => {
+                gemm_avx512::gemm_rows(&b.as_slice()[r0 * w.cols..], nr, p, out, ld)
+            }
+            (None, None, Some(tk)) => {
+                gemm::gemm_rows(&b.as_slice()[r0 * w.cols..], nr, tk, out, ld)
+            }
+            (None, None, None) => rows_tiled(b.as_slice(), w.cols, r0, nr, x, n, out, ld),
         },
         MatrixData::F16(b) => {
             // Rare format: plain per-row dot products.
@@ -933,7 +954,17 @@ mod tests {
         let x = rand_vec(n * w.cols, 7);
         let mut out = vec![0.0; n * w.rows];
         matmul(w, &x, n, &mut out);
-        let want = matmul_reference(w, &x, n);
+        // bf16 weights on the AVX512-BF16 panels meet the activations rounded to bf16.
+        let rounded = matches!(w.data, MatrixData::BF16(_))
+            && gemm_avx512::Activations::new(&x, n, w.cols).is_some();
+        let xr: Vec<f32> = if rounded {
+            x.iter()
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect()
+        } else {
+            x.clone()
+        };
+        let want = matmul_reference(w, &xr, n);
         for (i, (a, b)) in out.iter().zip(&want).enumerate() {
             assert!(
                 (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
