@@ -290,14 +290,14 @@ mod x86 {
             for t in 0..T {
                 let xv: __m512bh =
                     std::mem::transmute(_mm512_set1_epi32(*x.add(t * steps + s) as i32));
-                for i in 0..P {
-                    acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv[i], xv);
+                for (a, w) in acc.iter_mut().zip(&wv) {
+                    a[t] = _mm512_dpbf16_ps(a[t], *w, xv);
                 }
             }
         }
-        for i in 0..P {
-            for t in 0..T {
-                _mm512_mask_storeu_ps(out.add(t * ld + i * PANEL_ROWS), keep[i], acc[i][t]);
+        for (i, a) in acc.iter().enumerate() {
+            for (t, v) in a.iter().enumerate() {
+                _mm512_mask_storeu_ps(out.add(t * ld + i * PANEL_ROWS), keep[i], *v);
             }
         }
     }
