@@ -51,7 +51,22 @@ pub fn q8_quantize_row(x: &[f32], out: &mut [u8]) {
 pub fn q8_dequantize_row(row: &[u8], out: &mut [f32]) {
     let groups = out.len().div_ceil(Q8_GROUP);
     let (scales, values) = row.split_at(groups * 4);
-    for (g, o) in out.chunks_mut(Q8_GROUP).enumerate() {
+    assert!(values.len() >= out.len(), "q8 cache row too short");
+    let whole = out.len() / Q8_GROUP;
+    #[cfg(target_arch = "x86_64")]
+    if crate::tier::at_least(crate::tier::Tier::Avx512) {
+        // SAFETY: AVX-512 F is present; `whole` groups of scales and values are in the row and
+        // of outputs in `out` (checked above).
+        unsafe { x86::q8_dequantize_groups(scales, values, whole, out) };
+        q8_dequantize_plain(scales, values, out, whole);
+        return;
+    }
+    q8_dequantize_plain(scales, values, out, 0);
+}
+
+/// [`q8_dequantize_row`] in plain code from group `from` on.
+fn q8_dequantize_plain(scales: &[u8], values: &[u8], out: &mut [f32], from: usize) {
+    for (g, o) in out.chunks_mut(Q8_GROUP).enumerate().skip(from) {
         let d = f32::from_le_bytes(scales[g * 4..g * 4 + 4].try_into().unwrap_or([0; 4]));
         for (j, v) in o.iter_mut().enumerate() {
             *v = values[g * Q8_GROUP + j] as i8 as f32 * d;
@@ -104,9 +119,7 @@ impl<'a> RowBlocks<'a> {
             RowData::F32(blocks) => out.copy_from_slice(&blocks[b][i * w..(i + 1) * w]),
             RowData::Bf16(blocks) => {
                 let rl = bf16_row_len(w);
-                for (o, &v) in out.iter_mut().zip(&blocks[b][i * rl..i * rl + w]) {
-                    *o = f32::from_bits((v as u32) << 16);
-                }
+                simd::bf16_to_f32(&blocks[b][i * rl..i * rl + w], out);
             }
             RowData::Q8(blocks) => {
                 let rb = q8_row_bytes(w);
@@ -244,7 +257,7 @@ fn attend_partial(
     let mut p = Partial::new(groups, groups, value_len);
     let mut s = vec![0.0f32; groups * BLOCK_ROWS];
     let mut scratch = vec![];
-    // Many heads over shared rows (MLA decode) on AVX2: the heads-major score kernel.
+    // Many heads over shared rows (MLA decode) on AVX2 or AVX-512: the heads-major scores.
     let heads_major = simd::HeadsMajorQueries::new(queries, key_len, scale);
     let mut b0 = start;
     while b0 < end {
@@ -446,9 +459,59 @@ pub fn attend_group_reference(
     out
 }
 
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Q8_GROUP;
+    use std::arch::x86_64::*;
+
+    /// The first `groups` groups of 32 values of an 8-bit row: bytes widened, times their scale.
+    ///
+    /// # Safety
+    /// AVX-512 F; `scales` holds `groups` f32, `values` and `out` `32 · groups` values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn q8_dequantize_groups(
+        scales: &[u8],
+        values: &[u8],
+        groups: usize,
+        out: &mut [f32],
+    ) {
+        assert!(scales.len() >= 4 * groups && values.len() >= Q8_GROUP * groups);
+        assert!(out.len() >= Q8_GROUP * groups);
+        for g in 0..groups {
+            let d = _mm512_set1_ps((scales.as_ptr().add(4 * g) as *const f32).read_unaligned());
+            for h in 0..2 {
+                let at = g * Q8_GROUP + 16 * h;
+                let b = _mm_loadu_si128(values.as_ptr().add(at) as *const __m128i);
+                let v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+                _mm512_storeu_ps(out.as_mut_ptr().add(at), _mm512_mul_ps(v, d));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q8_rows_dequantize_as_the_plain_code() {
+        for width in [576, 40, 7, 64] {
+            let x: Vec<f32> = (0..width)
+                .map(|i| ((i * 37) % 101) as f32 / 9.0 - 5.0)
+                .collect();
+            let mut row = vec![0u8; q8_row_bytes(width)];
+            q8_quantize_row(&x, &mut row);
+            let groups = width.div_ceil(Q8_GROUP);
+            let (scales, values) = row.split_at(groups * 4);
+            let (mut fast, mut plain) = (vec![f32::NAN; width], vec![f32::NAN; width]);
+            q8_dequantize_row(&row, &mut fast);
+            q8_dequantize_plain(scales, values, &mut plain, 0);
+            assert_eq!(fast, plain, "width {width}");
+            for (a, b) in fast.iter().zip(&x) {
+                assert!((a - b).abs() <= 5.0 / 127.0, "{a} vs {b}");
+            }
+        }
+    }
 
     #[test]
     fn attend_group_matches_reference_across_blocks() {

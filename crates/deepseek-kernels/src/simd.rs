@@ -331,13 +331,18 @@ pub struct HeadsMajorQueries {
 
 impl HeadsMajorQueries {
     /// Packs `queries` (`groups × key_len`) when this CPU has a heads-major kernel and there are
-    /// enough heads to fill its registers (8 or more); `None` otherwise.
+    /// enough heads to fill its registers (8 or more on AVX2, 16 on AVX-512); `None` otherwise.
     pub fn new(queries: &[f32], key_len: usize, scale: f32) -> Option<Self> {
         let groups = queries.len() / key_len.max(1);
-        if isa() != Isa::Avx2 || groups < 8 || key_len == 0 {
+        let lanes = match isa() {
+            Isa::Avx2 => 8,
+            Isa::Avx512 => 16,
+            _ => return None,
+        };
+        if groups < lanes || key_len == 0 {
             return None;
         }
-        let heads = groups.next_multiple_of(8);
+        let heads = groups.next_multiple_of(lanes);
         let mut qt = vec![0.0f32; key_len * heads];
         for (g, q) in queries.chunks_exact(key_len).enumerate() {
             for (c, &v) in q.iter().enumerate() {
@@ -356,8 +361,8 @@ impl HeadsMajorQueries {
 /// `s[g · ws + i] = scale · q[g] · rows[i · stride + offset..][..key_len]` for the `n` rows and
 /// every head: the score pass of attention with many heads per key row (MLA decode: all heads
 /// share the latent rows). Heads run along the vector lanes, so each key value is broadcast
-/// once for 16 heads and no horizontal sums are needed (AVX2 has 16 registers: the
-/// dot-product tiles that suit AVX-512 spill there).
+/// once for 8 or 16 heads and no horizontal sums are needed (on AVX2 the dot-product tiles
+/// spill its 16 registers; on AVX-512 their horizontal sums cost a fifth of their FMAs).
 pub fn scores_heads_major(
     q: &HeadsMajorQueries,
     rows: &[f32],
@@ -379,10 +384,13 @@ pub fn scores_heads_major(
         "scores: output too short"
     );
     #[cfg(target_arch = "x86_64")]
-    {
-        assert_eq!(isa(), Isa::Avx2);
-        // SAFETY: AVX2 and FMA present (`HeadsMajorQueries::new` checked the ISA); bounds above.
-        unsafe { x86::scores_heads_major_avx2(q, rows, stride, offset, n, s, ws) }
+    // SAFETY: `HeadsMajorQueries::new` checked the ISA (and padded the heads to its lanes);
+    // bounds above.
+    unsafe {
+        match isa() {
+            Isa::Avx512 => x86::scores_heads_major_avx512(q, rows, stride, offset, n, s, ws),
+            _ => x86::scores_heads_major_avx2(q, rows, stride, offset, n, s, ws),
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("HeadsMajorQueries are only made on x86-64")
@@ -709,6 +717,63 @@ pub(crate) mod x86 {
                 i += r;
             }
             h += 8 * v;
+        }
+    }
+
+    /// [`scores_heads_major_avx2`] on AVX-512: 16 heads per register, up to 12 rows per pass
+    /// (12 accumulators; each key value is one broadcast operand of its FMA).
+    pub unsafe fn scores_heads_major_avx512(
+        q: &super::HeadsMajorQueries,
+        rows: &[f32],
+        stride: usize,
+        offset: usize,
+        n: usize,
+        s: &mut [f32],
+        ws: usize,
+    ) {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn tile<const R: usize>(
+            qt: *const f32,
+            heads: usize,
+            key_len: usize,
+            rows: *const f32,
+            stride: usize,
+            out: &mut [[f32; 16]; 12],
+        ) {
+            let mut acc = [_mm512_setzero_ps(); R];
+            for c in 0..key_len {
+                let qv = _mm512_loadu_ps(qt.add(c * heads));
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*rows.add(r * stride + c)), qv, *a);
+                }
+            }
+            for (a, o) in acc.iter().zip(out.iter_mut()) {
+                _mm512_storeu_ps(o.as_mut_ptr(), *a);
+            }
+        }
+        let mut tmp = [[0.0f32; 16]; 12];
+        for h in (0..q.groups).step_by(16) {
+            let qt = q.qt.as_ptr().add(h);
+            let mut i = 0;
+            while i < n {
+                let r = (n - i).min(12);
+                let rp = rows.as_ptr().add(i * stride + offset);
+                macro_rules! run {
+                    ($($r:literal),*) => {
+                        match r {
+                            $($r => tile::<$r>(qt, q.heads, q.key_len, rp, stride, &mut tmp),)*
+                            _ => unreachable!(),
+                        }
+                    };
+                }
+                run!(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12);
+                for (j, t) in tmp.iter().enumerate().take(r) {
+                    for (l, &val) in t.iter().enumerate().take(16.min(q.groups - h)) {
+                        *s.get_unchecked_mut((h + l) * ws + i + j) = val;
+                    }
+                }
+                i += r;
+            }
         }
     }
 
@@ -1365,7 +1430,7 @@ mod tests {
             let mut want = vec![0.0f32; groups * ws];
             scores_reference(&q, key_len, 0.3, &rows, stride, offset, n, &mut want, ws);
             let Some(packed) = HeadsMajorQueries::new(&q, key_len, 0.3) else {
-                return; // no heads-major kernel on this CPU
+                continue; // no heads-major kernel on this CPU, or too few heads for it
             };
             let mut got = vec![0.0f32; groups * ws];
             scores_heads_major(&packed, &rows, stride, offset, n, &mut got, ws);
