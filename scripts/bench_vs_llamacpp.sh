@@ -6,13 +6,16 @@
 #
 # llama.cpp comes from the PyPI sdist of llama-cpp-python (vendor/llama.cpp), built in WORKDIR;
 # nothing of it enters the repo. Needs a C++ compiler and python3 with pip (cmake comes from
-# PyPI where the machine has none); the converter needs numpy, torch, transformers,
-# sentencepiece (installed into WORKDIR/venv).
+# PyPI where the machine has none). llama.cpp reads the GGUF files our `deepseek quantize` writes
+# (bf16 included), so no converter (and no torch) is needed.
 # Env: LAYERS (8), PP (512), TG (128), REPS (3), THREADS (all cores), DEPTHS ("0"), HF=1 to add
-# transformers' decode, TYPES ("bf16 q8_0 q4_k"): quantized types are written by
+# transformers' decode (installs torch), TYPES ("bf16 q8_0 q4_k"): quantized types are written by
 # `deepseek quantize` from the same checkpoint, and both engines run that same GGUF file;
-# upper-case names (Q5_K_M, Q3_K_M, Q2_K, any llama-quantize file type) are written by
-# llama.cpp's own llama-quantize from the bf16 GGUF, the mixes users download.
+# upper-case names (Q4_K_M, Q5_K_M, Q3_K_M, Q2_K, any llama-quantize file type) are written by
+# llama.cpp's own llama-quantize from the bf16 GGUF, the mixes users download; `bf16-act` runs
+# our bf16 checkpoint with --bf16-activations (llama.cpp's rounding of the activations; its
+# own bf16 row is the `bf16` one). OURS_FLAGS adds flags to every deepseek-rs run (say
+# `--cache-type bf16`).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-/tmp/deepseek-rs-bench}
@@ -43,24 +46,13 @@ if [ ! -x "$LCPP/build/bin/llama-bench" ]; then
 fi
 LCPP_VERSION=$(cd "$WORK" && ls src | head -1)
 
-# 2. The synthetic model, in HF layout with the real DeepSeek-V2 tokenizer (for the converter).
+# 2. The synthetic model, in HF layout with the real DeepSeek-V2 tokenizer.
 MODEL="$WORK/v2lite-${LAYERS}l-bf16"
 [ -f "$MODEL/config.json" ] || "$DS" synth --preset v2-lite --layers "$LAYERS" --dtype bf16 --tokenizer assets/tokenizers/deepseek-v2 --out "$MODEL"
 
-# 3. GGUF for llama.cpp (bf16, no re-quantization).
+# 3. GGUF for llama.cpp (bf16, no re-quantization), written by our own GGUF writer.
 GGUF="$WORK/v2lite-${LAYERS}l-bf16.gguf"
-if [ ! -f "$GGUF" ]; then
-  [ -x "$WORK/venv/bin/python" ] || python3 -m venv "$WORK/venv"
-  # The converter identifies the pre-tokenizer by hashing transformers 4 output (5 drops BOS).
-  "$WORK/venv/bin/pip" install -q numpy sentencepiece "transformers<5" "huggingface_hub<1" "tokenizers<0.23" safetensors torch "$LCPP/gguf-py"
-  # llama.cpp reads deepseek2.attention.q_lora_rank unless the model has 26 or 27 layers (its
-  # test for "Lite"); give the converter a view of the model whose config says 0.
-  CONV="$WORK/convert-view"; rm -rf "$CONV"; mkdir -p "$CONV"
-  for f in "$MODEL"/*; do ln -s "$f" "$CONV/"; done
-  rm "$CONV/config.json"
-  python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c['q_lora_rank']=c.get('q_lora_rank') or 0; json.dump(c, open(sys.argv[2],'w'))" "$MODEL/config.json" "$CONV/config.json"
-  "$WORK/venv/bin/python" "$LCPP/convert_hf_to_gguf.py" "$CONV" --outtype bf16 --outfile "$GGUF"
-fi
+[ -f "$GGUF" ] || "$DS" quantize --model "$MODEL" --type bf16 --out "$GGUF"
 
 OUT="$WORK/results.jsonl"; : > "$OUT"
 # llama.cpp's CPU repacking aborts on these deepseek2 files in the vendored version
@@ -76,8 +68,11 @@ llama_bench() {
   printf '%s\n' "$out"
 }
 for T in ${TYPES:-bf16 q8_0 q4_k}; do
+  FLAGS=${OURS_FLAGS:-}
   if [ "$T" = bf16 ]; then
     OURS="$MODEL"; THEIRS="$GGUF"
+  elif [ "$T" = bf16-act ]; then
+    OURS="$MODEL"; THEIRS=""; FLAGS="$FLAGS --bf16-activations"
   elif [[ "$T" =~ ^[A-Z] ]]; then
     OURS="$WORK/v2lite-${LAYERS}l-$T.gguf"; THEIRS="$OURS"
     [ -f "$OURS" ] || "$LCPP/build/bin/llama-quantize" "$GGUF" "$OURS" "$T" >/dev/null 2>&1
@@ -87,7 +82,9 @@ for T in ${TYPES:-bf16 q8_0 q4_k}; do
   fi
   for D in $DEPTHS; do
     echo "deepseek-rs $T depth $D ..." >&2
-    "$DS" bench --model "$OURS" -p "$PP" -n "$TG" --depth "$D" -r "$REPS" --threads "$THREADS" --json | sed "s/^/{\"engine\":\"deepseek-rs\",\"type\":\"$T\",\"result\":/; s/\$/}/" >> "$OUT"
+    # shellcheck disable=SC2086
+    "$DS" $FLAGS bench --model "$OURS" -p "$PP" -n "$TG" --depth "$D" -r "$REPS" --threads "$THREADS" --json | sed "s/^/{\"engine\":\"deepseek-rs\",\"type\":\"$T\",\"result\":/; s/\$/}/" >> "$OUT"
+    [ -n "$THEIRS" ] || continue
     echo "llama.cpp $T depth $D ..." >&2
     llama_bench -m "$THEIRS" -p "$PP" -n "$TG" -d "$D" -r "$REPS" -t "$THREADS" \
       | grep . | sed "s/^/{\"engine\":\"llama.cpp\",\"type\":\"$T\",\"result\":/; s/\$/}/" >> "$OUT"
@@ -95,13 +92,20 @@ for T in ${TYPES:-bf16 q8_0 q4_k}; do
 done
 if [ "${HF:-0}" = 1 ]; then
   echo "transformers decode ..." >&2
+  [ -x "$WORK/venv/bin/python" ] || python3 -m venv "$WORK/venv"
+  "$WORK/venv/bin/pip" install -q numpy "transformers<5" safetensors torch
   "$WORK/venv/bin/python" "$ROOT/scripts/hf_decode_speed.py" "$MODEL" "${HF_TG:-32}" "$THREADS" | sed "s/^/{\"engine\":\"transformers\",\"result\":/; s/\$/}/" >> "$OUT"
 fi
 
-python3 - "$OUT" "$LCPP_VERSION" <<'PY'
-import json, sys
+CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+python3 - "$OUT" "$LCPP_VERSION" "$CPU" "$THREADS" <<'PY'
+import datetime, json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-print(f"llama.cpp from {sys.argv[2]}\n")
+ours = [r["result"] for r in rows if r["engine"] == "deepseek-rs"]
+tier = ours[0].get("isa", "?") if ours else "?"
+bw = min(x["bandwidth_gb_s"] for x in ours) if ours else 0
+print(f"{sys.argv[3]}, {sys.argv[4]} threads, kernels at the {tier} tier, probe {bw:.1f} GB/s, "
+      f"{datetime.date.today()}; llama.cpp from {sys.argv[2]}\n")
 print("| engine | type | test | depth | tokens/s | GB/s (decode) | share of probe bandwidth | peak RSS ÷ (weights + cache) |")
 print("|---|---|---|---|---|---|---|---|")
 for r in rows:
