@@ -4,8 +4,9 @@
 # aarch64 standard library (rustup), a cross linker and qemu-user (apt). Where those cannot be
 # installed it says so and exits 0, so the x86 test run does not depend on them.
 #
-# Runs twice: QEMU's default CPU (Armv8.x with the dot-product instructions: the `sdot`
-# quantized kernels) and a Cortex-A53 (plain Armv8.0: NEON float kernels, scalar integer dots).
+# Runs at each AArch64 tier: QEMU's default CPU (Armv8.x with the dot-product instructions: the
+# `sdot` quantized kernels, `neon-dot`), a Cortex-A53 (plain Armv8.0: NEON float kernels,
+# scalar integer dots, `neon`), and `DEEPSEEK_ISA=scalar`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,4 +34,7 @@ if rustup component list --installed 2>/dev/null | grep -q clippy; then
 fi
 cargo test --release --locked --target "$target" -p deepseek-kernels -p deepseek-loader -p deepseek-model
 QEMU_CPU=cortex-a53 cargo test --release --locked --target "$target" -p deepseek-kernels
+# The scalar tier too (the kernel tests re-run themselves per tier natively, but under QEMU user
+# mode the test binary cannot start itself again).
+DEEPSEEK_ISA=scalar cargo test --release --locked --target "$target" -p deepseek-kernels
 echo "test_aarch64: passed"
