@@ -52,9 +52,9 @@ pub fn q8_dequantize_row(row: &[u8], out: &mut [f32]) {
     let groups = out.len().div_ceil(Q8_GROUP);
     let (scales, values) = row.split_at(groups * 4);
     assert!(values.len() >= out.len(), "q8 cache row too short");
-    let whole = out.len() / Q8_GROUP;
     #[cfg(target_arch = "x86_64")]
     if crate::tier::at_least(crate::tier::Tier::Avx512) {
+        let whole = out.len() / Q8_GROUP;
         // SAFETY: AVX-512 F is present; `whole` groups of scales and values are in the row and
         // of outputs in `out` (checked above).
         unsafe { x86::q8_dequantize_groups(scales, values, whole, out) };

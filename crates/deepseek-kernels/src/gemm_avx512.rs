@@ -16,6 +16,12 @@
 //! widened weights measured no faster than the tiles, 71-101 against 100-106 GFLOP/s, so there
 //! is none; nor a `vdpbf16ps` form with the activations split in two bf16 parts, as the AMX
 //! path does: its two products per pair run at the tiles' rate on Zen 4).
+//!
+//! Elsewhere than x86-64 no activations for it are ever made and the kernels are never reached.
+#![cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, unused_variables, clippy::never_loop)
+)]
 
 use std::cell::RefCell;
 
@@ -306,19 +312,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn reference(w: &[f32], nr: usize, x: &[f32], n: usize, cols: usize) -> Vec<f32> {
-        let mut out = vec![0.0; n * nr];
-        for t in 0..n {
-            for r in 0..nr {
-                let d: f64 = (0..cols)
-                    .map(|k| w[r * cols + k] as f64 * x[t * cols + k] as f64)
-                    .sum();
-                out[t * nr + r] = d as f32;
-            }
-        }
-        out
-    }
+    use crate::Matrix;
 
     fn bf16(v: f32) -> f32 {
         half::bf16::from_f32(v).to_f32()
@@ -352,7 +346,7 @@ mod tests {
                 .collect();
             let act = Activations::prepare(&x, n, cols);
             let xr: Vec<f32> = x.iter().map(|&v| bf16(v)).collect();
-            let want = reference(&wr, nr, &xr, n, cols);
+            let want = crate::matrix::matmul_reference(&Matrix::from_f32(nr, cols, wr), &xr, n);
             let ld = nr + 2;
             let mut got = vec![f32::NAN; n * ld];
             gemm_rows(&wb, nr, &act, &mut got, ld);

@@ -16,6 +16,12 @@
 //! `Σ w·x = dx · (scale · Σ u·x − min · Σx)`. The activations are those the group kernels take
 //! (per 32 values for Q8_0 and Q5_0, per super-block for Q4_K), so the result is theirs up to
 //! the order of the f32 sums.
+//!
+//! Elsewhere than x86-64 no activations for it are ever made and the kernels are never reached.
+#![cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, unused_variables, clippy::never_loop)
+)]
 
 use std::cell::RefCell;
 
@@ -468,31 +474,8 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::{dequantize_row, quantize_row};
+    use crate::quant::dequantize_row;
     use crate::repack;
-
-    /// Random-ish weights of `layout`'s format, repacked.
-    fn packed(layout: Layout, rows: usize, cols: usize, seed: usize) -> Vec<u8> {
-        let ty = layout.plain();
-        let rb = ty.row_bytes(cols);
-        let mut plain = vec![0u8; rows * rb];
-        for (r, o) in plain.chunks_mut(rb).enumerate() {
-            let w: Vec<f32> = (0..cols)
-                .map(|c| {
-                    let i = (r * cols + c) * 2654435761 + seed;
-                    // Rows of different magnitudes and signs of offset, so scales and mins vary.
-                    ((i >> 7) % 2001) as f32 / 1000.0 - 1.0 + (r % 5) as f32 * 0.1 - 0.2
-                })
-                .collect();
-            quantize_row(ty, &w, o);
-        }
-        match layout {
-            Layout::Q8_0x8 => repack::repack_q8_0(&plain, rows, cols),
-            Layout::Q5_0x8 => repack::repack_q5_0(&plain, rows, cols),
-            Layout::Q4Kx8 => repack::repack_q4_k(&plain, rows, cols),
-            _ => unreachable!(),
-        }
-    }
 
     #[test]
     fn panels_match_dequantized_reference() {
@@ -508,7 +491,7 @@ mod tests {
             // Rows: one group (a lone half panel), a panel and a half, two panels; tokens: one,
             // a full pass, ragged passes.
             for &(rows, n) in &[(8, 1), (24, 12), (32, 13), (40, 29)] {
-                let data = packed(layout, rows, cols, rows * 31 + n);
+                let data = repack::test_weights(layout, rows, cols, rows * 31 + n);
                 let x: Vec<f32> = (0..n * cols)
                     .map(|i| ((i * 7919) % 1999) as f32 / 999.5 - 1.0 + (i % 3) as f32 * 0.2)
                     .collect();

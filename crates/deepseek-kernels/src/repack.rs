@@ -460,6 +460,32 @@ pub(crate) mod test_support {
     }
 }
 
+/// Rows of `layout`'s plain format (rows of different magnitudes, so per-row scales differ),
+/// repacked: the test weights of the panel kernels (`amx::grouped`, `qgemm_vnni`).
+#[cfg(test)]
+pub(crate) fn test_weights(layout: Layout, rows: usize, cols: usize, seed: usize) -> Vec<u8> {
+    let ty = layout.plain();
+    let rb = ty.row_bytes(cols);
+    let mut plain = vec![0u8; rows * rb];
+    for (r, o) in plain.chunks_mut(rb).enumerate() {
+        let w: Vec<f32> = (0..cols)
+            .map(|c| {
+                let i = (r * cols + c) * 2654435761 + seed;
+                ((i >> 7) % 2001) as f32 / 1000.0 - 1.0 + (r % 5) as f32 * 0.1
+            })
+            .collect();
+        crate::quant::quantize_row(ty, &w, o);
+    }
+    match layout {
+        Layout::Q8_0x8 => repack_q8_0(&plain, rows, cols),
+        Layout::Q5_0x8 => repack_q5_0(&plain, rows, cols),
+        Layout::Q4Kx8 => repack_q4_k(&plain, rows, cols),
+        Layout::K16x8(_) | Layout::Q5Kx8 | Layout::IQ4x8(_) | Layout::Q5_1x8 => {
+            unreachable!("no panel kernels for {layout:?}")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -633,32 +633,6 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::quantize_row;
-
-    /// Random-ish weights of `ty`, repacked by `layout`.
-    fn packed(layout: Layout, rows: usize, cols: usize, seed: usize) -> Vec<u8> {
-        let ty = layout.plain();
-        let rb = ty.row_bytes(cols);
-        let mut plain = vec![0u8; rows * rb];
-        for (r, o) in plain.chunks_mut(rb).enumerate() {
-            let w: Vec<f32> = (0..cols)
-                .map(|c| {
-                    let i = (r * cols + c) * 2654435761 + seed;
-                    // Rows of different magnitudes, so the per-row scales differ.
-                    ((i >> 7) % 2001) as f32 / 1000.0 - 1.0 + (r % 5) as f32 * 0.1
-                })
-                .collect();
-            quantize_row(ty, &w, o);
-        }
-        match layout {
-            Layout::Q8_0x8 => repack::repack_q8_0(&plain, rows, cols),
-            Layout::Q5_0x8 => repack::repack_q5_0(&plain, rows, cols),
-            Layout::Q4Kx8 => repack::repack_q4_k(&plain, rows, cols),
-            Layout::K16x8(_) | Layout::Q5Kx8 | Layout::IQ4x8(_) | Layout::Q5_1x8 => {
-                unreachable!("no AMX path for {layout:?}")
-            }
-        }
-    }
 
     const LAYOUTS: [(Layout, usize); 3] = [
         (Layout::Q8_0x8, 96 * 3),
@@ -673,7 +647,7 @@ mod tests {
             return;
         }
         for (layout, cols) in LAYOUTS {
-            let data = packed(layout, 16, cols, 1);
+            let data = repack::test_weights(layout, 16, cols, 1);
             let gb = layout.group_bytes(cols);
             let (g0, g1) = (&data[..gb], &data[gb..]);
             let k_tiles = cols / K_TILE;
@@ -722,7 +696,7 @@ mod tests {
         for (layout, cols) in LAYOUTS {
             // Rows: one group, a lone last panel, pairs of panels; tokens: a lone tile, ragged.
             for &(rows, n) in &[(8, 1), (24, 17), (40, 33), (64, 16)] {
-                let data = packed(layout, rows, cols, rows + n);
+                let data = repack::test_weights(layout, rows, cols, rows + n);
                 let x: Vec<f32> = (0..n * cols)
                     .map(|i| ((i * 7919) % 1999) as f32 / 999.5 - 1.0)
                     .collect();
