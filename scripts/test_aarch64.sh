@@ -32,9 +32,9 @@ export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 if rustup component list --installed 2>/dev/null | grep -q clippy; then
   cargo clippy --release --locked --target "$target" -p deepseek-kernels --all-targets -- -D warnings
 fi
-cargo test --release --locked --target "$target" -p deepseek-kernels -p deepseek-loader -p deepseek-model
-QEMU_CPU=cortex-a53 cargo test --release --locked --target "$target" -p deepseek-kernels
-# The scalar tier too (the kernel tests re-run themselves per tier natively, but under QEMU user
-# mode the test binary cannot start itself again).
+# Each run names its tier: natively the kernel tests re-run themselves once per tier, but under
+# QEMU user mode the test binary cannot start itself again, so here the script runs the tiers.
+DEEPSEEK_ISA=neon-dot cargo test --release --locked --target "$target" -p deepseek-kernels -p deepseek-loader -p deepseek-model
+DEEPSEEK_ISA=neon QEMU_CPU=cortex-a53 cargo test --release --locked --target "$target" -p deepseek-kernels
 DEEPSEEK_ISA=scalar cargo test --release --locked --target "$target" -p deepseek-kernels
 echo "test_aarch64: passed"

@@ -278,12 +278,13 @@ mod tests {
             match out {
                 Ok(o) if o.status.success() => ran.push(t.name().to_string()),
                 Ok(o) => failed.push(format!(
-                    "--- {t} ---\n{}{}",
+                    "--- {t} ({}) ---\n{}{}",
+                    o.status,
                     String::from_utf8_lossy(&o.stdout),
                     String::from_utf8_lossy(&o.stderr)
                 )),
-                // Under an emulator that runs this binary (QEMU user mode) it cannot start itself
-                // again; the script that runs it there sets the tiers instead.
+                // Where this binary cannot start itself again (QEMU user mode without a binfmt
+                // handler) the script that runs it there sets `DEEPSEEK_ISA` per run instead.
                 Err(e) => not_started.push(format!("{t} ({e})")),
             }
         }
