@@ -538,6 +538,9 @@ impl<'a> Act<'a> {
             (MatrixData::Grouped { layout, .. }, Some(q)) => {
                 qgemm_vnni::Activations::new(*layout, q, n)
             }
+            (MatrixData::Quant { ty, .. }, Some(q)) => {
+                qgemm_vnni::Activations::for_plain(*ty, q, n)
+            }
             _ => None,
         };
         Act {
@@ -643,6 +646,15 @@ fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut 
                     out[t * ld + r] = acc[0];
                 }
             }
+        }
+        MatrixData::Quant { ty, data } if act.vnni.is_some() => {
+            let (q, vnni) = (
+                act.q.as_ref().expect("checked"),
+                act.vnni.as_ref().expect("checked"),
+            );
+            let rb = ty.row_bytes(w.cols);
+            let rows = &data.as_slice()[r0 * rb..];
+            qgemm_vnni::gemm_rows_plain(*ty, rows, w.cols, nr, q, vnni, out, ld);
         }
         MatrixData::Quant { ty, data } if act.tokens.is_some() => {
             let tk = act.tokens.as_ref().expect("checked");

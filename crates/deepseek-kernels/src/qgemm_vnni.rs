@@ -25,7 +25,7 @@
 
 use std::cell::RefCell;
 
-use crate::quant::{QuantizedActivations, QK};
+use crate::quant::{QuantType, QuantizedActivations, QK};
 use crate::repack::{Layout, GROUP};
 
 /// Rows of a panel: the 16 f32 lanes of one register.
@@ -77,6 +77,16 @@ impl Activations {
             return None;
         }
         Some(Self::from_quantized(layout, q, n))
+    }
+
+    /// For plain rows of `ty` (not repacked: the K-quants with scales per 16 values, Q5_K, the
+    /// IQ4 and `_1` formats), which the GEMM requantizes panel by panel to 8 bits with a scale
+    /// per 32 ([`gemm_rows_plain`]); same conditions as [`Activations::new`].
+    pub fn for_plain(ty: QuantType, q: &QuantizedActivations, n: usize) -> Option<Self> {
+        if !available() || n < min_tokens() || !ty.block_elems().is_multiple_of(QK) {
+            return None;
+        }
+        Some(Self::from_quantized(Layout::Q8_0x8, q, n))
     }
 
     fn from_quantized(layout: Layout, q: &QuantizedActivations, n: usize) -> Self {
@@ -214,6 +224,91 @@ pub fn gemm_rows(
             {
                 let _ = (g0, g1, rows, p);
                 unreachable!("VNNI is x86-only");
+            }
+        }
+    });
+}
+
+/// [`gemm_rows`] for `nr` plain rows of `ty` (`ty.row_bytes(cols)` bytes each, any count): each
+/// 16-row panel is dequantized and requantized to 8 bits with a scale per 32 values (the
+/// Q8_0 panel's form) once per call, then meets every token on the same kernel. The
+/// requantization adds an error of at most a 254th of each block's largest weight, small beside
+/// these formats' own (Q6_K's step is a 63rd of its block's range, Q5_K's a 31st); decode keeps
+/// the exact rows (`quant::dot_rows`).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_rows_plain(
+    ty: QuantType,
+    data: &[u8],
+    cols: usize,
+    nr: usize,
+    q: &QuantizedActivations,
+    x: &Activations,
+    out: &mut [f32],
+    ld: usize,
+) {
+    assert!(
+        available(),
+        "qgemm_vnni::gemm_rows_plain called without VNNI"
+    );
+    assert_eq!(
+        q.cols, cols,
+        "VNNI GEMM: activation width does not match the weights"
+    );
+    assert!(cols.is_multiple_of(ty.block_elems()) && cols.is_multiple_of(QK));
+    assert!(
+        !x.offsets.is_empty(),
+        "VNNI GEMM: plain rows take the Q8_0 panel's activations"
+    );
+    let rb = ty.row_bytes(cols);
+    assert!(data.len() >= nr * rb, "VNNI GEMM: weights too short");
+    let n = x.n;
+    assert!(
+        n == 0 || nr == 0 || out.len() >= (n - 1) * ld + nr,
+        "VNNI GEMM: output too short"
+    );
+    let nb = cols / QK;
+    let mut rows = vec![0.0f32; PANEL_ROWS * cols];
+    PANEL.with(|cell| {
+        let p = &mut *cell.borrow_mut();
+        p.q.resize(nb * BLOCK_BYTES, 0);
+        p.scale.resize(nb * PANEL_ROWS, 0.0);
+        p.min.resize(nb * PANEL_ROWS, 0.0);
+        for r0 in (0..nr).step_by(PANEL_ROWS) {
+            let count = (nr - r0).min(PANEL_ROWS);
+            for (r, row) in rows.chunks_exact_mut(cols).enumerate() {
+                if r < count {
+                    crate::quant::dequantize_row(ty, &data[(r0 + r) * rb..][..rb], row);
+                } else {
+                    row.fill(0.0);
+                }
+            }
+            let w8 = QuantizedActivations::new(&rows, cols);
+            for r in 0..PANEL_ROWS {
+                let (d, _, qs) = w8.row(r);
+                for blk in 0..nb {
+                    p.scale[blk * PANEL_ROWS + r] = d[blk];
+                    p.min[blk * PANEL_ROWS + r] = 128.0 * d[blk];
+                    for step in 0..8 {
+                        let src = &qs[blk * QK + 4 * step..][..4];
+                        let dst = &mut p.q[blk * BLOCK_BYTES + 64 * step + 4 * r..][..4];
+                        for (o, &v) in dst.iter_mut().zip(src) {
+                            *o = (v as u8) ^ 0x80;
+                        }
+                    }
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: VNNI is present (`available`); the panel holds `nb` blocks, every token
+            // row of `q` is `cols` long and `out` holds `n` rows of `ld` from column `r0`
+            // (`count` of them stored).
+            unsafe {
+                let mut t0 = 0;
+                while t0 < n {
+                    let t = (n - t0).min(TOKENS);
+                    let dst = out[t0 * ld + r0..].as_mut_ptr();
+                    x86::panel_tokens(p, nb, q, x, t0, t, dst, ld, count);
+                    t0 += t;
+                }
             }
         }
     });
@@ -536,6 +631,67 @@ mod tests {
                             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// Plain rows requantized per panel: exactly the f64 sums of the requantized weights and the
+    /// quantized activations, on ragged rows (partial panels) and tokens.
+    #[test]
+    fn plain_rows_match_their_requantized_reference() {
+        if !available() {
+            eprintln!("512-bit VNNI not available here: skipped");
+            return;
+        }
+        let cols = 512;
+        for ty in [
+            QuantType::Q6K,
+            QuantType::Q5K,
+            QuantType::Q3K,
+            QuantType::IQ4XS,
+            QuantType::Q5_1,
+        ] {
+            for &(rows, n) in &[(13, 9), (16, 12), (40, 29)] {
+                let rb = ty.row_bytes(cols);
+                let mut data = vec![0u8; rows * rb];
+                let mut wf = vec![0.0f32; rows * cols];
+                for (r, o) in data.chunks_mut(rb).enumerate() {
+                    let w: Vec<f32> = (0..cols)
+                        .map(|c| {
+                            ((((r * cols + c) * 2654435761) >> 7) % 2001) as f32 / 1000.0 - 1.0
+                        })
+                        .collect();
+                    crate::quant::quantize_row(ty, &w, o);
+                    dequantize_row(ty, o, &mut wf[r * cols..(r + 1) * cols]);
+                }
+                let w8 = QuantizedActivations::new(&wf, cols);
+                let x: Vec<f32> = (0..n * cols)
+                    .map(|i| ((i * 7919) % 1999) as f32 / 999.5 - 1.0)
+                    .collect();
+                let q = QuantizedActivations::new(&x, cols);
+                let act = Activations::for_plain(ty, &q, n).expect("VNNI panels");
+                let ld = rows + 1;
+                let mut out = vec![f32::NAN; n * ld];
+                gemm_rows_plain(ty, &data, cols, rows, &q, &act, &mut out, ld);
+                for r in 0..rows {
+                    let (dw, _, qw) = w8.row(r);
+                    for t in 0..n {
+                        let (dx, _, qx) = q.row(t);
+                        let term = |c: usize| {
+                            dw[c / QK] as f64 * qw[c] as f64 * dx[c / QK] as f64 * qx[c] as f64
+                        };
+                        let want: f64 = (0..cols).map(term).sum();
+                        let mag: f64 = (0..cols).map(|c| term(c).abs()).sum();
+                        let got = out[t * ld + r] as f64;
+                        assert!(
+                            (got - want).abs() <= 2e-6 * mag + 1e-6,
+                            "{ty:?} {rows} rows n={n} row {r} token {t}: {got} vs {want}"
+                        );
+                    }
+                }
+                for t in 0..n {
+                    assert!(out[t * ld + rows].is_nan(), "{ty:?}: wrote past the rows");
                 }
             }
         }
