@@ -278,6 +278,15 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
     };
     // PyTorch shape: GGML dims reversed.
     let shape = |t: &GgufTensor| t.dims.iter().rev().map(|&d| d as usize).collect::<Vec<_>>();
+    // Every layer has tensors of its own: a block count above the tensor count is a corrupt
+    // or hostile header, refused before anything is sized by it.
+    if config.num_hidden_layers > g.tensors.len() {
+        return Err(g.err(format!(
+            "metadata `{arch}.block_count` is {}, but the file holds only {} tensors",
+            config.num_hidden_layers,
+            g.tensors.len()
+        )));
+    }
     let mut k_b = vec![None; config.num_hidden_layers];
     let mut v_b = vec![None; config.num_hidden_layers];
     for t in &g.tensors {

@@ -110,6 +110,20 @@ impl Model {
         let c = &config;
         let (v, hid) = (c.vocab_size, c.hidden_size);
         let embed_tokens = w.matrix("model.embed_tokens.weight", v, hid)?;
+        // Nothing is sized by the config before the checkpoint shows it holds that much: a
+        // layer count of a billion must be an error naming the field, not an allocation abort.
+        let layer_norm = |i: usize| format!("model.layers.{i}.input_layernorm.weight");
+        if !w.contains(&layer_norm(c.num_hidden_layers - 1)) {
+            let present = (0..).take_while(|&i| w.contains(&layer_norm(i))).count();
+            return Err(LoadError::config(
+                "num_hidden_layers",
+                format!(
+                    "is {} (GGUF: block_count), but the checkpoint holds {present} layers (it has no `{}`)",
+                    c.num_hidden_layers,
+                    layer_norm(c.num_hidden_layers - 1)
+                ),
+            ));
+        }
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
