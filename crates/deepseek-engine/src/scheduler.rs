@@ -26,7 +26,8 @@ use crate::tokenizer::Tokenizer;
 pub struct SchedulerConfig {
     /// Most sequences decoding together.
     pub max_batch: usize,
-    /// Most requests waiting for a place in the batch; more are refused.
+    /// Most requests waiting beyond the batch's free places; more are refused. A request that
+    /// arrives while a place is free is never refused, even while a step runs.
     pub max_queue: usize,
     /// Tokens the cache can hold in all (every sequence and the prefix cache).
     pub cache_tokens: usize,
@@ -188,11 +189,22 @@ impl SchedulerHandle {
                 cache_tokens,
             });
         }
-        if self.stats.waiting.load(Ordering::Relaxed) >= self.config.max_queue {
+        // Waiting requests first fill the batch's free places; only the rest count against
+        // max_queue. The scheduler moves a request from `waiting` to `running` in one step
+        // (`admit`), so their sum never overstates what is truly waiting.
+        let running = self.stats.running.load(Ordering::Relaxed);
+        let room = self.config.max_queue + self.config.max_batch.saturating_sub(running);
+        if self
+            .stats
+            .waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                (w < room).then_some(w + 1)
+            })
+            .is_err()
+        {
             return Err(SubmitError::QueueFull);
         }
         let (etx, erx) = tokio::sync::mpsc::unbounded_channel();
-        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
         self.tx
             .send(Msg::Submit(Box::new(req), etx))
             .map_err(|_| SubmitError::ShuttingDown)?;
@@ -359,6 +371,8 @@ impl Scheduler {
                 self.waiting.push_front((req, events));
                 break;
             }
+            // Counted running before it stops counting waiting (see `submit`).
+            self.stats.running.fetch_add(1, Ordering::Relaxed);
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
             self.stats
                 .prompt_tokens

@@ -196,3 +196,60 @@ fn stop_strings_json_mode_cancellation_and_limits() {
     handle.shutdown();
     thread.join().unwrap();
 }
+
+/// `max_queue` counts what waits beyond the batch: a burst the size of the batch's free places
+/// plus the queue is taken whole, whatever the scheduler thread is doing meanwhile, and only the
+/// next request is refused.
+#[test]
+fn a_burst_fills_the_free_places_and_the_queue_before_any_refusal() {
+    let dir = nano();
+    let tok = Arc::new(Tokenizer::from_dir(&dir).unwrap());
+    let model = Arc::new(Model::load(&dir, &mut |_, _| {}).unwrap());
+    let (handle, thread) = scheduler::spawn(
+        model,
+        Some(tok.clone()),
+        vec![],
+        SchedulerConfig {
+            max_batch: 4,
+            max_queue: 1,
+            cache_tokens: 8192,
+            ..Default::default()
+        },
+    );
+    let prompt = tok.encode("def main():\n", true).unwrap();
+    // Long generations without end-of-sequence: none finishes during the test.
+    let long = || {
+        let mut r = Request::new(prompt.clone(), 1000);
+        r.stop_on_eos = false;
+        r
+    };
+    let mut held = vec![];
+    for i in 0..5 {
+        held.push(
+            handle
+                .submit(long())
+                .unwrap_or_else(|e| panic!("request {i} of a burst of 5 refused: {e}")),
+        );
+        if i == 1 {
+            // Let the scheduler admit some and start a step: the count must not depend on it.
+            std::thread::sleep(std::time::Duration::from_millis(30));
+        }
+    }
+    assert!(matches!(handle.submit(long()), Err(SubmitError::QueueFull)));
+    // One cancelled frees its place for the next.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let admitted = loop {
+        match handle.submit(long()) {
+            Ok(rx) => break rx,
+            Err(SubmitError::QueueFull) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("after a cancellation: {e}"),
+        }
+    };
+    held.push(admitted);
+    drop(held);
+    handle.shutdown();
+    thread.join().unwrap();
+}
