@@ -171,6 +171,47 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// `Some(n)` when `text` surely has more than `limit` tokens (at least `n`), found without
+    /// encoding all of it: pieces of 16 KiB, cut at a space or newline, are encoded in turn
+    /// until their count, less what a cut can add (a few tokens merged across it), passes
+    /// `limit`. `None` when it may fit: encode it whole. A server uses this so a prompt of
+    /// megabytes costs what its first `limit` tokens cost, not a full encoding's time and memory.
+    pub fn tokens_beyond(&self, text: &str, limit: usize) -> Result<Option<usize>, EngineError> {
+        const PIECE: usize = 16 << 10;
+        // Tokens a cut can add: pre-tokens split in two, a special token cut where no space is.
+        const PER_CUT: usize = 16;
+        // Each token covers at least one byte of the text.
+        if text.len() <= limit {
+            return Ok(None);
+        }
+        let (mut count, mut cuts, mut rest) = (0usize, 0usize, text);
+        while !rest.is_empty() {
+            let mut end = rest.len();
+            if end > PIECE {
+                let mut b = PIECE;
+                while !rest.is_char_boundary(b) {
+                    b -= 1;
+                }
+                end = match rest[..b].rfind([' ', '\n']) {
+                    Some(i) if i > 0 => i,
+                    _ => b,
+                };
+                cuts += 1;
+            }
+            count += self
+                .inner
+                .encode(&rest[..end], false)
+                .map_err(|e| EngineError::Tokenizer(e.to_string()))?
+                .len();
+            let sure = count.saturating_sub(cuts * PER_CUT);
+            if sure > limit {
+                return Ok(Some(sure));
+            }
+            rest = &rest[end..];
+        }
+        Ok(None)
+    }
+
     /// A fill-in-the-middle prompt in DeepSeek-Coder's prefix-suffix-middle form:
     /// `[BOS] <｜fim▁begin｜> prefix <｜fim▁hole｜> suffix <｜fim▁end｜>`; the model then writes the
     /// middle (and EOS). `None` when this tokenizer has no FIM tokens.

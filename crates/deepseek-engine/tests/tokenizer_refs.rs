@@ -208,3 +208,42 @@ fn tokenizers_survive_the_gguf_round_trip() {
     assert_eq!(pres, want);
     std::fs::remove_dir_all(tmp).ok();
 }
+
+/// `tokens_beyond` never claims more tokens than the whole encoding has, and says so for long
+/// texts without encoding them whole: prose, code, one unbroken word, special tokens, CJK.
+#[test]
+fn tokens_beyond_is_a_lower_bound_that_stops_early() {
+    let tok = Tokenizer::from_dir(&tokenizer_dir("deepseek-v2")).unwrap();
+    let mut prose = String::new();
+    for i in 0..4000 {
+        prose.push_str(&format!(
+            "Sentence {i} of a long document, with  double  spaces.\n"
+        ));
+    }
+    let texts = [
+        prose.clone(),
+        "fn main() { let x = [1, 2, 3]; }\n".repeat(3000),
+        "x".repeat(100_000),
+        "<｜User｜>hi<｜Assistant｜>".repeat(5000),
+        "你好，世界。".repeat(10_000),
+    ];
+    for t in &texts {
+        let n = tok.encode(t, false).unwrap().len();
+        for limit in [10, 1000, n / 2, n - 1, n, n + 1, 10 * n] {
+            match tok.tokens_beyond(t, limit).unwrap() {
+                Some(at_least) => {
+                    assert!(
+                        at_least > limit && at_least <= n,
+                        "{at_least} vs {n} for limit {limit}"
+                    );
+                }
+                // Close to the whole count the cuts' slack may hide the excess; far below it may not.
+                None => assert!(
+                    limit + 16 * (t.len() / 16384 + 1) >= n,
+                    "limit {limit}, {n} tokens"
+                ),
+            }
+        }
+    }
+    assert_eq!(tok.tokens_beyond("short", 3).unwrap(), None);
+}
