@@ -182,7 +182,21 @@ pub fn check_messages(messages: &[Value]) -> Result<(), ApiError> {
             }
         }
         match o.get("content") {
-            None | Some(Value::Null) | Some(Value::String(_)) => {}
+            None | Some(Value::Null) => {
+                let calls = o
+                    .get("tool_calls")
+                    .and_then(|c| c.as_array())
+                    .is_some_and(|c| !c.is_empty());
+                if !(o.get("role").and_then(|r| r.as_str()) == Some("assistant") && calls) {
+                    return Err(ApiError::invalid(
+                        format!("{p}.content"),
+                        format!(
+                            "`{p}.content` is missing or null; only an assistant message with `tool_calls` may leave it out"
+                        ),
+                    ));
+                }
+            }
+            Some(Value::String(_)) => {}
             Some(Value::Array(parts)) => {
                 for (k, part) in parts.iter().enumerate() {
                     if part.get("type").and_then(|t| t.as_str()) != Some("text") {

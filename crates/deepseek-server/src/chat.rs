@@ -84,12 +84,144 @@ fn read_output(c: &Collected, plan: &Plan) -> (String, Vec<ToolCall>) {
     }
 }
 
+/// A request read, templated and tokenized, ready for the scheduler.
+struct Prepared {
+    request: Request,
+    stream: bool,
+    include_usage: bool,
+    plan: Plan,
+    logprobs: Option<usize>,
+}
+
 pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let req: ChatRequest = parse_body(&body)?;
-    let common: Common = parse_body(&body)?;
+    let Prepared {
+        request,
+        stream,
+        include_usage,
+        plan,
+        logprobs,
+    } = run::prepare(&st, move |st| prepare(st, &body)).await?;
+    let rx = run::submit(&st, request)?;
+    let id = st.response_id("chatcmpl");
+    let model = st.model_name.clone();
+    let created = crate::now();
+
+    if stream {
+        let st2 = st.clone();
+        let chunk = move |delta: Value, logprobs: Value, finish: Value| {
+            let mut c = json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": SYSTEM_FINGERPRINT,
+                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+            });
+            if include_usage {
+                c["usage"] = Value::Null;
+            }
+            c
+        };
+        let make = move |e: &Event, t: &run::Tracker| -> Vec<Value> {
+            match e {
+                Event::Started { .. } => vec![chunk(
+                    json!({"role": "assistant", "content": ""}),
+                    Value::Null,
+                    Value::Null,
+                )],
+                // With tools the text is read whole at the end (calls are parsed from it).
+                Event::Output { .. } if plan.tools => vec![],
+                Event::Output { text, logprob, .. } => {
+                    let lp = match logprob {
+                        Some(l) => json!({"content": [logprob_entry(&st2, l)]}),
+                        None => Value::Null,
+                    };
+                    if text.is_empty() && lp.is_null() {
+                        vec![]
+                    } else {
+                        vec![chunk(json!({"content": text}), lp, Value::Null)]
+                    }
+                }
+                Event::Finished { .. } => {
+                    let c = &t.collected;
+                    let mut out = vec![];
+                    let mut finish = run::finish_reason(c.finish);
+                    if plan.tools {
+                        let (content, calls) = read_output(c, &plan);
+                        if !content.is_empty() {
+                            out.push(chunk(json!({"content": content}), Value::Null, Value::Null));
+                        }
+                        if !calls.is_empty() {
+                            if c.finish == Some(FinishReason::Stop) {
+                                finish = "tool_calls";
+                            }
+                            out.push(chunk(
+                                json!({"tool_calls": tools::to_json(&calls, &chunk_id(&st2))}),
+                                Value::Null,
+                                Value::Null,
+                            ));
+                        }
+                    }
+                    out.push(chunk(json!({}), Value::Null, Value::from(finish)));
+                    if include_usage {
+                        let mut u = chunk(json!({}), Value::Null, Value::Null);
+                        u["choices"] = json!([]);
+                        u["usage"] = run::usage(c);
+                        out.push(u);
+                    }
+                    out
+                }
+                _ => vec![],
+            }
+        };
+        return Ok(run::stream(st.clone(), rx, arrived, make));
+    }
+
+    let c = run::collect(st.clone(), rx, arrived).await?;
+    let (content, calls) = read_output(&c, &plan);
+    let mut message = json!({"role": "assistant", "content": content});
+    let mut finish = run::finish_reason(c.finish);
+    if !calls.is_empty() {
+        if content.is_empty() {
+            message["content"] = Value::Null;
+        }
+        message["tool_calls"] = tools::to_json(&calls, &chunk_id(&st));
+        // A call cut off by max_tokens stays "length", as OpenAI reports it.
+        if c.finish == Some(FinishReason::Stop) {
+            finish = "tool_calls";
+        }
+    }
+    let logprobs = match logprobs {
+        Some(_) => {
+            json!({"content": c.logprobs.iter().map(|l| logprob_entry(&st, l)).collect::<Vec<_>>()})
+        }
+        None => Value::Null,
+    };
+    Ok(Json(json!({
+        "id": id, "object": "chat.completion", "created": created, "model": st.model_name,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish}],
+        "usage": run::usage(&c),
+    }))
+    .into_response())
+}
+
+/// Parsing, checks, the chat template and the tokenizer: everything before the scheduler.
+fn prepare(st: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
+    let req: ChatRequest = parse_body(body)?;
+    let common: Common = parse_body(body)?;
     common.validate()?;
     check_messages(&req.messages)?;
+    let asked = req.max_completion_tokens.or(common.max_tokens);
+    if asked == Some(0) {
+        let p = if req.max_completion_tokens.is_some() {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        return Err(ApiError::invalid(
+            p.to_string(),
+            format!("`{p}` is 0; it must be at least 1"),
+        ));
+    }
     let Some(template) = &st.template else {
         return Err(ApiError::invalid(
             "messages".to_string(),
@@ -203,19 +335,10 @@ pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
         _ => None,
     };
 
-    let prompt = st
-        .tokenizer
-        .encode(&prompt_text, false)
-        .map_err(|e| ApiError::invalid("messages".to_string(), e.to_string()))?;
-    let asked = req.max_completion_tokens.or(common.max_tokens);
-    let max_new_tokens = run::max_tokens(&st, prompt.len(), asked, DEFAULT_MAX_TOKENS, "messages")?;
-    let plan = Plan {
-        tools: use_tools,
-        forced: forced_names.is_some(),
-    };
-    let rx = run::submit(
-        &st,
-        Request {
+    let prompt = run::encode_prompt(st, &prompt_text, false, "messages")?;
+    let max_new_tokens = run::max_tokens(st, prompt.len(), asked, DEFAULT_MAX_TOKENS, "messages")?;
+    Ok(Prepared {
+        request: Request {
             prompt,
             max_new_tokens,
             sampling: common.sampling(),
@@ -227,107 +350,14 @@ pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
             prompt_logprobs: false,
             candidates: vec![],
         },
-    )?;
-    let id = st.response_id("chatcmpl");
-    let model = st.model_name.clone();
-    let created = crate::now();
-
-    if common.stream() {
-        let include_usage = common.include_usage();
-        let st2 = st.clone();
-        let chunk = move |delta: Value, logprobs: Value, finish: Value| {
-            let mut c = json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": SYSTEM_FINGERPRINT,
-                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
-            });
-            if include_usage {
-                c["usage"] = Value::Null;
-            }
-            c
-        };
-        let make = move |e: &Event, t: &run::Tracker| -> Vec<Value> {
-            match e {
-                Event::Started { .. } => vec![chunk(
-                    json!({"role": "assistant", "content": ""}),
-                    Value::Null,
-                    Value::Null,
-                )],
-                // With tools the text is read whole at the end (calls are parsed from it).
-                Event::Output { .. } if plan.tools => vec![],
-                Event::Output { text, logprob, .. } => {
-                    let lp = match logprob {
-                        Some(l) => json!({"content": [logprob_entry(&st2, l)]}),
-                        None => Value::Null,
-                    };
-                    if text.is_empty() && lp.is_null() {
-                        vec![]
-                    } else {
-                        vec![chunk(json!({"content": text}), lp, Value::Null)]
-                    }
-                }
-                Event::Finished { .. } => {
-                    let c = &t.collected;
-                    let mut out = vec![];
-                    let mut finish = run::finish_reason(c.finish);
-                    if plan.tools {
-                        let (content, calls) = read_output(c, &plan);
-                        if !content.is_empty() {
-                            out.push(chunk(json!({"content": content}), Value::Null, Value::Null));
-                        }
-                        if !calls.is_empty() {
-                            if c.finish == Some(FinishReason::Stop) {
-                                finish = "tool_calls";
-                            }
-                            out.push(chunk(
-                                json!({"tool_calls": tools::to_json(&calls, &chunk_id(&st2))}),
-                                Value::Null,
-                                Value::Null,
-                            ));
-                        }
-                    }
-                    out.push(chunk(json!({}), Value::Null, Value::from(finish)));
-                    if include_usage {
-                        let mut u = chunk(json!({}), Value::Null, Value::Null);
-                        u["choices"] = json!([]);
-                        u["usage"] = run::usage(c);
-                        out.push(u);
-                    }
-                    out
-                }
-                _ => vec![],
-            }
-        };
-        return Ok(run::stream(st.clone(), rx, arrived, make));
-    }
-
-    let c = run::collect(st.clone(), rx, arrived).await?;
-    let (content, calls) = read_output(&c, &plan);
-    let mut message = json!({"role": "assistant", "content": content});
-    let mut finish = run::finish_reason(c.finish);
-    if !calls.is_empty() {
-        if content.is_empty() {
-            message["content"] = Value::Null;
-        }
-        message["tool_calls"] = tools::to_json(&calls, &chunk_id(&st));
-        // A call cut off by max_tokens stays "length", as OpenAI reports it.
-        if c.finish == Some(FinishReason::Stop) {
-            finish = "tool_calls";
-        }
-    }
-    let logprobs = match logprobs {
-        Some(_) => {
-            json!({"content": c.logprobs.iter().map(|l| logprob_entry(&st, l)).collect::<Vec<_>>()})
-        }
-        None => Value::Null,
-    };
-    Ok(Json(json!({
-        "id": id, "object": "chat.completion", "created": created, "model": st.model_name,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": finish}],
-        "usage": run::usage(&c),
-    }))
-    .into_response())
+        stream: common.stream(),
+        include_usage: common.include_usage(),
+        plan: Plan {
+            tools: use_tools,
+            forced: forced_names.is_some(),
+        },
+        logprobs,
+    })
 }
 
 fn chunk_id(st: &AppState) -> String {

@@ -36,6 +36,7 @@ fn prompt_ids(st: &AppState, req: &CompletionRequest) -> Result<(Vec<u32>, Strin
     let text = match &req.prompt {
         Prompt::Text(s) => s.clone(),
         Prompt::Texts(v) if v.len() == 1 => v[0].clone(),
+        Prompt::Texts(v) if v.is_empty() => return Err(bad("`prompt` is empty".into())),
         Prompt::Ids(_) | Prompt::IdLists(_) if req.suffix.is_some() => {
             return Err(bad("`suffix` needs a text `prompt`, not token ids".into()))
         }
@@ -58,18 +59,19 @@ fn prompt_ids(st: &AppState, req: &CompletionRequest) -> Result<(Vec<u32>, Strin
     let tok = &st.tokenizer;
     let ids = match &req.suffix {
         // DeepSeek-Coder's prefix-suffix-middle: the model writes the middle.
-        Some(suffix) => tok
-            .encode_fim(&text, suffix)
+        Some(suffix) => {
+            run::refuse_beyond_context(st, &text, "prompt")?;
+            run::refuse_beyond_context(st, suffix, "suffix")?;
+            tok.encode_fim(&text, suffix)
             .map_err(|e| ApiError::invalid("suffix".to_string(), e.to_string()))?
             .ok_or_else(|| {
                 ApiError::invalid(
                     "suffix".to_string(),
                     "this model's tokenizer has no fill-in-the-middle tokens (<｜fim▁begin｜>, <｜fim▁hole｜>, <｜fim▁end｜>); drop `suffix`",
                 )
-            })?,
-        None => tok
-            .encode(&text, true)
-            .map_err(|e| ApiError::invalid("prompt".to_string(), e.to_string()))?,
+            })?
+        }
+        None => run::encode_prompt(st, &text, true, "prompt")?,
     };
     if ids.is_empty() {
         return Err(bad("`prompt` is empty".into()));
@@ -110,12 +112,22 @@ fn legacy_logprobs(
     json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
 }
 
-pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
-    let arrived = Instant::now();
-    let req: CompletionRequest = parse_body(&body)?;
-    let common: Common = parse_body(&body)?;
+/// A request read and tokenized, ready for the scheduler.
+struct Prepared {
+    request: Request,
+    prompt_text: String,
+    echo: bool,
+    logprobs: Option<usize>,
+    stream: bool,
+    include_usage: bool,
+}
+
+/// Parsing, checks and the tokenizer: everything before the scheduler.
+fn prepare(st: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
+    let req: CompletionRequest = parse_body(body)?;
+    let common: Common = parse_body(body)?;
     common.validate()?;
-    let (prompt, prompt_text) = prompt_ids(&st, &req)?;
+    let (prompt, prompt_text) = prompt_ids(st, &req)?;
     let echo = req.echo.unwrap_or(false);
     let logprobs = match req.logprobs {
         Some(n) if n > 20 => {
@@ -133,16 +145,14 @@ pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
         ));
     }
     let max_new_tokens = run::max_tokens(
-        &st,
+        st,
         prompt.len(),
         common.max_tokens,
         DEFAULT_MAX_TOKENS,
         "prompt",
     )?;
-    let prompt_ids = prompt.clone();
-    let rx = run::submit(
-        &st,
-        Request {
+    Ok(Prepared {
+        request: Request {
             prompt,
             max_new_tokens,
             sampling: common.sampling(),
@@ -154,14 +164,32 @@ pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
             prompt_logprobs: echo && logprobs.is_some(),
             candidates: vec![],
         },
-    )?;
+        prompt_text,
+        echo,
+        logprobs,
+        stream: common.stream(),
+        include_usage: common.include_usage(),
+    })
+}
+
+pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let Prepared {
+        request,
+        prompt_text,
+        echo,
+        logprobs,
+        stream,
+        include_usage,
+    } = run::prepare(&st, move |st| prepare(st, &body)).await?;
+    let prompt_ids = request.prompt.clone();
+    let rx = run::submit(&st, request)?;
     let id = st.response_id("cmpl");
     let model = st.model_name.clone();
     let created = crate::now();
     let echo_text = if echo { prompt_text } else { String::new() };
 
-    if common.stream() {
-        let include_usage = common.include_usage();
+    if stream {
         let st2 = st.clone();
         let chunk = move |text: String, lp: Value, finish: Value| {
             let mut c = json!({

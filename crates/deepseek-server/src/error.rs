@@ -87,6 +87,32 @@ impl ApiError {
         }
     }
 
+    /// An error of any status, as an HTTP layer reports it (413, 414, 415, 431, …).
+    pub fn with_status(status: StatusCode, message: impl Into<String>) -> Self {
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => Some("request_too_large"),
+            StatusCode::URI_TOO_LONG => Some("uri_too_long"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Some("unsupported_media_type"),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Some("headers_too_large"),
+            StatusCode::METHOD_NOT_ALLOWED => Some("method_not_allowed"),
+            StatusCode::REQUEST_TIMEOUT => Some("request_timeout"),
+            StatusCode::NOT_FOUND => Some("not_found"),
+            _ => None,
+        };
+        ApiError {
+            status,
+            message: message.into(),
+            kind: if status.is_server_error() {
+                "server_error"
+            } else {
+                "invalid_request_error"
+            },
+            param: None,
+            code,
+            retry_after: None,
+        }
+    }
+
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {
             "message": self.message,
@@ -109,11 +135,18 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Parses a JSON body into `T`; a wrong type names the field (`messages[0].content`).
+/// Parses a JSON body into `T`; a wrong type names the field (`messages[0].content`). Anything
+/// after the JSON value but whitespace is an error, as in every strict JSON reader.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     match serde_path_to_error::deserialize::<_, T>(&mut de) {
-        Ok(v) => Ok(v),
+        Ok(v) => match de.end() {
+            Ok(()) => Ok(v),
+            Err(e) => Err(ApiError::invalid(
+                None,
+                format!("the body is not valid JSON: {e} (text after the JSON value)"),
+            )),
+        },
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
@@ -135,5 +168,33 @@ pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
             };
             Err(ApiError::invalid(param, msg))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_one_json_value() {
+        let ok: Result<serde_json::Value, _> = parse_body(b" {\"a\": 1} \n");
+        assert!(ok.is_ok());
+        for bad in [
+            &b"{\"a\": 1} garbage"[..],
+            b"{\"a\": 1}{}",
+            b"{\"a\": 1",
+            b"",
+            b"\"\\ud800\"",
+        ] {
+            let e = parse_body::<serde_json::Value>(bad).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad:?}");
+            assert!(
+                e.message.contains("not valid JSON"),
+                "{bad:?}: {}",
+                e.message
+            );
+        }
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(parse_body::<serde_json::Value>(deep.as_bytes()).is_err());
     }
 }

@@ -3,12 +3,17 @@
 //!
 //! - `POST /v1/chat/completions` ([`chat`]), `POST /v1/completions` and `/beta/completions`
 //!   (FIM with `suffix`, [`completions`]), `GET /v1/models`, `GET /health`, `GET /metrics`.
-//! - Errors are OpenAI's JSON body with the matching status ([`error`]).
+//! - Errors are OpenAI's JSON body with the matching status ([`error`]), also for what the HTTP
+//!   layer refuses ([`http`]: sizes, content type, slow clients).
+//! - Parsing, templating and tokenizing run on a small blocking pool ([`run::prepare`]), never on
+//!   the threads that answer `/health` and stream tokens.
 
 pub mod api;
+pub mod auth;
 pub mod chat;
 pub mod completions;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod run;
 pub mod tools;
@@ -17,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +33,7 @@ use deepseek_engine::{ChatTemplate, Tokenizer};
 use serde_json::json;
 
 use crate::error::ApiError;
+use crate::http::HttpLimits;
 use crate::metrics::Metrics;
 
 /// Everything the handlers share.
@@ -42,10 +48,17 @@ pub struct AppState {
     /// Most tokens (prompt + completion) one request may use.
     pub context: usize,
     pub api_key: Option<String>,
+    pub http: HttpLimits,
+    /// Requests being parsed, templated and tokenized at once (the rest wait their turn).
+    pub prepare_slots: Arc<tokio::sync::Semaphore>,
     pub metrics: Metrics,
     pub created: u64,
     next_id: AtomicU64,
 }
+
+/// Requests prepared at once: enough to keep up with arrivals, few enough that large prompts
+/// cannot take every core from the model or hold much memory together.
+pub const PREPARE_SLOTS: usize = 2;
 
 impl AppState {
     pub fn new(
@@ -71,6 +84,8 @@ impl AppState {
             model_name,
             context,
             api_key,
+            http: HttpLimits::default(),
+            prepare_slots: Arc::new(tokio::sync::Semaphore::new(PREPARE_SLOTS)),
             metrics: Metrics::default(),
             created: now(),
             next_id: AtomicU64::new(1),
@@ -101,7 +116,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/beta/completions", post(completions::handle))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
-        .layer(middleware::from_fn_with_state(state.clone(), check_api_key));
+        // The body is read (within --max-body-mb) by `read_json_body`, after the key check.
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            http::read_json_body,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::check_api_key,
+        ));
     Router::new()
         .merge(api)
         .route("/health", get(health))
@@ -109,32 +133,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            http::guard_head,
+        ))
+        .layer(middleware::from_fn(http::json_errors))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             count_requests,
         ))
         .with_state(state)
-}
-
-async fn check_api_key(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &st.api_key {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match given {
-            None => {
-                return ApiError::unauthorized(
-                    "missing API key: send `Authorization: Bearer KEY` (the server was started with --api-key)",
-                )
-                .into_response()
-            }
-            Some(g) if g.trim() != key => {
-                return ApiError::unauthorized("incorrect API key").into_response()
-            }
-            _ => {}
-        }
-    }
-    next.run(req).await
 }
 
 async fn count_requests(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
@@ -216,8 +222,9 @@ pub async fn serve(
         tracing::info!("shutting down: no new connections; finishing running requests");
         let _ = tx.send(());
     };
+    let limits = state.http.clone();
     let app = router(state);
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let server = http::serve_connections(listener, app, limits, signal);
     // After the grace period, cancel what still runs so the drain ends.
     let canceller = tokio::spawn(async move {
         if rx.await.is_ok() {
@@ -225,9 +232,9 @@ pub async fn serve(
             scheduler.shutdown();
         }
     });
-    let r = server.await;
+    server.await;
     canceller.abort();
-    r
+    Ok(())
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -50,6 +50,63 @@ pub fn max_tokens(
     }
 }
 
+/// Runs `f` (parsing, templating, tokenizing: work that grows with the body) on tokio's blocking
+/// pool, at most [`crate::PREPARE_SLOTS`] at once, so the async threads stay free for `/health`
+/// and for streaming everyone else's tokens. A client that leaves does not free its slot before
+/// its work ends.
+pub async fn prepare<T: Send + 'static>(
+    st: &Arc<AppState>,
+    f: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let permit = st
+        .prepare_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+    let st = st.clone();
+    tokio::task::spawn_blocking(move || {
+        let r = f(&st);
+        drop(permit);
+        r
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))?
+}
+
+/// Refuses a text that surely has more tokens than the context holds, having encoded only as
+/// much of it as shows that. `param` names the field in errors.
+pub fn refuse_beyond_context(st: &AppState, text: &str, param: &str) -> Result<(), ApiError> {
+    let ctx = st.context;
+    let beyond = st
+        .tokenizer
+        .tokens_beyond(text, ctx)
+        .map_err(|e| ApiError::invalid(param.to_string(), e.to_string()))?;
+    match beyond {
+        Some(n) => Err(ApiError::invalid(
+            param.to_string(),
+            format!(
+                "this model's maximum context length is {ctx} tokens; `{param}` has more than {n}"
+            ),
+        )
+        .with_code("context_length_exceeded")),
+        None => Ok(()),
+    }
+}
+
+/// The token ids of a prompt's text, refused early when it surely does not fit the context.
+pub fn encode_prompt(
+    st: &AppState,
+    text: &str,
+    add_special: bool,
+    param: &str,
+) -> Result<Vec<u32>, ApiError> {
+    refuse_beyond_context(st, text, param)?;
+    st.tokenizer
+        .encode(text, add_special)
+        .map_err(|e| ApiError::invalid(param.to_string(), e.to_string()))
+}
+
 /// Queues `req`. Queue full → 429 with Retry-After.
 pub fn submit(st: &AppState, req: Request) -> Result<UnboundedReceiver<Event>, ApiError> {
     st.scheduler.submit(req).map_err(|e| match e {

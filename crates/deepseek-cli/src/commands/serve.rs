@@ -43,9 +43,13 @@ pub struct Args {
     /// Most sequences decoding together in one batch.
     #[arg(long, default_value_t = 16, value_name = "N")]
     max_batch: usize,
-    /// Most requests waiting for the batch; more get 429 with Retry-After.
+    /// Most requests waiting beyond the batch's free places; more get 429 with Retry-After.
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_queue: usize,
+    /// Largest request body in MiB; larger ones get 413. Prompts longer than the context are
+    /// refused after reading only as much of them as shows it.
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    max_body_mb: usize,
     /// Prompt tokens per prefill step (smaller: running streams stall less for new prompts).
     #[arg(long, default_value_t = 256, value_name = "N")]
     prefill_chunk: usize,
@@ -55,8 +59,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.max_batch == 0 || a.prefill_chunk == 0 || a.cache_tokens == 0 {
-        bail!("--max-batch, --prefill-chunk and --cache-tokens must be at least 1");
+    if a.max_batch == 0 || a.prefill_chunk == 0 || a.cache_tokens == 0 || a.max_body_mb == 0 {
+        bail!("--max-batch, --prefill-chunk, --cache-tokens and --max-body-mb must be at least 1");
+    }
+    if a.max_body_mb > 4096 {
+        bail!("--max-body-mb {}: at most 4096", a.max_body_mb);
     }
     let dir = a.model.dir()?;
     let model = load_model(&dir)?;
@@ -88,13 +95,15 @@ pub fn run(a: Args) -> Result<()> {
             prefill_chunk: a.prefill_chunk,
         },
     );
-    let state = Arc::new(AppState::new(
+    let mut state = AppState::new(
         handle.clone(),
         tok,
         name.clone(),
         context,
         a.api_key.clone(),
-    )?);
+    )?;
+    state.http.max_body_bytes = a.max_body_mb << 20;
+    let state = Arc::new(state);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
