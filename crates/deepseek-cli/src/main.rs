@@ -110,6 +110,16 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
+    if let Some(n) = cli.threads {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let most = 8 * cores;
+        if n == 0 || n > most {
+            eprintln!(
+                "error: --threads {n}: give 1 to {most} (this machine has {cores} logical CPUs; threads beyond the cores only slow the kernels down)"
+            );
+            return ExitCode::from(2);
+        }
+    }
     deepseek_kernels::threads::init(cli.threads);
     if cli.bf16_activations {
         deepseek_kernels::gemm_avx512::set_bf16_activations(true);
