@@ -29,3 +29,10 @@ fi
 target/py-serve/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-serve.txt
 target/py-serve/bin/python scripts/test_server.py
 target/py-serve/bin/python scripts/load_test.py --streams 64 --seconds 15
+# What hostile or careless clients and files try (malformed requests, slow clients, bursts,
+# large prompts, corrupt and absurd model files), with the server's health checked after each.
+target/py-serve/bin/python scripts/test_adversarial.py
+
+# The file and request parsers under libFuzzer, briefly (skipped, saying so, where there is no
+# nightly toolchain).
+scripts/fuzz.sh 20 --if-available

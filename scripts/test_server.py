@@ -191,7 +191,8 @@ def test_nano(s):
     # Errors, with OpenAI's body and status codes.
     expect_error(401, lambda: openai.OpenAI(base_url=s.base + "/v1", api_key="wrong", max_retries=0)
                  .models.list())
-    raw = httpx.post(s.base + "/v1/chat/completions", content=b"{not json", headers={"Authorization": f"Bearer {KEY}"})
+    raw = httpx.post(s.base + "/v1/chat/completions", content=b"{not json",
+                     headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     assert raw.status_code == 400 and "error" in raw.json() and raw.json()["error"]["type"] == "invalid_request_error"
     expect_error(400, lambda: c.chat.completions.create(model="x", messages=msgs, temperature="hot"),
                  param="temperature")
