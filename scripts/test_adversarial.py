@@ -428,6 +428,11 @@ def group_cli():
     try:
         expect_cli_error(["--threads", "100000", "info", "--model", NANO], contains=["--threads"])
         expect_cli_error(["--threads", "0", "info", "--model", NANO], contains=["--threads"])
+        expect_cli_error(["serve", "--model", NANO, "--cache-tokens", 10**12], contains=["--cache-tokens"])
+        expect_cli_error(["serve", "--model", NANO, "--max-batch", 10**11], contains=["--max-batch"])
+        expect_cli_error(["serve", "--model", NANO, "--max-body-mb", 10**6], contains=["--max-body-mb"])
+        expect_cli_error(["bench", "--model", NANO, "-p", 10**9], contains=["-p"])
+        expect_cli_error(["bench", "--model", NANO, "--depth", 2**64 - 1], contains=["--depth"])
         # tokenize: a text too large for the command line, from a file and from stdin.
         big = "def f(x):\n    return x + 1\n" * 100000
         (tmp / "big.txt").write_text(big)

@@ -70,7 +70,14 @@ pub fn run(a: Args) -> Result<()> {
     };
     let model = load_model(&dir)?;
     let c = &model.config;
-    if a.depth + a.gen + 1 > c.max_position_embeddings || a.prompt > c.max_position_embeddings {
+    if a.prompt > c.max_position_embeddings {
+        bail!(
+            "-p {} exceeds the model's context of {} tokens",
+            a.prompt,
+            c.max_position_embeddings
+        );
+    }
+    if a.depth.saturating_add(a.gen).saturating_add(1) > c.max_position_embeddings {
         bail!(
             "--depth {} + -n {} exceeds the model's context of {} tokens",
             a.depth,

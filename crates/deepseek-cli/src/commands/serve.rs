@@ -83,7 +83,27 @@ pub fn run(a: Args) -> Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "deepseek".into())
     });
-    let cache_mib = a.cache_tokens * model.cache_shape().bytes_per_token() / (1 << 20);
+    let cache_bytes = a
+        .cache_tokens
+        .saturating_mul(model.cache_shape().bytes_per_token());
+    if let Some(total) = physical_memory() {
+        if cache_bytes > total {
+            bail!(
+                "--cache-tokens {}: the cache would take {} GiB, more than this machine's {} GiB of memory",
+                a.cache_tokens,
+                cache_bytes >> 30,
+                total >> 30
+            );
+        }
+    }
+    if a.max_batch > a.cache_tokens {
+        bail!(
+            "--max-batch {}: at most --cache-tokens ({}) sequences can run at once",
+            a.max_batch,
+            a.cache_tokens
+        );
+    }
+    let cache_mib = cache_bytes / (1 << 20);
     let (handle, thread) = scheduler::spawn(
         model,
         Some(tok.clone()),
@@ -132,4 +152,17 @@ pub fn run(a: Args) -> Result<()> {
     let _ = thread.join();
     eprintln!("server stopped");
     Ok(())
+}
+
+/// Bytes of physical memory (Linux: /proc/meminfo), or None where it cannot be read.
+fn physical_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: usize = info
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib.saturating_mul(1024))
 }
