@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use deepseek_engine::{ChatTemplate, Tokenizer};
+use deepseek_loader::hf_cache::{self, ModelId};
 use deepseek_model::Model;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
@@ -27,10 +28,17 @@ pub const BUNDLED_MODEL: &str = "models/deepseek-coder-nano";
 
 #[derive(clap::Args, Clone)]
 pub struct ModelArg {
-    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a GGUF file
-    /// (llama.cpp's `deepseek2` or `llama` architecture). Default: the bundled model,
+    /// Model: a Hugging Face folder (config.json, *.safetensors, tokenizer.json), a GGUF file
+    /// (llama.cpp's `deepseek2` or `llama` architecture), or a Hub id ORG/NAME[@REVISION] already
+    /// downloaded to the Hugging Face cache ($HF_HUB_CACHE, else $HF_HOME/hub, else
+    /// ~/.cache/huggingface/hub; nothing is downloaded). Default: the bundled model,
     /// models/deepseek-coder-nano.
-    #[arg(long, short = 'm', value_name = "PATH", env = "DEEPSEEK_MODEL")]
+    #[arg(
+        long,
+        short = 'm',
+        value_name = "PATH|ORG/NAME",
+        env = "DEEPSEEK_MODEL"
+    )]
     pub model: Option<PathBuf>,
 }
 
@@ -54,10 +62,33 @@ impl ModelArg {
                 }
             }
         };
-        if !dir.exists() {
-            bail!("model {} does not exist", dir.display());
+        if dir.exists() {
+            return Ok(dir);
         }
-        Ok(dir)
+        // Not a path here: a Hub id (`ORG/NAME[@REV]`) is looked up in the Hugging Face cache,
+        // offline.
+        let Some(id) = dir.to_str().and_then(ModelId::parse) else {
+            bail!("model {} does not exist", dir.display());
+        };
+        let Some(cache) = hf_cache::hub_cache_dir(&|k| std::env::var(k).ok()) else {
+            bail!("model `{id}` is not a path here, and there is no Hugging Face cache to look in (set HF_HUB_CACHE or HF_HOME)");
+        };
+        hf_cache::resolve(&id, &cache).map_err(anyhow::Error::msg)
+    }
+
+    /// What to call the model (the server's model id, eval reports): the repository's name for
+    /// a Hub id, else the folder's or file's name without extension.
+    pub fn name(&self) -> String {
+        let given = self.model.as_deref().and_then(|p| p.to_str());
+        if let Some(id) = given.and_then(ModelId::parse) {
+            if !Path::new(given.unwrap_or_default()).exists() {
+                return id.name;
+            }
+        }
+        self.dir()
+            .ok()
+            .and_then(|d| d.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "deepseek".into())
     }
 }
 

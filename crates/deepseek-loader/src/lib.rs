@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod gguf_export;
 pub mod gguf_model;
 pub mod gguf_writer;
+pub mod hf_cache;
 pub mod safetensors_store;
 pub mod synth;
 

@@ -90,10 +90,7 @@ pub fn run(a: Args) -> Result<()> {
         a.data_dir.clone()
     };
     let dir = a.model.dir()?;
-    let model_name = dir
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let model_name = a.model.name();
     let shots = a.shots.unwrap_or(bench.default_shots());
     let out = a
         .out

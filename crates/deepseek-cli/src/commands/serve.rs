@@ -78,11 +78,10 @@ pub fn run(a: Args) -> Result<()> {
         .unwrap_or(max_pos)
         .min(max_pos)
         .min(a.cache_tokens);
-    let name = a.served_model_name.clone().unwrap_or_else(|| {
-        dir.file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "deepseek".into())
-    });
+    let name = a
+        .served_model_name
+        .clone()
+        .unwrap_or_else(|| a.model.name());
     let cache_bytes = a
         .cache_tokens
         .saturating_mul(model.cache_shape().bytes_per_token());
