@@ -32,6 +32,8 @@ target/py-serve/bin/python scripts/load_test.py --streams 64 --seconds 15
 # What hostile or careless clients and files try (malformed requests, slow clients, bursts,
 # large prompts, corrupt and absurd model files), with the server's health checked after each.
 target/py-serve/bin/python scripts/test_adversarial.py
+# The chat page at `/` in a real browser (skipped, saying so, where Chromium cannot be installed).
+scripts/test_browser.sh
 
 # The file and request parsers under libFuzzer, briefly (skipped, saying so, where there is no
 # nightly toolchain).

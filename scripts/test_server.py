@@ -109,6 +109,13 @@ def test_nano(s):
     models = c.models.list()
     assert [m.id for m in models.data] == ["deepseek-coder-nano"]
 
+    # The chat page at `/` is public (its API calls carry the key), self-contained, and locked
+    # down by its Content-Security-Policy (the browser test drives it: test_chat_page.py).
+    page = httpx.get(s.base + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "v1/chat/completions" in page.text
+    assert "script-src 'sha256-" in page.headers["content-security-policy"]
+
     # Greedy completion equals `deepseek generate`.
     prompt = "def parse_args(argv):"
     want = generate_cli(NANO, prompt, 32)
@@ -226,8 +233,10 @@ def test_nano(s):
 
 
 def test_queue_full():
-    s = Server(NANO, "--max-batch", "1", "--max-queue", "1", key=None)
+    s = Server(NANO, "--max-batch", "1", "--max-queue", "1", "--no-chat-page", key=None)
     try:
+        r = httpx.get(s.base + "/")
+        assert r.status_code == 404 and r.json()["error"]["type"], (r.status_code, r.text[:200])
         results = []
 
         def one():

@@ -1,6 +1,7 @@
 //! The OpenAI/DeepSeek-compatible HTTP server: small axum handlers over the engine's
 //! continuous-batching scheduler.
 //!
+//! - `GET /`: a chat page in the browser ([`chat_page`]; off with `chat_page: false`).
 //! - `POST /v1/chat/completions` ([`chat`]), `POST /v1/completions` and `/beta/completions`
 //!   (FIM with `suffix`, [`completions`]), `GET /v1/models`, `GET /health`, `GET /metrics`.
 //! - Errors are OpenAI's JSON body with the matching status ([`error`]), also for what the HTTP
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod auth;
 pub mod chat;
+pub mod chat_page;
 pub mod completions;
 pub mod error;
 pub mod http;
@@ -52,6 +54,8 @@ pub struct AppState {
     /// Requests being parsed, templated and tokenized at once (the rest wait their turn).
     pub prepare_slots: Arc<tokio::sync::Semaphore>,
     pub metrics: Metrics,
+    /// Whether `/` serves the chat page.
+    pub chat_page: bool,
     pub created: u64,
     next_id: AtomicU64,
 }
@@ -87,6 +91,7 @@ impl AppState {
             http: HttpLimits::default(),
             prepare_slots: Arc::new(tokio::sync::Semaphore::new(PREPARE_SLOTS)),
             metrics: Metrics::default(),
+            chat_page: true,
             created: now(),
             next_id: AtomicU64::new(1),
         })
@@ -126,9 +131,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             auth::check_api_key,
         ));
-    Router::new()
-        .merge(api)
-        .route("/health", get(health))
+    let mut app = Router::new().merge(api);
+    if state.chat_page {
+        app = app.route("/", get(chat_page::handle));
+    }
+    app.route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
@@ -146,7 +153,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 async fn count_requests(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let endpoint = match path.as_str() {
-        "/v1/chat/completions"
+        "/"
+        | "/v1/chat/completions"
         | "/v1/completions"
         | "/beta/completions"
         | "/v1/models"
@@ -199,11 +207,12 @@ async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     )
 }
 
-async fn not_found(req: Request) -> ApiError {
+async fn not_found(State(st): State<Arc<AppState>>, req: Request) -> ApiError {
     ApiError::not_found(format!(
-        "no route for {} {}; the server has POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics",
+        "no route for {} {}; the server has {}POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics",
         req.method(),
-        req.uri().path()
+        req.uri().path(),
+        if st.chat_page { "GET / (the chat page), " } else { "" }
     ))
 }
 

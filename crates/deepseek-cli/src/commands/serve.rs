@@ -17,7 +17,10 @@ use crate::common::{load_model, load_tokenizer, ModelArg};
        -d '{\"model\": \"x\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'
   # any OpenAI client: base_url=\"http://127.0.0.1:8080/v1\", api_key=<--api-key or anything>
 
-Endpoints: POST /v1/chat/completions, POST /v1/completions (FIM with `suffix`; also at
+Open http://127.0.0.1:8080/ in a browser to chat with the model (the page streams from
+/v1/chat/completions; --no-chat-page turns it off).
+
+Endpoints: GET / (chat page), POST /v1/chat/completions, POST /v1/completions (FIM with `suffix`; also at
 /beta/completions), GET /v1/models, GET /health, GET /metrics (Prometheus).")]
 pub struct Args {
     #[command(flatten)]
@@ -56,6 +59,9 @@ pub struct Args {
     /// Seconds running requests get to finish after SIGTERM / Ctrl-C before they are cancelled.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     shutdown_grace: u64,
+    /// Answer `/` with 404 instead of the chat page (for servers that only serve the API).
+    #[arg(long)]
+    no_chat_page: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -122,6 +128,7 @@ pub fn run(a: Args) -> Result<()> {
         a.api_key.clone(),
     )?;
     state.http.max_body_bytes = a.max_body_mb << 20;
+    state.chat_page = !a.no_chat_page;
     let state = Arc::new(state);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -138,6 +145,9 @@ pub fn run(a: Args) -> Result<()> {
             a.max_batch,
             if a.api_key.is_some() { ", API key required" } else { "" }
         );
+        if !a.no_chat_page {
+            eprintln!("chat page: http://{addr}/");
+        }
         deepseek_server::serve(
             state,
             listener,
