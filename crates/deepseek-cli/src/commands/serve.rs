@@ -11,17 +11,20 @@ use deepseek_server::AppState;
 use crate::common::{load_model, load_tokenizer, ModelArg};
 
 #[derive(clap::Args)]
-#[command(after_help = "Examples:
-  deepseek serve --model ~/models/DeepSeek-V2-Lite-Chat --port 8080
+#[command(
+    after_help = "Open http://127.0.0.1:8080/ in a browser to chat with the model (the page streams from
+/v1/chat/completions; --no-chat-page turns it off). Any OpenAI client works with
+base_url=\"http://127.0.0.1:8080/v1\" and api_key=<--api-key, or anything without one>.
+
+Endpoints: GET / (chat page), POST /v1/chat/completions, POST /v1/completions (FIM with
+`suffix`; also at /beta/completions), GET /v1/models, GET /health, GET /metrics (Prometheus).
+
+Examples:
+  deepseek serve  # the bundled model; open http://127.0.0.1:8080/
+  deepseek serve --model deepseek-ai/DeepSeek-V2-Lite-Chat --api-key sk-local
   curl localhost:8080/v1/chat/completions -H 'Content-Type: application/json' \\
-       -d '{\"model\": \"x\", \"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'
-  # any OpenAI client: base_url=\"http://127.0.0.1:8080/v1\", api_key=<--api-key or anything>
-
-Open http://127.0.0.1:8080/ in a browser to chat with the model (the page streams from
-/v1/chat/completions; --no-chat-page turns it off).
-
-Endpoints: GET / (chat page), POST /v1/chat/completions, POST /v1/completions (FIM with `suffix`; also at
-/beta/completions), GET /v1/models, GET /health, GET /metrics (Prometheus).")]
+       -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'"
+)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,

@@ -10,6 +10,10 @@ enum Dtype {
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  deepseek synth --preset v2-lite --layers 8 --out /tmp/v2-lite-8l
+  deepseek synth --preset v3 --layers 4 --experts 16 --out /tmp/v3-4l
+  deepseek bench --model /tmp/v2-lite-8l  # the real shapes' speed, no download")]
 pub struct Args {
     /// Shapes to copy: v2-lite, coder-v2-lite, v2, v3; or v3-tiny (V3's vocabulary and router
     /// on toy dimensions, for trying templates and serving with `--tokenizer`).

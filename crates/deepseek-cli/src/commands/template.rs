@@ -5,6 +5,11 @@ use anyhow::{bail, Context, Result};
 use crate::common::{chat_template, load_tokenizer, ModelArg};
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  echo '[{\"role\": \"user\", \"content\": \"Hi\"}]' > msgs.json
+  deepseek template --messages msgs.json
+  deepseek template --model deepseek-ai/DeepSeek-V2-Lite-Chat \\
+      --messages msgs.json --no-generation-prompt")]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,

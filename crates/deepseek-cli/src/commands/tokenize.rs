@@ -7,9 +7,9 @@ use crate::common::{load_tokenizer, ModelArg};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
-  deepseek tokenize --model M 'def main():'
-  deepseek tokenize --model M --file prompt.txt --json
-  cat prompt.txt | deepseek tokenize --model M -")]
+  deepseek tokenize 'def main():'  # the bundled model's tokenizer
+  deepseek tokenize --model deepseek-ai/DeepSeek-V3 --file prompt.txt --json
+  cat prompt.txt | deepseek tokenize -")]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
