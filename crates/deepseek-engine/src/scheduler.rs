@@ -118,7 +118,29 @@ pub enum Event {
         reason: FinishReason,
         completion_tokens: usize,
     },
-    Failed(String),
+    Failed(Failure),
+}
+
+/// Why the engine gave up on a request, so the server can answer with the right status
+/// instead of calling everything a server error.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Failure {
+    /// The server is stopping (503: the client may retry elsewhere or later).
+    ShuttingDown,
+    /// The request asks for what this model cannot give (400), e.g. JSON mode with a
+    /// vocabulary that has no token to continue the output.
+    Unsatisfiable(String),
+    /// The forward pass or the tokenizer failed: the server's fault (500).
+    Internal(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::ShuttingDown => f.write_str("the server is shutting down"),
+            Failure::Unsatisfiable(m) | Failure::Internal(m) => f.write_str(m),
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -315,12 +337,10 @@ impl Scheduler {
             self.publish_stats();
         }
         for (_, events) in self.waiting.drain(..) {
-            let _ = events.send(Event::Failed("the server is shutting down".into()));
+            let _ = events.send(Event::Failed(Failure::ShuttingDown));
         }
         for s in &mut self.active {
-            let _ = s
-                .events
-                .send(Event::Failed("the server is shutting down".into()));
+            let _ = s.events.send(Event::Failed(Failure::ShuttingDown));
             self.pool.release(&mut s.cache);
         }
         self.active.clear();
@@ -440,7 +460,7 @@ impl Scheduler {
                 }
                 Err(e) => {
                     for &i in &decoding {
-                        self.fail(i, &e.to_string());
+                        self.fail(i, Failure::Internal(e.to_string()));
                     }
                 }
             }
@@ -541,7 +561,7 @@ impl Scheduler {
                 }
                 Err(e) => {
                     for &(i, _, _) in &batch {
-                        self.fail(i, &e.to_string());
+                        self.fail(i, Failure::Internal(e.to_string()));
                     }
                 }
             }
@@ -621,7 +641,9 @@ impl Scheduler {
                 // No token can continue the JSON text (a vocabulary without the needed bytes).
                 return self.fail(
                     i,
-                    "JSON mode: no token of the vocabulary continues the output",
+                    Failure::Unsatisfiable(
+                        "JSON mode: no token of the vocabulary continues the output".into(),
+                    ),
                 );
             }
             j.advance(next);
@@ -636,7 +658,7 @@ impl Scheduler {
         let (text, stopped) = match &self.tokenizer {
             Some(tok) => match s.text.push(tok, next) {
                 Ok(r) => r,
-                Err(e) => return self.fail(i, &e.to_string()),
+                Err(e) => return self.fail(i, Failure::Internal(e.to_string())),
             },
             None => (String::new(), false),
         };
@@ -671,9 +693,9 @@ impl Scheduler {
         s.done = true;
     }
 
-    fn fail(&mut self, i: usize, msg: &str) {
+    fn fail(&mut self, i: usize, why: Failure) {
         let s = &mut self.active[i];
-        let _ = s.events.send(Event::Failed(msg.to_string()));
+        let _ = s.events.send(Event::Failed(why));
         s.done = true;
     }
 

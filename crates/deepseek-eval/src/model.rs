@@ -45,7 +45,7 @@ fn wait(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> Result<Vec<Even
     while let Some(e) = rx.blocking_recv() {
         let end = matches!(e, Event::Finished { .. });
         if let Event::Failed(m) = e {
-            return Err(EvalError::Engine(m));
+            return Err(EvalError::Engine(m.to_string()));
         }
         events.push(e);
         if end {

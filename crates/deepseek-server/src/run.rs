@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use deepseek_engine::scheduler::{Event, Request, SubmitError, TokenLogprob};
+use deepseek_engine::scheduler::{Event, Failure, Request, SubmitError, TokenLogprob};
 use deepseek_engine::FinishReason;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -149,7 +149,7 @@ impl Tracker {
     }
 
     /// Takes one event in; returns Err for a failed request.
-    pub fn take(&mut self, e: &Event) -> Result<(), String> {
+    pub fn take(&mut self, e: &Event) -> Result<(), ApiError> {
         let c = &mut self.collected;
         match e {
             Event::Started {
@@ -192,9 +192,21 @@ impl Tracker {
                     .request_duration
                     .observe(self.arrived.elapsed());
             }
-            Event::Failed(m) => return Err(m.clone()),
+            Event::Failed(why) => return Err(failure_status(why)),
         }
         Ok(())
+    }
+}
+
+/// The answer to an engine failure: the client's doing (400), a stopping server (503), or the
+/// server's fault (500).
+pub fn failure_status(why: &Failure) -> ApiError {
+    match why {
+        Failure::ShuttingDown => {
+            ApiError::unavailable("the request was cancelled (the server is shutting down)")
+        }
+        Failure::Unsatisfiable(m) => ApiError::invalid(None, m.clone()),
+        Failure::Internal(m) => ApiError::internal(m.clone()),
     }
 }
 
@@ -206,7 +218,7 @@ pub async fn collect(
 ) -> Result<Collected, ApiError> {
     let mut t = Tracker::new(st, arrived);
     while let Some(e) = rx.recv().await {
-        t.take(&e).map_err(ApiError::internal)?;
+        t.take(&e)?;
         if matches!(e, Event::Finished { .. }) {
             return Ok(t.collected);
         }
@@ -257,8 +269,9 @@ pub fn stream(
         let mut t = Tracker::new(st, arrived);
         let mut ended = false;
         while let Some(e) = rx.recv().await {
-            if let Err(msg) = t.take(&e) {
-                let body = ApiError::internal(msg).body();
+            if let Err(err) = t.take(&e) {
+                // The status line is sent already; the error body names the kind.
+                let body = err.body();
                 let _ = tx
                     .send(Ok(SseEvent::default().data(body.to_string())))
                     .await;
@@ -293,4 +306,20 @@ pub fn stream(
     Sse::new(tokio_stream::wrappers::ReceiverStream::new(out))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_failures_answer_with_the_status_of_whose_fault_they_are() {
+        let status = |f: Failure| failure_status(&f).status.as_u16();
+        assert_eq!(status(Failure::ShuttingDown), 503);
+        assert_eq!(status(Failure::Unsatisfiable("JSON mode: …".into())), 400);
+        assert_eq!(status(Failure::Internal("forward failed".into())), 500);
+        let body = failure_status(&Failure::Unsatisfiable("no token".into())).body();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["message"], "no token");
+    }
 }
