@@ -32,6 +32,9 @@ target/py-serve/bin/python scripts/load_test.py --streams 64 --seconds 15
 # What hostile or careless clients and files try (malformed requests, slow clients, bursts,
 # large prompts, corrupt and absurd model files), with the server's health checked after each.
 target/py-serve/bin/python scripts/test_adversarial.py
+# The prefix cache's disk tier: restarts, SIGKILLs mid-write, corrupt and foreign files, a full
+# disk, an unwritable folder, two servers on one folder.
+target/py-serve/bin/python scripts/test_cache_dir.py
 # The chat page at `/` in a real browser (skipped, saying so, where Chromium cannot be installed).
 scripts/test_browser.sh
 

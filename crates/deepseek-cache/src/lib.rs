@@ -147,6 +147,26 @@ impl BlockPool {
         self.blocks.len() * self.shape.block_len() * std::mem::size_of::<f32>()
     }
 
+    /// Bytes of one block (every layer's rows), as the disk tier stores it.
+    pub fn block_bytes_len(&self) -> usize {
+        self.shape.block_len() * std::mem::size_of::<f32>()
+    }
+
+    /// The raw bytes of block `b`.
+    pub fn block_bytes(&self, b: u32) -> &[u8] {
+        bytes(&self.blocks[b as usize])
+    }
+
+    /// The raw bytes of block `b`, to fill (from disk).
+    pub fn block_bytes_mut(&mut self, b: u32) -> &mut [u8] {
+        bytes_mut(&mut self.blocks[b as usize])
+    }
+
+    /// A block with one holder, contents unspecified (to be filled from disk).
+    pub fn alloc_block(&mut self) -> Result<u32, CacheError> {
+        self.alloc()
+    }
+
     fn alloc(&mut self) -> Result<u32, CacheError> {
         if let Some(id) = self.free.pop() {
             self.refcount[id as usize] = 1;
@@ -281,7 +301,9 @@ fn bytes_mut(words: &mut [f32]) -> &mut [u8] {
     }
 }
 
+pub mod disk;
 mod prefix;
+pub use disk::DiskTier;
 pub use prefix::PrefixCache;
 
 #[cfg(test)]

@@ -3,10 +3,15 @@
 //! prompt, an earlier turn of the conversation) shares those blocks instead of computing them
 //! again. The index holds one reference of its own on each block; blocks nobody else holds are
 //! evicted least-recently-used when the pool runs short.
+//!
+//! With a disk tier ([`DiskTier`], `--cache-dir`), every block indexed here is also written to
+//! disk (in the background), and a lookup that runs out of blocks in memory goes on reading
+//! the prefix's next blocks from disk, so a prefix outlives eviction and restarts.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
+use crate::disk::{block_key, BlockKey, DiskTier};
 use crate::{BlockPool, SequenceCache, BLOCK_TOKENS};
 
 struct Entry {
@@ -15,12 +20,23 @@ struct Entry {
     tokens: Box<[u32]>,
     last_used: u64,
     depth: usize,
+    /// Written to (or read from) the disk tier.
+    on_disk: bool,
 }
 
 #[derive(Default)]
 pub struct PrefixCache {
     entries: HashMap<u64, Entry>,
     tick: u64,
+    disk: Option<DiskTier>,
+}
+
+/// What a lookup found, and where.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub seq: SequenceCache,
+    /// Of `seq`'s blocks, those read from disk.
+    pub disk_blocks: usize,
 }
 
 /// Identifies a block by its tokens and everything before it (the parent's hash).
@@ -36,6 +52,18 @@ impl PrefixCache {
         Self::default()
     }
 
+    /// A prefix cache whose blocks also go to (and come back from) `disk`.
+    pub fn with_disk(disk: DiskTier) -> Self {
+        PrefixCache {
+            disk: Some(disk),
+            ..Self::default()
+        }
+    }
+
+    pub fn disk(&self) -> Option<&DiskTier> {
+        self.disk.as_ref()
+    }
+
     /// Blocks in the index.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -48,11 +76,17 @@ impl PrefixCache {
     /// A cache for a new sequence of `tokens` that already holds the longest indexed prefix of
     /// whole blocks, leaving at least the last token to compute (its logits are needed).
     pub fn lookup(&mut self, pool: &mut BlockPool, tokens: &[u32]) -> SequenceCache {
+        self.lookup_tiers(pool, tokens).seq
+    }
+
+    /// [`PrefixCache::lookup`], telling how many blocks came from disk.
+    pub fn lookup_tiers(&mut self, pool: &mut BlockPool, tokens: &[u32]) -> Found {
         self.tick += 1;
         let max_blocks = tokens.len().saturating_sub(1) / BLOCK_TOKENS;
         let mut seq = SequenceCache::default();
         let mut parent = 0;
-        for t in tokens.chunks_exact(BLOCK_TOKENS).take(max_blocks) {
+        let mut blocks = tokens.chunks_exact(BLOCK_TOKENS).take(max_blocks);
+        for t in blocks.by_ref() {
             let h = block_hash(parent, t);
             match self.entries.get_mut(&h) {
                 // Tokens compared too: a hash collision must not hand out another prefix's rows.
@@ -65,8 +99,62 @@ impl PrefixCache {
             }
             parent = h;
         }
+        let mut disk_blocks = 0;
+        if self.disk.as_ref().is_some_and(|d| d.is_enabled()) {
+            // Memory ran out of this prefix: go on from disk, block by block, each read into a
+            // fresh block that then joins the memory index.
+            let n = seq.block_table.len();
+            let keys = self.disk_keys(&tokens[..max_blocks * BLOCK_TOKENS]);
+            for (i, t) in tokens
+                .chunks_exact(BLOCK_TOKENS)
+                .enumerate()
+                .take(max_blocks)
+                .skip(n)
+            {
+                let disk = self.disk.as_ref().unwrap();
+                let parent_key = if i == 0 { [0; 16] } else { keys[i - 1] };
+                let h = block_hash(parent, t);
+                // (An entry under `h` here is a hash collision's: leave it be.)
+                if !disk.contains(&keys[i]) || self.entries.contains_key(&h) {
+                    break;
+                }
+                if pool.available_blocks() == 0 && self.evict(pool, 1) == 0 {
+                    break;
+                }
+                let Ok(b) = pool.alloc_block() else { break };
+                let disk = self.disk.as_ref().unwrap();
+                if !disk.load(&keys[i], &parent_key, t, pool.block_bytes_mut(b)) {
+                    pool.release_block(b);
+                    break;
+                }
+                // The index holds a reference of its own, as for blocks computed here.
+                pool.retain(b);
+                self.entries.insert(
+                    h,
+                    Entry {
+                        block: b,
+                        parent,
+                        tokens: t.into(),
+                        last_used: self.tick,
+                        depth: i,
+                        on_disk: true,
+                    },
+                );
+                seq.block_table.push(b);
+                disk_blocks += 1;
+                parent = h;
+            }
+        }
         seq.len = seq.block_table.len() * BLOCK_TOKENS;
-        seq
+        Found { seq, disk_blocks }
+    }
+
+    /// The disk keys of the whole blocks of `tokens`.
+    fn disk_keys(&self, tokens: &[u32]) -> Vec<BlockKey> {
+        match &self.disk {
+            Some(d) => crate::disk::block_keys(d.fingerprint(), tokens),
+            None => vec![],
+        }
     }
 
     /// Indexes the full blocks of `seq`, whose rows hold the first `seq.len` of `tokens`.
@@ -74,24 +162,35 @@ impl PrefixCache {
         self.tick += 1;
         let full = seq.len.min(tokens.len()) / BLOCK_TOKENS;
         let mut parent = 0;
+        let mut parent_key: BlockKey = [0; 16];
         for (i, t) in tokens.chunks_exact(BLOCK_TOKENS).take(full).enumerate() {
             let h = block_hash(parent, t);
-            match self.entries.get_mut(&h) {
+            let e = match self.entries.get_mut(&h) {
                 // Already indexed (perhaps another sequence's copy of the same rows): keep it.
-                Some(e) => e.last_used = self.tick,
+                Some(e) => {
+                    e.last_used = self.tick;
+                    e
+                }
                 None => {
                     pool.retain(seq.block_table[i]);
-                    self.entries.insert(
-                        h,
-                        Entry {
-                            block: seq.block_table[i],
-                            parent,
-                            tokens: t.into(),
-                            last_used: self.tick,
-                            depth: i,
-                        },
-                    );
+                    self.entries.entry(h).or_insert(Entry {
+                        block: seq.block_table[i],
+                        parent,
+                        tokens: t.into(),
+                        last_used: self.tick,
+                        depth: i,
+                        on_disk: false,
+                    })
                 }
+            };
+            if let Some(disk) = &self.disk {
+                let key = block_key(disk.fingerprint(), &parent_key, t);
+                // Queued once; a block the full queue dropped is offered again next time.
+                if !e.on_disk && disk.is_enabled() {
+                    e.on_disk = disk.contains(&key)
+                        || disk.store(key, parent_key, t, pool.block_bytes(e.block));
+                }
+                parent_key = key;
             }
             parent = h;
         }
@@ -186,6 +285,45 @@ mod tests {
         let mut d: Vec<u32> = (0..150).collect();
         d[3] = 7777;
         assert_eq!(pc.lookup(&mut pool, &d).len, 0);
+    }
+
+    #[test]
+    fn blocks_come_back_from_disk_after_a_restart_and_after_eviction() {
+        let dir = std::env::temp_dir().join(format!("deepseek-prefix-disk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let fp = [5u8; 16];
+        let a: Vec<u32> = (0..200).collect();
+        {
+            let mut pool = pool(16);
+            let bytes = pool.block_bytes_len();
+            let mut pc = PrefixCache::with_disk(DiskTier::open(&dir, fp, bytes, 1 << 30));
+            let mut sa = pc.lookup(&mut pool, &a);
+            run(&mut pool, &mut sa, &a);
+            pc.insert(&mut pool, &a, &sa);
+            // Dropping the cache waits for its writes.
+        }
+        // A restart: nothing in memory, three whole blocks on disk.
+        let mut pool = pool(16);
+        let bytes = pool.block_bytes_len();
+        let mut pc = PrefixCache::with_disk(DiskTier::open(&dir, fp, bytes, 1 << 30));
+        let found = pc.lookup_tiers(&mut pool, &a);
+        assert_eq!((found.seq.len, found.disk_blocks), (192, 3));
+        let rows = pool.layer_blocks(&found.seq, 0);
+        assert_eq!((rows[0][0], rows[2][2 * 63]), (0.0, 191.0));
+        // Now in memory too: the next lookup reads nothing from disk.
+        let again = pc.lookup_tiers(&mut pool, &a);
+        assert_eq!((again.seq.len, again.disk_blocks), (192, 0));
+        // Evicted from memory, back from disk.
+        let (mut s1, mut s2) = (found.seq, again.seq);
+        pool.release(&mut s1);
+        pool.release(&mut s2);
+        assert_eq!(pc.evict(&mut pool, 10), 3);
+        let back = pc.lookup_tiers(&mut pool, &a);
+        assert_eq!((back.seq.len, back.disk_blocks), (192, 3));
+        // Another model (fingerprint) finds nothing.
+        let mut other = PrefixCache::with_disk(DiskTier::open(&dir, [6u8; 16], bytes, 1 << 30));
+        assert_eq!(other.lookup_tiers(&mut pool, &a).seq.len, 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
-use deepseek_cache::{BlockPool, PrefixCache, SequenceCache, BLOCK_TOKENS};
+use deepseek_cache::{BlockPool, DiskTier, PrefixCache, SequenceCache, BLOCK_TOKENS};
 use deepseek_model::{LogitsFor, Model, PrefillPath, SeqStep};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
@@ -33,6 +33,15 @@ pub struct SchedulerConfig {
     pub cache_tokens: usize,
     /// Prompt tokens per prefill step.
     pub prefill_chunk: usize,
+    /// Where whole cache blocks are also kept on disk (`--cache-dir`), if anywhere.
+    pub cache_dir: Option<CacheDir>,
+}
+
+/// The prefix cache's disk tier: a folder and the most bytes of block files it may hold.
+#[derive(Clone, Debug)]
+pub struct CacheDir {
+    pub path: std::path::PathBuf,
+    pub max_bytes: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -42,6 +51,7 @@ impl Default for SchedulerConfig {
             max_queue: 256,
             cache_tokens: 32768,
             prefill_chunk: crate::generate::PREFILL_CHUNK,
+            cache_dir: None,
         }
     }
 }
@@ -184,6 +194,10 @@ pub struct Stats {
     pub cache_blocks_used: AtomicUsize,
     pub cache_blocks_total: AtomicUsize,
     pub prefix_cache_blocks: AtomicUsize,
+    /// Of `cached_prompt_tokens`, those read from the disk tier.
+    pub disk_hit_tokens: AtomicU64,
+    /// The disk tier's own counters, when there is one.
+    pub disk: Option<Arc<deepseek_cache::disk::DiskStats>>,
 }
 
 enum Msg {
@@ -251,8 +265,20 @@ pub fn spawn(
     config: SchedulerConfig,
 ) -> (SchedulerHandle, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel();
-    let stats = Arc::new(Stats::default());
     let pool = model.new_cache_pool(config.cache_tokens);
+    let prefix = match &config.cache_dir {
+        Some(d) => PrefixCache::with_disk(DiskTier::open(
+            &d.path,
+            model.cache_fingerprint(),
+            pool.block_bytes_len(),
+            d.max_bytes,
+        )),
+        None => PrefixCache::new(),
+    };
+    let stats = Arc::new(Stats {
+        disk: prefix.disk().map(|d| d.stats.clone()),
+        ..Stats::default()
+    });
     stats
         .cache_blocks_total
         .store(pool.max_blocks(), Ordering::Relaxed);
@@ -262,7 +288,7 @@ pub fn spawn(
         eos_ids,
         config: config.clone(),
         pool,
-        prefix: PrefixCache::new(),
+        prefix,
         waiting: VecDeque::new(),
         active: vec![],
         stats: stats.clone(),
@@ -484,9 +510,13 @@ impl Scheduler {
                 let s = &mut self.active[i];
                 s.looked_up = true;
                 if !s.req.prompt_logprobs {
-                    let cache = self
+                    let found = self
                         .prefix
-                        .lookup(&mut self.pool, &s.tokens[..s.prompt_len]);
+                        .lookup_tiers(&mut self.pool, &s.tokens[..s.prompt_len]);
+                    let cache = found.seq;
+                    self.stats
+                        .disk_hit_tokens
+                        .fetch_add((found.disk_blocks * BLOCK_TOKENS) as u64, Ordering::Relaxed);
                     s.blocks_to_come -= cache.block_table.len().min(s.blocks_to_come);
                     s.cache = cache;
                     let _ = s.events.send(Event::Started {

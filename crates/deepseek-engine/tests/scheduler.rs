@@ -253,3 +253,60 @@ fn a_burst_fills_the_free_places_and_the_queue_before_any_refusal() {
     handle.shutdown();
     thread.join().unwrap();
 }
+
+/// The disk tier: a prefix computed by one scheduler is read back by the next (a restart),
+/// with the same tokens as computing it, and hits counted as cached; the cache type is part
+/// of the key, so a bf16 cache never reads the f32 cache's blocks.
+#[test]
+fn a_restarted_scheduler_reads_prefixes_back_from_disk() {
+    let dir = nano();
+    let tok = Arc::new(Tokenizer::from_dir(&dir).unwrap());
+    let cache_dir =
+        std::env::temp_dir().join(format!("deepseek-sched-disk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    let text = "import os\nimport sys\n\n\nclass Config:\n    \"\"\"Settings read from the environment.\"\"\"\n\n    def __init__(self, path):\n        self.path = path\n        self.values = {}\n\n    def load(self):\n        with open(self.path) as f:\n            for line in f:\n                key, _, value = line.partition('=')\n                self.values[key.strip()] = value.strip()\n\n    def get(self, key, default=None):\n";
+    let prompt = tok.encode(&text.repeat(3), true).unwrap();
+    assert!(prompt.len() > 3 * 64, "{} tokens", prompt.len());
+    let n = 16;
+    let run = |dtype: deepseek_cache::CacheDtype| {
+        let mut model = Model::load(&dir, &mut |_, _| {}).unwrap();
+        model.cache_dtype = dtype;
+        let model = Arc::new(model);
+        let eos = Generator::new(model.clone(), Some(tok.clone())).eos_ids();
+        let (handle, thread) = scheduler::spawn(
+            model,
+            Some(tok.clone()),
+            eos,
+            SchedulerConfig {
+                cache_dir: Some(scheduler::CacheDir {
+                    path: cache_dir.clone(),
+                    max_bytes: 1 << 30,
+                }),
+                ..Default::default()
+            },
+        );
+        let o = collect(handle.submit(Request::new(prompt.clone(), n)).unwrap());
+        let disk = handle.stats.disk_hit_tokens.load(Ordering::Relaxed);
+        handle.shutdown();
+        thread.join().unwrap();
+        (o, disk)
+    };
+    use deepseek_cache::CacheDtype;
+    let (cold, disk0) = run(CacheDtype::F32);
+    assert_eq!((cold.cached, disk0), (0, 0));
+    let (warm, disk1) = run(CacheDtype::F32);
+    let whole = (prompt.len() - 1) / 64 * 64;
+    assert_eq!(
+        warm.cached, whole,
+        "the prefix's whole blocks come from disk"
+    );
+    assert_eq!(disk1, whole as u64);
+    assert_eq!(warm.ids, cold.ids, "tokens from disk-cached rows differ");
+    let (other, disk2) = run(CacheDtype::Bf16);
+    assert_eq!(
+        (other.cached, disk2),
+        (0, 0),
+        "a bf16 cache read f32 blocks"
+    );
+    let _ = std::fs::remove_dir_all(&cache_dir);
+}

@@ -257,6 +257,28 @@ impl WeightStore {
         self.tensors.keys()
     }
 
+    /// What tells these weights from any others, cheaply: SHA-256 over every tensor's name,
+    /// type and shape and the first and last KiB of its bytes (any fine-tune or merge changes
+    /// those), without reading whole files. The disk cache keys its blocks by it.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        let mut h = Sha256::new();
+        for name in names {
+            let t = &self.tensors[name];
+            h.update(name.as_bytes());
+            h.update(format!("{:?}{:?}{}", t.dtype, t.shape, t.len_bytes).as_bytes());
+            let map = &self.shards[t.shard].1;
+            if let Some(data) = map.get(t.offset..t.offset + t.len_bytes) {
+                let k = data.len().min(1024);
+                h.update(&data[..k]);
+                h.update(&data[data.len() - k..]);
+            }
+        }
+        h.finalize().into()
+    }
+
     /// Total bytes of all tensors.
     pub fn total_bytes(&self) -> usize {
         self.tensors.values().map(|t| t.len_bytes).sum()

@@ -56,6 +56,8 @@ pub struct Model {
     rope: Rope,
     /// How new cache pools store rows (f32, or 8-bit with `--cache-type q8`).
     pub cache_dtype: CacheDtype,
+    /// The weights' identity ([`WeightStore::fingerprint`]).
+    pub weights_fingerprint: [u8; 32],
 }
 
 /// Which attention path prefill uses (decode steps of one token always use the absorbed one).
@@ -163,7 +165,21 @@ impl Model {
             lm_head,
             config,
             cache_dtype: CacheDtype::F32,
+            weights_fingerprint: w.fingerprint(),
         })
+    }
+
+    /// What a cache block's rows depend on: the weights, the configuration (RoPE scaling
+    /// shapes the stored keys), the cache layout and this engine's row format. Blocks kept on
+    /// disk are keyed by it, so they are never served to another model or layout.
+    pub fn cache_fingerprint(&self) -> [u8; 16] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"deepseek-rs cache rows v1");
+        h.update(self.weights_fingerprint);
+        h.update(format!("{:?}", self.config).as_bytes());
+        h.update(format!("{:?}", self.cache_shape()).as_bytes());
+        h.finalize()[..16].try_into().unwrap()
     }
 
     pub fn cache_shape(&self) -> CacheShape {

@@ -138,6 +138,52 @@ impl Metrics {
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        // The prefix cache's two tiers: hits by where they came from, and the disk tier.
+        let disk_hits = r(&stats.disk_hit_tokens);
+        let _ = writeln!(
+            out,
+            "# HELP deepseek_prompt_cache_hit_tokens_by_tier_total Prompt tokens served from the prefix cache, by tier.\n# TYPE deepseek_prompt_cache_hit_tokens_by_tier_total counter\ndeepseek_prompt_cache_hit_tokens_by_tier_total{{tier=\"memory\"}} {}\ndeepseek_prompt_cache_hit_tokens_by_tier_total{{tier=\"disk\"}} {disk_hits}",
+            r(&stats.cached_prompt_tokens).saturating_sub(disk_hits)
+        );
+        if let Some(d) = &stats.disk {
+            for (name, kind, help, v) in [
+                (
+                    "deepseek_disk_cache_bytes",
+                    "gauge",
+                    "Bytes of block files in --cache-dir.",
+                    r(&d.bytes),
+                ),
+                (
+                    "deepseek_disk_cache_hit_blocks_total",
+                    "counter",
+                    "Blocks read back from --cache-dir.",
+                    r(&d.hit_blocks),
+                ),
+                (
+                    "deepseek_disk_cache_written_blocks_total",
+                    "counter",
+                    "Blocks written to --cache-dir.",
+                    r(&d.written_blocks),
+                ),
+                (
+                    "deepseek_disk_cache_dropped_blocks_total",
+                    "counter",
+                    "Blocks not written (queue full or the tier off).",
+                    r(&d.dropped_blocks),
+                ),
+                (
+                    "deepseek_disk_cache_bad_files_total",
+                    "counter",
+                    "Corrupt, cut-off or foreign block files skipped and removed.",
+                    r(&d.bad_files),
+                ),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+                );
+            }
+        }
         self.time_to_first_token.render(
             "deepseek_time_to_first_token_seconds",
             "From request arrival to its first generated token.",

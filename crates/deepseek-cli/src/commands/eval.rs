@@ -124,6 +124,7 @@ pub fn run(a: Args) -> Result<()> {
             max_queue: usize::MAX,
             cache_tokens: a.cache_tokens,
             prefill_chunk: 512,
+            cache_dir: None,
         },
     );
     let mut engine = EngineModel {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use deepseek_engine::scheduler::{self, SchedulerConfig};
+use deepseek_engine::scheduler::{self, CacheDir, SchedulerConfig};
 use deepseek_engine::Generator;
 use deepseek_server::AppState;
 
@@ -62,6 +62,20 @@ pub struct Args {
     /// Seconds running requests get to finish after SIGTERM / Ctrl-C before they are cancelled.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     shutdown_grace: u64,
+    /// Also keep whole cache blocks (64 tokens) in this folder, so repeated prefixes (system
+    /// prompts, documents, earlier turns) are read back instead of computed, after an eviction
+    /// from memory and across restarts. Blocks are keyed by the model's fingerprint and the
+    /// cache type, so a folder may serve several models; several servers may share it.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<std::path::PathBuf>,
+    /// Most GiB of block files in --cache-dir; the least recently used go first.
+    #[arg(
+        long,
+        value_name = "GB",
+        default_value_t = 10.0,
+        requires = "cache_dir"
+    )]
+    cache_dir_max_gb: f64,
     /// Answer `/` with 404 instead of the chat page (for servers that only serve the API).
     #[arg(long)]
     no_chat_page: bool,
@@ -70,6 +84,12 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     if a.max_batch == 0 || a.prefill_chunk == 0 || a.cache_tokens == 0 || a.max_body_mb == 0 {
         bail!("--max-batch, --prefill-chunk, --cache-tokens and --max-body-mb must be at least 1");
+    }
+    if !(a.cache_dir_max_gb.is_finite() && a.cache_dir_max_gb > 0.0) {
+        bail!(
+            "--cache-dir-max-gb {}: must be a positive number of GiB",
+            a.cache_dir_max_gb
+        );
     }
     if a.max_body_mb > 4096 {
         bail!("--max-body-mb {}: at most 4096", a.max_body_mb);
@@ -121,6 +141,10 @@ pub fn run(a: Args) -> Result<()> {
             max_queue: a.max_queue,
             cache_tokens: a.cache_tokens,
             prefill_chunk: a.prefill_chunk,
+            cache_dir: a.cache_dir.clone().map(|path| CacheDir {
+                path,
+                max_bytes: (a.cache_dir_max_gb * (1u64 << 30) as f64) as u64,
+            }),
         },
     );
     let mut state = AppState::new(
@@ -148,6 +172,13 @@ pub fn run(a: Args) -> Result<()> {
             a.max_batch,
             if a.api_key.is_some() { ", API key required" } else { "" }
         );
+        if let Some(d) = &a.cache_dir {
+            eprintln!(
+                "cache dir: {} (up to {} GiB of 64-token blocks)",
+                d.display(),
+                a.cache_dir_max_gb
+            );
+        }
         if !a.no_chat_page {
             eprintln!("chat page: http://{addr}/");
         }
