@@ -431,6 +431,10 @@ def group_cli():
         expect_cli_error(["serve", "--model", NANO, "--cache-tokens", 10**12], contains=["--cache-tokens"])
         expect_cli_error(["serve", "--model", NANO, "--max-batch", 10**11], contains=["--max-batch"])
         expect_cli_error(["serve", "--model", NANO, "--max-body-mb", 10**6], contains=["--max-body-mb"])
+        (tmp / "keys.txt").write_text("alice sk-secret-a rpm=zero\n")
+        line = expect_cli_error(["serve", "--model", NANO, "--api-keys", tmp / "keys.txt"],
+                                contains=["--api-keys", "line 1", "rpm=zero"])
+        assert "sk-secret-a" not in line, line
         expect_cli_error(["bench", "--model", NANO, "-p", 10**9], contains=["-p"])
         expect_cli_error(["bench", "--model", NANO, "--depth", 2**64 - 1], contains=["--depth"])
         # tokenize: a text too large for the command line, from a file and from stdin.

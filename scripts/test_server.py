@@ -258,6 +258,77 @@ def test_queue_full():
         s.stop()
 
 
+def test_api_keys():
+    """--api-keys: names and limits per key, beside the single --api-key."""
+    tmp = Path(tempfile.mkdtemp())
+    keys = tmp / "keys.txt"
+    keys.write_text("# name key limits\nalice sk-alice-1 rpm=3\nbob sk-bob-2 concurrent=1\n"
+                    "carol sk-carol-3 tpm=60\n")
+    s = Server(NANO, "--api-keys", str(keys), "--max-batch", "1", "--threads", "1")
+    try:
+        def post(key, **body):
+            body = {"prompt": "def add(a, b):", "max_tokens": 8, "temperature": 0, **body}
+            return httpx.post(s.base + "/v1/completions", json=body, timeout=60,
+                              headers={"Authorization": f"Bearer {key}"})
+
+        # rpm=3: the fourth request within the minute is refused, for alice alone.
+        assert [post("sk-alice-1").status_code for _ in range(3)] == [200, 200, 200]
+        r = post("sk-alice-1")
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1, (r.status_code, r.text)
+        assert "alice" in r.json()["error"]["message"] and "requests per minute" in r.text, r.text
+        assert post("sk-bob-2").status_code == 200
+        assert post(KEY).status_code == 200, "the single --api-key stopped working"
+        assert post("sk-alice-").status_code == 401
+
+        # concurrent=1: while one of bob's requests waits behind a long one (one batch place),
+        # his second is refused; other keys are not.
+        def health():
+            return httpx.get(s.base + "/health").json()
+
+        def wait_for(cond, what):
+            deadline = time.time() + 20
+            while not cond(health()):
+                assert time.time() < deadline, what
+                time.sleep(0.01)
+
+        long = threading.Thread(target=post, args=(KEY,),
+                                kwargs={"max_tokens": 1800, "ignore_eos": True})
+        long.start()
+        wait_for(lambda h: h["running"] == 1, "the long request did not start")
+        queued = threading.Thread(target=post, args=("sk-bob-2",))
+        queued.start()
+        wait_for(lambda h: h["waiting"] == 1, "bob's first request did not queue")
+        r = post("sk-bob-2")
+        assert r.status_code == 429 and "running" in r.text, (r.status_code, r.text)
+        carol = threading.Thread(target=lambda: results.append(post("sk-carol-3").status_code))
+        results = []
+        carol.start()
+        for t in (long, queued, carol):
+            t.join()
+        assert results == [200], results  # others unaffected
+        deadline = time.time() + 10
+        while post("sk-bob-2").status_code != 200:
+            assert time.time() < deadline, "bob's place was not given back after his stream"
+            time.sleep(0.1)
+
+        # tpm=60: carol's first two requests (prompt + 8 tokens each) spend the minute.
+        codes = [post("sk-carol-3", max_tokens=30).status_code for _ in range(3)]
+        assert 429 in codes, codes
+
+        m = httpx.get(s.base + "/metrics").text
+        assert 'deepseek_key_requests_total{key="alice"} 3' in m, m
+        assert 'deepseek_key_refused_total{key="alice"} 1' in m, m
+        assert 'deepseek_key_requests_total{key="default"} 2' in m, m
+        assert 'deepseek_key_prompt_tokens_total{key="alice"}' in m
+        for secret in ["sk-alice-1", "sk-bob-2", "sk-carol-3", KEY]:
+            assert secret not in m, "a key in /metrics"
+    finally:
+        s.stop()
+    out = s.output()
+    for secret in ["sk-alice-1", "sk-bob-2", "sk-carol-3", KEY]:
+        assert secret not in out, "a key in the server's output"
+
+
 def test_sigterm_finishes_running_requests():
     s = Server(NANO, key=None)
     got = {}
@@ -349,7 +420,8 @@ def test_tool_calls(tmp):
 
 def main():
     failures = 0
-    tests = [("nano", None), ("queue_full", test_queue_full), ("sigterm", test_sigterm_finishes_running_requests),
+    tests = [("nano", None), ("queue_full", test_queue_full), ("api_keys", test_api_keys),
+             ("sigterm", test_sigterm_finishes_running_requests),
              ("tool_calls", None)]
     if SMOLLM2.exists():
         tests.append(("smollm2", test_smollm2))

@@ -41,7 +41,7 @@ fn credential(value: Option<&header::HeaderValue>) -> Credential<'_> {
 
 /// `a == b` in time that depends on `a`'s length only (the guess, which its sender knows), not
 /// on where the first difference is.
-fn constant_time_eq(given: &[u8], key: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(given: &[u8], key: &[u8]) -> bool {
     let mut diff = (given.len() != key.len()) as u8;
     for (i, &g) in given.iter().enumerate() {
         let k = if key.is_empty() {
@@ -54,28 +54,48 @@ fn constant_time_eq(given: &[u8], key: &[u8]) -> bool {
     diff == 0
 }
 
-pub async fn check_api_key(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &st.api_key {
-        match credential(req.headers().get(header::AUTHORIZATION)) {
-            Credential::Missing => {
-                return ApiError::unauthorized(
-                    "missing API key: send `Authorization: Bearer KEY` (the server was started with --api-key)",
-                )
-                .into_response()
-            }
-            Credential::OtherScheme(s) => {
-                return ApiError::unauthorized(&format!(
-                    "the Authorization header uses the `{s}` scheme; send `Authorization: Bearer KEY`"
-                ))
-                .into_response()
-            }
-            Credential::Bearer(g) if !constant_time_eq(g.as_bytes(), key.as_bytes()) => {
-                return ApiError::unauthorized("incorrect API key").into_response()
-            }
-            Credential::Bearer(_) => {}
+/// Checks the key, then the key's limits ([`crate::keys`]); the request carries its key (an
+/// `Arc<ApiKey>` extension) to the handlers, which count its tokens, and the response body
+/// holds the key's place among its `concurrent` requests until the last byte is sent.
+pub async fn check_api_key(
+    State(st): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(keys) = &st.keys else {
+        return next.run(req).await;
+    };
+    let key = match credential(req.headers().get(header::AUTHORIZATION)) {
+        Credential::Missing => {
+            return ApiError::unauthorized(
+                "missing API key: send `Authorization: Bearer KEY` (the server was started with --api-key or --api-keys)",
+            )
+            .into_response()
         }
-    }
-    next.run(req).await
+        Credential::OtherScheme(s) => {
+            return ApiError::unauthorized(&format!(
+                "the Authorization header uses the `{s}` scheme; send `Authorization: Bearer KEY`"
+            ))
+            .into_response()
+        }
+        Credential::Bearer(g) => match keys.find(g) {
+            Some(k) => k,
+            None => return ApiError::unauthorized("incorrect API key").into_response(),
+        },
+    };
+    let place = match key.admit() {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    req.extensions_mut().insert(key);
+    let resp = next.run(req).await;
+    // The place is given back when the body (a stream, perhaps) is done or dropped.
+    resp.map(|body| {
+        axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |f| {
+            let _ = &place;
+            f
+        }))
+    })
 }
 
 #[cfg(test)]

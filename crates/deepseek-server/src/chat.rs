@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use deepseek_engine::json_mode::{OutputConstraint, Stage};
 use deepseek_engine::scheduler::{Event, Request, TokenLogprob};
 use deepseek_engine::FinishReason;
@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::api::{check_messages, normalize_messages, ChatRequest, Common};
 use crate::error::{parse_body, ApiError};
+use crate::keys::ApiKey;
 use crate::run::{self, Collected, DEFAULT_MAX_TOKENS};
 use crate::tools::{self, ToolCall, CALLS_BEGIN, CALL_BEGIN, CALL_END, SEP};
 use crate::{AppState, SYSTEM_FINGERPRINT};
@@ -93,7 +94,12 @@ struct Prepared {
     logprobs: Option<usize>,
 }
 
-pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn handle(
+    State(st): State<Arc<AppState>>,
+    key: Option<Extension<Arc<ApiKey>>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let key = key.map(|Extension(k)| k);
     let arrived = Instant::now();
     let Prepared {
         request,
@@ -172,10 +178,10 @@ pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
                 _ => vec![],
             }
         };
-        return Ok(run::stream(st.clone(), rx, arrived, make));
+        return Ok(run::stream(st.clone(), key, rx, arrived, make));
     }
 
-    let c = run::collect(st.clone(), rx, arrived).await?;
+    let c = run::collect(st.clone(), key, rx, arrived).await?;
     let (content, calls) = read_output(&c, &plan);
     let mut message = json!({"role": "assistant", "content": content});
     let mut finish = run::finish_reason(c.finish);

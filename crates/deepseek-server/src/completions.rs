@@ -8,12 +8,13 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use deepseek_engine::scheduler::{Event, Request, TokenLogprob};
 use serde_json::{json, Map, Value};
 
 use crate::api::{Common, CompletionRequest, Prompt};
 use crate::error::{parse_body, ApiError};
+use crate::keys::ApiKey;
 use crate::run::{self, Collected};
 use crate::{AppState, SYSTEM_FINGERPRINT};
 
@@ -172,7 +173,12 @@ fn prepare(st: &AppState, body: &[u8]) -> Result<Prepared, ApiError> {
     })
 }
 
-pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn handle(
+    State(st): State<Arc<AppState>>,
+    key: Option<Extension<Arc<ApiKey>>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let key = key.map(|Extension(k)| k);
     let arrived = Instant::now();
     let Prepared {
         request,
@@ -250,10 +256,10 @@ pub async fn handle(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Resp
             }
             out
         };
-        return Ok(run::stream(st.clone(), rx, arrived, make));
+        return Ok(run::stream(st.clone(), key, rx, arrived, make));
     }
 
-    let c: Collected = run::collect(st.clone(), rx, arrived).await?;
+    let c: Collected = run::collect(st.clone(), key, rx, arrived).await?;
     let text = format!("{echo_text}{}", c.text);
     let lp = match logprobs {
         Some(_) => {

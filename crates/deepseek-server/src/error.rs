@@ -54,6 +54,18 @@ impl ApiError {
         }
     }
 
+    /// 429 for one API key's limit.
+    pub fn rate_limited(message: String, retry_after: u64) -> Self {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message,
+            kind: "rate_limit_error",
+            param: None,
+            code: Some("rate_limit_exceeded"),
+            retry_after: Some(retry_after),
+        }
+    }
+
     pub fn unavailable(message: &str) -> Self {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,

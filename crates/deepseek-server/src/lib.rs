@@ -16,6 +16,7 @@ pub mod chat_page;
 pub mod completions;
 pub mod error;
 pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod run;
 pub mod tools;
@@ -49,7 +50,8 @@ pub struct AppState {
     pub model_name: String,
     /// Most tokens (prompt + completion) one request may use.
     pub context: usize,
-    pub api_key: Option<String>,
+    /// The keys accepted on `/v1` and `/beta` (`None`: no key needed).
+    pub keys: Option<keys::Keys>,
     pub http: HttpLimits,
     /// Requests being parsed, templated and tokenized at once (the rest wait their turn).
     pub prepare_slots: Arc<tokio::sync::Semaphore>,
@@ -87,7 +89,7 @@ impl AppState {
             template,
             model_name,
             context,
-            api_key,
+            keys: api_key.as_deref().map(keys::Keys::single),
             http: HttpLimits::default(),
             prepare_slots: Arc::new(tokio::sync::Semaphore::new(PREPARE_SLOTS)),
             metrics: Metrics::default(),
@@ -203,7 +205,7 @@ async fn health(State(st): State<Arc<AppState>>) -> Json<serde_json::Value> {
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(&st.scheduler.stats),
+        st.metrics.render(&st.scheduler.stats, st.keys.as_ref()),
     )
 }
 

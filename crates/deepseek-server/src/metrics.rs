@@ -62,7 +62,7 @@ impl Metrics {
         }
     }
 
-    pub fn render(&self, stats: &Stats) -> String {
+    pub fn render(&self, stats: &Stats, keys: Option<&crate::keys::Keys>) -> String {
         let mut out = String::new();
         out.push_str("# HELP deepseek_requests_total HTTP requests by endpoint and status.\n# TYPE deepseek_requests_total counter\n");
         if let Ok(m) = self.requests.lock() {
@@ -137,6 +137,37 @@ impl Metrics {
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        // Usage per API key, by the key's name (never the key).
+        if let Some(keys) = keys {
+            for (metric, help, get) in [
+                (
+                    "deepseek_key_requests_total",
+                    "Requests admitted, by API key name.",
+                    (|u: &crate::keys::Usage| u.requests.load(Ordering::Relaxed))
+                        as fn(&crate::keys::Usage) -> u64,
+                ),
+                (
+                    "deepseek_key_refused_total",
+                    "Requests refused by the key's limits (429).",
+                    |u| u.refused.load(Ordering::Relaxed),
+                ),
+                (
+                    "deepseek_key_prompt_tokens_total",
+                    "Prompt tokens of finished requests, by API key name.",
+                    |u| u.prompt_tokens.load(Ordering::Relaxed),
+                ),
+                (
+                    "deepseek_key_completion_tokens_total",
+                    "Completion tokens of finished requests, by API key name.",
+                    |u| u.completion_tokens.load(Ordering::Relaxed),
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+                for k in keys.iter() {
+                    let _ = writeln!(out, "{metric}{{key=\"{}\"}} {}", k.name, get(&k.usage));
+                }
+            }
         }
         // The prefix cache's two tiers: hits by where they came from, and the disk tier.
         let disk_hits = r(&stats.disk_hit_tokens);

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::error::ApiError;
+use crate::keys::ApiKey;
 use crate::AppState;
 
 /// Default completion budget when a request gives no `max_tokens`.
@@ -133,15 +134,18 @@ pub struct Collected {
 /// Follows a request's events, recording the latency metrics.
 pub struct Tracker {
     st: Arc<AppState>,
+    /// The request's API key, charged its tokens when the request finishes.
+    key: Option<Arc<ApiKey>>,
     arrived: Instant,
     last_token: Option<Instant>,
     pub collected: Collected,
 }
 
 impl Tracker {
-    pub fn new(st: Arc<AppState>, arrived: Instant) -> Self {
+    pub fn new(st: Arc<AppState>, key: Option<Arc<ApiKey>>, arrived: Instant) -> Self {
         Tracker {
             st,
+            key,
             arrived,
             last_token: None,
             collected: Collected::default(),
@@ -187,6 +191,9 @@ impl Tracker {
             } => {
                 c.finish = Some(*reason);
                 c.completion_tokens = *completion_tokens;
+                if let Some(k) = &self.key {
+                    k.charge(c.prompt_tokens, c.completion_tokens);
+                }
                 self.st
                     .metrics
                     .request_duration
@@ -213,10 +220,11 @@ pub fn failure_status(why: &Failure) -> ApiError {
 /// Reads every event of a request.
 pub async fn collect(
     st: Arc<AppState>,
+    key: Option<Arc<ApiKey>>,
     mut rx: UnboundedReceiver<Event>,
     arrived: Instant,
 ) -> Result<Collected, ApiError> {
-    let mut t = Tracker::new(st, arrived);
+    let mut t = Tracker::new(st, key, arrived);
     while let Some(e) = rx.recv().await {
         t.take(&e)?;
         if matches!(e, Event::Finished { .. }) {
@@ -260,13 +268,14 @@ pub fn token_text(st: &AppState, id: u32) -> (String, Vec<u8>) {
 /// event. The stream ends with `data: [DONE]`; a dropped connection cancels the request.
 pub fn stream(
     st: Arc<AppState>,
+    key: Option<Arc<ApiKey>>,
     mut rx: UnboundedReceiver<Event>,
     arrived: Instant,
     mut make: impl FnMut(&Event, &Tracker) -> Vec<Value> + Send + 'static,
 ) -> Response {
     let (tx, out) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(64);
     tokio::spawn(async move {
-        let mut t = Tracker::new(st, arrived);
+        let mut t = Tracker::new(st, key, arrived);
         let mut ended = false;
         while let Some(e) = rx.recv().await {
             if let Err(err) = t.take(&e) {

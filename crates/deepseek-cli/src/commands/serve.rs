@@ -36,6 +36,12 @@ pub struct Args {
     /// Require `Authorization: Bearer KEY` on /v1 and /beta requests.
     #[arg(long, env = "DEEPSEEK_API_KEY", value_name = "KEY")]
     api_key: Option<String>,
+    /// Keys with names and limits, one per line: `NAME KEY [rpm=N] [tpm=N] [concurrent=N]`
+    /// (requests per minute, prompt + completion tokens per minute, requests at once; `#`
+    /// comments). Each key's limits answer 429 with Retry-After for that key alone; /metrics
+    /// counts usage by name. Works beside --api-key (then named `default`).
+    #[arg(long, value_name = "FILE")]
+    api_keys: Option<std::path::PathBuf>,
     /// Model name reported by /v1/models and in responses (default: the model folder's name).
     #[arg(long, value_name = "NAME")]
     served_model_name: Option<String>,
@@ -94,6 +100,13 @@ pub fn run(a: Args) -> Result<()> {
     if a.max_body_mb > 4096 {
         bail!("--max-body-mb {}: at most 4096", a.max_body_mb);
     }
+    // Read before the model loads, so a mistake in it costs no wait.
+    let file_keys = a
+        .api_keys
+        .as_deref()
+        .map(deepseek_server::keys::Keys::from_file)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let dir = a.model.dir()?;
     let model = load_model(&dir)?;
     let tok =
@@ -155,6 +168,12 @@ pub fn run(a: Args) -> Result<()> {
         a.api_key.clone(),
     )?;
     state.http.max_body_bytes = a.max_body_mb << 20;
+    if let Some(mut keys) = file_keys {
+        if let Some(single) = state.keys.take() {
+            keys.extend(single);
+        }
+        state.keys = Some(keys);
+    }
     state.chat_page = !a.no_chat_page;
     let state = Arc::new(state);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -170,7 +189,14 @@ pub fn run(a: Args) -> Result<()> {
             "serving `{name}` on http://{addr}/v1 (context {context} tokens, cache {} tokens = {cache_mib} MiB, batch {}{})",
             a.cache_tokens,
             a.max_batch,
-            if a.api_key.is_some() { ", API key required" } else { "" }
+            match (&a.api_keys, &a.api_key) {
+                (Some(_), _) => format!(
+                    ", {} API keys",
+                    state.keys.as_ref().map_or(0, |k| k.iter().count())
+                ),
+                (None, Some(_)) => ", API key required".into(),
+                (None, None) => String::new(),
+            }
         );
         if let Some(d) = &a.cache_dir {
             eprintln!(
