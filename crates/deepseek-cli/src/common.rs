@@ -16,11 +16,14 @@ pub enum CacheType {
     Q8,
 }
 
-static CACHE_TYPE: std::sync::OnceLock<CacheType> = std::sync::OnceLock::new();
-
-/// The global --cache-type, applied to every model [`load_model`] loads.
-pub fn set_cache_type(t: CacheType) {
-    let _ = CACHE_TYPE.set(t);
+impl CacheType {
+    pub fn dtype(self) -> deepseek_cache::CacheDtype {
+        match self {
+            CacheType::F32 => deepseek_cache::CacheDtype::F32,
+            CacheType::Bf16 => deepseek_cache::CacheDtype::Bf16,
+            CacheType::Q8 => deepseek_cache::CacheDtype::Q8,
+        }
+    }
 }
 
 /// The model bundled in the repo, used when --model is not given.
@@ -92,7 +95,9 @@ impl ModelArg {
     }
 }
 
-pub fn load_model(dir: &Path) -> Result<Arc<Model>> {
+/// Loads the model at `dir` (a progress bar on a terminal), its cache rows stored as `cache`
+/// (the global `--cache-type`).
+pub fn load_model(dir: &Path, cache: CacheType) -> Result<Arc<Model>> {
     let config = dir.join("config.json");
     if deepseek_loader::gguf_path(dir)?.is_none() && !config.exists() {
         bail!(
@@ -119,11 +124,7 @@ pub fn load_model(dir: &Path) -> Result<Arc<Model>> {
     })
     .with_context(|| format!("loading {}", dir.display()))?;
     bar.finish_and_clear();
-    model.cache_dtype = match CACHE_TYPE.get().copied().unwrap_or_default() {
-        CacheType::F32 => deepseek_cache::CacheDtype::F32,
-        CacheType::Bf16 => deepseek_cache::CacheDtype::Bf16,
-        CacheType::Q8 => deepseek_cache::CacheDtype::Q8,
-    };
+    model.cache_dtype = cache.dtype();
     Ok(Arc::new(model))
 }
 

@@ -130,19 +130,19 @@ fn main() -> ExitCode {
     if cli.bf16_activations {
         deepseek_kernels::gemm_avx512::set_bf16_activations(true);
     }
-    common::set_cache_type(cli.cache_type);
+    let cache = cli.cache_type;
     let result = std::panic::catch_unwind(|| match cli.command {
-        Command::Info(a) => commands::info::run(a),
+        Command::Info(a) => commands::info::run(a, cache),
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Template(a) => commands::template::run(a),
-        Command::Forward(a) => commands::forward::run(a),
-        Command::Generate(a) => commands::generate::run(a),
-        Command::Chat(a) => commands::chat::run(a),
+        Command::Forward(a) => commands::forward::run(a, cache),
+        Command::Generate(a) => commands::generate::run(a, cache),
+        Command::Chat(a) => commands::chat::run(a, cache),
         Command::Synth(a) => commands::synth::run(a),
-        Command::Bench(a) => commands::bench::run(a),
+        Command::Bench(a) => commands::bench::run(a, cache),
         Command::Quantize(a) => commands::quantize::run(a),
-        Command::Serve(a) => commands::serve::run(a),
-        Command::Eval(a) => commands::eval::run(a),
+        Command::Serve(a) => commands::serve::run(a, cache),
+        Command::Eval(a) => commands::eval::run(a, cache),
     });
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,

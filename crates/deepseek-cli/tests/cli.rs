@@ -157,6 +157,19 @@ fn info_json_reports_the_latent_cache_size() {
     assert_eq!(v["kv_bytes_per_token"], 40 * 3 * 4);
     assert_eq!(v["family"], "deepseek_v2");
     assert!(v["active_parameters"].as_u64().unwrap() < v["total_parameters"].as_u64().unwrap());
+    // The global --cache-type reaches the model, before or after the command.
+    for args in [
+        &["--cache-type", "bf16", "info"][..],
+        &["info", "--cache-type", "bf16"][..],
+    ] {
+        let mut a = args.to_vec();
+        let fx = fixture("v2_lite_vdim");
+        a.extend(["--model", &fx, "--json"]);
+        let out = deepseek(&a);
+        assert!(out.status.success(), "{args:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["kv_bytes_per_token"], 40 * 3 * 2, "{args:?}");
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ use deepseek_engine::generate::prefill;
 use deepseek_model::{LogitsFor, PrefillPath, SeqStep};
 use serde_json::json;
 
-use crate::common::{load_model, ModelArg};
+use crate::common::{load_model, CacheType, ModelArg};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -56,7 +56,7 @@ fn median_spread(v: &mut [f64]) -> (f64, f64, f64) {
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, cache: CacheType) -> Result<()> {
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
@@ -72,7 +72,7 @@ pub fn run(a: Args) -> Result<()> {
         let (_, store) = deepseek_loader::open_checkpoint(&dir)?;
         (store.main_dtype(), store.total_bytes())
     };
-    let model = load_model(&dir)?;
+    let model = load_model(&dir, cache)?;
     let c = &model.config;
     if a.prompt > c.max_position_embeddings {
         bail!(

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use deepseek_model::{LogitsFor, PrefillPath, SeqStep};
 
-use crate::common::{load_model, parse_token_ids, ModelArg};
+use crate::common::{load_model, parse_token_ids, CacheType, ModelArg};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Mode {
@@ -32,8 +32,8 @@ pub struct Args {
     mode: Mode,
 }
 
-pub fn run(a: Args) -> Result<()> {
-    let model = load_model(&a.model.dir()?)?;
+pub fn run(a: Args, cache: CacheType) -> Result<()> {
+    let model = load_model(&a.model.dir()?, cache)?;
     let ids = parse_token_ids(&a.token_ids, model.config.vocab_size)?;
     let mut pool = model.new_cache_pool(ids.len());
     let mut cache = Default::default();

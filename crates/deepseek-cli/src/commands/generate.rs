@@ -3,7 +3,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use deepseek_engine::{GenerateOptions, Generator, SamplingParams};
 
-use crate::common::{load_model, maybe_tokenizer, parse_token_ids, ModelArg};
+use crate::common::{load_model, maybe_tokenizer, parse_token_ids, CacheType, ModelArg};
 
 /// Sampling options shared by `generate` and `chat`.
 #[derive(clap::Args, Clone)]
@@ -100,11 +100,11 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, cache: CacheType) -> Result<()> {
     let opts = a.sampling.options()?;
     let dir = a.model.dir()?;
     let tokenizer = maybe_tokenizer(&dir)?;
-    let model = load_model(&dir)?;
+    let model = load_model(&dir, cache)?;
     let prompt = match (&a.prompt, &a.token_ids) {
         (_, Some(ids)) => parse_token_ids(ids, model.config.vocab_size)?,
         (Some(text), None) => match (&tokenizer, &a.suffix) {

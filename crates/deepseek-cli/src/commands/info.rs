@@ -1,7 +1,7 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::common::{load_model, ModelArg};
+use crate::common::{load_model, CacheType, ModelArg};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -16,9 +16,9 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, cache: CacheType) -> Result<()> {
     let dir = a.model.dir()?;
-    let model = load_model(&dir)?;
+    let model = load_model(&dir, cache)?;
     let c = &model.config;
     let (total, active) = model.parameter_counts();
     let (_, store) = deepseek_loader::open_checkpoint(&dir)?;

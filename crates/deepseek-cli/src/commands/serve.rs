@@ -8,7 +8,7 @@ use deepseek_engine::scheduler::{self, CacheDir, SchedulerConfig};
 use deepseek_engine::Generator;
 use deepseek_server::AppState;
 
-use crate::common::{load_model, load_tokenizer, ModelArg};
+use crate::common::{load_model, load_tokenizer, CacheType, ModelArg};
 
 #[derive(clap::Args)]
 #[command(
@@ -87,7 +87,7 @@ pub struct Args {
     no_chat_page: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(a: Args, cache: CacheType) -> Result<()> {
     if a.max_batch == 0 || a.prefill_chunk == 0 || a.cache_tokens == 0 || a.max_body_mb == 0 {
         bail!("--max-batch, --prefill-chunk, --cache-tokens and --max-body-mb must be at least 1");
     }
@@ -108,7 +108,7 @@ pub fn run(a: Args) -> Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let dir = a.model.dir()?;
-    let model = load_model(&dir)?;
+    let model = load_model(&dir, cache)?;
     let tok =
         Arc::new(load_tokenizer(&dir).with_context(|| {
             format!("{}: the server needs the model's tokenizer", dir.display())
