@@ -189,5 +189,9 @@ pub fn tier_line() -> String {
     if deepseek_kernels::gemm_avx512::rounds_activations() {
         line += ", bf16 activations for bf16 weights";
     }
+    let overrides = deepseek_kernels::tuning::get().overrides();
+    if !overrides.is_empty() {
+        line += &format!(", tuning {}", overrides.join(" "));
+    }
     line
 }

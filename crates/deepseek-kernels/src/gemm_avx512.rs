@@ -63,7 +63,7 @@ pub fn set_bf16_activations(on: bool) {
 pub fn rounds_activations() -> bool {
     static FROM_ENV: std::sync::Once = std::sync::Once::new();
     FROM_ENV.call_once(|| {
-        if std::env::var("DEEPSEEK_BF16_ACTIVATIONS").is_ok_and(|v| v == "1") {
+        if crate::tuning::get().bf16_activations.value == 1 {
             set_bf16_activations(true);
         }
     });

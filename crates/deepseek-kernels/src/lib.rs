@@ -27,6 +27,7 @@ pub mod repack_q5_1;
 pub mod simd;
 pub mod threads;
 pub mod tier;
+pub mod tuning;
 
 pub use matrix::{Buffer, DType, Matrix, MatrixData};
 pub use quant::QuantType;

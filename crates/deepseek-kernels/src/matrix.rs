@@ -564,25 +564,15 @@ impl<'a> Act<'a> {
 /// Fewest tokens for which repacked quantized weights use AMX rather than the VNNI kernels
 /// (`DEEPSEEK_AMX_GROUPED_MIN_TOKENS` overrides, for measuring).
 fn amx_grouped_min_tokens() -> usize {
-    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MIN.get_or_init(|| {
-        std::env::var("DEEPSEEK_AMX_GROUPED_MIN_TOKENS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(16)
-    })
+    crate::tuning::get().amx_grouped_min_tokens.value as usize
 }
 
 /// Fewest tokens for which a layout with decode kernels only ([`repack::Layout::avx2_decode_only`])
 /// is dequantized into the f32 GEMM rather than run through its integer kernels four tokens at
 /// a time (`DEEPSEEK_DECODE_LAYOUT_GEMM_MIN_TOKENS` overrides for all of them, for measuring).
 fn decode_layout_gemm_min_tokens(layout: repack::Layout) -> usize {
-    static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let forced = OVERRIDE.get_or_init(|| {
-        std::env::var("DEEPSEEK_DECODE_LAYOUT_GEMM_MIN_TOKENS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-    });
+    let forced =
+        Some(crate::tuning::get().decode_layout_gemm_min_tokens.value as usize).filter(|&n| n > 0);
     // `examples/gemv_speed` (2 threads, 32768x2048): at 16 tokens the integer kernels ran
     // 1.2-2x the GEMM's rate in all seven formats; at 48 and 64 they were even for Q6_K, Q3_K
     // and Q2_K and ahead for Q5_K, IQ4_NL, IQ4_XS and Q5_1 (1.1-1.5x). In the model (pp512,
@@ -598,15 +588,9 @@ fn decode_layout_gemm_min_tokens(layout: repack::Layout) -> usize {
 /// Fewest tokens for which a bf16 matmul uses AMX rather than the FMA tiles
 /// (`DEEPSEEK_AMX_MIN_TOKENS` overrides, for measuring).
 fn amx_min_tokens() -> usize {
-    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MIN.get_or_init(|| {
-        std::env::var("DEEPSEEK_AMX_MIN_TOKENS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            // `examples/amx_speed` on a 1408x2048 expert matrix, one thread: at 4 tokens the
-            // FMA tiles are 1.2-1.8x faster, at 8 AMX is 1.5-2x faster, and more from there.
-            .unwrap_or(8)
-    })
+    // `examples/amx_speed` on a 1408x2048 expert matrix, one thread: at 4 tokens the FMA
+    // tiles are 1.2-1.8x faster, at 8 AMX is 1.5-2x faster, and more from there.
+    crate::tuning::get().amx_min_tokens.value as usize
 }
 
 /// Rows `r0..r0+nr` of `w` against `n` tokens; `out[t * ld + r]` (r relative to `r0`).

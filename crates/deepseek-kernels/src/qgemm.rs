@@ -30,13 +30,7 @@ const PANEL: usize = 8;
 /// Below it the group kernels do as well: the weights' decoding is paid per group and call,
 /// and a panel's missing tokens are multiplied anyway.
 pub fn min_tokens() -> usize {
-    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MIN.get_or_init(|| {
-        std::env::var("DEEPSEEK_QGEMM_MIN_TOKENS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(16)
-    })
+    crate::tuning::get().qgemm_min_tokens.value as usize
 }
 
 /// Whether this CPU takes the kernels: AVX2 (with FMA and F16C) and no 512-bit VNNI, whose

@@ -50,13 +50,7 @@ pub fn supports(layout: Layout) -> bool {
 /// Fewest tokens worth unpacking panels for (`DEEPSEEK_QGEMM_VNNI_MIN_TOKENS` overrides, for
 /// measuring); below it the group kernels do as well.
 pub fn min_tokens() -> usize {
-    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MIN.get_or_init(|| {
-        std::env::var("DEEPSEEK_QGEMM_VNNI_MIN_TOKENS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(8)
-    })
+    crate::tuning::get().qgemm_vnni_min_tokens.value as usize
 }
 
 /// What the kernels read of the activations besides `q` itself, per token and 32-value block:

@@ -481,7 +481,7 @@ pub fn set_exact_activations(on: bool) {
 pub fn exact_activations() -> bool {
     static FROM_ENV: std::sync::Once = std::sync::Once::new();
     FROM_ENV.call_once(|| {
-        if std::env::var("DEEPSEEK_EXACT_ACTIVATIONS").is_ok_and(|v| v == "1") {
+        if crate::tuning::get().exact_activations.value == 1 {
             set_exact_activations(true);
         }
     });

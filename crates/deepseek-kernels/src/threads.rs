@@ -157,14 +157,7 @@ impl<T> SendPtr<T> {
 /// microseconds, default 2000; 0 parks at once). With 2000 both threads of a q4_k decode were
 /// on the CPU 96–99% of the time: the serial steps between regions and tokens are shorter.
 fn spin_budget() -> Duration {
-    static BUDGET: OnceLock<Duration> = OnceLock::new();
-    *BUDGET.get_or_init(|| {
-        let us = std::env::var("DEEPSEEK_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(2000);
-        Duration::from_micros(us)
-    })
+    Duration::from_micros(crate::tuning::get().spin_us.value)
 }
 
 /// Polls with a CPU `pause` before switching to `sched_yield`.

@@ -186,7 +186,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
     let rss = peak_rss_bytes().filter(|_| peak_is_ours);
     let cache_bytes = (a.prompt.max(a.depth + a.gen + 1)) * shape.bytes_per_token();
     let v = json!({
-        "model": dir.display().to_string(), "dtype": dtype, "threads": threads, "isa": deepseek_kernels::tier::active().name(), "host_isa": deepseek_kernels::tier::host().name(), "amx": deepseek_kernels::amx::available(), "bf16_activations": deepseek_kernels::gemm_avx512::rounds_activations(),
+        "model": dir.display().to_string(), "dtype": dtype, "threads": threads, "isa": deepseek_kernels::tier::active().name(), "host_isa": deepseek_kernels::tier::host().name(), "amx": deepseek_kernels::amx::available(), "bf16_activations": deepseek_kernels::gemm_avx512::rounds_activations(), "tuning_overrides": deepseek_kernels::tuning::get().overrides(),
         "prompt_tokens": a.prompt, "gen_tokens": a.gen, "depth": a.depth, "repetitions": a.repetitions,
         "prefill_tok_s": pp, "prefill_tok_s_min": pp_min, "prefill_tok_s_max": pp_max,
         "decode_tok_s": tg, "decode_tok_s_min": tg_min, "decode_tok_s_max": tg_max,
