@@ -55,6 +55,13 @@ pub struct DiskStats {
     pub bytes: AtomicU64,
 }
 
+impl DiskStats {
+    /// Prompt tokens served from disk: every block read joins a prompt's cached prefix.
+    pub fn hit_tokens(&self) -> u64 {
+        self.hit_blocks.load(Ordering::Relaxed) * BLOCK_TOKENS as u64
+    }
+}
+
 struct Job {
     key: BlockKey,
     parent: BlockKey,

@@ -31,14 +31,6 @@ pub struct PrefixCache {
     disk: Option<DiskTier>,
 }
 
-/// What a lookup found, and where.
-#[derive(Debug, Default)]
-pub struct Found {
-    pub seq: SequenceCache,
-    /// Of `seq`'s blocks, those read from disk.
-    pub disk_blocks: usize,
-}
-
 /// Identifies a block by its tokens and everything before it (the parent's hash).
 fn block_hash(parent: u64, tokens: &[u32]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -75,12 +67,8 @@ impl PrefixCache {
 
     /// A cache for a new sequence of `tokens` that already holds the longest indexed prefix of
     /// whole blocks, leaving at least the last token to compute (its logits are needed).
+    /// Blocks read from disk are counted in the disk tier's `hit_blocks`.
     pub fn lookup(&mut self, pool: &mut BlockPool, tokens: &[u32]) -> SequenceCache {
-        self.lookup_tiers(pool, tokens).seq
-    }
-
-    /// [`PrefixCache::lookup`], telling how many blocks came from disk.
-    pub fn lookup_tiers(&mut self, pool: &mut BlockPool, tokens: &[u32]) -> Found {
         self.tick += 1;
         let max_blocks = tokens.len().saturating_sub(1) / BLOCK_TOKENS;
         let mut seq = SequenceCache::default();
@@ -99,7 +87,6 @@ impl PrefixCache {
             }
             parent = h;
         }
-        let mut disk_blocks = 0;
         if self.disk.as_ref().is_some_and(|d| d.is_enabled()) {
             // Memory ran out of this prefix: go on from disk, block by block, each read into a
             // fresh block that then joins the memory index.
@@ -141,12 +128,11 @@ impl PrefixCache {
                     },
                 );
                 seq.block_table.push(b);
-                disk_blocks += 1;
                 parent = h;
             }
         }
         seq.len = seq.block_table.len() * BLOCK_TOKENS;
-        Found { seq, disk_blocks }
+        seq
     }
 
     /// The disk keys of the whole blocks of `tokens`.
@@ -289,6 +275,7 @@ mod tests {
 
     #[test]
     fn blocks_come_back_from_disk_after_a_restart_and_after_eviction() {
+        use std::sync::atomic::Ordering::Relaxed;
         let dir = std::env::temp_dir().join(format!("deepseek-prefix-disk-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let fp = [5u8; 16];
@@ -306,23 +293,24 @@ mod tests {
         let mut pool = pool(16);
         let bytes = pool.block_bytes_len();
         let mut pc = PrefixCache::with_disk(DiskTier::open(&dir, fp, bytes, 1 << 30));
-        let found = pc.lookup_tiers(&mut pool, &a);
-        assert_eq!((found.seq.len, found.disk_blocks), (192, 3));
-        let rows = pool.layer_blocks(&found.seq, 0);
+        let from_disk = |pc: &PrefixCache| pc.disk().unwrap().stats.hit_blocks.load(Relaxed);
+        let found = pc.lookup(&mut pool, &a);
+        assert_eq!((found.len, from_disk(&pc)), (192, 3));
+        let rows = pool.layer_blocks(&found, 0);
         assert_eq!((rows[0][0], rows[2][2 * 63]), (0.0, 191.0));
         // Now in memory too: the next lookup reads nothing from disk.
-        let again = pc.lookup_tiers(&mut pool, &a);
-        assert_eq!((again.seq.len, again.disk_blocks), (192, 0));
+        let again = pc.lookup(&mut pool, &a);
+        assert_eq!((again.len, from_disk(&pc)), (192, 3));
         // Evicted from memory, back from disk.
-        let (mut s1, mut s2) = (found.seq, again.seq);
+        let (mut s1, mut s2) = (found, again);
         pool.release(&mut s1);
         pool.release(&mut s2);
         assert_eq!(pc.evict(&mut pool, 10), 3);
-        let back = pc.lookup_tiers(&mut pool, &a);
-        assert_eq!((back.seq.len, back.disk_blocks), (192, 3));
+        let back = pc.lookup(&mut pool, &a);
+        assert_eq!((back.len, from_disk(&pc)), (192, 6));
         // Another model (fingerprint) finds nothing.
         let mut other = PrefixCache::with_disk(DiskTier::open(&dir, [6u8; 16], bytes, 1 << 30));
-        assert_eq!(other.lookup_tiers(&mut pool, &a).seq.len, 0);
+        assert_eq!(other.lookup(&mut pool, &a).len, 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -194,8 +194,6 @@ pub struct Stats {
     pub cache_blocks_used: AtomicUsize,
     pub cache_blocks_total: AtomicUsize,
     pub prefix_cache_blocks: AtomicUsize,
-    /// Of `cached_prompt_tokens`, those read from the disk tier.
-    pub disk_hit_tokens: AtomicU64,
     /// The disk tier's own counters, when there is one.
     pub disk: Option<Arc<deepseek_cache::disk::DiskStats>>,
 }
@@ -510,13 +508,9 @@ impl Scheduler {
                 let s = &mut self.active[i];
                 s.looked_up = true;
                 if !s.req.prompt_logprobs {
-                    let found = self
+                    let cache = self
                         .prefix
-                        .lookup_tiers(&mut self.pool, &s.tokens[..s.prompt_len]);
-                    let cache = found.seq;
-                    self.stats
-                        .disk_hit_tokens
-                        .fetch_add((found.disk_blocks * BLOCK_TOKENS) as u64, Ordering::Relaxed);
+                        .lookup(&mut self.pool, &s.tokens[..s.prompt_len]);
                     s.blocks_to_come -= cache.block_table.len().min(s.blocks_to_come);
                     s.cache = cache;
                     let _ = s.events.send(Event::Started {

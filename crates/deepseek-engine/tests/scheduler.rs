@@ -286,7 +286,7 @@ fn a_restarted_scheduler_reads_prefixes_back_from_disk() {
             },
         );
         let o = collect(handle.submit(Request::new(prompt.clone(), n)).unwrap());
-        let disk = handle.stats.disk_hit_tokens.load(Ordering::Relaxed);
+        let disk = handle.stats.disk.as_ref().unwrap().hit_tokens();
         handle.shutdown();
         thread.join().unwrap();
         (o, disk)

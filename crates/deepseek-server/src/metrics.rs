@@ -170,7 +170,7 @@ impl Metrics {
             }
         }
         // The prefix cache's two tiers: hits by where they came from, and the disk tier.
-        let disk_hits = r(&stats.disk_hit_tokens);
+        let disk_hits = stats.disk.as_ref().map_or(0, |d| d.hit_tokens());
         let _ = writeln!(
             out,
             "# HELP deepseek_prompt_cache_hit_tokens_by_tier_total Prompt tokens served from the prefix cache, by tier.\n# TYPE deepseek_prompt_cache_hit_tokens_by_tier_total counter\ndeepseek_prompt_cache_hit_tokens_by_tier_total{{tier=\"memory\"}} {}\ndeepseek_prompt_cache_hit_tokens_by_tier_total{{tier=\"disk\"}} {disk_hits}",
