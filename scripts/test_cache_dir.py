@@ -14,12 +14,10 @@
 
 usage: scripts/test_cache_dir.py   (run by scripts/test.sh in its venv)
 """
-import os
 import random
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,9 +27,12 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(os.environ.get("DEEPSEEK_BIN", ROOT / "target/release/deepseek"))
-NANO = ROOT / "models/deepseek-coder-nano"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import test_server  # noqa: E402  (its Server, binary and model paths)
+
+ROOT = test_server.ROOT
+BIN = test_server.BIN
+NANO = test_server.NANO
 
 BASE_TEXT = (ROOT / "crates/deepseek-engine/src/scheduler.rs").read_text()
 
@@ -42,33 +43,14 @@ def prompt(i, chars=3000):
     return f"# file {i // 4}\n" + BASE_TEXT[start:start + chars]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(test_server.Server):
+    """test_server's server, on one thread, without a key, with the disk tier at `cache_dir`."""
 
-
-class Server:
     def __init__(self, model, cache_dir=None, *extra, preexec=None):
-        self.port = free_port()
-        args = [str(BIN), "serve", "--model", str(model), "--port", str(self.port), "--threads", "1"]
+        args = ["--threads", "1"]
         if cache_dir is not None:
             args += ["--cache-dir", str(cache_dir)]
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(args + list(extra), stdout=self.log, stderr=self.log,
-                                     preexec_fn=preexec)
-        self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.time() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.output()}")
-            try:
-                if httpx.get(self.base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
+        super().__init__(model, *args, *extra, key=None, preexec=preexec)
 
     def complete(self, text, n=24):
         r = httpx.post(self.base + "/v1/completions", timeout=120,
@@ -76,19 +58,6 @@ class Server:
         assert r.status_code == 200, r.text
         j = r.json()
         return j["choices"][0]["text"], j["usage"]
-
-    def output(self):
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
-
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait(10)
 
 
 def block_files(d):

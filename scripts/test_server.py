@@ -39,13 +39,14 @@ def free_port():
 
 
 class Server:
-    def __init__(self, model, *extra, key=KEY):
+    def __init__(self, model, *extra, key=KEY, preexec=None):
         self.port = free_port()
         args = [str(BIN), "serve", "--model", str(model), "--port", str(self.port)]
         if key:
             args += ["--api-key", key]
         self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(args + list(extra), stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(args + list(extra), stdout=self.log, stderr=self.log,
+                                     preexec_fn=preexec)
         self.base = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -73,6 +74,10 @@ class Server:
                 self.proc.kill()
                 raise RuntimeError("server did not exit within 60 s of SIGTERM")
         return self.proc.returncode
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(10)
 
     def metric(self, name):
         for line in httpx.get(self.base + "/metrics").text.splitlines():
