@@ -21,9 +21,6 @@ mod quant_neon;
 #[cfg(target_arch = "x86_64")]
 mod quant_x86;
 pub mod repack;
-pub mod repack_iq4;
-pub mod repack_k16;
-pub mod repack_q5_1;
 pub mod simd;
 pub mod threads;
 pub mod tier;

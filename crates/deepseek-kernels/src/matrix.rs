@@ -197,10 +197,10 @@ impl Matrix {
                 }
                 (repack::Layout::Q5_0x8, _) => repack::repack_q5_0(src, n, cols),
                 (repack::Layout::Q4Kx8, _) => repack::repack_q4_k(src, n, cols),
-                (repack::Layout::K16x8(k), _) => crate::repack_k16::repack(k, src, n, cols),
+                (repack::Layout::K16x8(k), _) => crate::repack::k16::repack(k, src, n, cols),
                 (repack::Layout::Q5Kx8, _) => repack::repack_q5_k(src, n, cols),
-                (repack::Layout::IQ4x8(k), _) => crate::repack_iq4::repack(k, src, n, cols),
-                (repack::Layout::Q5_1x8, _) => crate::repack_q5_1::repack(src, n, cols),
+                (repack::Layout::IQ4x8(k), _) => crate::repack::iq4::repack(k, src, n, cols),
+                (repack::Layout::Q5_1x8, _) => crate::repack::q5_1::repack(src, n, cols),
             };
             packed.extend_from_slice(&part);
             // The mapped original is not read again: let the kernel drop its pages from this

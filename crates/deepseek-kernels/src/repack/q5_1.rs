@@ -9,8 +9,8 @@
 //! A value is `d·q + m` with `q` 0..31: the kernel sums `q·a` in integers and adds `m` times the
 //! activations' per-32 sum.
 
+use super::group::{deinterleave_row, interleave_row, ActRow, GROUP};
 use crate::quant::{QuantType, QK};
-use crate::repack::{deinterleave_row, interleave_row, ActRow, GROUP};
 
 pub const BLOCK_BYTES: usize = 64 + 128;
 
@@ -67,7 +67,7 @@ pub fn dot_group<const T: usize>(group: &[u8], cols: usize, acts: &[ActRow; T]) 
         assert!(a.2.len() >= cols && a.0.len() >= cols / QK && a.1.len() >= cols / QK);
     }
     #[cfg(target_arch = "x86_64")]
-    if crate::repack::k16_repack_supported() {
+    if super::group::k16_repack_supported() {
         // SAFETY: AVX2, FMA and F16C detected at run time; lengths checked above.
         return unsafe { x86::dot_group_avx2::<T>(group, cols / QK, acts) };
     }
@@ -106,8 +106,8 @@ pub fn dot_group_plain<const T: usize>(
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::group::x86::{half_lanes, rows_in_order};
     use super::{ActRow, BLOCK_BYTES, QK};
-    use crate::repack::x86_q4k_avx2::{half_lanes, rows_in_order};
 
     /// Bytes of the 4 rows' fifth-bit bytes (`k`) of half `h` spread to their 8 columns, each
     /// 0x10 where the bit is set.
@@ -190,9 +190,9 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::group::test_support::{activations, check_groups, check_unpack, rows_of};
     use super::*;
     use crate::quant::QuantizedActivations;
-    use crate::repack::test_support::{activations, check_groups, check_unpack, rows_of};
 
     #[test]
     fn groups_unpack_to_the_plain_rows() {

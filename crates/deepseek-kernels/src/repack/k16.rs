@@ -24,8 +24,8 @@
 //!
 //! [`QuantizedActivations::per_super_block_sums16`]: crate::quant::QuantizedActivations::per_super_block_sums16
 
+use super::group::{deinterleave_row, interleave_row, ActRow, GROUP};
 use crate::quant::{QuantType, QK_K};
-use crate::repack::{deinterleave_row, interleave_row, ActRow, GROUP};
 
 /// Which of the three formats a group holds (the `KIND` of the kernel).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,7 +162,7 @@ pub fn dot_group<const T: usize>(
         );
     }
     #[cfg(target_arch = "x86_64")]
-    if crate::repack::k16_repack_supported() {
+    if super::group::k16_repack_supported() {
         let nsb = cols / QK_K;
         // SAFETY: AVX2, FMA and F16C detected at run time; lengths checked above.
         return unsafe {
@@ -238,8 +238,8 @@ pub fn dot_group_plain<const T: usize>(
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::group::x86::{half_lanes, rows_in_order};
     use super::{ActRow, GROUP, QK_K};
-    use crate::repack::x86_q4k_avx2::{half_lanes, rows_in_order};
 
     /// Per half (rows 0–3, 4–7): i16 lane k of a sub-block's scale vector takes row
     /// `4h + k / 4`'s byte into its high byte (so an arithmetic shift sign-extends it, and
@@ -491,9 +491,9 @@ pub(crate) mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::group::test_support::{activations, check_groups, check_unpack, rows_of};
     use super::*;
     use crate::quant::QuantizedActivations;
-    use crate::repack::test_support::{activations, check_groups, check_unpack, rows_of};
 
     #[test]
     fn q3k_scales_pack_back() {

@@ -1,5 +1,5 @@
 //! IQ4_NL and IQ4_XS repacked in groups of 8 rows for decode (AVX2), as the K-quants are in
-//! [`crate::repack_k16`]: a 256-bit load holds the same 8 columns of 4 rows, whose 4-bit
+//! [`crate::repack::k16`]: a 256-bit load holds the same 8 columns of 4 rows, whose 4-bit
 //! indices become int8 levels by one byte shuffle and meet one 64-bit broadcast of the
 //! activations. llama.cpp's IQ4_XS files (IQ4_XS rows, IQ4_NL where a row is not a multiple
 //! of 256 wide) otherwise went one row at a time.
@@ -14,8 +14,8 @@
 //! In both, unit `2b + kk` of a 32-value block `b` holds columns `32b + 8kk ..+ 8` in its low
 //! nibbles and `32b + 16 + 8kk ..+ 8` in its high ones.
 
+use super::group::{deinterleave_row, interleave_row, ActRow, GROUP};
 use crate::quant::{QuantType, IQ4_LEVELS, QK, QK_K};
-use crate::repack::{deinterleave_row, interleave_row, ActRow, GROUP};
 
 /// Which of the two formats a group holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +130,7 @@ pub fn dot_group<const T: usize>(
         assert!(a.2.len() >= cols && a.0.len() >= cols / QK);
     }
     #[cfg(target_arch = "x86_64")]
-    if crate::repack::k16_repack_supported() {
+    if super::group::k16_repack_supported() {
         let nb = cols / kind.cols();
         // SAFETY: AVX2, FMA and F16C detected at run time; lengths checked above.
         return unsafe {
@@ -182,9 +182,9 @@ pub fn dot_group_plain<const T: usize>(
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::group::x86::{half_lanes, rows_in_order};
+    use super::super::k16::x86::SPREAD_HI;
     use super::{ActRow, GROUP, IQ4_LEVELS, QK, QK_K};
-    use crate::repack::x86_q4k_avx2::{half_lanes, rows_in_order};
-    use crate::repack_k16::x86::SPREAD_HI;
 
     /// The levels of half `h`'s 4 rows × 8 columns (low or high nibbles of a unit) against the
     /// 8 activation bytes at `a`: i16 pairs (|level|, |a| ≤ 127: a pair ≤ 32258).
@@ -299,9 +299,9 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::group::test_support::{activations, check_groups, check_unpack, rows_of};
     use super::*;
     use crate::quant::QuantizedActivations;
-    use crate::repack::test_support::{activations, check_groups, check_unpack, rows_of};
 
     #[test]
     fn groups_unpack_to_the_plain_rows() {
