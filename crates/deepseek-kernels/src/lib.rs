@@ -16,10 +16,6 @@ pub mod probe;
 pub mod qgemm;
 pub mod qgemm_vnni;
 pub mod quant;
-#[cfg(target_arch = "aarch64")]
-mod quant_neon;
-#[cfg(target_arch = "x86_64")]
-mod quant_x86;
 pub mod repack;
 pub mod simd;
 pub mod threads;

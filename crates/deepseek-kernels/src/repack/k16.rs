@@ -3,7 +3,7 @@
 //! rows, which all meet one 64-bit broadcast of the activations, and the 8 rows' integer sums
 //! stay in the lanes of a register over a whole super-block.
 //!
-//! In plain rows these formats go one row at a time through `quant_x86::dot_rows`, with float
+//! In plain rows these formats go one row at a time through `quant::x86::dot_rows`, with float
 //! work per 32 values: a 2-core AVX2 machine streamed Q3_K at 5 GB/s and Q6_K at 15 (the probe
 //! read 27). Every K-quant mix llama.cpp writes has a Q6_K `output.weight` (a third of a
 //! Q3_K_M file's bytes per decoded token), so all of them wait on these kernels.

@@ -200,7 +200,7 @@ mod x86 {
 #[cfg(target_arch = "aarch64")]
 mod neon {
     use super::*;
-    use crate::quant_neon::{f16x4_to_f32, sdot};
+    use crate::quant::neon::{f16x4_to_f32, sdot};
     use std::arch::aarch64::*;
 
     /// `sdot`: each 16-byte load holds one 4-column group of rows 0–3 (or 4–7), so the 4 i32

@@ -7,7 +7,8 @@
 
 use std::arch::aarch64::*;
 
-use super::quant::{dot_rows_unpacked, IntDot, QuantType};
+use super::format::QuantType;
+use super::unpacked::{dot_rows_unpacked, IntDot};
 
 struct SdotNeon;
 

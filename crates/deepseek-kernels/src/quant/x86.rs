@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::quant::{QuantType, QK_K};
+use super::format::{QuantType, QK_K};
 
 /// Unsigned × signed byte dot product, accumulated into 8 i32 lanes.
 pub trait ByteDot {
@@ -73,7 +73,7 @@ unsafe fn nibbles_16(p: *const u8) -> __m256i {
 /// IQ4's 4-bit indices (one per byte) → their int8 levels, by a byte shuffle of the table.
 #[inline(always)]
 unsafe fn iq4_levels(idx: __m256i) -> __m256i {
-    let t = _mm_loadu_si128(super::quant::IQ4_LEVELS.as_ptr() as *const __m128i);
+    let t = _mm_loadu_si128(super::format::IQ4_LEVELS.as_ptr() as *const __m128i);
     _mm256_shuffle_epi8(_mm256_set_m128i(t, t), idx)
 }
 
@@ -358,7 +358,7 @@ pub unsafe fn dot_rows<B: ByteDot, const T: usize>(
                 let mut scales = [0u8; 8];
                 let mut mins = [0u8; 8];
                 for j in 0..8 {
-                    let (s, m) = super::quant::scale_min_k4(j, sc);
+                    let (s, m) = super::format::scale_min_k4(j, sc);
                     scales[j] = s;
                     mins[j] = m;
                 }
@@ -459,11 +459,11 @@ pub unsafe fn dot_rows_avx2<const T: usize>(
     dot_rows::<Avx2, T>(t, w, acts)
 }
 
-/// [`super::quant::quantize_block_reference`] on AVX2, bit for bit: the same max, scale,
+/// [`super::format::quantize_block_reference`] on AVX2, bit for bit: the same max, scale,
 /// product and half-away rounding (`y + copysign(0.5, y)` truncated), per 8 lanes.
 #[target_feature(enable = "avx2")]
 pub unsafe fn quantize_activations_avx2(xs: &[f32], qs: &mut [i8], sums: &mut [i32]) -> f32 {
-    const QK: usize = super::quant::QK;
+    const QK: usize = super::format::QK;
     assert!(xs.len() == qs.len() && xs.len().is_multiple_of(QK) && sums.len() >= xs.len() / QK);
     let sign_bit = _mm256_set1_ps(-0.0);
     let mut m = _mm256_setzero_ps();
@@ -516,7 +516,7 @@ unsafe fn store_dequant(q: __m256i, (s0, m0): (f32, f32), (s1, m1): (f32, f32), 
     }
 }
 
-/// [`super::quant::dequantize_row`] on AVX2: each block unpacked in registers as the dot
+/// [`super::format::dequantize_row`] on AVX2: each block unpacked in registers as the dot
 /// products above unpack it, then widened. Prefill's dequantized panels go through here.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
@@ -567,7 +567,7 @@ pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
                         hi = _mm256_or_si256(hi, _mm256_slli_epi16(h1, 4));
                     }
                     for (j, v) in [(2 * c, lo), (2 * c + 1, hi)] {
-                        let (s, m) = super::quant::scale_min_k4(j, sc);
+                        let (s, m) = super::format::scale_min_k4(j, sc);
                         let f = (d * s as f32, dmin * m as f32);
                         store_dequant(v, f, f, o.add(32 * j));
                     }
@@ -609,7 +609,7 @@ pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
                 let factors = |j: usize| -> (f32, f32) {
                     if q3 {
                         let sc = std::slice::from_raw_parts(b.add(96), 12);
-                        (d * super::quant::q3k_scale(j, sc) as f32, 0.0)
+                        (d * super::unpack::q3k_scale(j, sc) as f32, 0.0)
                     } else {
                         let v = *b.add(j);
                         (d * (v & 0xF) as f32, dmin * (v >> 4) as f32)
