@@ -19,7 +19,8 @@
 //! prefetch ran `examples/attention_speed` ~25% slower). Even so the kernel streams the cache
 //! at well under the machine's bandwidth (BENCHMARKS.md, "Long context on AMX").
 
-use crate::attention::{bf16_row_len, Partial, RowLayout, BLOCK_ROWS};
+use crate::attention::partial::Partial;
+use crate::attention::rows::{bf16_row_len, RowLayout, BLOCK_ROWS};
 
 use super::{K_TILE, TILE};
 
