@@ -585,7 +585,7 @@ mod tests {
                 cols,
                 data: crate::MatrixData::BF16(w.clone().into()),
             };
-            let want = crate::matrix::matmul_reference(&m, &x, n);
+            let want = crate::matmul::matmul_reference(&m, &x, n);
             for (i, (a, b)) in out.iter().zip(&want).enumerate() {
                 // f32 accumulation over `cols` terms of size ~1: a few ulps of the sum's scale.
                 let tol = 1e-5 * (cols as f32).sqrt() * 4.0;

@@ -346,7 +346,7 @@ mod tests {
                 .collect();
             let act = Activations::prepare(&x, n, cols);
             let xr: Vec<f32> = x.iter().map(|&v| bf16(v)).collect();
-            let want = crate::matrix::matmul_reference(&Matrix::from_f32(nr, cols, wr), &xr, n);
+            let want = crate::matmul::matmul_reference(&Matrix::from_f32(nr, cols, wr), &xr, n);
             let ld = nr + 2;
             let mut got = vec![f32::NAN; n * ld];
             gemm_rows(&wb, nr, &act, &mut got, ld);

@@ -10,6 +10,7 @@ pub mod amx;
 pub mod attention;
 pub mod gemm;
 pub mod gemm_avx512;
+pub mod matmul;
 pub mod matrix;
 pub mod ops;
 pub mod probe;
@@ -27,5 +28,5 @@ pub use quant::QuantType;
 
 /// `out[t][r] = Σ_k w[r][k] · x[t][k]` for `n` tokens: a PyTorch `Linear` without bias.
 pub fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
-    matrix::matmul(w, x, n, out)
+    matmul::matmul(w, x, n, out)
 }

@@ -16,7 +16,7 @@ use deepseek_kernels::attention::{
     attend_causal, attend_group, attend_group_split, RowBlocks, RowLayout,
 };
 
-use deepseek_kernels::matrix::{matmul_serial, matmul_transposed};
+use deepseek_kernels::matmul::{matmul_serial, matmul_transposed};
 use deepseek_kernels::ops::{rms_norm_inplace, rope, RopeStyle};
 use deepseek_kernels::{matmul, Matrix};
 use deepseek_loader::{LoadError, MlaConfig, ModelConfig, WeightStore};

@@ -1,7 +1,7 @@
 //! SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`. Dense layers, routed experts and the
 //! shared experts all use it.
 
-use deepseek_kernels::matrix::matmul_serial;
+use deepseek_kernels::matmul::matmul_serial;
 use deepseek_kernels::ops::silu_mul;
 use deepseek_kernels::{matmul, Matrix};
 use deepseek_loader::{LoadError, WeightStore};

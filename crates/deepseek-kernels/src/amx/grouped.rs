@@ -365,7 +365,7 @@ mod x86 {
         let out = dst.as_mut_ptr();
         match layout {
             // Repacked only where there is no AMX (see `repack::k16_repack_supported`), and
-            // `matrix::Act::new` does not route them here.
+            // `matmul::Act::new` does not route them here.
             Layout::K16x8(_) | Layout::Q5Kx8 | Layout::IQ4x8(_) | Layout::Q5_1x8 => {
                 unreachable!("{layout:?} groups on AMX")
             }
