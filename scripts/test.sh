@@ -9,6 +9,9 @@ python3 scripts/fetch_tokenizers.py
 python3 scripts/fetch_smollm2.py
 python3 scripts/fetch_eval_data.py
 
+# The layout rules: no source file over 900 lines, no import circle between a crate's files.
+python3 scripts/check_layout.py
+
 if rustup component list --installed 2>/dev/null | grep -q rustfmt; then
   cargo fmt --all -- --check
 fi
