@@ -97,7 +97,7 @@ impl ModelArg {
 
 /// Loads the model at `dir` (a progress bar on a terminal), its cache rows stored as `cache`
 /// (the global `--cache-type`).
-pub fn load_model(dir: &Path, cache: CacheType) -> Result<Arc<Model>> {
+pub fn load_model(dir: &Path) -> Result<Arc<Model>> {
     let config = dir.join("config.json");
     if deepseek_loader::gguf_path(dir)?.is_none() && !config.exists() {
         bail!(
@@ -118,13 +118,12 @@ pub fn load_model(dir: &Path, cache: CacheType) -> Result<Arc<Model>> {
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let mut model = Model::load(dir, &mut |done, total| {
+    let model = Model::load(dir, &mut |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })
     .with_context(|| format!("loading {}", dir.display()))?;
     bar.finish_and_clear();
-    model.cache_dtype = cache.dtype();
     Ok(Arc::new(model))
 }
 

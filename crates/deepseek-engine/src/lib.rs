@@ -7,11 +7,15 @@ pub mod gguf_tokenizer;
 pub mod json_mode;
 pub mod sampler;
 pub mod scheduler;
+pub mod sequence;
+pub mod text_output;
 pub mod tokenizer;
 
 pub use chat_template::ChatTemplate;
-pub use generate::{FinishReason, GenerateOptions, Generated, Generator, TextOutput};
+pub use generate::{GenerateOptions, Generated, Generator};
 pub use sampler::{Sampler, SamplingParams};
+pub use sequence::{Accepted, Failure, FinishReason, Limits, SequenceState};
+pub use text_output::TextOutput;
 pub use tokenizer::{StreamDecoder, Tokenizer};
 
 /// Errors from the engine layer, each naming what was wrong.
@@ -30,4 +34,7 @@ pub enum EngineError {
     Model(#[from] deepseek_model::ModelError),
     #[error("{0}")]
     Input(String),
+    /// A failure of the engine itself (a token the tokenizer cannot decode).
+    #[error("{0}")]
+    Internal(String),
 }

@@ -13,13 +13,14 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
-use deepseek_cache::{BlockPool, DiskTier, PrefixCache, SequenceCache, BLOCK_TOKENS};
+use deepseek_cache::{BlockPool, CacheDtype, DiskTier, PrefixCache, SequenceCache, BLOCK_TOKENS};
 use deepseek_model::{LogitsFor, Model, PrefillPath, SeqStep};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-use crate::generate::{FinishReason, TextOutput};
 use crate::json_mode::OutputConstraint;
-use crate::sampler::{log_softmax, Sampler, SamplingParams};
+use crate::sampler::{log_softmax, SamplingParams};
+pub use crate::sequence::Failure;
+use crate::sequence::{Accepted, FinishReason, Limits, SequenceState};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Clone, Debug)]
@@ -35,6 +36,8 @@ pub struct SchedulerConfig {
     pub prefill_chunk: usize,
     /// Where whole cache blocks are also kept on disk (`--cache-dir`), if anywhere.
     pub cache_dir: Option<CacheDir>,
+    /// How the cache pool stores rows (`--cache-type`).
+    pub cache_dtype: CacheDtype,
 }
 
 /// The prefix cache's disk tier: a folder and the most bytes of block files it may hold.
@@ -52,6 +55,7 @@ impl Default for SchedulerConfig {
             cache_tokens: 32768,
             prefill_chunk: crate::generate::PREFILL_CHUNK,
             cache_dir: None,
+            cache_dtype: CacheDtype::F32,
         }
     }
 }
@@ -129,28 +133,6 @@ pub enum Event {
         completion_tokens: usize,
     },
     Failed(Failure),
-}
-
-/// Why the engine gave up on a request, so the server can answer with the right status
-/// instead of calling everything a server error.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Failure {
-    /// The server is stopping (503: the client may retry elsewhere or later).
-    ShuttingDown,
-    /// The request asks for what this model cannot give (400), e.g. JSON mode with a
-    /// vocabulary that has no token to continue the output.
-    Unsatisfiable(String),
-    /// The forward pass or the tokenizer failed: the server's fault (500).
-    Internal(String),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::ShuttingDown => f.write_str("the server is shutting down"),
-            Failure::Unsatisfiable(m) | Failure::Internal(m) => f.write_str(m),
-        }
-    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -263,11 +245,11 @@ pub fn spawn(
     config: SchedulerConfig,
 ) -> (SchedulerHandle, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel();
-    let pool = model.new_cache_pool(config.cache_tokens);
+    let pool = model.new_cache_pool(config.cache_tokens, config.cache_dtype);
     let prefix = match &config.cache_dir {
         Some(d) => PrefixCache::with_disk(DiskTier::open(
             &d.path,
-            model.cache_fingerprint(),
+            model.cache_fingerprint(config.cache_dtype),
             pool.block_bytes_len(),
             d.max_bytes,
         )),
@@ -303,12 +285,8 @@ struct Sequence {
     req: Box<Request>,
     events: UnboundedSender<Event>,
     cache: SequenceCache,
-    /// Prompt then generated tokens.
-    tokens: Vec<u32>,
-    prompt_len: usize,
-    sampler: Sampler,
-    text: TextOutput,
-    generated: usize,
+    /// Tokens, sampler, text and limits: what decides each sampled token's fate.
+    state: SequenceState,
     /// Sampled, not yet run through the model.
     pending: Option<u32>,
     /// Blocks this sequence may still need at most.
@@ -421,17 +399,27 @@ impl Scheduler {
             self.stats
                 .prompt_tokens
                 .fetch_add(req.prompt.len() as u64, Ordering::Relaxed);
-            let keep_special = req.keep_special;
+            let mut req = req;
+            let limits = Limits {
+                max_new_tokens: req.max_new_tokens,
+                max_context: self.model.config.max_position_embeddings,
+                stop_on_eos: req.stop_on_eos,
+                eos_ids: self.eos_ids.clone(),
+            };
+            let state = SequenceState::new(
+                std::mem::take(&mut req.prompt),
+                req.sampling.clone(),
+                &req.stop,
+                !req.keep_special,
+                limits,
+                req.constraint.take(),
+            );
             self.active.push(Sequence {
-                sampler: Sampler::new(req.sampling.clone()),
-                text: TextOutput::new(&req.stop, !keep_special),
-                tokens: req.prompt.clone(),
-                prompt_len: req.prompt.len(),
+                state,
                 req,
                 events,
                 cache: SequenceCache::default(),
                 looked_up: false,
-                generated: 0,
                 pending: None,
                 blocks_to_come,
                 done: false,
@@ -453,8 +441,16 @@ impl Scheduler {
             .saturating_sub(s.cache.block_table.len())
     }
 
+    /// One step: the decode of every sequence with a sampled token, then a chunk of prefill.
     fn step(&mut self) {
-        // Decode: every sequence with a sampled token, in one forward.
+        self.decode_step();
+        self.prefill_step();
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.retire_done();
+    }
+
+    /// Every sequence with a sampled token, in one forward.
+    fn decode_step(&mut self) {
         let decoding: Vec<usize> = (0..self.active.len())
             .filter(|&i| self.active[i].pending.is_some())
             .collect();
@@ -489,9 +485,11 @@ impl Scheduler {
                 }
             }
         }
+    }
 
-        // Prefill: chunks of the oldest sequences still reading their prompts, up to
-        // `prefill_chunk` tokens in all, in one forward.
+    /// Chunks of the oldest sequences still reading their prompts, up to `prefill_chunk`
+    /// tokens in all, in one forward.
+    fn prefill_step(&mut self) {
         let mut budget = self.config.prefill_chunk;
         let mut batch: Vec<(usize, usize, usize)> = vec![]; // (sequence, start, end)
         for i in 0..self.active.len() {
@@ -499,7 +497,7 @@ impl Scheduler {
                 break;
             }
             let s = &self.active[i];
-            if s.done || s.pending.is_some() || s.cache.len >= s.prompt_len {
+            if s.done || s.pending.is_some() || s.cache.len >= s.state.prompt_len {
                 continue;
             }
             if !s.looked_up {
@@ -510,11 +508,11 @@ impl Scheduler {
                 if !s.req.prompt_logprobs {
                     let cache = self
                         .prefix
-                        .lookup(&mut self.pool, &s.tokens[..s.prompt_len]);
+                        .lookup(&mut self.pool, &s.state.tokens[..s.state.prompt_len]);
                     s.blocks_to_come -= cache.block_table.len().min(s.blocks_to_come);
                     s.cache = cache;
                     let _ = s.events.send(Event::Started {
-                        prompt_tokens: s.prompt_len,
+                        prompt_tokens: s.state.prompt_len,
                         cached_tokens: s.cache.len,
                     });
                     self.stats
@@ -522,13 +520,13 @@ impl Scheduler {
                         .fetch_add(s.cache.len as u64, Ordering::Relaxed);
                 } else {
                     let _ = s.events.send(Event::Started {
-                        prompt_tokens: s.prompt_len,
+                        prompt_tokens: s.state.prompt_len,
                         cached_tokens: 0,
                     });
                 }
             }
             let s = &self.active[i];
-            let take = budget.min(s.prompt_len - s.cache.len);
+            let take = budget.min(s.state.prompt_len - s.cache.len);
             batch.push((i, s.cache.len, s.cache.len + take));
             budget -= take;
         }
@@ -543,7 +541,7 @@ impl Scheduler {
                 .any(|&(i, _, _)| self.active[i].req.prompt_logprobs);
             let chunks: Vec<Vec<u32>> = batch
                 .iter()
-                .map(|&(i, a, b)| self.active[i].tokens[a..b].to_vec())
+                .map(|&(i, a, b)| self.active[i].state.tokens[a..b].to_vec())
                 .collect();
             let seqs: Vec<usize> = batch.iter().map(|&(i, _, _)| i).collect();
             let result = self.forward(
@@ -565,20 +563,20 @@ impl Scheduler {
                         if s.req.prompt_logprobs {
                             let n = s.req.logprobs.unwrap_or(0);
                             let lps: Vec<TokenLogprob> = (0..b - a)
-                                .filter(|r| a + r + 1 < s.prompt_len)
+                                .filter(|r| a + r + 1 < s.state.prompt_len)
                                 .map(|r| {
                                     let l = &logits[(row + r) * vocab..(row + r + 1) * vocab];
-                                    token_logprob(l, s.tokens[a + r + 1], n)
+                                    token_logprob(l, s.state.tokens[a + r + 1], n)
                                 })
                                 .collect();
                             let _ = s.events.send(Event::PromptLogprobs(lps));
                         }
                         // Whole blocks computed so far serve later requests at once.
-                        let (tokens, cache) = (&s.tokens[..s.cache.len], &s.cache);
+                        let (tokens, cache) = (&s.state.tokens[..s.cache.len], &s.cache);
                         self.prefix.insert(&mut self.pool, tokens, cache);
                         let last = row + rows - 1;
                         row += rows;
-                        if self.active[i].cache.len == self.active[i].prompt_len {
+                        if self.active[i].cache.len == self.active[i].state.prompt_len {
                             self.accept(i, &logits[last * vocab..(last + 1) * vocab]);
                         }
                     }
@@ -590,8 +588,6 @@ impl Scheduler {
                 }
             }
         }
-        self.stats.steps.fetch_add(1, Ordering::Relaxed);
-        self.retire_done();
     }
 
     /// One forward over `tokens[k]` for sequence `seqs[k]`: their caches are lent to the model
@@ -635,7 +631,6 @@ impl Scheduler {
 
     /// Samples sequence `i`'s next token from `logits` and sends it on.
     fn accept(&mut self, i: usize, logits: &[f32]) {
-        let max_ctx = self.model.config.max_position_embeddings;
         let s = &mut self.active[i];
         if s.done {
             return;
@@ -645,76 +640,41 @@ impl Scheduler {
             let c = s.req.candidates.iter().map(|&id| lp[id as usize]).collect();
             let _ = s.events.send(Event::CandidateLogprobs(c));
         }
-        if s.generated >= s.req.max_new_tokens {
-            // max_tokens 0: the prompt only (scoring).
-            return self.finish(i, FinishReason::Length);
-        }
-        // JSON mode: a complete value ends the output.
-        if s.req.constraint.as_ref().is_some_and(|j| j.is_complete()) {
-            return self.finish(i, FinishReason::Stop);
-        }
-        let next = match &s.req.constraint {
-            Some(j) => {
-                let allowed = |id: u32| j.allows(id);
-                s.sampler.sample_allowed(logits, &s.tokens, Some(&allowed))
-            }
-            None => s.sampler.sample(logits, &s.tokens),
+        let accepted = s.state.accept(logits, self.tokenizer.as_deref());
+        let (token, finished) = match accepted {
+            Accepted::Continue { token, text } => (Some((token, text)), None),
+            Accepted::Finished {
+                token,
+                reason,
+                tail,
+            } => (token, Some((reason, tail))),
+            Accepted::Failed(why) => return self.fail(i, why),
         };
-        if let Some(j) = &mut s.req.constraint {
-            if !j.allows(next) {
-                // No token can continue the JSON text (a vocabulary without the needed bytes).
-                return self.fail(
-                    i,
-                    Failure::Unsatisfiable(
-                        "JSON mode: no token of the vocabulary continues the output".into(),
-                    ),
-                );
-            }
-            j.advance(next);
-        }
-        if s.req.stop_on_eos && self.eos_ids.contains(&next) && s.req.constraint.is_none() {
-            return self.finish(i, FinishReason::Stop);
-        }
-        let logprob = s.req.logprobs.map(|n| token_logprob(logits, next, n));
-        s.tokens.push(next);
-        s.generated += 1;
-        self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
-        let (text, stopped) = match &self.tokenizer {
-            Some(tok) => match s.text.push(tok, next) {
-                Ok(r) => r,
-                Err(e) => return self.fail(i, Failure::Internal(e.to_string())),
-            },
-            None => (String::new(), false),
-        };
-        let _ = s.events.send(Event::Output {
-            text,
-            token: Some(next),
-            logprob,
-        });
-        if stopped || s.req.constraint.as_ref().is_some_and(|j| j.is_complete()) {
-            self.finish(i, FinishReason::Stop)
-        } else if s.generated >= s.req.max_new_tokens || s.tokens.len() >= max_ctx {
-            self.finish(i, FinishReason::Length)
-        } else {
-            s.pending = Some(next);
-        }
-    }
-
-    fn finish(&mut self, i: usize, reason: FinishReason) {
-        let s = &mut self.active[i];
-        let tail = s.text.flush();
-        if !tail.is_empty() {
+        if let Some((id, text)) = token {
+            self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+            let logprob = s.req.logprobs.map(|n| token_logprob(logits, id, n));
             let _ = s.events.send(Event::Output {
-                text: tail,
-                token: None,
-                logprob: None,
+                text,
+                token: Some(id),
+                logprob,
             });
+            s.pending = Some(id);
         }
-        let _ = s.events.send(Event::Finished {
-            reason,
-            completion_tokens: s.generated,
-        });
-        s.done = true;
+        if let Some((reason, tail)) = finished {
+            s.pending = None;
+            if !tail.is_empty() {
+                let _ = s.events.send(Event::Output {
+                    text: tail,
+                    token: None,
+                    logprob: None,
+                });
+            }
+            let _ = s.events.send(Event::Finished {
+                reason,
+                completion_tokens: s.state.generated,
+            });
+            s.done = true;
+        }
     }
 
     fn fail(&mut self, i: usize, why: Failure) {
@@ -736,9 +696,10 @@ impl Scheduler {
         self.active = running;
         for mut s in done {
             // Prompt and generated rows alike: the next turn of a chat starts with them.
-            let n = s.cache.len.min(s.tokens.len());
+            let n = s.cache.len.min(s.state.tokens.len());
             if !s.events.is_closed() {
-                self.prefix.insert(&mut self.pool, &s.tokens[..n], &s.cache);
+                self.prefix
+                    .insert(&mut self.pool, &s.state.tokens[..n], &s.cache);
             }
             self.pool.release(&mut s.cache);
         }

@@ -2,6 +2,7 @@
 //! greedy generations identical to transformers', and the validation loss the training script
 //! reported, recomputed by the engine.
 
+use deepseek_model::CacheDtype;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -59,7 +60,7 @@ fn validation_loss_equals_the_training_scripts() {
     let vocab = model.config.vocab_size;
     let (mut nll, mut count) = (0.0f64, 0usize);
     for w in &windows {
-        let mut pool = model.new_cache_pool(w.len());
+        let mut pool = model.new_cache_pool(w.len(), CacheDtype::F32);
         let mut cache = Default::default();
         let inputs = &w[..w.len() - 1];
         let logits = model

@@ -34,55 +34,54 @@ struct Comparison {
 type StepRouting = Vec<Vec<usize>>;
 
 fn compare(model: &mut Model, prompt: &[u32], steps: usize, dtype: CacheDtype) -> Comparison {
-    let run =
-        |model: &Model, forced: Option<&[u32]>| -> (Vec<Vec<f32>>, Vec<u32>, Vec<StepRouting>) {
-            let mut pool = model.new_cache_pool(prompt.len() + steps + 1);
-            let mut cache = SequenceCache::default();
-            let mut logits = model
+    let run = |model: &Model,
+               cache_dtype: CacheDtype,
+               forced: Option<&[u32]>|
+     -> (Vec<Vec<f32>>, Vec<u32>, Vec<StepRouting>) {
+        let mut pool = model.new_cache_pool(prompt.len() + steps + 1, cache_dtype);
+        let mut cache = SequenceCache::default();
+        let mut logits = model
+            .forward(
+                &mut pool,
+                &mut [SeqStep {
+                    tokens: prompt,
+                    cache: &mut cache,
+                }],
+                LogitsFor::LastToken,
+                PrefillPath::Auto,
+                None,
+            )
+            .unwrap();
+        let (mut all, mut toks, mut routes) = (vec![], vec![], vec![]);
+        for s in 0..steps {
+            let next = forced.map(|f| f[s]).unwrap_or_else(|| argmax(&logits));
+            all.push(logits.clone());
+            toks.push(next);
+            let mut trace = Trace::default();
+            logits = model
                 .forward(
                     &mut pool,
                     &mut [SeqStep {
-                        tokens: prompt,
+                        tokens: &[next],
                         cache: &mut cache,
                     }],
                     LogitsFor::LastToken,
                     PrefillPath::Auto,
-                    None,
+                    Some(&mut trace),
                 )
                 .unwrap();
-            let (mut all, mut toks, mut routes) = (vec![], vec![], vec![]);
-            for s in 0..steps {
-                let next = forced.map(|f| f[s]).unwrap_or_else(|| argmax(&logits));
-                all.push(logits.clone());
-                toks.push(next);
-                let mut trace = Trace::default();
-                logits = model
-                    .forward(
-                        &mut pool,
-                        &mut [SeqStep {
-                            tokens: &[next],
-                            cache: &mut cache,
-                        }],
-                        LogitsFor::LastToken,
-                        PrefillPath::Auto,
-                        Some(&mut trace),
-                    )
-                    .unwrap();
-                routes.push(
-                    trace
-                        .routing
-                        .iter()
-                        .flat_map(|layer| layer.iter().map(|r| r.experts.clone()))
-                        .collect(),
-                );
-            }
-            (all, toks, routes)
-        };
-    model.cache_dtype = CacheDtype::F32;
-    let (exact, toks, exact_routes) = run(model, None);
-    model.cache_dtype = dtype;
-    let (q8, _, q8_routes) = run(model, Some(&toks));
-    model.cache_dtype = CacheDtype::F32;
+            routes.push(
+                trace
+                    .routing
+                    .iter()
+                    .flat_map(|layer| layer.iter().map(|r| r.experts.clone()))
+                    .collect(),
+            );
+        }
+        (all, toks, routes)
+    };
+    let (exact, toks, exact_routes) = run(model, CacheDtype::F32, None);
+    let (q8, _, q8_routes) = run(model, dtype, Some(&toks));
     let (mut worst, mut worst_any, mut same, mut rerouted) = (0.0f32, 0.0f32, 0, 0);
     // The logits after step s come from step s's forward pass, whose routing is routes[s]; the
     // prompt's own (prefill) logits are entry 0 of `exact`, so step s's logits are entry s + 1.

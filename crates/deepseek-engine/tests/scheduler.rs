@@ -269,9 +269,7 @@ fn a_restarted_scheduler_reads_prefixes_back_from_disk() {
     assert!(prompt.len() > 3 * 64, "{} tokens", prompt.len());
     let n = 16;
     let run = |dtype: deepseek_cache::CacheDtype| {
-        let mut model = Model::load(&dir, &mut |_, _| {}).unwrap();
-        model.cache_dtype = dtype;
-        let model = Arc::new(model);
+        let model = Arc::new(Model::load(&dir, &mut |_, _| {}).unwrap());
         let eos = Generator::new(model.clone(), Some(tok.clone())).eos_ids();
         let (handle, thread) = scheduler::spawn(
             model,
@@ -282,6 +280,7 @@ fn a_restarted_scheduler_reads_prefixes_back_from_disk() {
                     path: cache_dir.clone(),
                     max_bytes: 1 << 30,
                 }),
+                cache_dtype: dtype,
                 ..Default::default()
             },
         );

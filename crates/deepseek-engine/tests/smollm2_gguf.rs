@@ -3,6 +3,7 @@
 //! Checked against an independent numpy forward pass over the same file
 //! (scripts/smollm2_reference.py, weights dequantized by the `gguf` package).
 
+use deepseek_model::CacheDtype;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -41,7 +42,7 @@ fn smollm2_says_paris_and_matches_the_numpy_reference() {
 
     let model = Arc::new(Model::load(&path, &mut |_, _| {}).unwrap());
     let last_logits = || {
-        let mut pool = model.new_cache_pool(ids.len());
+        let mut pool = model.new_cache_pool(ids.len(), CacheDtype::F32);
         let mut cache = Default::default();
         model
             .forward(

@@ -1,6 +1,7 @@
 //! The engine's log-likelihoods (both ways: one request with candidate tokens, or one scoring
 //! request per continuation) equal a direct forward pass of the model.
 
+use deepseek_model::CacheDtype;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -45,7 +46,7 @@ fn loglikelihoods_match_a_direct_forward() {
     let direct = |cont: &str| -> f64 {
         let ctx = tok.encode(context, true).unwrap();
         let whole = tok.encode(&format!("{context}{cont}"), true).unwrap();
-        let mut pool = model.new_cache_pool(whole.len());
+        let mut pool = model.new_cache_pool(whole.len(), CacheDtype::F32);
         let mut cache = Default::default();
         let logits = model
             .forward(

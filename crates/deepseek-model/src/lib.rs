@@ -18,4 +18,5 @@ pub mod moe;
 pub mod rope;
 pub mod router;
 
+pub use deepseek_cache::CacheDtype;
 pub use model::{LogitsFor, Model, ModelError, PrefillPath, SeqStep, Trace};

@@ -54,8 +54,6 @@ pub struct Model {
     pub norm: Vec<f32>,
     pub lm_head: Matrix,
     rope: Rope,
-    /// How new cache pools store rows (f32, or 8-bit with `--cache-type q8`).
-    pub cache_dtype: CacheDtype,
     /// The weights' identity ([`WeightStore::fingerprint`]).
     pub weights_fingerprint: [u8; 32],
 }
@@ -164,7 +162,6 @@ impl Model {
             norm: w.vector("model.norm.weight", hid)?,
             lm_head,
             config,
-            cache_dtype: CacheDtype::F32,
             weights_fingerprint: w.fingerprint(),
         })
     }
@@ -172,28 +169,30 @@ impl Model {
     /// What a cache block's rows depend on: the weights, the configuration (RoPE scaling
     /// shapes the stored keys), the cache layout and this engine's row format. Blocks kept on
     /// disk are keyed by it, so they are never served to another model or layout.
-    pub fn cache_fingerprint(&self) -> [u8; 16] {
+    pub fn cache_fingerprint(&self, dtype: CacheDtype) -> [u8; 16] {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         h.update(b"deepseek-rs cache rows v1");
         h.update(self.weights_fingerprint);
         h.update(format!("{:?}", self.config).as_bytes());
-        h.update(format!("{:?}", self.cache_shape()).as_bytes());
+        h.update(format!("{:?}", self.cache_shape(dtype)).as_bytes());
         h.finalize()[..16].try_into().unwrap()
     }
 
-    pub fn cache_shape(&self) -> CacheShape {
+    /// The rows this model's cache holds, stored as `dtype` (f32, bf16, or 8-bit with
+    /// `--cache-type q8`).
+    pub fn cache_shape(&self, dtype: CacheDtype) -> CacheShape {
         CacheShape {
             layers: self.config.num_hidden_layers,
             row_width: self.config.cache_row_width(),
-            dtype: self.cache_dtype,
+            dtype,
         }
     }
 
-    /// A cache pool for this model that can hold `max_tokens` tokens in all.
-    pub fn new_cache_pool(&self, max_tokens: usize) -> BlockPool {
+    /// A cache pool for this model that can hold `max_tokens` tokens in all, rows as `dtype`.
+    pub fn new_cache_pool(&self, max_tokens: usize, dtype: CacheDtype) -> BlockPool {
         BlockPool::new(
-            self.cache_shape(),
+            self.cache_shape(dtype),
             max_tokens.div_ceil(deepseek_cache::BLOCK_TOKENS).max(1),
         )
     }

@@ -4,6 +4,7 @@
 //! the independently made `../shared/fixtures/*`. Each holds config.json, model.safetensors,
 //! prompts.json and reference.safetensors (format: tests/fixtures/README.md).
 
+use deepseek_model::CacheDtype;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -123,7 +124,7 @@ fn check_fixture(dir: &Path) {
         let want = r.get(&format!("logits.{i}")).unwrap();
 
         // Prefill, decompressed attention, with a trace of intermediates.
-        let mut pool = model.new_cache_pool(4096);
+        let mut pool = model.new_cache_pool(4096, CacheDtype::F32);
         let mut cache = Default::default();
         let mut trace = Trace::default();
         let got = model
@@ -190,7 +191,7 @@ fn check_fixture(dir: &Path) {
         }
 
         // Prefill through the absorbed path must agree too.
-        let mut pool2 = model.new_cache_pool(4096);
+        let mut pool2 = model.new_cache_pool(4096, CacheDtype::F32);
         let mut cache2 = Default::default();
         let got = model
             .forward(
@@ -211,7 +212,7 @@ fn check_fixture(dir: &Path) {
         );
 
         // Decode: one token at a time through the cache.
-        let mut pool3 = model.new_cache_pool(4096);
+        let mut pool3 = model.new_cache_pool(4096, CacheDtype::F32);
         let mut cache3 = Default::default();
         let mut all = vec![];
         for &tok in &prompt {
@@ -292,7 +293,7 @@ fn batched_step_equals_separate_steps() {
     let a: Vec<u32> = vec![0, 5, 9, 13, 2];
     let b: Vec<u32> = vec![0, 7, 3];
     let single = |toks: &[u32]| {
-        let mut pool = model.new_cache_pool(256);
+        let mut pool = model.new_cache_pool(256, CacheDtype::F32);
         let mut c = Default::default();
         model
             .forward(
@@ -308,7 +309,7 @@ fn batched_step_equals_separate_steps() {
             .unwrap()
     };
     let (la, lb) = (single(&a), single(&b));
-    let mut pool = model.new_cache_pool(512);
+    let mut pool = model.new_cache_pool(512, CacheDtype::F32);
     let (mut ca, mut cb) = (Default::default(), Default::default());
     let both = model
         .forward(

@@ -72,7 +72,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
         let (_, store) = deepseek_loader::open_checkpoint(&dir)?;
         (store.main_dtype(), store.total_bytes())
     };
-    let model = load_model(&dir, cache)?;
+    let model = load_model(&dir)?;
     let c = &model.config;
     if a.prompt > c.max_position_embeddings {
         bail!(
@@ -100,7 +100,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
 
     // Warm-up: page the weights in (a decode step touches every dense weight, experts vary).
     {
-        let mut pool = model.new_cache_pool(64);
+        let mut pool = model.new_cache_pool(64, cache.dtype());
         let mut cache = SequenceCache::default();
         let toks: Vec<u32> = (0..16).map(|_| rand_token()).collect();
         model.forward(
@@ -119,7 +119,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
     if a.prompt > 0 {
         for _ in 0..a.repetitions {
             let toks: Vec<u32> = (0..a.prompt).map(|_| rand_token()).collect();
-            let mut pool = model.new_cache_pool(a.prompt);
+            let mut pool = model.new_cache_pool(a.prompt, cache.dtype());
             let mut cache = SequenceCache::default();
             let t = Instant::now();
             prefill(&model, &mut pool, &mut cache, &toks)?;
@@ -127,12 +127,12 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
         }
     }
 
-    let shape = model.cache_shape();
+    let shape = model.cache_shape(cache.dtype());
     let bytes_per_token = model.active_weight_bytes() + a.depth * shape.bytes_per_token();
     let mut decode = vec![];
     if a.gen > 0 {
         for _ in 0..a.repetitions {
-            let mut pool = model.new_cache_pool(a.depth + a.gen + 1);
+            let mut pool = model.new_cache_pool(a.depth + a.gen + 1, cache.dtype());
             let mut cache = SequenceCache::default();
             if a.depth > 0 {
                 if a.depth_fill == "prefill" {

@@ -29,7 +29,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
         bail!("{} has no tokenizer.json: chat needs one", dir.display())
     };
     let template = chat_template(&tok, &dir)?;
-    let gen = Generator::new(load_model(&dir, cache)?, Some(tok.clone()));
+    let gen = Generator::new(load_model(&dir)?, Some(tok.clone())).with_cache_dtype(cache.dtype());
     let mut messages = vec![];
     if let Some(s) = &a.system {
         messages.push(json!({"role": "system", "content": s}));

@@ -109,7 +109,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
         );
     }
 
-    let model = load_model(&dir, cache)?;
+    let model = load_model(&dir)?;
     let tok =
         Arc::new(load_tokenizer(&dir).with_context(|| {
             format!("{}: evaluation needs the model's tokenizer", dir.display())
@@ -125,6 +125,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
             cache_tokens: a.cache_tokens,
             prefill_chunk: 512,
             cache_dir: None,
+            cache_dtype: cache.dtype(),
         },
     );
     let mut engine = EngineModel {

@@ -33,9 +33,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args, cache: CacheType) -> Result<()> {
-    let model = load_model(&a.model.dir()?, cache)?;
+    let model = load_model(&a.model.dir()?)?;
     let ids = parse_token_ids(&a.token_ids, model.config.vocab_size)?;
-    let mut pool = model.new_cache_pool(ids.len());
+    let mut pool = model.new_cache_pool(ids.len(), cache.dtype());
     let mut cache = Default::default();
     let logits = match a.mode {
         Mode::Prefill => model.forward(

@@ -104,7 +104,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
     let opts = a.sampling.options()?;
     let dir = a.model.dir()?;
     let tokenizer = maybe_tokenizer(&dir)?;
-    let model = load_model(&dir, cache)?;
+    let model = load_model(&dir)?;
     let prompt = match (&a.prompt, &a.token_ids) {
         (_, Some(ids)) => parse_token_ids(ids, model.config.vocab_size)?,
         (Some(text), None) => match (&tokenizer, &a.suffix) {
@@ -122,7 +122,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
         },
         (None, None) => unreachable!("clap requires one"),
     };
-    let gen = Generator::new(model, tokenizer);
+    let gen = Generator::new(model, tokenizer).with_cache_dtype(cache.dtype());
     let stream = !a.json;
     let mut stdout = std::io::stdout();
     if stream {

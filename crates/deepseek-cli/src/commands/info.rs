@@ -18,11 +18,11 @@ pub struct Args {
 
 pub fn run(a: Args, cache: CacheType) -> Result<()> {
     let dir = a.model.dir()?;
-    let model = load_model(&dir, cache)?;
+    let model = load_model(&dir)?;
     let c = &model.config;
     let (total, active) = model.parameter_counts();
     let (_, store) = deepseek_loader::open_checkpoint(&dir)?;
-    let shape = model.cache_shape();
+    let shape = model.cache_shape(cache.dtype());
     let attention = match &c.mla {
         Some(m) => format!(
             "MLA (kv_lora_rank {}, rope {}, q_lora_rank {})",

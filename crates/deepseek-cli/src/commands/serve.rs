@@ -108,7 +108,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let dir = a.model.dir()?;
-    let model = load_model(&dir, cache)?;
+    let model = load_model(&dir)?;
     let tok =
         Arc::new(load_tokenizer(&dir).with_context(|| {
             format!("{}: the server needs the model's tokenizer", dir.display())
@@ -126,7 +126,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
         .unwrap_or_else(|| a.model.name());
     let cache_bytes = a
         .cache_tokens
-        .saturating_mul(model.cache_shape().bytes_per_token());
+        .saturating_mul(model.cache_shape(cache.dtype()).bytes_per_token());
     if let Some(total) = physical_memory() {
         if cache_bytes > total {
             bail!(
@@ -158,6 +158,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
                 path,
                 max_bytes: (a.cache_dir_max_gb * (1u64 << 30) as f64) as u64,
             }),
+            cache_dtype: cache.dtype(),
         },
     );
     let mut state = AppState::new(
