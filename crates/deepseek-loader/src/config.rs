@@ -29,6 +29,17 @@ impl Family {
     }
 }
 
+/// How the layers attend, with the dimensions of that kind: what the model code matches on to
+/// build its attention (the family names the checkpoint; this says what to compute).
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttentionKind {
+    /// Multi-head Latent Attention (DeepSeek-V2/V3): the cache holds the latent and the RoPE key.
+    Mla(MlaConfig),
+    /// Llama's multi-head or grouped-query attention (DeepSeek LLM): `num_key_value_heads` key
+    /// and value heads of `head_dim` each, cached in full.
+    Gqa,
+}
+
 /// Multi-head Latent Attention dimensions.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MlaConfig {
@@ -127,7 +138,7 @@ pub struct ModelConfig {
     pub rope_scaling: RopeScaling,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
-    pub mla: Option<MlaConfig>,
+    pub attention: AttentionKind,
     pub moe: Option<MoeConfig>,
     pub torch_dtype: Option<String>,
 }
@@ -370,11 +381,11 @@ impl ModelConfig {
             (Some(mla), moe)
         };
 
-        let head_dim = match family {
-            Family::Llama => f
+        let head_dim = match &mla {
+            None => f
                 .opt_usize("head_dim")?
                 .unwrap_or(hidden_size / num_attention_heads),
-            _ => mla.as_ref().map(|m| m.qk_head_dim()).unwrap_or(0),
+            Some(m) => m.qk_head_dim(),
         };
         let eos_token_ids = match f.get("eos_token_id") {
             None => vec![],
@@ -405,7 +416,7 @@ impl ModelConfig {
             rope_scaling,
             bos_token_id: f.opt_usize("bos_token_id")?.map(|x| x as u32),
             eos_token_ids,
-            mla,
+            attention: mla.map_or(AttentionKind::Gqa, AttentionKind::Mla),
             moe,
             torch_dtype: f
                 .str("torch_dtype")
@@ -426,17 +437,25 @@ impl ModelConfig {
 
     /// Dimension RoPE rotates per head: the shared RoPE part for MLA, the whole head for Llama.
     pub fn rope_dim(&self) -> usize {
-        match &self.mla {
-            Some(m) => m.qk_rope_head_dim,
-            None => self.head_dim,
+        match &self.attention {
+            AttentionKind::Mla(m) => m.qk_rope_head_dim,
+            AttentionKind::Gqa => self.head_dim,
+        }
+    }
+
+    /// The MLA dimensions, for a model whose layers run MLA.
+    pub fn mla(&self) -> Option<&MlaConfig> {
+        match &self.attention {
+            AttentionKind::Mla(m) => Some(m),
+            AttentionKind::Gqa => None,
         }
     }
 
     /// f32 values cached per token and layer: latent + RoPE key for MLA, K and V for Llama.
     pub fn cache_row_width(&self) -> usize {
-        match &self.mla {
-            Some(m) => m.latent_row_width(),
-            None => 2 * self.num_key_value_heads * self.head_dim,
+        match &self.attention {
+            AttentionKind::Mla(m) => m.latent_row_width(),
+            AttentionKind::Gqa => 2 * self.num_key_value_heads * self.head_dim,
         }
     }
 }

@@ -14,7 +14,7 @@ use deepseek_kernels::Matrix;
 
 use crate::gguf::{Value, GGML_BF16, GGML_F16, GGML_F32};
 use crate::gguf_writer::{write_gguf, TensorSpec};
-use crate::{Family, LoadError, ModelConfig, RopeScaling, ScoringFunc, WeightStore};
+use crate::{AttentionKind, Family, LoadError, ModelConfig, RopeScaling, ScoringFunc, WeightStore};
 
 /// What the weight matrices become.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,8 +242,8 @@ pub fn plan(
             0,
         );
     }
-    match c.family {
-        Family::Llama => {
+    match &c.attention {
+        AttentionKind::Gqa => {
             m.push((k("attention.head_count_kv"), u(c.num_key_value_heads)));
             m.push((k("rope.dimension_count"), u(c.head_dim)));
             if c.head_dim * c.num_attention_heads != hid {
@@ -251,8 +251,7 @@ pub fn plan(
                 m.push((k("attention.value_length"), u(c.head_dim)));
             }
         }
-        _ => {
-            let mla = c.mla.as_ref().expect("MLA config");
+        AttentionKind::Mla(mla) => {
             m.push((k("attention.head_count_kv"), u(1)));
             // 0 when queries are not compressed: llama.cpp decides by this key.
             m.push((k("attention.q_lora_rank"), u(mla.q_lora_rank.unwrap_or(0))));
@@ -309,8 +308,8 @@ pub fn plan(
             hid,
         ));
         let a = format!("{p}.self_attn");
-        match c.family {
-            Family::Llama => {
+        match &c.attention {
+            AttentionKind::Gqa => {
                 let (h, kv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
                 e.matrix(
                     format!("{a}.q_proj.weight"),
@@ -341,8 +340,7 @@ pub fn plan(
                     0,
                 );
             }
-            _ => {
-                let d = c.mla.as_ref().unwrap();
+            AttentionKind::Mla(d) => {
                 let h = c.num_attention_heads;
                 match d.q_lora_rank {
                     None => e.matrix(
@@ -610,7 +608,12 @@ impl ExportPlan {
                     }
                 }
                 Source::KB { name } | Source::VB { name } => {
-                    let d = config.mla.as_ref().unwrap();
+                    let d = config.mla().ok_or_else(|| {
+                        LoadError::config(
+                            "kv_lora_rank",
+                            "k_b/v_b tensors exist only in MLA models",
+                        )
+                    })?;
                     let h = config.num_attention_heads;
                     let per_head = d.qk_nope_head_dim + d.v_head_dim;
                     let m = store.matrix(name, h * per_head, d.kv_lora_rank)?;

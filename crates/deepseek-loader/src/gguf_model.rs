@@ -369,7 +369,7 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
     store.gguf = Some(g.clone());
     // Newer MLA files: kv_b_proj = per head [W_UK (nope rows); W_UV (v rows)], from
     // k_b [heads, kv_lora, nope] (transposed) and v_b [heads, v, kv_lora].
-    if let Some(mla) = &config.mla {
+    if let Some(mla) = config.mla() {
         for layer in 0..config.num_hidden_layers {
             let (Some(kb), Some(vb)) = (&k_b[layer], &v_b[layer]) else {
                 continue;

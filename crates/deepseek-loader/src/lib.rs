@@ -11,7 +11,9 @@ pub mod hf_cache;
 pub mod safetensors_store;
 pub mod synth;
 
-pub use config::{Family, MlaConfig, ModelConfig, MoeConfig, RopeScaling, ScoringFunc, TopkMethod};
+pub use config::{
+    AttentionKind, Family, MlaConfig, ModelConfig, MoeConfig, RopeScaling, ScoringFunc, TopkMethod,
+};
 pub use error::LoadError;
 pub use safetensors_store::{TensorInfo, TensorType, WeightStore};
 

@@ -96,7 +96,7 @@ pub fn tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         let p = format!("model.layers.{i}");
         v.push((format!("{p}.input_layernorm.weight"), vec![hid]));
         v.push((format!("{p}.post_attention_layernorm.weight"), vec![hid]));
-        match &cfg.mla {
+        match cfg.mla() {
             Some(m) => {
                 let a = format!("{p}.self_attn");
                 match m.q_lora_rank {

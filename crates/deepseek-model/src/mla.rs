@@ -70,8 +70,13 @@ pub struct MlaAttention {
 }
 
 impl MlaAttention {
-    pub fn load(w: &WeightStore, cfg: &ModelConfig, prefix: &str) -> Result<Self, LoadError> {
-        let d = cfg.mla.clone().expect("MLA config");
+    pub fn load(
+        w: &WeightStore,
+        cfg: &ModelConfig,
+        d: &MlaConfig,
+        prefix: &str,
+    ) -> Result<Self, LoadError> {
+        let d = d.clone();
         let (h, hid) = (cfg.num_attention_heads, cfg.hidden_size);
         let name = |n: &str| format!("{prefix}.{n}");
         let q = match d.q_lora_rank {

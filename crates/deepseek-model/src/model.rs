@@ -5,7 +5,7 @@ use std::path::Path;
 use deepseek_cache::{BlockPool, CacheDtype, CacheError, CacheShape, SequenceCache};
 use deepseek_kernels::ops::{add_inplace, rms_norm};
 use deepseek_kernels::{matmul, Matrix};
-use deepseek_loader::{Family, LoadError, ModelConfig, WeightStore};
+use deepseek_loader::{AttentionKind, LoadError, ModelConfig, WeightStore};
 
 use crate::batch::BatchLayout;
 use crate::llama_attention::LlamaAttention;
@@ -127,15 +127,17 @@ impl Model {
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let self_attn = match c.family {
-                Family::Llama => {
+            let self_attn = match &c.attention {
+                AttentionKind::Gqa => {
                     Attention::Llama(LlamaAttention::load(w, c, &format!("{p}.self_attn"))?)
                 }
-                _ => Attention::Mla(MlaAttention::load(w, c, &format!("{p}.self_attn"))?),
+                AttentionKind::Mla(d) => {
+                    Attention::Mla(MlaAttention::load(w, c, d, &format!("{p}.self_attn"))?)
+                }
             };
             let mlp = match &c.moe {
                 Some(m) if m.is_moe_layer(i) => {
-                    FeedForward::Moe(Moe::load(w, c, &format!("{p}.mlp"))?)
+                    FeedForward::Moe(Moe::load(w, c, m, &format!("{p}.mlp"))?)
                 }
                 _ => {
                     FeedForward::Dense(Mlp::load(w, &format!("{p}.mlp"), hid, c.intermediate_size)?)

@@ -5,7 +5,7 @@
 //! Experts nobody chose are never touched.
 
 use deepseek_kernels::simd::axpy;
-use deepseek_loader::{Family, LoadError, ModelConfig, WeightStore};
+use deepseek_loader::{Family, LoadError, ModelConfig, MoeConfig, WeightStore};
 
 use crate::mlp::Mlp;
 use crate::router::{Router, Routing};
@@ -21,8 +21,13 @@ pub struct Moe {
 }
 
 impl Moe {
-    pub fn load(w: &WeightStore, cfg: &ModelConfig, prefix: &str) -> Result<Self, LoadError> {
-        let m = cfg.moe.as_ref().expect("MoE config");
+    /// The MoE block of a layer at `prefix`, shaped by `m` (the config's `moe`).
+    pub fn load(
+        w: &WeightStore,
+        cfg: &ModelConfig,
+        m: &MoeConfig,
+        prefix: &str,
+    ) -> Result<Self, LoadError> {
         let hid = cfg.hidden_size;
         let experts = (0..m.n_routed_experts)
             .map(|e| {

@@ -101,11 +101,7 @@ impl Rope {
 
 /// MLA's softmax scale: `qk_head_dim^-0.5 · mscale(factor, mscale_all_dim)²` under YaRN.
 pub fn mla_softmax_scale(cfg: &ModelConfig) -> f32 {
-    let qk = cfg
-        .mla
-        .as_ref()
-        .map(|m| m.qk_head_dim())
-        .unwrap_or(cfg.head_dim) as f32;
+    let qk = cfg.mla().map_or(cfg.head_dim, |m| m.qk_head_dim()) as f32;
     let mut scale = 1.0 / qk.sqrt();
     if let RopeScaling::Yarn {
         factor,

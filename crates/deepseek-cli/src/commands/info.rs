@@ -23,7 +23,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
     let (total, active) = model.parameter_counts();
     let (_, store) = deepseek_loader::open_checkpoint(&dir)?;
     let shape = model.cache_shape(cache.dtype());
-    let attention = match &c.mla {
+    let attention = match c.mla() {
         Some(m) => format!(
             "MLA (kv_lora_rank {}, rope {}, q_lora_rank {})",
             m.kv_lora_rank,
