@@ -26,6 +26,16 @@ impl CacheType {
     }
 }
 
+/// What the global flags set for the commands that load a model, passed to each explicitly.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settings {
+    /// `--cache-type`: how caches store rows.
+    pub cache: CacheType,
+    /// `--bf16-activations`, `DEEPSEEK_BF16_ACTIVATIONS`, `DEEPSEEK_EXACT_ACTIVATIONS`: how
+    /// activations meet the weights.
+    pub precision: deepseek_kernels::Precision,
+}
+
 /// The model bundled in the repo, used when --model is not given.
 pub const BUNDLED_MODEL: &str = "models/deepseek-coder-nano";
 
@@ -97,7 +107,7 @@ impl ModelArg {
 
 /// Loads the model at `dir` (a progress bar on a terminal), its cache rows stored as `cache`
 /// (the global `--cache-type`).
-pub fn load_model(dir: &Path) -> Result<Arc<Model>> {
+pub fn load_model(dir: &Path, s: Settings) -> Result<Arc<Model>> {
     let config = dir.join("config.json");
     if deepseek_loader::gguf_path(dir)?.is_none() && !config.exists() {
         bail!(
@@ -124,7 +134,7 @@ pub fn load_model(dir: &Path) -> Result<Arc<Model>> {
     })
     .with_context(|| format!("loading {}", dir.display()))?;
     bar.finish_and_clear();
-    Ok(Arc::new(model))
+    Ok(Arc::new(model.with_precision(s.precision)))
 }
 
 pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
@@ -177,7 +187,7 @@ pub fn parse_token_ids(s: &str, vocab: usize) -> Result<Vec<u32>> {
 
 /// The kernels' instruction-set tier for `info` and `bench`: the one in use, and the host's
 /// best where a cap (`--isa`, `DEEPSEEK_ISA`) keeps the kernels below it.
-pub fn tier_line() -> String {
+pub fn tier_line(s: Settings) -> String {
     use deepseek_kernels::tier;
     let (active, host) = (tier::active(), tier::host());
     let mut line = if active == host {
@@ -185,7 +195,7 @@ pub fn tier_line() -> String {
     } else {
         format!("{active} tier (capped; this CPU has {host})")
     };
-    if deepseek_kernels::gemm_avx512::rounds_activations() {
+    if s.precision.rounds_bf16() {
         line += ", bf16 activations for bf16 weights";
     }
     let overrides = deepseek_kernels::tuning::get().overrides();

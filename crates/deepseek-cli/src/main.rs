@@ -127,22 +127,26 @@ fn main() -> ExitCode {
         }
     }
     deepseek_kernels::threads::init(cli.threads);
-    if cli.bf16_activations {
-        deepseek_kernels::gemm_avx512::set_bf16_activations(true);
-    }
-    let cache = cli.cache_type;
+    let tuning = deepseek_kernels::Precision::from_tuning(deepseek_kernels::tuning::get());
+    let settings = common::Settings {
+        cache: cli.cache_type,
+        precision: deepseek_kernels::Precision {
+            bf16_activations: cli.bf16_activations || tuning.bf16_activations,
+            exact_activations: tuning.exact_activations,
+        },
+    };
     let result = std::panic::catch_unwind(|| match cli.command {
-        Command::Info(a) => commands::info::run(a, cache),
+        Command::Info(a) => commands::info::run(a, settings),
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Template(a) => commands::template::run(a),
-        Command::Forward(a) => commands::forward::run(a, cache),
-        Command::Generate(a) => commands::generate::run(a, cache),
-        Command::Chat(a) => commands::chat::run(a, cache),
+        Command::Forward(a) => commands::forward::run(a, settings),
+        Command::Generate(a) => commands::generate::run(a, settings),
+        Command::Chat(a) => commands::chat::run(a, settings),
         Command::Synth(a) => commands::synth::run(a),
-        Command::Bench(a) => commands::bench::run(a, cache),
+        Command::Bench(a) => commands::bench::run(a, settings),
         Command::Quantize(a) => commands::quantize::run(a),
-        Command::Serve(a) => commands::serve::run(a, cache),
-        Command::Eval(a) => commands::eval::run(a, cache),
+        Command::Serve(a) => commands::serve::run(a, settings),
+        Command::Eval(a) => commands::eval::run(a, settings),
     });
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,

@@ -41,7 +41,14 @@ fn smollm2_says_paris_and_matches_the_numpy_reference() {
     assert_eq!(ids, want_ids, "prompt ids");
 
     let model = Arc::new(Model::load(&path, &mut |_, _| {}).unwrap());
-    let last_logits = || {
+    let exact_model =
+        Model::load(&path, &mut |_, _| {})
+            .unwrap()
+            .with_precision(deepseek_kernels::Precision {
+                exact_activations: true,
+                ..Default::default()
+            });
+    let last_logits = |model: &Model| {
         let mut pool = model.new_cache_pool(ids.len(), CacheDtype::F32);
         let mut cache = Default::default();
         model
@@ -66,16 +73,14 @@ fn smollm2_says_paris_and_matches_the_numpy_reference() {
         w
     };
     // Exact mode (f32 activations): the whole model agrees with numpy to summation order.
-    deepseek_kernels::quant::set_exact_activations(true);
-    let exact = last_logits();
-    deepseek_kernels::quant::set_exact_activations(false);
+    let exact = last_logits(&exact_model);
     assert_eq!(exact.len(), r["vocab"].as_u64().unwrap() as usize);
     let exact_err = worst(&exact, "logits_at");
     assert!(exact_err < 1e-3, "exact mode: max |Δlogit| {exact_err}");
     // Default mode: activations rounded to 8 bits per 32 values (as llama.cpp rounds them for
     // these types). Logits span about ±30; flipped roundings make the exact difference from
     // numpy's run with the same rounding chaotic, so both are bounded, not equal.
-    let logits = last_logits();
+    let logits = last_logits(&model);
     let vs_f32 = worst(&logits, "logits_at");
     let vs_q8 = worst(&logits, "logits_at_q8_activations");
     eprintln!("max |Δlogit|: exact {exact_err}, 8-bit vs f32 reference {vs_f32}, vs 8-bit reference {vs_q8}");

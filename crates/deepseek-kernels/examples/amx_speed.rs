@@ -90,7 +90,7 @@ fn main() {
             }
             _ => panic!("{ty} is not repacked on this CPU"),
         };
-        let mm_s = time(|| matmul(&m, &x, n, &mut out));
+        let mm_s = time(|| matmul(&m, &x, n, &mut out, precision()));
         let gf = |s: f64| 2.0 * (rows * cols * n) as f64 / s / 1e9;
         println!(
             "n={n:>3}: act {:>7.1} us, amx {:>8.1} us ({:>6.1} GFLOP/s), matmul {:>8.1} us ({:>6.1} GFLOP/s)",
@@ -101,4 +101,9 @@ fn main() {
             gf(mm_s)
         );
     }
+}
+
+/// The activation precision `DEEPSEEK_BF16_ACTIVATIONS` / `DEEPSEEK_EXACT_ACTIVATIONS` ask for.
+fn precision() -> deepseek_kernels::Precision {
+    deepseek_kernels::Precision::from_tuning(deepseek_kernels::tuning::get())
 }

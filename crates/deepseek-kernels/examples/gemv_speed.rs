@@ -53,13 +53,13 @@ fn main() {
     for n in ns {
         let xs: Vec<f32> = x.iter().cycle().take(n * cols).copied().collect();
         let mut out_n = vec![0.0; n * rows];
-        matmul(&m, &xs, n, &mut out_n);
+        matmul(&m, &xs, n, &mut out_n, precision());
         // The fastest of several runs: on a shared machine the mean mostly measures the
         // neighbours.
         let s = (0..9)
             .map(|_| {
                 let t = Instant::now();
-                matmul(&m, &xs, n, &mut out_n);
+                matmul(&m, &xs, n, &mut out_n, precision());
                 t.elapsed().as_secs_f64()
             })
             .fold(f64::INFINITY, f64::min);
@@ -70,6 +70,11 @@ fn main() {
             bw / 1e9
         );
     }
-    matmul(&m, &x, 1, &mut out);
+    matmul(&m, &x, 1, &mut out, precision());
     std::hint::black_box(&out);
+}
+
+/// The activation precision `DEEPSEEK_BF16_ACTIVATIONS` / `DEEPSEEK_EXACT_ACTIVATIONS` ask for.
+fn precision() -> deepseek_kernels::Precision {
+    deepseek_kernels::Precision::from_tuning(deepseek_kernels::tuning::get())
 }

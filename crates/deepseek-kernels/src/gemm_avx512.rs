@@ -11,7 +11,7 @@
 //! at 48-512 tokens (`examples/gemv_speed`).
 //!
 //! The activations are rounded to bf16 for it, as llama.cpp's and PyTorch's bf16 paths round
-//! them (2⁻⁹ relative per value), so it runs only when asked for ([`set_bf16_activations`]);
+//! them (2⁻⁹ relative per value), so it runs only when asked for ([`Precision::bf16_activations`]);
 //! by default bf16 weights meet f32 activations on the f32 tiles (a panel of f32 FMAs on
 //! widened weights measured no faster than the tiles, 71-101 against 100-106 GFLOP/s, so there
 //! is none; nor a `vdpbf16ps` form with the activations split in two bf16 parts, as the AMX
@@ -25,7 +25,7 @@
 
 use std::cell::RefCell;
 
-use crate::tier::{self, Tier};
+use crate::precision::Precision;
 
 /// Rows of a panel: the 16 f32 lanes of one register.
 const PANEL_ROWS: usize = 16;
@@ -44,35 +44,6 @@ pub struct Activations {
     pairs: Vec<u32>,
 }
 
-static BF16_ACTIVATIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Let bf16 weights meet activations rounded to bf16, as llama.cpp and PyTorch's bf16 inference
-/// do, where that makes prefill faster: on AVX512-BF16 CPUs without AMX the panels here then run
-/// 8 or more tokens at ~2× the f32 tiles' rate. Off by default: the results then differ from
-/// the f32 reference by the rounding (2⁻⁹ relative per activation), enough to change the bundled
-/// model's greedy continuations. Also set by `DEEPSEEK_BF16_ACTIVATIONS=1`.
-pub fn set_bf16_activations(on: bool) {
-    BF16_ACTIVATIONS.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Whether bf16 weights meet activations rounded to bf16 on this CPU: asked for
-/// ([`set_bf16_activations`]), AVX512-BF16 without AMX (which keeps f32 precision on its own
-/// tiles), exact activations not asked for. Then at every token count (the panels from 8
-/// tokens, the f32 tiles on the rounded values below), so that a sequence's results do not
-/// depend on how many tokens share its step.
-pub fn rounds_activations() -> bool {
-    static FROM_ENV: std::sync::Once = std::sync::Once::new();
-    FROM_ENV.call_once(|| {
-        if crate::tuning::get().bf16_activations.value == 1 {
-            set_bf16_activations(true);
-        }
-    });
-    BF16_ACTIVATIONS.load(std::sync::atomic::Ordering::Relaxed)
-        && tier::at_least(Tier::Avx512Bf16)
-        && !tier::at_least(Tier::Amx)
-        && !crate::quant::exact_activations()
-}
-
 /// `x` rounded to bf16 (nearest even), as f32.
 pub fn rounded(x: &[f32]) -> Vec<f32> {
     x.iter()
@@ -82,9 +53,10 @@ pub fn rounded(x: &[f32]) -> Vec<f32> {
 
 impl Activations {
     /// For `n` tokens of `x` against bf16 weights, when activations are rounded to bf16 here
-    /// ([`rounds_activations`]) and there are at least [`MIN_TOKENS`] tokens; `None` otherwise.
-    pub fn new(x: &[f32], n: usize, cols: usize) -> Option<Self> {
-        if n < MIN_TOKENS || cols == 0 || !rounds_activations() {
+    /// ([`Precision::rounds_bf16`]) and there are at least [`MIN_TOKENS`] tokens; `None`
+    /// otherwise.
+    pub fn new(x: &[f32], n: usize, cols: usize, p: Precision) -> Option<Self> {
+        if n < MIN_TOKENS || cols == 0 || !p.rounds_bf16() {
             return None;
         }
         Some(Self::prepare(x, n, cols))
@@ -312,6 +284,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tier::{self, Tier};
     use crate::Matrix;
 
     fn bf16(v: f32) -> f32 {

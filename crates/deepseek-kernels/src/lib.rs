@@ -13,6 +13,7 @@ pub mod gemm_avx512;
 pub mod matmul;
 pub mod matrix;
 pub mod ops;
+pub mod precision;
 pub mod probe;
 pub mod qgemm;
 pub mod qgemm_vnni;
@@ -24,9 +25,11 @@ pub mod tier;
 pub mod tuning;
 
 pub use matrix::{Buffer, DType, Matrix, MatrixData};
+pub use precision::Precision;
 pub use quant::QuantType;
 
-/// `out[t][r] = Σ_k w[r][k] · x[t][k]` for `n` tokens: a PyTorch `Linear` without bias.
-pub fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
-    matmul::matmul(w, x, n, out)
+/// `out[t][r] = Σ_k w[r][k] · x[t][k]` for `n` tokens: a PyTorch `Linear` without bias, with
+/// activations at precision `p`.
+pub fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32], p: Precision) {
+    matmul::matmul(w, x, n, out, p)
 }

@@ -4,12 +4,13 @@
 //! thread pool.
 
 use crate::matrix::{Matrix, MatrixData};
+use crate::precision::Precision;
 use crate::quant::{self, QuantizedActivations};
 use crate::repack;
 use crate::repack::Iq4;
 use crate::{amx, gemm, gemm_avx512, qgemm, qgemm_vnni, simd};
 
-pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
+pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32], p: Precision) {
     let (rows, cols) = (w.rows, w.cols);
     assert_eq!(
         x.len(),
@@ -30,7 +31,7 @@ pub(crate) fn matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     let row_bytes = w.dtype().row_bytes(cols);
     let min_rows = (65536 / row_bytes.max(1)).clamp(1, rows);
     let threads = crate::threads::current();
-    let act = Act::new(w, x, n);
+    let act = Act::new(w, x, n, p);
     // AMX panels are 16 rows and run in pairs: chunks of whole pairs waste no tile products;
     // the VNNI GEMM's panels are 16 rows.
     let align = if act.bf16.is_some() {
@@ -104,12 +105,12 @@ struct Act<'a> {
 
 impl<'a> Act<'a> {
     /// Prepares the forms `w`'s kernels read, once for all row chunks.
-    fn new(w: &Matrix, x: &'a [f32], n: usize) -> Self {
+    fn new(w: &Matrix, x: &'a [f32], n: usize, p: Precision) -> Self {
         let bf16 = match w.data {
             MatrixData::Grouped { layout, .. }
                 if !layout.avx2_decode_only()
                     && n >= amx_grouped_min_tokens()
-                    && !quant::exact_activations()
+                    && !p.exact_activations
                     && amx::grouped::available() =>
             {
                 Some(amx::grouped::Bf16Activations::new(x, n, w.cols))
@@ -123,17 +124,17 @@ impl<'a> Act<'a> {
             MatrixData::Grouped { layout, .. }
                 if layout.avx2_decode_only()
                     && n >= decode_layout_gemm_min_tokens(layout)
-                    && !quant::exact_activations() =>
+                    && !p.exact_activations =>
             {
                 gemm::TokensMajor::new(x, n, w.cols)
             }
-            MatrixData::Quant { .. } if !quant::exact_activations() => {
+            MatrixData::Quant { .. } if !p.exact_activations => {
                 gemm::TokensMajor::new(x, n, w.cols)
             }
             _ => None,
         };
         let q = match w.data {
-            _ if quant::exact_activations() || bf16.is_some() || quant_tokens.is_some() => None,
+            _ if p.exact_activations || bf16.is_some() || quant_tokens.is_some() => None,
             // The Q4_Kx8 and Q5_Kx8 kernels sum each super-block in integers: one scale per
             // 256 values.
             MatrixData::Grouped {
@@ -168,7 +169,9 @@ impl<'a> Act<'a> {
             _ => None,
         };
         let avx512 = match w.data {
-            MatrixData::BF16(_) if split.is_none() => gemm_avx512::Activations::new(x, n, w.cols),
+            MatrixData::BF16(_) if split.is_none() => {
+                gemm_avx512::Activations::new(x, n, w.cols, p)
+            }
             _ => None,
         };
         let vnni = match (&w.data, &q) {
@@ -182,7 +185,7 @@ impl<'a> Act<'a> {
         };
         Act {
             x: match w.data {
-                MatrixData::BF16(_) if gemm_avx512::rounds_activations() => {
+                MatrixData::BF16(_) if p.rounds_bf16() => {
                     std::borrow::Cow::Owned(gemm_avx512::rounded(x))
                 }
                 _ => std::borrow::Cow::Borrowed(x),
@@ -550,10 +553,10 @@ pub fn matmul_transposed(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
 }
 
 /// Single-threaded [`matmul`], for callers that parallelise across many small matrices.
-pub fn matmul_serial(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
+pub fn matmul_serial(w: &Matrix, x: &[f32], n: usize, out: &mut [f32], p: Precision) {
     assert_eq!(x.len(), n * w.cols);
     assert_eq!(out.len(), n * w.rows);
-    let act = Act::new(w, x, n);
+    let act = Act::new(w, x, n, p);
     rows_kernel(w, 0, w.rows, &act, n, out, w.rows);
 }
 
@@ -583,13 +586,13 @@ mod tests {
         (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
     }
 
-    fn check(w: &Matrix, n: usize) {
+    fn check(w: &Matrix, n: usize, p: Precision) {
         let x = rand_vec(n * w.cols, 7);
         let mut out = vec![0.0; n * w.rows];
-        matmul(w, &x, n, &mut out);
-        // bf16 weights on the AVX512-BF16 panels meet the activations rounded to bf16.
-        let rounded = matches!(w.data, MatrixData::BF16(_))
-            && gemm_avx512::Activations::new(&x, n, w.cols).is_some();
+        matmul(w, &x, n, &mut out, p);
+        // bf16 weights meet the activations rounded to bf16 where asked for and this CPU's
+        // panels take them so (AVX512-BF16 without AMX).
+        let rounded = matches!(w.data, MatrixData::BF16(_)) && p.rounds_bf16();
         let xr: Vec<f32> = if rounded {
             x.iter()
                 .map(|&v| half::bf16::from_f32(v).to_f32())
@@ -634,7 +637,12 @@ mod tests {
             ];
             for m in &mats {
                 for n in [1, 2, 3, 4, 5, 9, 70] {
-                    check(m, n);
+                    check(m, n, Precision::default());
+                    let bf16 = Precision {
+                        bf16_activations: true,
+                        ..Precision::default()
+                    };
+                    check(m, n, bf16);
                 }
             }
         }
@@ -708,9 +716,22 @@ mod tests {
                     let scale = x.iter().map(|v| v.abs()).sum::<f32>() / n as f32;
                     for w in [&m, &packed] {
                         let mut out = vec![0.0; n * rows];
-                        matmul(w, &x, n, &mut out);
+                        matmul(w, &x, n, &mut out, Precision::default());
                         let mut serial = vec![0.0; n * rows];
-                        matmul_serial(w, &x, n, &mut serial);
+                        matmul_serial(w, &x, n, &mut serial, Precision::default());
+                        // f32 activations: the reference to summation order.
+                        let exact = Precision {
+                            exact_activations: true,
+                            ..Precision::default()
+                        };
+                        let mut precise = vec![0.0; n * rows];
+                        matmul(w, &x, n, &mut precise, exact);
+                        for (a, b) in precise.iter().zip(&want) {
+                            assert!(
+                                (a - b).abs() < 1e-4 * (1.0 + scale),
+                                "{ty:?} exact activations: {a} vs {b}"
+                            );
+                        }
                         for (i, (a, b)) in out.iter().zip(&want).enumerate() {
                             // 8-bit activations: error ≲ 1% of Σ|x|·max|w|.
                             assert!(
@@ -755,7 +776,7 @@ mod tests {
                     }
                     let x = rand_vec(n * cols, 2);
                     let mut out = vec![0.0; n * rows];
-                    matmul_serial(&m, &x, n, &mut out);
+                    matmul_serial(&m, &x, n, &mut out, Precision::default());
                     let want = matmul_reference(&m, &x, n);
                     for (a, b) in out.iter().zip(&want) {
                         assert!((a - b).abs() < 1e-4, "{a} vs {b}");

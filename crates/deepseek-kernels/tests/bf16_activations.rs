@@ -1,9 +1,8 @@
-//! bf16 weights meeting activations rounded to bf16 (`set_bf16_activations`), in a process of
-//! its own since the setting is process-wide: every token count gives the f32 sums of the
-//! rounded operands, so a token's result does not depend on how many share its step.
+//! bf16 weights meeting activations rounded to bf16 (`Precision::bf16_activations`): every
+//! token count gives the f32 sums of the rounded operands, so a token's result does not depend
+//! on how many share its step.
 
-use deepseek_kernels::gemm_avx512::{rounds_activations, set_bf16_activations};
-use deepseek_kernels::{matmul, Matrix, MatrixData};
+use deepseek_kernels::{matmul, Matrix, MatrixData, Precision};
 
 fn bf16(v: f32) -> f32 {
     half::bf16::from_f32(v).to_f32()
@@ -11,8 +10,11 @@ fn bf16(v: f32) -> f32 {
 
 #[test]
 fn every_token_count_gives_the_rounded_operands_sums() {
-    set_bf16_activations(true);
-    if !rounds_activations() {
+    let p = Precision {
+        bf16_activations: true,
+        ..Precision::default()
+    };
+    if !p.rounds_bf16() {
         eprintln!("bf16 activations take effect on AVX512-BF16 CPUs without AMX only: skipped");
         return;
     }
@@ -30,11 +32,11 @@ fn every_token_count_gives_the_rounded_operands_sums() {
             .map(|i| (i * 13 % 29) as f32 / 14.3 - 1.0 + i as f32 * 1e-5)
             .collect();
         let mut all = vec![0.0f32; n * rows];
-        matmul(&m, &x, n, &mut all);
+        matmul(&m, &x, n, &mut all, p);
         for t in 0..n {
             // The same token alone (one-token GEMV), and in steps of 3 and 9 tokens.
             let mut one = vec![0.0f32; rows];
-            matmul(&m, &x[t * cols..(t + 1) * cols], 1, &mut one);
+            matmul(&m, &x[t * cols..(t + 1) * cols], 1, &mut one, p);
             for r in 0..rows {
                 let want: f64 = (0..cols)
                     .map(|c| {
@@ -57,7 +59,7 @@ fn every_token_count_gives_the_rounded_operands_sums() {
             for t0 in (0..n).step_by(step) {
                 let k = step.min(n - t0);
                 let mut part = vec![0.0f32; k * rows];
-                matmul(&m, &x[t0 * cols..(t0 + k) * cols], k, &mut part);
+                matmul(&m, &x[t0 * cols..(t0 + k) * cols], k, &mut part, p);
                 for (i, (a, b)) in part.iter().zip(&all[t0 * rows..]).enumerate() {
                     assert!(
                         (a - b).abs() < 1e-5 * (1.0 + b.abs()),

@@ -3,7 +3,7 @@
 use deepseek_cache::{BlockPool, SequenceCache};
 use deepseek_kernels::attention::{attend_group, RowBlocks, RowLayout};
 use deepseek_kernels::ops::{rope, RopeStyle};
-use deepseek_kernels::{matmul, Matrix};
+use deepseek_kernels::{matmul, Matrix, Precision};
 use deepseek_loader::{LoadError, ModelConfig, WeightStore};
 
 use crate::batch::BatchLayout;
@@ -51,6 +51,7 @@ impl LlamaAttention {
         rope_table: &Rope,
         pool: &mut BlockPool,
         caches: &[&mut SequenceCache],
+        p: Precision,
         out: &mut [f32],
     ) {
         let (h, kvh, hd, n) = (self.heads, self.kv_heads, self.head_dim, batch.tokens());
@@ -58,9 +59,9 @@ impl LlamaAttention {
         let mut q = vec![0.0; n * h * hd];
         let mut k = vec![0.0; n * kvw];
         let mut v = vec![0.0; n * kvw];
-        matmul(&self.q_proj, x, n, &mut q);
-        matmul(&self.k_proj, x, n, &mut k);
-        matmul(&self.v_proj, x, n, &mut v);
+        matmul(&self.q_proj, x, n, &mut q, p);
+        matmul(&self.k_proj, x, n, &mut k, p);
+        matmul(&self.v_proj, x, n, &mut v, p);
         let (mut cos, mut sin) = (vec![0.0; hd / 2], vec![0.0; hd / 2]);
         for t in 0..n {
             let pos = batch.position(t);
@@ -93,6 +94,6 @@ impl LlamaAttention {
             let qs = &q[(t * h + j * group) * hd..(t * h + (j + 1) * group) * hd];
             attend_group(qs, rows, layout, batch.position(t) + 1, scale, o);
         });
-        matmul(&self.o_proj, &attn, n, out);
+        matmul(&self.o_proj, &attn, n, out, p);
     }
 }

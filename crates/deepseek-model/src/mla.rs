@@ -18,7 +18,7 @@ use deepseek_kernels::attention::{
 
 use deepseek_kernels::matmul::{matmul_serial, matmul_transposed};
 use deepseek_kernels::ops::{rms_norm_inplace, rope, RopeStyle};
-use deepseek_kernels::{matmul, Matrix};
+use deepseek_kernels::{matmul, Matrix, Precision};
 use deepseek_loader::{LoadError, MlaConfig, ModelConfig, WeightStore};
 
 use crate::batch::BatchLayout;
@@ -183,6 +183,7 @@ impl MlaAttention {
         pool: &mut BlockPool,
         caches: &[&mut SequenceCache],
         path: AttentionPath,
+        p: Precision,
         out: &mut [f32],
     ) {
         let d = &self.dims;
@@ -198,22 +199,22 @@ impl MlaAttention {
         // Queries [n, h, nope | rope].
         let mut q = vec![0.0; n * h * qk];
         match &self.q {
-            QueryProjection::Direct { q_proj } => matmul(q_proj, x, n, &mut q),
+            QueryProjection::Direct { q_proj } => matmul(q_proj, x, n, &mut q, p),
             QueryProjection::LowRank {
                 q_a_proj,
                 q_a_layernorm,
                 q_b_proj,
             } => {
                 let mut qa = vec![0.0; n * q_a_proj.rows];
-                matmul(q_a_proj, x, n, &mut qa);
+                matmul(q_a_proj, x, n, &mut qa, p);
                 rms_norm_inplace(&mut qa, q_a_layernorm, LATENT_NORM_EPS);
-                matmul(q_b_proj, &qa, n, &mut q);
+                matmul(q_b_proj, &qa, n, &mut q, p);
             }
         }
         // Latent + shared RoPE key [n, lora | rope].
         let width = lora + rdim;
         let mut kv_a = vec![0.0; n * width];
-        matmul(&self.kv_a_proj_with_mqa, x, n, &mut kv_a);
+        matmul(&self.kv_a_proj_with_mqa, x, n, &mut kv_a, p);
 
         let (mut cos, mut sin) = (vec![0.0; rdim / 2], vec![0.0; rdim / 2]);
         for t in 0..n {
@@ -232,15 +233,16 @@ impl MlaAttention {
         let mut attn = vec![0.0; n * h * vdim];
         match path {
             AttentionPath::Absorbed => {
-                self.attend_absorbed(&q, batch, layer, pool, caches, &mut attn)
+                self.attend_absorbed(&q, batch, layer, pool, caches, p, &mut attn)
             }
             AttentionPath::Decompressed => {
-                self.attend_decompressed(&q, batch, layer, pool, caches, &mut attn)
+                self.attend_decompressed(&q, batch, layer, pool, caches, p, &mut attn)
             }
         }
-        matmul(&self.o_proj, &attn, n, out);
+        matmul(&self.o_proj, &attn, n, out, p);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attend_absorbed(
         &self,
         q: &[f32],
@@ -248,6 +250,7 @@ impl MlaAttention {
         layer: usize,
         pool: &BlockPool,
         caches: &[&mut SequenceCache],
+        p: Precision,
         attn: &mut [f32],
     ) {
         let d = &self.dims;
@@ -264,7 +267,7 @@ impl MlaAttention {
         // pass over its W_UK for all tokens.
         let per_head = per_head_par(q, n, h, qk, nope, lora, |hh, q_nope, aq| {
             match &self.w_uk_t {
-                Some(k) => matmul_serial(&k[hh], q_nope, n, aq),
+                Some(k) => matmul_serial(&k[hh], q_nope, n, aq, p),
                 None => matmul_transposed(&self.w_uk[hh], q_nope, n, aq),
             }
         });
@@ -315,7 +318,7 @@ impl MlaAttention {
 
         // Back from latent space: out[t, h] = W_UV[h] · latent_out[t, h], heads in parallel.
         let per_head = per_head_par(&latent_out, n, h, lora, lora, vdim, |hh, lat, v| {
-            matmul_serial(&self.w_uv[hh], lat, n, v)
+            matmul_serial(&self.w_uv[hh], lat, n, v, p)
         });
         for (hh, v) in per_head.iter().enumerate() {
             for t in 0..n {
@@ -325,6 +328,7 @@ impl MlaAttention {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attend_decompressed(
         &self,
         q: &[f32],
@@ -332,6 +336,7 @@ impl MlaAttention {
         layer: usize,
         pool: &BlockPool,
         caches: &[&mut SequenceCache],
+        p: Precision,
         attn: &mut [f32],
     ) {
         let d = &self.dims;
@@ -361,7 +366,7 @@ impl MlaAttention {
                 k_pes[c * rdim..(c + 1) * rdim].copy_from_slice(&row[lora..]);
             }
             let mut kv = vec![0.0; ctx * h * (nope + vdim)];
-            matmul(&self.kv_b_proj, &latents, ctx, &mut kv);
+            matmul(&self.kv_b_proj, &latents, ctx, &mut kv, p);
             let mut full = vec![0.0; ctx * h * head_w];
             for c in 0..ctx {
                 let k_pe = &k_pes[c * rdim..(c + 1) * rdim];

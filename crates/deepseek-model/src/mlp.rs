@@ -3,7 +3,7 @@
 
 use deepseek_kernels::matmul::matmul_serial;
 use deepseek_kernels::ops::silu_mul;
-use deepseek_kernels::{matmul, Matrix};
+use deepseek_kernels::{matmul, Matrix, Precision};
 use deepseek_loader::{LoadError, WeightStore};
 
 /// Tokens per slice of [`Mlp::forward`] (see there).
@@ -39,21 +39,22 @@ impl Mlp {
     }
 
     /// `x`: `[n, hidden]` → `out`: `[n, hidden]`.
-    pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32]) {
-        self.forward_with(matmul, x, n, out)
+    pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32], p: Precision) {
+        self.forward_with(matmul, x, n, out, p)
     }
 
     /// [`Mlp::forward`] on the calling thread only, for callers that run several MLPs at once.
-    pub fn forward_serial(&self, x: &[f32], n: usize, out: &mut [f32]) {
-        self.forward_with(matmul_serial, x, n, out)
+    pub fn forward_serial(&self, x: &[f32], n: usize, out: &mut [f32], p: Precision) {
+        self.forward_with(matmul_serial, x, n, out, p)
     }
 
     fn forward_with(
         &self,
-        mm: fn(&Matrix, &[f32], usize, &mut [f32]),
+        mm: fn(&Matrix, &[f32], usize, &mut [f32], Precision),
         x: &[f32],
         n: usize,
         out: &mut [f32],
+        p: Precision,
     ) {
         let (hidden, inter) = (self.gate_proj.cols, self.gate_proj.rows);
         // A long prompt goes through in slices of tokens: the two intermediate buffers of a
@@ -68,14 +69,15 @@ impl Mlp {
             let m = chunk.min(n - t0);
             let (g, u) = (&mut g[..m * inter], &mut u[..m * inter]);
             let xs = &x[t0 * hidden..(t0 + m) * hidden];
-            mm(&self.gate_proj, xs, m, g);
-            mm(&self.up_proj, xs, m, u);
+            mm(&self.gate_proj, xs, m, g, p);
+            mm(&self.up_proj, xs, m, u, p);
             silu_mul(g, u);
             mm(
                 &self.down_proj,
                 g,
                 m,
                 &mut out[t0 * hidden..(t0 + m) * hidden],
+                p,
             );
         }
     }
@@ -134,7 +136,7 @@ mod tests {
                 .map(|i| ((i * 31 % 97) as f32 / 97.0 - 0.5) * 2.0)
                 .collect();
             let mut out = vec![f32::NAN; n * hid];
-            m.forward(&x, n, &mut out);
+            m.forward(&x, n, &mut out, Precision::default());
             let want = reference(&m, &x, n);
             for (i, (a, b)) in out.iter().zip(&want).enumerate() {
                 assert!((a - b).abs() < 1e-5, "n {n}, value {i}: {a} vs {b}");

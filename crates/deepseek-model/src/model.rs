@@ -4,7 +4,7 @@ use std::path::Path;
 
 use deepseek_cache::{BlockPool, CacheDtype, CacheError, CacheShape, SequenceCache};
 use deepseek_kernels::ops::{add_inplace, rms_norm};
-use deepseek_kernels::{matmul, Matrix};
+use deepseek_kernels::{matmul, Matrix, Precision};
 use deepseek_loader::{AttentionKind, LoadError, ModelConfig, WeightStore};
 
 use crate::batch::BatchLayout;
@@ -54,6 +54,8 @@ pub struct Model {
     pub norm: Vec<f32>,
     pub lm_head: Matrix,
     rope: Rope,
+    /// How activations meet the weights in every matmul ([`Model::with_precision`]).
+    precision: Precision,
     /// The weights' identity ([`WeightStore::fingerprint`]).
     pub weights_fingerprint: [u8; 32],
 }
@@ -164,8 +166,20 @@ impl Model {
             norm: w.vector("model.norm.weight", hid)?,
             lm_head,
             config,
+            precision: Precision::default(),
             weights_fingerprint: w.fingerprint(),
         })
+    }
+
+    /// The same model with its matmuls' activations at precision `p` (bf16-rounded for bf16
+    /// weights, or f32 for quantized ones; the default is f32 and 8-bit respectively).
+    pub fn with_precision(mut self, p: Precision) -> Self {
+        self.precision = p;
+        self
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// What a cache block's rows depend on: the weights, the configuration (RoPE scaling
@@ -292,6 +306,7 @@ impl Model {
     ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let hid = c.hidden_size;
+        let p = self.precision;
         for s in seqs.iter() {
             if let Some(&id) = s.tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
                 return Err(ModelError::TokenOutOfRange {
@@ -343,24 +358,26 @@ impl Model {
             rms_norm(&x, &layer.input_layernorm, c.rms_norm_eps, &mut h);
             match &layer.self_attn {
                 Attention::Mla(a) => {
-                    a.forward(&h, &batch, li, &self.rope, pool, &caches, path, &mut o)
+                    a.forward(&h, &batch, li, &self.rope, pool, &caches, path, p, &mut o)
                 }
-                Attention::Llama(a) => a.forward(&h, &batch, li, &self.rope, pool, &caches, &mut o),
+                Attention::Llama(a) => {
+                    a.forward(&h, &batch, li, &self.rope, pool, &caches, p, &mut o)
+                }
             }
             add_inplace(&mut x, &o);
             rms_norm(&x, &layer.post_attention_layernorm, c.rms_norm_eps, &mut h);
             match &layer.mlp {
                 FeedForward::Dense(m) => {
-                    m.forward(&h, n, &mut o);
+                    m.forward(&h, n, &mut o, p);
                     if let Some(tr) = trace.as_deref_mut() {
                         tr.routing.push(vec![]);
                         tr.router_logits.push(vec![]);
                     }
                 }
                 FeedForward::Moe(m) => {
-                    let routing = m.forward(&h, n, &mut o);
+                    let routing = m.forward(&h, n, &mut o, p);
                     if let Some(tr) = trace.as_deref_mut() {
-                        tr.router_logits.push(m.router.logits(&h, n));
+                        tr.router_logits.push(m.router.logits(&h, n, p));
                         tr.routing.push(routing);
                     }
                 }
@@ -392,7 +409,7 @@ impl Model {
             tr.final_norm = normed.clone();
         }
         let mut logits = vec![0.0; rows.len() * c.vocab_size];
-        matmul(&self.lm_head, &normed, rows.len(), &mut logits);
+        matmul(&self.lm_head, &normed, rows.len(), &mut logits, p);
         Ok(logits)
     }
 }

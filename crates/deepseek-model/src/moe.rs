@@ -5,6 +5,7 @@
 //! Experts nobody chose are never touched.
 
 use deepseek_kernels::simd::axpy;
+use deepseek_kernels::Precision;
 use deepseek_loader::{Family, LoadError, ModelConfig, MoeConfig, WeightStore};
 
 use crate::mlp::Mlp;
@@ -62,9 +63,9 @@ impl Moe {
     }
 
     /// `x`: normalised `[n, hidden]` → `out` `[n, hidden]`. Returns the routing decisions.
-    pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32]) -> Vec<Routing> {
+    pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32], p: Precision) -> Vec<Routing> {
         let hid = x.len() / n.max(1);
-        let routing = self.router.route_tokens(x, n);
+        let routing = self.router.route_tokens(x, n, p);
         // Group (token, weight) by expert.
         let mut by_expert: Vec<Vec<(usize, f32)>> = vec![vec![]; self.experts.len()];
         for (t, r) in routing.iter().enumerate() {
@@ -124,14 +125,14 @@ impl Moe {
                 let (e, mlp, m) = jobs[i];
                 let mut ys = vec![0.0; m * hid];
                 match e {
-                    Some(e) => mlp.forward_serial(&gather(&by_expert[e]), m, &mut ys),
-                    None => mlp.forward_serial(x, m, &mut ys),
+                    Some(e) => mlp.forward_serial(&gather(&by_expert[e]), m, &mut ys, p),
+                    None => mlp.forward_serial(x, m, &mut ys, p),
                 }
                 (e, ys)
             });
         if let (Some(shared), None) = (&self.shared_experts, shared_job) {
             let mut ys = vec![0.0; n * hid];
-            shared.forward(x, n, &mut ys);
+            shared.forward(x, n, &mut ys, p);
             results.push((None, ys));
         }
         // Summed in expert order, shared last, whatever order they ran in.

@@ -12,7 +12,7 @@
 //! The router matmul is done in f32 whatever the checkpoint's dtype, as the reference does.
 
 use deepseek_kernels::ops::{sigmoid, softmax};
-use deepseek_kernels::{matmul, Matrix};
+use deepseek_kernels::{matmul, Matrix, Precision};
 use deepseek_loader::{Family, LoadError, MoeConfig, ScoringFunc, TopkMethod, WeightStore};
 
 pub struct Router {
@@ -69,16 +69,16 @@ impl Router {
     }
 
     /// Raw router logits `[n, n_routed_experts]`.
-    pub fn logits(&self, x: &[f32], n: usize) -> Vec<f32> {
+    pub fn logits(&self, x: &[f32], n: usize, p: Precision) -> Vec<f32> {
         let mut logits = vec![0.0; n * self.cfg.n_routed_experts];
-        matmul(&self.weight, x, n, &mut logits);
+        matmul(&self.weight, x, n, &mut logits, p);
         logits
     }
 
     /// Routes every token of `x` (`[n, hidden]`, normalised).
-    pub fn route_tokens(&self, x: &[f32], n: usize) -> Vec<Routing> {
+    pub fn route_tokens(&self, x: &[f32], n: usize, p: Precision) -> Vec<Routing> {
         let e = self.cfg.n_routed_experts;
-        self.logits(x, n)
+        self.logits(x, n, p)
             .chunks_exact(e)
             .map(|l| self.route_one(l))
             .collect()

@@ -6,7 +6,7 @@ use deepseek_engine::generate::prefill;
 use deepseek_model::{LogitsFor, PrefillPath, SeqStep};
 use serde_json::json;
 
-use crate::common::{load_model, CacheType, ModelArg};
+use crate::common::{load_model, ModelArg, Settings};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -56,7 +56,7 @@ fn median_spread(v: &mut [f64]) -> (f64, f64, f64) {
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-pub fn run(a: Args, cache: CacheType) -> Result<()> {
+pub fn run(a: Args, s: Settings) -> Result<()> {
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
@@ -72,7 +72,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
         let (_, store) = deepseek_loader::open_checkpoint(&dir)?;
         (store.main_dtype(), store.total_bytes())
     };
-    let model = load_model(&dir)?;
+    let model = load_model(&dir, s)?;
     let c = &model.config;
     if a.prompt > c.max_position_embeddings {
         bail!(
@@ -100,7 +100,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
 
     // Warm-up: page the weights in (a decode step touches every dense weight, experts vary).
     {
-        let mut pool = model.new_cache_pool(64, cache.dtype());
+        let mut pool = model.new_cache_pool(64, s.cache.dtype());
         let mut cache = SequenceCache::default();
         let toks: Vec<u32> = (0..16).map(|_| rand_token()).collect();
         model.forward(
@@ -119,7 +119,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
     if a.prompt > 0 {
         for _ in 0..a.repetitions {
             let toks: Vec<u32> = (0..a.prompt).map(|_| rand_token()).collect();
-            let mut pool = model.new_cache_pool(a.prompt, cache.dtype());
+            let mut pool = model.new_cache_pool(a.prompt, s.cache.dtype());
             let mut cache = SequenceCache::default();
             let t = Instant::now();
             prefill(&model, &mut pool, &mut cache, &toks)?;
@@ -127,12 +127,12 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
         }
     }
 
-    let shape = model.cache_shape(cache.dtype());
+    let shape = model.cache_shape(s.cache.dtype());
     let bytes_per_token = model.active_weight_bytes() + a.depth * shape.bytes_per_token();
     let mut decode = vec![];
     if a.gen > 0 {
         for _ in 0..a.repetitions {
-            let mut pool = model.new_cache_pool(a.depth + a.gen + 1, cache.dtype());
+            let mut pool = model.new_cache_pool(a.depth + a.gen + 1, s.cache.dtype());
             let mut cache = SequenceCache::default();
             if a.depth > 0 {
                 if a.depth_fill == "prefill" {
@@ -186,7 +186,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
     let rss = peak_rss_bytes().filter(|_| peak_is_ours);
     let cache_bytes = (a.prompt.max(a.depth + a.gen + 1)) * shape.bytes_per_token();
     let v = json!({
-        "model": dir.display().to_string(), "dtype": dtype, "threads": threads, "isa": deepseek_kernels::tier::active().name(), "host_isa": deepseek_kernels::tier::host().name(), "amx": deepseek_kernels::amx::available(), "bf16_activations": deepseek_kernels::gemm_avx512::rounds_activations(), "tuning_overrides": deepseek_kernels::tuning::get().overrides(),
+        "model": dir.display().to_string(), "dtype": dtype, "threads": threads, "isa": deepseek_kernels::tier::active().name(), "host_isa": deepseek_kernels::tier::host().name(), "amx": deepseek_kernels::amx::available(), "bf16_activations": s.precision.rounds_bf16(), "exact_activations": s.precision.exact_activations, "tuning_overrides": deepseek_kernels::tuning::get().overrides(),
         "prompt_tokens": a.prompt, "gen_tokens": a.gen, "depth": a.depth, "repetitions": a.repetitions,
         "prefill_tok_s": pp, "prefill_tok_s_min": pp_min, "prefill_tok_s_max": pp_max,
         "decode_tok_s": tg, "decode_tok_s_min": tg_min, "decode_tok_s_max": tg_max,
@@ -206,7 +206,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
             dir.display(),
             dtype,
             threads,
-            crate::common::tier_line()
+            crate::common::tier_line(s)
         );
         println!("bandwidth    {:.1} GB/s read (probe)", bw / 1e9);
         if a.prompt > 0 {

@@ -5,7 +5,7 @@ use deepseek_engine::Generator;
 use serde_json::json;
 
 use crate::commands::generate::SamplingArgs;
-use crate::common::{chat_template, load_model, maybe_tokenizer, CacheType, ModelArg};
+use crate::common::{chat_template, load_model, maybe_tokenizer, ModelArg, Settings};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -22,14 +22,15 @@ pub struct Args {
     sampling: SamplingArgs,
 }
 
-pub fn run(a: Args, cache: CacheType) -> Result<()> {
+pub fn run(a: Args, s: Settings) -> Result<()> {
     let opts = a.sampling.options()?;
     let dir = a.model.dir()?;
     let Some(tok) = maybe_tokenizer(&dir)? else {
         bail!("{} has no tokenizer.json: chat needs one", dir.display())
     };
     let template = chat_template(&tok, &dir)?;
-    let gen = Generator::new(load_model(&dir)?, Some(tok.clone())).with_cache_dtype(cache.dtype());
+    let gen =
+        Generator::new(load_model(&dir, s)?, Some(tok.clone())).with_cache_dtype(s.cache.dtype());
     let mut messages = vec![];
     if let Some(s) = &a.system {
         messages.push(json!({"role": "system", "content": s}));

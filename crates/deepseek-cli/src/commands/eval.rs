@@ -9,7 +9,7 @@ use deepseek_engine::Generator;
 use deepseek_eval::{Benchmark, EngineModel, Options, Partial};
 use serde_json::json;
 
-use crate::common::{load_model, load_tokenizer, CacheType, ModelArg};
+use crate::common::{load_model, load_tokenizer, ModelArg, Settings};
 
 #[derive(clap::ValueEnum, Clone, Copy)]
 enum Bench {
@@ -63,7 +63,7 @@ pub struct Args {
     cache_tokens: usize,
 }
 
-pub fn run(a: Args, cache: CacheType) -> Result<()> {
+pub fn run(a: Args, s: Settings) -> Result<()> {
     let bench = match a.bench {
         Bench::Mmlu => Benchmark::Mmlu,
         Bench::Gsm8k => Benchmark::Gsm8k,
@@ -109,7 +109,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
         );
     }
 
-    let model = load_model(&dir)?;
+    let model = load_model(&dir, s)?;
     let tok =
         Arc::new(load_tokenizer(&dir).with_context(|| {
             format!("{}: evaluation needs the model's tokenizer", dir.display())
@@ -125,7 +125,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
             cache_tokens: a.cache_tokens,
             prefill_chunk: 512,
             cache_dir: None,
-            cache_dtype: cache.dtype(),
+            cache_dtype: s.cache.dtype(),
         },
     );
     let mut engine = EngineModel {

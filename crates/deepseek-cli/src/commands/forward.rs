@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use deepseek_model::{LogitsFor, PrefillPath, SeqStep};
 
-use crate::common::{load_model, parse_token_ids, CacheType, ModelArg};
+use crate::common::{load_model, parse_token_ids, ModelArg, Settings};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Mode {
@@ -32,10 +32,10 @@ pub struct Args {
     mode: Mode,
 }
 
-pub fn run(a: Args, cache: CacheType) -> Result<()> {
-    let model = load_model(&a.model.dir()?)?;
+pub fn run(a: Args, s: Settings) -> Result<()> {
+    let model = load_model(&a.model.dir()?, s)?;
     let ids = parse_token_ids(&a.token_ids, model.config.vocab_size)?;
-    let mut pool = model.new_cache_pool(ids.len(), cache.dtype());
+    let mut pool = model.new_cache_pool(ids.len(), s.cache.dtype());
     let mut cache = Default::default();
     let logits = match a.mode {
         Mode::Prefill => model.forward(

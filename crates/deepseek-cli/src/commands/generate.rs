@@ -3,7 +3,7 @@ use std::io::Write;
 use anyhow::{bail, Context, Result};
 use deepseek_engine::{GenerateOptions, Generator, SamplingParams};
 
-use crate::common::{load_model, maybe_tokenizer, parse_token_ids, CacheType, ModelArg};
+use crate::common::{load_model, maybe_tokenizer, parse_token_ids, ModelArg, Settings};
 
 /// Sampling options shared by `generate` and `chat`.
 #[derive(clap::Args, Clone)]
@@ -100,11 +100,11 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args, cache: CacheType) -> Result<()> {
+pub fn run(a: Args, s: Settings) -> Result<()> {
     let opts = a.sampling.options()?;
     let dir = a.model.dir()?;
     let tokenizer = maybe_tokenizer(&dir)?;
-    let model = load_model(&dir)?;
+    let model = load_model(&dir, s)?;
     let prompt = match (&a.prompt, &a.token_ids) {
         (_, Some(ids)) => parse_token_ids(ids, model.config.vocab_size)?,
         (Some(text), None) => match (&tokenizer, &a.suffix) {
@@ -122,7 +122,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
         },
         (None, None) => unreachable!("clap requires one"),
     };
-    let gen = Generator::new(model, tokenizer).with_cache_dtype(cache.dtype());
+    let gen = Generator::new(model, tokenizer).with_cache_dtype(s.cache.dtype());
     let stream = !a.json;
     let mut stdout = std::io::stdout();
     if stream {

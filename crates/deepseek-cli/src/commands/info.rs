@@ -1,7 +1,7 @@
 use anyhow::Result;
 use serde_json::json;
 
-use crate::common::{load_model, CacheType, ModelArg};
+use crate::common::{load_model, ModelArg, Settings};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -16,13 +16,13 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(a: Args, cache: CacheType) -> Result<()> {
+pub fn run(a: Args, s: Settings) -> Result<()> {
     let dir = a.model.dir()?;
-    let model = load_model(&dir)?;
+    let model = load_model(&dir, s)?;
     let c = &model.config;
     let (total, active) = model.parameter_counts();
     let (_, store) = deepseek_loader::open_checkpoint(&dir)?;
-    let shape = model.cache_shape(cache.dtype());
+    let shape = model.cache_shape(s.cache.dtype());
     let attention = match c.mla() {
         Some(m) => format!(
             "MLA (kv_lora_rank {}, rope {}, q_lora_rank {})",
@@ -104,7 +104,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
             shape.layers
         );
         println!("context          {} tokens", c.max_position_embeddings);
-        println!("kernels          {}", crate::common::tier_line());
+        println!("kernels          {}", crate::common::tier_line(s));
     }
     Ok(())
 }

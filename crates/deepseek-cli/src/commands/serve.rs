@@ -8,7 +8,7 @@ use deepseek_engine::scheduler::{self, CacheDir, SchedulerConfig};
 use deepseek_engine::Generator;
 use deepseek_server::AppState;
 
-use crate::common::{load_model, load_tokenizer, CacheType, ModelArg};
+use crate::common::{load_model, load_tokenizer, ModelArg, Settings};
 
 #[derive(clap::Args)]
 #[command(
@@ -87,7 +87,7 @@ pub struct Args {
     no_chat_page: bool,
 }
 
-pub fn run(a: Args, cache: CacheType) -> Result<()> {
+pub fn run(a: Args, s: Settings) -> Result<()> {
     if a.max_batch == 0 || a.prefill_chunk == 0 || a.cache_tokens == 0 || a.max_body_mb == 0 {
         bail!("--max-batch, --prefill-chunk, --cache-tokens and --max-body-mb must be at least 1");
     }
@@ -108,7 +108,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let dir = a.model.dir()?;
-    let model = load_model(&dir)?;
+    let model = load_model(&dir, s)?;
     let tok =
         Arc::new(load_tokenizer(&dir).with_context(|| {
             format!("{}: the server needs the model's tokenizer", dir.display())
@@ -126,7 +126,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
         .unwrap_or_else(|| a.model.name());
     let cache_bytes = a
         .cache_tokens
-        .saturating_mul(model.cache_shape(cache.dtype()).bytes_per_token());
+        .saturating_mul(model.cache_shape(s.cache.dtype()).bytes_per_token());
     if let Some(total) = physical_memory() {
         if cache_bytes > total {
             bail!(
@@ -158,7 +158,7 @@ pub fn run(a: Args, cache: CacheType) -> Result<()> {
                 path,
                 max_bytes: (a.cache_dir_max_gb * (1u64 << 30) as f64) as u64,
             }),
-            cache_dtype: cache.dtype(),
+            cache_dtype: s.cache.dtype(),
         },
     );
     let mut state = AppState::new(

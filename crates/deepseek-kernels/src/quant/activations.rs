@@ -3,25 +3,6 @@
 
 use super::format::{QK, QK_K};
 
-static EXACT_ACTIVATIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Multiply quantized weights with f32 activations (each row dequantized, then an f32 dot)
-/// instead of 8-bit ones: several times slower, and free of the activations' rounding. For
-/// accuracy checks; also set by `DEEPSEEK_EXACT_ACTIVATIONS=1`.
-pub fn set_exact_activations(on: bool) {
-    EXACT_ACTIVATIONS.store(on, std::sync::atomic::Ordering::Relaxed);
-}
-
-pub fn exact_activations() -> bool {
-    static FROM_ENV: std::sync::Once = std::sync::Once::new();
-    FROM_ENV.call_once(|| {
-        if crate::tuning::get().exact_activations.value == 1 {
-            set_exact_activations(true);
-        }
-    });
-    EXACT_ACTIVATIONS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// Quantizes one scale block `xs` (a multiple of 32 values) to int8 with one scale, writing
 /// each 32 values' sum to `sums`; returns the scale. The rounding is half away from zero,
 /// done without a libm call (|y| ≤ 127).
