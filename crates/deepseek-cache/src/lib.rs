@@ -201,6 +201,34 @@ impl BlockPool {
         Ok(())
     }
 
+    /// Drops `seq`'s rows from `len` on (the rejected drafts of a speculative step): blocks past
+    /// the new end go back to the pool. A kept last block that is partly filled and shared with
+    /// someone else is copied first, so the rows written after `len` never reach the sharer.
+    pub fn truncate(&mut self, seq: &mut SequenceCache, len: usize) -> Result<(), CacheError> {
+        assert!(
+            len <= seq.len,
+            "truncate: {len} rows asked, {} held",
+            seq.len
+        );
+        let keep = len.div_ceil(BLOCK_TOKENS);
+        for b in seq.block_table.split_off(keep) {
+            self.release_block(b);
+        }
+        if !len.is_multiple_of(BLOCK_TOKENS) {
+            let last = seq.block_table[keep - 1];
+            if self.refcount[last as usize] > 1 {
+                let copy = self.alloc()?;
+                let (src, dst) = (last as usize, copy as usize);
+                let rows = self.blocks[src].clone();
+                self.blocks[dst].copy_from_slice(&rows);
+                self.release_block(last);
+                seq.block_table[keep - 1] = copy;
+            }
+        }
+        seq.len = len;
+        Ok(())
+    }
+
     /// Another reference to the same blocks (prefix sharing).
     pub fn share(&mut self, seq: &SequenceCache) -> SequenceCache {
         for &b in &seq.block_table {
@@ -308,6 +336,47 @@ pub use prefix::PrefixCache;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn truncate_frees_whole_blocks_and_copies_a_shared_partial_one() {
+        use super::*;
+        let shape = CacheShape {
+            layers: 1,
+            row_width: 4,
+            dtype: CacheDtype::F32,
+        };
+        let mut pool = BlockPool::new(shape, 8);
+        let mut a = SequenceCache::default();
+        pool.reserve(&mut a, 3 * BLOCK_TOKENS).unwrap();
+        a.len = 3 * BLOCK_TOKENS;
+        for pos in 0..a.len {
+            pool.write_row(&a, 0, pos, &[pos as f32; 4]);
+        }
+        let b = pool.share(&a);
+        pool.truncate(&mut a, BLOCK_TOKENS + 5).unwrap();
+        assert_eq!((a.len, a.block_table.len()), (BLOCK_TOKENS + 5, 2));
+        // The second block was shared with `b`: `a` now writes into its own copy.
+        assert_ne!(a.block_table[1], b.block_table[1]);
+        assert_eq!(a.block_table[0], b.block_table[0]);
+        pool.write_row(&a, 0, BLOCK_TOKENS + 5, &[-1.0; 4]);
+        let pos = BLOCK_TOKENS + 5;
+        assert_eq!(pool.row_mut(&b, 0, pos), &[pos as f32; 4]);
+        assert_eq!(
+            pool.row_mut(&a, 0, BLOCK_TOKENS + 4),
+            &[(pos - 1) as f32; 4]
+        );
+        // Unshared: whole blocks go back, nothing is copied.
+        let mut c = SequenceCache::default();
+        pool.reserve(&mut c, 2 * BLOCK_TOKENS).unwrap();
+        c.len = 2 * BLOCK_TOKENS;
+        let first = c.block_table[0];
+        let used = pool.used_blocks();
+        pool.truncate(&mut c, 3).unwrap();
+        assert_eq!(
+            (c.block_table.clone(), pool.used_blocks()),
+            (vec![first], used - 1)
+        );
+    }
+
     use super::*;
 
     #[test]

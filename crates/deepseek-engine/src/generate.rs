@@ -7,6 +7,7 @@ use std::sync::Arc;
 use deepseek_cache::{BlockPool, CacheDtype, SequenceCache};
 use deepseek_model::{LogitsFor, Model, ModelError, PrefillPath, SeqStep};
 
+use crate::draft::{self, DraftMethod, DraftOptions, LOOKUP_MAX_NGRAM};
 use crate::sampler::SamplingParams;
 use crate::sequence::{Accepted, Failure, FinishReason, Limits, SequenceState};
 use crate::tokenizer::Tokenizer;
@@ -23,6 +24,9 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// Stop on the model's end-of-sequence tokens.
     pub stop_on_eos: bool,
+    /// Speculative decoding: draft tokens checked several per step (None: one token a step).
+    /// The output is the same either way; only the number of steps changes.
+    pub draft: Option<DraftOptions>,
 }
 
 impl Default for GenerateOptions {
@@ -32,6 +36,7 @@ impl Default for GenerateOptions {
             sampling: SamplingParams::default(),
             stop: vec![],
             stop_on_eos: true,
+            draft: None,
         }
     }
 }
@@ -42,6 +47,11 @@ pub struct Generated {
     pub token_ids: Vec<u32>,
     pub text: String,
     pub finish_reason: FinishReason,
+    /// Forward steps after the prompt's: one per output token without drafts, fewer with.
+    pub steps: usize,
+    /// Draft tokens checked, and how many of them the model agreed with.
+    pub draft_proposed: usize,
+    pub draft_accepted: usize,
 }
 
 pub struct Generator {
@@ -110,45 +120,94 @@ impl Generator {
             limits,
             None,
         );
-        let mut logits = prefill(model, &mut pool, &mut cache, prompt)?;
+        let tok = self.tokenizer.as_deref();
+        let logits = prefill(model, &mut pool, &mut cache, prompt)?;
+        let (mut steps, mut proposed, mut accepted) = (0, 0, 0);
+        let mut emit = |text: &str| {
+            if !text.is_empty() {
+                on_text(text)
+            }
+        };
+        // `next`: what the last logits said; a token goes on only while the sequence continues.
+        let mut next = seq.accept(&logits, tok);
         let finish_reason = loop {
-            match seq.accept(&logits, self.tokenizer.as_deref()) {
+            let token = match next {
                 Accepted::Continue { token, text } => {
-                    if !text.is_empty() {
-                        on_text(&text);
-                    }
-                    logits = model.forward(
-                        &mut pool,
-                        &mut [SeqStep {
-                            tokens: &[token],
-                            cache: &mut cache,
-                        }],
-                        LogitsFor::LastToken,
-                        PrefillPath::Auto,
-                        None,
-                    )?;
+                    emit(&text);
+                    token
                 }
                 Accepted::Finished {
                     token,
                     reason,
                     tail,
                 } => {
-                    for piece in [token.map(|t| t.1).unwrap_or_default(), tail] {
-                        if !piece.is_empty() {
-                            on_text(&piece);
-                        }
-                    }
+                    emit(&token.map(|t| t.1).unwrap_or_default());
+                    emit(&tail);
                     break reason;
                 }
                 Accepted::Failed(Failure::Unsatisfiable(m)) => return Err(EngineError::Input(m)),
                 Accepted::Failed(f) => return Err(EngineError::Internal(f.to_string())),
-            }
+            };
+            // `token` is sampled, not yet in the cache. Drafts follow it: as many as the context
+            // has rows for and the output has tokens left for.
+            let drafts = match opts.draft {
+                Some(d) => {
+                    let room = max_ctx.saturating_sub(cache.len + 1);
+                    let left = opts.max_new_tokens.saturating_sub(seq.generated);
+                    let k = d.max_tokens.min(room).min(left);
+                    match d.method {
+                        DraftMethod::Lookup => draft::lookup(&seq.tokens, LOOKUP_MAX_NGRAM, k),
+                    }
+                }
+                None => vec![],
+            };
+            let mut step = Vec::with_capacity(1 + drafts.len());
+            step.push(token);
+            step.extend_from_slice(&drafts);
+            let base = cache.len;
+            // The decode step's attention for every token (absorbed, as one token's), so a
+            // verified token sees what it would have seen alone.
+            let all = model.forward(
+                &mut pool,
+                &mut [SeqStep {
+                    tokens: &step,
+                    cache: &mut cache,
+                }],
+                LogitsFor::AllTokens,
+                PrefillPath::Absorbed,
+                None,
+            )?;
+            steps += 1;
+            proposed += drafts.len();
+            // Row i of `all`: the logits after step[i]. The model's own choice after each row
+            // either matches the next draft (kept, go on) or replaces it (the rest dropped).
+            let vocab = model.config.vocab_size;
+            let mut i = 0;
+            next = loop {
+                let a = seq.accept(&all[i * vocab..(i + 1) * vocab], tok);
+                match &a {
+                    Accepted::Continue { token, text }
+                        if i < drafts.len() && *token == drafts[i] =>
+                    {
+                        emit(text);
+                        accepted += 1;
+                        i += 1;
+                    }
+                    _ => break a,
+                }
+            };
+            // The cache keeps `token` and the drafts the model agreed with.
+            pool.truncate(&mut cache, base + 1 + i)
+                .map_err(|e| EngineError::Model(e.into()))?;
         };
         Ok(Generated {
             prompt_tokens: prompt.len(),
             token_ids: seq.output().to_vec(),
             text: seq.text().to_string(),
             finish_reason,
+            steps,
+            draft_proposed: proposed,
+            draft_accepted: accepted,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! templates, sampling, and the generation loop.
 
 pub mod chat_template;
+pub mod draft;
 pub mod generate;
 pub mod gguf_tokenizer;
 pub mod json_mode;
@@ -12,6 +13,7 @@ pub mod text_output;
 pub mod tokenizer;
 
 pub use chat_template::ChatTemplate;
+pub use draft::{DraftMethod, DraftOptions};
 pub use generate::{GenerateOptions, Generated, Generator};
 pub use sampler::{Sampler, SamplingParams};
 pub use sequence::{Accepted, Failure, FinishReason, Limits, SequenceState};

@@ -13,7 +13,7 @@
 
 use deepseek_cache::{BlockPool, SequenceCache};
 use deepseek_kernels::attention::{
-    attend_causal, attend_group, attend_group_split, RowBlocks, RowLayout,
+    attend_causal, attend_group_split, attend_group_split_serial, RowBlocks, RowLayout,
 };
 
 use deepseek_kernels::matmul::{matmul_serial, matmul_transposed};
@@ -304,8 +304,10 @@ impl MlaAttention {
                 );
             }
         } else {
+            // Tokens in parallel, each split as a decode token's context is (one part below
+            // 128 rows), so a token's attention does not depend on the tokens beside it.
             deepseek_kernels::threads::for_each_chunk_mut(&mut latent_out, h * lora, |t, o| {
-                attend_group(
+                attend_group_split_serial(
                     &absorbed_q[t * h * width..(t + 1) * h * width],
                     &seq_rows[batch.seq_of(t)],
                     layout,

@@ -11,8 +11,8 @@ use crate::common::{load_model, ModelArg, Settings};
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   deepseek bench -p 512 -n 128                         # the bundled model
-  deepseek bench --model DeepSeek-V2-Lite-Chat.Q4_K_M.gguf --json
-  deepseek bench --model DeepSeek-V2-Lite-Chat.Q4_K_M.gguf --depth 16384 -n 32")]
+  deepseek bench --model DeepSeek-V2-Lite-Chat.Q4_K_M.gguf --depth 16384 -n 32
+  deepseek bench -p 0 -n 64 --verify 2 --json   # + speculative verify steps")]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
@@ -29,6 +29,11 @@ pub struct Args {
     /// costs the same), `prefill` runs the model over random tokens.
     #[arg(long, default_value = "synthetic", value_parser = ["synthetic", "prefill"])]
     depth_fill: String,
+    /// Also time speculative verify steps of K drafts, all accepted: each step runs K+1 of
+    /// the tokens the one-token decode produced, at the same depth (what a step costs when
+    /// every draft is right; the acceptance of real drafts is for `generate --json` to show).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=32))]
+    verify: Option<u64>,
     /// Repetitions; the median and spread are reported.
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
@@ -130,29 +135,39 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
     let shape = model.cache_shape(s.cache.dtype());
     let bytes_per_token = model.active_weight_bytes() + a.depth * shape.bytes_per_token();
     let mut decode = vec![];
+    let mut verify = vec![];
+    let first = rand_token();
+    let depth_toks: Vec<u32> = (0..a.depth).map(|_| rand_token()).collect();
     if a.gen > 0 {
         for _ in 0..a.repetitions {
             let mut pool = model.new_cache_pool(a.depth + a.gen + 1, s.cache.dtype());
             let mut cache = SequenceCache::default();
-            if a.depth > 0 {
+            let fill_depth = |pool: &mut deepseek_cache::BlockPool,
+                              cache: &mut SequenceCache|
+             -> Result<()> {
+                if a.depth == 0 {
+                    return Ok(());
+                }
                 if a.depth_fill == "prefill" {
-                    let toks: Vec<u32> = (0..a.depth).map(|_| rand_token()).collect();
-                    prefill(&model, &mut pool, &mut cache, &toks)?;
+                    prefill(&model, pool, cache, &depth_toks)?;
                 } else {
-                    pool.reserve(&mut cache, a.depth)?;
+                    pool.reserve(cache, a.depth)?;
                     let mut row = vec![0.0f32; shape.row_width];
                     for layer in 0..shape.layers {
                         for pos in 0..a.depth {
                             for (i, v) in row.iter_mut().enumerate() {
                                 *v = (((pos * 31 + i * 17 + layer) % 97) as f32 / 97.0 - 0.5) * 0.2;
                             }
-                            pool.write_row(&cache, layer, pos, &row);
+                            pool.write_row(cache, layer, pos, &row);
                         }
                     }
                     cache.len = a.depth;
                 }
-            }
-            let mut tok = rand_token();
+                Ok(())
+            };
+            fill_depth(&mut pool, &mut cache)?;
+            let mut tok = first;
+            let mut toks = vec![tok];
             let t = Instant::now();
             for _ in 0..a.gen {
                 let logits = model.forward(
@@ -166,8 +181,28 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
                     None,
                 )?;
                 tok = deepseek_engine::sampler::argmax(&logits);
+                toks.push(tok);
             }
             decode.push(a.gen as f64 / t.elapsed().as_secs_f64());
+            if let Some(k) = a.verify {
+                // The same tokens again, K+1 a step, as a verify step whose drafts all pass.
+                pool.release(&mut cache);
+                fill_depth(&mut pool, &mut cache)?;
+                let t = Instant::now();
+                for step in toks[..a.gen].chunks(k as usize + 1) {
+                    model.forward(
+                        &mut pool,
+                        &mut [SeqStep {
+                            tokens: step,
+                            cache: &mut cache,
+                        }],
+                        LogitsFor::AllTokens,
+                        PrefillPath::Absorbed,
+                        None,
+                    )?;
+                }
+                verify.push(a.gen as f64 / t.elapsed().as_secs_f64());
+            }
         }
     }
 
@@ -182,6 +217,18 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         median_spread(&mut decode)
     };
     let gbs = tg * bytes_per_token as f64 / 1e9;
+    // A verify step's time against a one-token step's: tokens per step over the speed-up.
+    let verify_k = a.verify.unwrap_or(0) as usize;
+    let (vt, vt_min, vt_max) = if verify.is_empty() {
+        (0.0, 0.0, 0.0)
+    } else {
+        median_spread(&mut verify)
+    };
+    let verify_cost = if vt > 0.0 {
+        (verify_k + 1) as f64 / vt * tg
+    } else {
+        0.0
+    };
     let held_bytes = model.held_weight_bytes();
     let rss = peak_rss_bytes().filter(|_| peak_is_ours);
     let cache_bytes = (a.prompt.max(a.depth + a.gen + 1)) * shape.bytes_per_token();
@@ -190,6 +237,8 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         "prompt_tokens": a.prompt, "gen_tokens": a.gen, "depth": a.depth, "repetitions": a.repetitions,
         "prefill_tok_s": pp, "prefill_tok_s_min": pp_min, "prefill_tok_s_max": pp_max,
         "decode_tok_s": tg, "decode_tok_s_min": tg_min, "decode_tok_s_max": tg_max,
+        "verify_drafts": a.verify, "verify_tok_s": vt, "verify_tok_s_min": vt_min, "verify_tok_s_max": vt_max,
+        "verify_step_cost": verify_cost,
         "decode_bytes_per_token": bytes_per_token, "active_weight_bytes": model.active_weight_bytes(),
         "decode_gb_s": gbs, "bandwidth_gb_s": bw / 1e9, "bandwidth_share": if bw > 0.0 { gbs * 1e9 / bw } else { 0.0 },
         "kv_bytes_per_token": shape.bytes_per_token(),
@@ -225,6 +274,12 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
                 bytes_per_token as f64 / 1e9,
                 100.0 * gbs * 1e9 / bw
             );
+            if verify_k > 0 {
+                println!(
+                    "verify       {verify_k} drafts a step, all accepted: {vt:.2} tok/s  [{vt_min:.2} – {vt_max:.2}]; \
+                     a step costs {verify_cost:.2}× a one-token step"
+                );
+            }
         }
         println!("kv cache     {} bytes/token", shape.bytes_per_token());
         if let Some(rss) = rss {

@@ -1,7 +1,7 @@
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
-use deepseek_engine::{GenerateOptions, Generator, SamplingParams};
+use deepseek_engine::{DraftMethod, DraftOptions, GenerateOptions, Generator, SamplingParams};
 
 use crate::common::{load_model, maybe_tokenizer, parse_token_ids, ModelArg, Settings};
 
@@ -32,6 +32,20 @@ pub struct SamplingArgs {
     /// Stop when the output contains this text (repeatable).
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Speculative decoding: check draft tokens several per step. `lookup` drafts what
+    /// followed the last few tokens where they occurred before (in the prompt or the output):
+    /// fast on edits and quotes of the prompt. The output is the same as without it.
+    #[arg(long, value_enum, value_name = "METHOD")]
+    pub draft: Option<DraftArg>,
+    /// Most draft tokens checked per step (with --draft).
+    #[arg(long, default_value_t = 4, value_name = "K", requires = "draft")]
+    pub draft_tokens: usize,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum DraftArg {
+    /// Prompt lookup (n-grams of the prompt and output).
+    Lookup,
 }
 
 impl SamplingArgs {
@@ -51,7 +65,16 @@ impl SamplingArgs {
                 self.repetition_penalty
             );
         }
+        if !(1..=32).contains(&self.draft_tokens) {
+            bail!("--draft-tokens must be 1 to 32, got {}", self.draft_tokens);
+        }
         Ok(GenerateOptions {
+            draft: self.draft.map(|m| DraftOptions {
+                method: match m {
+                    DraftArg::Lookup => DraftMethod::Lookup,
+                },
+                max_tokens: self.draft_tokens,
+            }),
             max_new_tokens: self.max_tokens,
             sampling: SamplingParams {
                 temperature: self.temperature,
@@ -74,7 +97,7 @@ impl SamplingArgs {
   deepseek generate --prompt $'def total(items):\\n    result = 0\\n    ' \\
       --suffix $'\\n    return result\\n' -n 12          # fill in the middle
   deepseek generate --model deepseek-ai/DeepSeek-V2-Lite --json \\
-      --prompt 'The capital of France is' --temperature 0.7 --seed 1")]
+      --prompt \"$(cat edit-request.txt)\" --draft lookup   # speculative")]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
@@ -143,7 +166,8 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({"token_ids": out.token_ids, "text": out.text, "prompt_tokens": out.prompt_tokens,
-                               "completion_tokens": out.token_ids.len(), "finish_reason": out.finish_reason.as_str()})
+                               "completion_tokens": out.token_ids.len(), "finish_reason": out.finish_reason.as_str(),
+                               "steps": out.steps, "draft_proposed": out.draft_proposed, "draft_accepted": out.draft_accepted})
         );
     } else {
         if let Some(suffix) = &a.suffix {
@@ -161,8 +185,16 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
             );
         }
         println!();
+        let drafts = if opts.draft.is_some() {
+            format!(
+                ", {} steps, {} of {} drafts accepted",
+                out.steps, out.draft_accepted, out.draft_proposed
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "[{} prompt + {} generated tokens in {:.2}s, {:.1} tok/s]",
+            "[{} prompt + {} generated tokens in {:.2}s, {:.1} tok/s{drafts}]",
             out.prompt_tokens,
             out.token_ids.len(),
             secs,

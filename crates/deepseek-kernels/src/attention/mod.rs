@@ -185,6 +185,17 @@ pub fn attend_causal(
 /// 37.2–43.1 tok/s (three alternating pairs); 64 was no better than 128 at depth 0–256.
 const SPLIT_ROWS: usize = 128;
 
+/// How [`attend_group_split`] divides a context of `n_ctx` rows: `(parts, per)`, part `p`
+/// covering rows `p * per..min((p + 1) * per, n_ctx)`. Parts start on multiples of BLOCK_ROWS
+/// so f32 rows are read in place, not copied.
+fn split_parts(n_ctx: usize) -> (usize, usize) {
+    let parts = n_ctx
+        .div_ceil(SPLIT_ROWS)
+        .min(crate::threads::current() * 2)
+        .max(1);
+    (parts, n_ctx.div_ceil(parts).next_multiple_of(BLOCK_ROWS))
+}
+
 /// [`attend_group`] with the context split across the thread pool: each part keeps its own
 /// softmax state and the parts are merged exactly. This keeps every core busy when a single
 /// decode token attends to a long context.
@@ -196,12 +207,7 @@ pub fn attend_group_split(
     scale: f32,
     out: &mut [f32],
 ) {
-    let parts = n_ctx
-        .div_ceil(SPLIT_ROWS)
-        .min(crate::threads::current() * 2)
-        .max(1);
-    // Parts start on multiples of BLOCK_ROWS so f32 rows are read in place, not copied.
-    let per = n_ctx.div_ceil(parts).next_multiple_of(BLOCK_ROWS);
+    let (parts, per) = split_parts(n_ctx);
     let partials: Vec<Partial> = crate::threads::map(parts, |p| {
         attend_partial(
             queries,
@@ -212,6 +218,33 @@ pub fn attend_group_split(
             scale,
         )
     });
+    merge(&partials, layout.value_len, out);
+}
+
+/// [`attend_group_split`] on the calling thread: the same parts merged in the same order, so
+/// the result is the same to the bit whether a token's parts ran in parallel or not (a
+/// speculative step's tokens, attended in parallel, see what a one-token step sees).
+pub fn attend_group_split_serial(
+    queries: &[f32],
+    rows: &RowBlocks,
+    layout: RowLayout,
+    n_ctx: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let (parts, per) = split_parts(n_ctx);
+    let partials: Vec<Partial> = (0..parts)
+        .map(|p| {
+            attend_partial(
+                queries,
+                rows,
+                layout,
+                p * per,
+                ((p + 1) * per).min(n_ctx),
+                scale,
+            )
+        })
+        .collect();
     merge(&partials, layout.value_len, out);
 }
 

@@ -153,6 +153,14 @@ fn bf16_rows_match_reference_on_amx_and_fallback() {
                 attend_group(&q, &rb, layout, n_ctx, 0.2, &mut out);
                 let mut split = vec![f32::NAN; groups * layout.value_len];
                 attend_group_split(&q, &rb, layout, n_ctx, 0.2, &mut split);
+                // The serial form: the same parts merged in the same order, to the bit.
+                let mut serial = vec![f32::NAN; groups * layout.value_len];
+                attend_group_split_serial(&q, &rb, layout, n_ctx, 0.2, &mut serial);
+                assert_eq!(
+                    split.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    serial.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "serial split, n_ctx {n_ctx}"
+                );
                 for (i, ((a, b), c)) in out.iter().zip(&split).zip(&want).enumerate() {
                     assert!(
                         (a - c).abs() < 2e-5 && (b - c).abs() < 2e-5,
