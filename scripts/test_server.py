@@ -353,6 +353,44 @@ def test_sigterm_finishes_running_requests():
     assert "server stopped" in s.output()
 
 
+def test_speculative():
+    """`serve --draft lookup`: concurrent requests, each with its own drafts in the batched
+    step, answer what `deepseek generate` answers without drafts (streamed and not), and the
+    metrics count the drafts."""
+    s = Server(NANO, "--draft", "lookup", "--draft-tokens", "5", key=None)
+    try:
+        prompt = ("class Stack:\n    def __init__(self):\n        self.items = []\n\n"
+                  "    def push(self, item):\n        self.items.append(item)\n\n\n"
+                  "class Queue:\n    def __init__(self):\n        self.items = []\n\n")
+        prompts = [prompt, "def parse_args(argv):", prompt + "    def pop(self):\n"]
+        want = [generate_cli(NANO, p, 40)["text"] for p in prompts]
+        got = [None] * len(prompts)
+
+        def one(k):
+            if k == 1:
+                pieces = s.client.completions.create(model="x", prompt=prompts[k], max_tokens=40,
+                                                     temperature=0, stream=True)
+                got[k] = "".join(c.choices[0].text for c in pieces)
+            else:
+                r = s.client.completions.create(model="x", prompt=prompts[k], max_tokens=40,
+                                                temperature=0)
+                got[k] = r.choices[0].text
+
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for k in range(len(prompts)):
+            assert got[k] == want[k], (k, got[k], want[k])
+        m = httpx.get(s.base + "/metrics").text
+        proposed = int(next(l for l in m.splitlines() if l.startswith("deepseek_draft_tokens_total ")).split()[1])
+        accepted = int(next(l for l in m.splitlines() if l.startswith("deepseek_draft_accepted_tokens_total ")).split()[1])
+        assert 0 < accepted <= proposed, (accepted, proposed)
+    finally:
+        assert s.stop() == 0, s.output()
+
+
 def test_smollm2():
     s = Server(SMOLLM2, key=None)
     try:
@@ -427,7 +465,7 @@ def main():
     failures = 0
     tests = [("nano", None), ("queue_full", test_queue_full), ("api_keys", test_api_keys),
              ("sigterm", test_sigterm_finishes_running_requests),
-             ("tool_calls", None)]
+             ("tool_calls", None), ("speculative", test_speculative)]
     if SMOLLM2.exists():
         tests.append(("smollm2", test_smollm2))
     else:

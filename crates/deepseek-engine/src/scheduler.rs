@@ -17,6 +17,7 @@ use deepseek_cache::{BlockPool, CacheDtype, DiskTier, PrefixCache, SequenceCache
 use deepseek_model::{LogitsFor, Model, PrefillPath, SeqStep};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
+use crate::draft::{self, DraftMethod, DraftOptions, LOOKUP_MAX_NGRAM};
 use crate::json_mode::OutputConstraint;
 use crate::sampler::{log_softmax, SamplingParams};
 pub use crate::sequence::Failure;
@@ -38,6 +39,9 @@ pub struct SchedulerConfig {
     pub cache_dir: Option<CacheDir>,
     /// How the cache pool stores rows (`--cache-type`).
     pub cache_dtype: CacheDtype,
+    /// Speculative decoding for every request (`serve --draft`): each decoding sequence brings
+    /// its own drafts to the step. None: one token per sequence and step.
+    pub draft: Option<DraftOptions>,
 }
 
 /// The prefix cache's disk tier: a folder and the most bytes of block files it may hold.
@@ -56,6 +60,7 @@ impl Default for SchedulerConfig {
             prefill_chunk: crate::generate::PREFILL_CHUNK,
             cache_dir: None,
             cache_dtype: CacheDtype::F32,
+            draft: None,
         }
     }
 }
@@ -173,6 +178,9 @@ pub struct Stats {
     pub prompt_tokens: AtomicU64,
     pub cached_prompt_tokens: AtomicU64,
     pub generated_tokens: AtomicU64,
+    /// Draft tokens checked, and those the model agreed with (speculative decoding).
+    pub draft_proposed: AtomicU64,
+    pub draft_accepted: AtomicU64,
     pub cache_blocks_used: AtomicUsize,
     pub cache_blocks_total: AtomicUsize,
     pub prefix_cache_blocks: AtomicUsize,
@@ -454,37 +462,107 @@ impl Scheduler {
         let decoding: Vec<usize> = (0..self.active.len())
             .filter(|&i| self.active[i].pending.is_some())
             .collect();
-        if !decoding.is_empty() {
-            let need: usize = decoding
-                .iter()
-                .map(|&i| Self::new_blocks(&self.active[i], 1))
-                .sum();
-            self.make_room(need);
-            let toks: Vec<Vec<u32>> = decoding
-                .iter()
-                .map(|&i| vec![self.active[i].pending.unwrap_or(0)])
-                .collect();
-            let result = self.forward(&decoding, &toks, LogitsFor::LastToken);
-            for &i in &decoding {
-                self.active[i].pending = None;
+        if decoding.is_empty() {
+            return;
+        }
+        // Each sequence's sampled token, then its drafts (speculative decoding).
+        let toks: Vec<Vec<u32>> = decoding
+            .iter()
+            .map(|&i| {
+                let s = &self.active[i];
+                let mut t = vec![s.pending.unwrap_or(0)];
+                t.extend(self.drafts(s));
+                t
+            })
+            .collect();
+        let need: usize = decoding
+            .iter()
+            .zip(&toks)
+            .map(|(&i, t)| Self::new_blocks(&self.active[i], t.len()))
+            .sum();
+        self.make_room(need);
+        let bases: Vec<usize> = decoding.iter().map(|&i| self.active[i].cache.len).collect();
+        // Absorbed attention for every token, as a one-token step has: a verified draft sees
+        // what it would have seen alone.
+        let result = self.forward(
+            &decoding,
+            &toks,
+            LogitsFor::AllTokens,
+            PrefillPath::Absorbed,
+        );
+        for &i in &decoding {
+            self.active[i].pending = None;
+        }
+        self.stats
+            .last_batch
+            .store(decoding.len(), Ordering::Relaxed);
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                for &i in &decoding {
+                    self.fail(i, Failure::Internal(e.to_string()));
+                }
+                return;
             }
-            self.stats
-                .last_batch
-                .store(decoding.len(), Ordering::Relaxed);
-            match result {
-                Ok(logits) => {
-                    let vocab = self.model.config.vocab_size;
-                    for (k, &i) in decoding.iter().enumerate() {
-                        self.accept(i, &logits[k * vocab..(k + 1) * vocab]);
-                    }
+        };
+        let vocab = self.model.config.vocab_size;
+        let mut row = 0;
+        for ((&i, step), base) in decoding.iter().zip(&toks).zip(bases) {
+            // Row r: the logits after step[r]. A sampled token equal to the next draft keeps
+            // it; any other token replaces it and drops the rest.
+            let drafts = &step[1..];
+            let mut kept = 0;
+            for r in 0..step.len() {
+                let next = self.accept(i, &logits[(row + r) * vocab..(row + r + 1) * vocab]);
+                if r < drafts.len() && next == Some(drafts[r]) {
+                    kept += 1;
+                } else {
+                    break;
                 }
-                Err(e) => {
-                    for &i in &decoding {
-                        self.fail(i, Failure::Internal(e.to_string()));
-                    }
-                }
+            }
+            row += step.len();
+            if !drafts.is_empty() {
+                self.stats
+                    .draft_proposed
+                    .fetch_add(drafts.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .draft_accepted
+                    .fetch_add(kept as u64, Ordering::Relaxed);
+                self.roll_back(i, base + 1 + kept);
             }
         }
+    }
+
+    /// Sequence `s`'s drafts for its next step, when speculative decoding is on: as many as its
+    /// context has rows for and its output has tokens left for.
+    fn drafts(&self, s: &Sequence) -> Vec<u32> {
+        let Some(d) = self.config.draft else {
+            return vec![];
+        };
+        let room = self
+            .model
+            .config
+            .max_position_embeddings
+            .saturating_sub(s.cache.len + 1);
+        let left = s.req.max_new_tokens.saturating_sub(s.state.generated);
+        let k = d.max_tokens.min(room).min(left);
+        match d.method {
+            DraftMethod::Lookup => draft::lookup(&s.state.tokens, LOOKUP_MAX_NGRAM, k),
+        }
+    }
+
+    /// Keeps the first `len` rows of sequence `i`'s cache (its rejected drafts' rows go); the
+    /// blocks it gives back count again towards what it may still claim.
+    fn roll_back(&mut self, i: usize, len: usize) {
+        let s = &mut self.active[i];
+        if s.done || s.cache.len <= len {
+            return;
+        }
+        let before = s.cache.block_table.len();
+        if let Err(e) = self.pool.truncate(&mut s.cache, len) {
+            return self.fail(i, Failure::Internal(e.to_string()));
+        }
+        s.blocks_to_come += before - s.cache.block_table.len();
     }
 
     /// Chunks of the oldest sequences still reading their prompts, up to `prefill_chunk`
@@ -552,6 +630,7 @@ impl Scheduler {
                 } else {
                     LogitsFor::LastToken
                 },
+                PrefillPath::Auto,
             );
             match result {
                 Ok(logits) => {
@@ -597,6 +676,7 @@ impl Scheduler {
         seqs: &[usize],
         tokens: &[Vec<u32>],
         logits_for: LogitsFor,
+        path: PrefillPath,
     ) -> Result<Vec<f32>, deepseek_model::ModelError> {
         let mut caches: Vec<SequenceCache> = seqs
             .iter()
@@ -611,13 +691,8 @@ impl Scheduler {
                     cache: c,
                 })
                 .collect();
-            self.model.forward(
-                &mut self.pool,
-                &mut steps,
-                logits_for,
-                PrefillPath::Auto,
-                None,
-            )
+            self.model
+                .forward(&mut self.pool, &mut steps, logits_for, path, None)
         };
         for (&i, c) in seqs.iter().zip(caches) {
             let s = &mut self.active[i];
@@ -629,11 +704,12 @@ impl Scheduler {
         result
     }
 
-    /// Samples sequence `i`'s next token from `logits` and sends it on.
-    fn accept(&mut self, i: usize, logits: &[f32]) {
+    /// Samples sequence `i`'s next token from `logits` and sends it on; the token, when the
+    /// sequence goes on with it.
+    fn accept(&mut self, i: usize, logits: &[f32]) -> Option<u32> {
         let s = &mut self.active[i];
         if s.done {
-            return;
+            return None;
         }
         if !s.req.candidates.is_empty() {
             let lp = log_softmax(logits);
@@ -648,7 +724,10 @@ impl Scheduler {
                 reason,
                 tail,
             } => (token, Some((reason, tail))),
-            Accepted::Failed(why) => return self.fail(i, why),
+            Accepted::Failed(why) => {
+                self.fail(i, why);
+                return None;
+            }
         };
         if let Some((id, text)) = token {
             self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
@@ -675,6 +754,7 @@ impl Scheduler {
             });
             s.done = true;
         }
+        s.pending
     }
 
     fn fail(&mut self, i: usize, why: Failure) {

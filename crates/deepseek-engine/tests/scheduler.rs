@@ -309,3 +309,92 @@ fn a_restarted_scheduler_reads_prefixes_back_from_disk() {
     );
     let _ = std::fs::remove_dir_all(&cache_dir);
 }
+
+/// `serve --draft`: every decoding sequence brings its own drafts to the batched step; the
+/// outputs are those of the same requests one at a time without drafts, greedy and sampled,
+/// with stop strings and text intact, and the repetitive ones take drafts.
+#[test]
+fn batched_speculative_decoding_gives_the_same_outputs() {
+    use deepseek_engine::{DraftMethod, DraftOptions};
+    let dir = nano();
+    let tok = Arc::new(Tokenizer::from_dir(&dir).unwrap());
+    let model = Arc::new(Model::load(&dir, &mut |_, _| {}).unwrap());
+    let gen = Generator::new(model.clone(), Some(tok.clone()));
+    let class = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n        self.items.append(item)\n\n    def pop(self):\n        return self.items.pop()\n\n\nclass Queue:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n";
+    let requests: Vec<(String, SamplingParams, Vec<String>)> = vec![
+        (class.into(), SamplingParams::default(), vec![]),
+        (
+            "def fibonacci(n):".into(),
+            SamplingParams::default(),
+            vec![],
+        ),
+        (
+            class.into(),
+            SamplingParams {
+                temperature: 0.7,
+                top_p: 0.9,
+                seed: Some(11),
+                ..Default::default()
+            },
+            vec![],
+        ),
+        (
+            class.into(),
+            SamplingParams::default(),
+            vec!["__len__".into()],
+        ),
+        ("import os\n".into(), SamplingParams::default(), vec![]),
+    ];
+    let n = 48;
+    let alone: Vec<(Vec<u32>, String)> = requests
+        .iter()
+        .map(|(p, sampling, stop)| {
+            let opts = GenerateOptions {
+                max_new_tokens: n,
+                sampling: sampling.clone(),
+                stop: stop.clone(),
+                ..Default::default()
+            };
+            let o = gen
+                .generate(&tok.encode(p, true).unwrap(), &opts, &mut |_| {})
+                .unwrap();
+            (o.token_ids, o.text)
+        })
+        .collect();
+    let (handle, thread) = scheduler::spawn(
+        model,
+        Some(tok.clone()),
+        gen.eos_ids(),
+        SchedulerConfig {
+            max_batch: 4,
+            draft: Some(DraftOptions {
+                method: DraftMethod::Lookup,
+                max_tokens: 5,
+            }),
+            ..Default::default()
+        },
+    );
+    let rxs: Vec<_> = requests
+        .iter()
+        .map(|(p, sampling, stop)| {
+            let mut r = Request::new(tok.encode(p, true).unwrap(), n);
+            r.sampling = sampling.clone();
+            r.stop = stop.clone();
+            handle.submit(r).unwrap()
+        })
+        .collect();
+    for (k, rx) in rxs.into_iter().enumerate() {
+        let o = collect(rx);
+        assert_eq!(o.ids, alone[k].0, "request {k}: tokens differ");
+        assert_eq!(o.text, alone[k].1, "request {k}: text differs");
+    }
+    let accepted = handle.stats.draft_accepted.load(Ordering::Relaxed);
+    let proposed = handle.stats.draft_proposed.load(Ordering::Relaxed);
+    assert!(
+        accepted > 0 && accepted <= proposed,
+        "{accepted} of {proposed}"
+    );
+    // Every block the sequences took came back (the prefix cache holds the rest).
+    handle.shutdown();
+    thread.join().unwrap();
+}

@@ -96,6 +96,16 @@ impl Metrics {
                 "Scheduler steps run.",
                 r(&stats.steps),
             ),
+            (
+                "deepseek_draft_tokens_total",
+                "Draft tokens checked (serve --draft).",
+                r(&stats.draft_proposed),
+            ),
+            (
+                "deepseek_draft_accepted_tokens_total",
+                "Draft tokens the model agreed with.",
+                r(&stats.draft_accepted),
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(

@@ -126,6 +126,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
             prefill_chunk: 512,
             cache_dir: None,
             cache_dtype: s.cache.dtype(),
+            draft: None,
         },
     );
     let mut engine = EngineModel {

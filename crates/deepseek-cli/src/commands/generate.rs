@@ -48,6 +48,17 @@ pub enum DraftArg {
     Lookup,
 }
 
+impl DraftArg {
+    pub fn options(self, max_tokens: usize) -> DraftOptions {
+        DraftOptions {
+            method: match self {
+                DraftArg::Lookup => DraftMethod::Lookup,
+            },
+            max_tokens,
+        }
+    }
+}
+
 impl SamplingArgs {
     pub fn options(&self) -> Result<GenerateOptions> {
         if self.temperature < 0.0 || !self.temperature.is_finite() {
@@ -69,12 +80,7 @@ impl SamplingArgs {
             bail!("--draft-tokens must be 1 to 32, got {}", self.draft_tokens);
         }
         Ok(GenerateOptions {
-            draft: self.draft.map(|m| DraftOptions {
-                method: match m {
-                    DraftArg::Lookup => DraftMethod::Lookup,
-                },
-                max_tokens: self.draft_tokens,
-            }),
+            draft: self.draft.map(|m| m.options(self.draft_tokens)),
             max_new_tokens: self.max_tokens,
             sampling: SamplingParams {
                 temperature: self.temperature,

@@ -85,11 +85,22 @@ pub struct Args {
     /// Answer `/` with 404 instead of the chat page (for servers that only serve the API).
     #[arg(long)]
     no_chat_page: bool,
+    /// Speculative decoding for every request: each decoding sequence drafts tokens by prompt
+    /// lookup and the step checks them with the rest of the batch. Outputs are the same as
+    /// without it; repetitive outputs (code edits) take fewer steps.
+    #[arg(long, value_enum, value_name = "METHOD")]
+    draft: Option<crate::commands::generate::DraftArg>,
+    /// Most draft tokens a sequence brings to a step (with --draft).
+    #[arg(long, default_value_t = 4, value_name = "K", requires = "draft")]
+    draft_tokens: usize,
 }
 
 pub fn run(a: Args, s: Settings) -> Result<()> {
     if a.max_batch == 0 || a.prefill_chunk == 0 || a.cache_tokens == 0 || a.max_body_mb == 0 {
         bail!("--max-batch, --prefill-chunk, --cache-tokens and --max-body-mb must be at least 1");
+    }
+    if !(1..=32).contains(&a.draft_tokens) {
+        bail!("--draft-tokens must be 1 to 32, got {}", a.draft_tokens);
     }
     if !(a.cache_dir_max_gb.is_finite() && a.cache_dir_max_gb > 0.0) {
         bail!(
@@ -159,6 +170,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
                 max_bytes: (a.cache_dir_max_gb * (1u64 << 30) as f64) as u64,
             }),
             cache_dtype: s.cache.dtype(),
+            draft: a.draft.map(|m| m.options(a.draft_tokens)),
         },
     );
     let mut state = AppState::new(
