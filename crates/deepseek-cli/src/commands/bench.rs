@@ -34,6 +34,11 @@ pub struct Args {
     /// every draft is right; the acceptance of real drafts is for `generate --json` to show).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=32))]
     verify: Option<u64>,
+    /// Also decode -n tokens after this file's text, greedily, without and with prompt-lookup
+    /// drafts (K = --verify, else 4): the acceptance, tokens per step and decode speed that
+    /// real text gets (the model needs a tokenizer).
+    #[arg(long, value_name = "FILE")]
+    draft_prompt: Option<std::path::PathBuf>,
     /// Repetitions; the median and spread are reported.
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
@@ -232,6 +237,10 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
     let held_bytes = model.held_weight_bytes();
     let rss = peak_rss_bytes().filter(|_| peak_is_ours);
     let cache_bytes = (a.prompt.max(a.depth + a.gen + 1)) * shape.bytes_per_token();
+    let lookup = match &a.draft_prompt {
+        Some(path) if a.gen > 0 => Some(lookup_run(&model, &dir, path, &a, s)?),
+        _ => None,
+    };
     let v = json!({
         "model": dir.display().to_string(), "dtype": dtype, "threads": threads, "isa": deepseek_kernels::tier::active().name(), "host_isa": deepseek_kernels::tier::host().name(), "amx": deepseek_kernels::amx::available(), "bf16_activations": s.precision.rounds_bf16(), "exact_activations": s.precision.exact_activations, "tuning_overrides": deepseek_kernels::tuning::get().overrides(),
         "prompt_tokens": a.prompt, "gen_tokens": a.gen, "depth": a.depth, "repetitions": a.repetitions,
@@ -245,6 +254,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         "weights_bytes": disk_bytes, "weights_held_bytes": held_bytes, "cache_bytes": cache_bytes,
         "peak_rss_bytes": rss,
         "peak_rss_ratio": rss.map(|r| r as f64 / (held_bytes + cache_bytes) as f64),
+        "lookup": lookup.as_ref().map(LookupRun::to_json),
     });
     if a.json {
         println!("{v}");
@@ -281,6 +291,21 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
                 );
             }
         }
+        if let Some(l) = &lookup {
+            println!(
+                "lookup       {} tokens after {} prompt tokens, {} drafts a step at most: {:.2} tokens per step, \
+                 {} of {} drafts accepted; {:.2} tok/s against {:.2} without drafts ({:.2}×)",
+                l.tokens,
+                l.prompt_tokens,
+                l.k,
+                l.tokens as f64 / l.steps as f64,
+                l.accepted,
+                l.proposed,
+                l.draft_tok_s,
+                l.plain_tok_s,
+                l.draft_tok_s / l.plain_tok_s
+            );
+        }
         println!("kv cache     {} bytes/token", shape.bytes_per_token());
         if let Some(rss) = rss {
             println!(
@@ -295,4 +320,100 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What prompt lookup does on real text: `bench --draft-prompt`.
+struct LookupRun {
+    prompt_tokens: usize,
+    k: usize,
+    tokens: usize,
+    /// Forward steps for `tokens` tokens, the prompt's counted as the first.
+    steps: usize,
+    proposed: usize,
+    accepted: usize,
+    plain_tok_s: f64,
+    draft_tok_s: f64,
+}
+
+impl LookupRun {
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens, "draft_tokens": self.k, "tokens": self.tokens,
+            "steps": self.steps, "tokens_per_step": self.tokens as f64 / self.steps as f64,
+            "draft_proposed": self.proposed, "draft_accepted": self.accepted,
+            "decode_tok_s": self.plain_tok_s, "draft_decode_tok_s": self.draft_tok_s,
+        })
+    }
+}
+
+fn lookup_run(
+    model: &std::sync::Arc<deepseek_model::Model>,
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    a: &Args,
+    s: Settings,
+) -> Result<LookupRun> {
+    use deepseek_engine::{DraftMethod, DraftOptions, GenerateOptions, Generator};
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--draft-prompt {}: {e}", path.display()))?;
+    let Some(tok) = crate::common::maybe_tokenizer(dir)? else {
+        bail!("--draft-prompt: {} has no tokenizer", dir.display());
+    };
+    let prompt = tok.encode(&text, true)?;
+    if prompt.len() + a.gen > model.config.max_position_embeddings {
+        bail!(
+            "--draft-prompt {}: {} tokens + -n {} exceed the model's context of {}",
+            path.display(),
+            prompt.len(),
+            a.gen,
+            model.config.max_position_embeddings
+        );
+    }
+    let k = a.verify.unwrap_or(4) as usize;
+    let gen = Generator::new(model.clone(), Some(tok)).with_cache_dtype(s.cache.dtype());
+    let opts = |draft| GenerateOptions {
+        max_new_tokens: a.gen,
+        stop_on_eos: false,
+        draft,
+        ..Default::default()
+    };
+    let draft = Some(DraftOptions {
+        method: DraftMethod::Lookup,
+        max_tokens: k,
+    });
+    // Decode speed: the whole generation less the prompt's prefill, timed apart.
+    let prefill_s = {
+        let t = Instant::now();
+        let one = GenerateOptions {
+            max_new_tokens: 1,
+            ..opts(None)
+        };
+        gen.generate(&prompt, &one, &mut |_| {})?;
+        t.elapsed().as_secs_f64()
+    };
+    let (mut plain, mut spec) = (vec![], vec![]);
+    let mut last = None;
+    for _ in 0..a.repetitions {
+        let t = Instant::now();
+        let p = gen.generate(&prompt, &opts(None), &mut |_| {})?;
+        plain.push(p.token_ids.len() as f64 / (t.elapsed().as_secs_f64() - prefill_s).max(1e-9));
+        let t = Instant::now();
+        let d = gen.generate(&prompt, &opts(draft), &mut |_| {})?;
+        spec.push(d.token_ids.len() as f64 / (t.elapsed().as_secs_f64() - prefill_s).max(1e-9));
+        if d.token_ids != p.token_ids {
+            bail!("prompt lookup changed the output: a bug, please report it");
+        }
+        last = Some(d);
+    }
+    let d = last.expect("at least one repetition");
+    Ok(LookupRun {
+        prompt_tokens: prompt.len(),
+        k,
+        tokens: d.token_ids.len(),
+        steps: d.steps + 1,
+        proposed: d.draft_proposed,
+        accepted: d.draft_accepted,
+        plain_tok_s: median_spread(&mut plain).0,
+        draft_tok_s: median_spread(&mut spec).0,
+    })
 }
