@@ -2,8 +2,9 @@
 `gguf` package's numpy (de)quantizers (the reference llama.cpp ships with its converter).
 
 For types gguf can quantize (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) the vectors hold the input floats, the
-blocks gguf made from them and their dequantization; for the K-quants and IQ4_NL/IQ4_XS,
-which gguf only dequantizes, random but valid blocks and their dequantization.
+blocks gguf made from them and their dequantization; for the K-quants, IQ4_NL/IQ4_XS and the
+lattice i-quants (IQ1_S … IQ3_S), which gguf only dequantizes, random but valid blocks and their
+dequantization.
 
     pip install gguf==0.19.0 numpy; python scripts/make_quant_vectors.py
 """
@@ -74,6 +75,26 @@ def iq4_block(name):
 for name in ["IQ4_NL", "IQ4_XS"]:
     t = getattr(T, name)
     raw = b"".join(iq4_block(name) for _ in range(3 if name == "IQ4_XS" else 6))
+    q = np.frombuffer(raw, dtype=np.uint8).reshape(1, -1)
+    deq = quants.dequantize(q, t).reshape(-1)
+    out[name] = {"blocks": raw.hex(), "dequant": deq.tolist()}
+
+# The lattice i-quants (read only): random but valid blocks; IQ1_M keeps its f16 scale in the
+# top nibbles of its four scale words.
+def lattice_block(name):
+    rest = {"IQ2_XXS": 64, "IQ2_XS": 72, "IQ2_S": 80, "IQ3_XXS": 96, "IQ3_S": 108, "IQ1_S": 48}
+    if name in rest:
+        return f16(rng.uniform(0.0005, 0.01)) + rng.integers(0, 256, rest[name], dtype=np.uint8).tobytes()
+    if name == "IQ1_M":
+        d = int(np.frombuffer(f16(rng.uniform(0.0005, 0.01)), dtype=np.uint16)[0])
+        low = rng.integers(0, 1 << 12, 4, dtype=np.uint16)
+        words = [int(low[k]) | (((d >> (4 * k)) & 0xF) << 12) for k in range(4)]
+        return rng.integers(0, 256, 48, dtype=np.uint8).tobytes() + np.array(words, dtype=np.uint16).tobytes()
+    raise ValueError(name)
+
+for name in ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]:
+    t = getattr(T, name)
+    raw = b"".join(lattice_block(name) for _ in range(2))
     q = np.frombuffer(raw, dtype=np.uint8).reshape(1, -1)
     deq = quants.dequantize(q, t).reshape(-1)
     out[name] = {"blocks": raw.hex(), "dequant": deq.tolist()}

@@ -579,6 +579,7 @@ pub fn matmul_reference(w: &Matrix, x: &[f32], n: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::QuantType;
     use rand::{Rng, SeedableRng};
 
     fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
@@ -648,9 +649,69 @@ mod tests {
         }
     }
 
+    /// Random but valid rows of a lattice i-quant: every byte random except each super-block's
+    /// f16 scale, kept small (IQ1_M spreads it over its scale words' top nibbles).
+    fn lattice_rows(ty: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+        let (bb, n) = (ty.block_bytes(), rows * cols / ty.block_elems());
+        let mut out = vec![0u8; n * bb];
+        for b in out.chunks_mut(bb) {
+            r.fill(&mut b[..]);
+            let d = half::f16::from_f32(r.random_range(0.0005f32..0.01)).to_bits();
+            if ty == QuantType::IQ1M {
+                for k in 0..4 {
+                    let w = u16::from_le_bytes([b[48 + 2 * k], b[49 + 2 * k]]) & 0x0FFF;
+                    let w = w | ((d >> (4 * k)) & 0xF) << 12;
+                    b[48 + 2 * k..50 + 2 * k].copy_from_slice(&w.to_le_bytes());
+                }
+            } else {
+                b[..2].copy_from_slice(&d.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// The i-quants (read, not written) through every path a matmul takes: the GEMV and its
+    /// tiles, the tokens-major GEMM and the VNNI panels where the CPU has them.
+    #[test]
+    fn lattice_quant_matmul_matches_reference() {
+        for &(rows, cols) in &[(8, 256), (13, 512)] {
+            for ty in QuantType::READ_ONLY {
+                let m = Matrix {
+                    rows,
+                    cols,
+                    data: MatrixData::Quant {
+                        ty,
+                        data: lattice_rows(ty, rows, cols, rows as u64).into(),
+                    },
+                };
+                // Never repacked: no group layout holds them.
+                assert!(matches!(
+                    m.clone().repacked().data,
+                    MatrixData::Quant { .. }
+                ));
+                for n in [1, 3, 9, 33] {
+                    let x = rand_vec(n * cols, 8);
+                    let want = matmul_reference(&m, &x, n);
+                    let scale = x.iter().map(|v| v.abs()).sum::<f32>() / n as f32;
+                    let wmax = m.to_f32().iter().fold(0.0f32, |a, v| a.max(v.abs()));
+                    let mut out = vec![0.0; n * rows];
+                    matmul(&m, &x, n, &mut out, Precision::default());
+                    for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                        // 8-bit activations: error ≲ 1% of Σ|x|·max|w|.
+                        assert!(
+                            (a - b).abs() < 0.01 * scale * wmax,
+                            "{ty:?} {rows}x{cols} n={n} [{i}]: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn quantized_and_repacked_matmul_match_reference() {
-        use crate::quant::{quantize_row, QuantType};
+        use crate::quant::quantize_row;
         for &(rows, cols) in &[(8, 256), (24, 512), (40, 256), (13, 256)] {
             let f = rand_vec(rows * cols, 4);
             for ty in QuantType::ALL {

@@ -31,7 +31,9 @@ impl ExportType {
             "f32" => Some(ExportType::F32),
             "f16" => Some(ExportType::F16),
             "bf16" => Some(ExportType::BF16),
-            q => QuantType::from_name(q).map(ExportType::Quant),
+            q => QuantType::from_name(q)
+                .filter(|t| t.can_quantize())
+                .map(ExportType::Quant),
         }
     }
 
@@ -63,6 +65,14 @@ impl ExportType {
                 QuantType::Q6K => 18,
                 QuantType::IQ4NL => 25,
                 QuantType::IQ4XS => 30,
+                // Never written (`ExportType::parse` refuses them); llama.cpp's own numbers.
+                QuantType::IQ2XXS => 19,
+                QuantType::IQ2XS => 20,
+                QuantType::IQ3XXS => 23,
+                QuantType::IQ1S => 24,
+                QuantType::IQ3S => 26,
+                QuantType::IQ2S => 28,
+                QuantType::IQ1M => 31,
             },
         }
     }

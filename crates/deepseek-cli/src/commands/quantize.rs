@@ -35,8 +35,13 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let target = ExportType::parse(&a.ty).with_context(|| {
         format!(
-            "--type `{}` is not one of q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, iq4_xs, iq4_nl, q5_1, q5_0, q4_1, q4_0, bf16, f16, f32",
-            a.ty
+            "--type `{}` is not one of q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, iq4_xs, iq4_nl, q5_1, q5_0, q4_1, q4_0, bf16, f16, f32{}",
+            a.ty,
+            if deepseek_kernels::QuantType::from_name(&a.ty).is_some() {
+                " (the 1-3-bit i-quants are read, not yet written: they need an importance matrix)"
+            } else {
+                ""
+            }
         )
     })?;
     let dir = a.model.dir()?;

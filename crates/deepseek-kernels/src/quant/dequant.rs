@@ -48,7 +48,7 @@ pub fn dequantize_row(t: QuantType, bytes: &[u8], out: &mut [f32]) {
     assert_eq!(out.len() % be, 0);
     assert!(bytes.len() >= out.len() / be * bb);
     #[cfg(target_arch = "x86_64")]
-    if matches!(byte_dot_isa(), ByteDotIsa::Avx2 | ByteDotIsa::Vnni) {
+    if matches!(byte_dot_isa(), ByteDotIsa::Avx2 | ByteDotIsa::Vnni) && !t.is_lattice() {
         // SAFETY: AVX2, FMA and F16C were detected (`byte_dot_isa`); lengths checked above.
         unsafe { super::x86::dequantize_row_avx2(t, bytes, out) };
         return;
@@ -62,16 +62,12 @@ pub fn dequantize_row_plain(t: QuantType, bytes: &[u8], out: &mut [f32]) {
     assert_eq!(out.len() % be, 0);
     assert!(bytes.len() >= out.len() / be * bb);
     match t {
-        QuantType::Q2K
-        | QuantType::Q3K
-        | QuantType::Q4K
-        | QuantType::Q5K
-        | QuantType::Q6K
-        | QuantType::IQ4XS => {
+        t if t.block_elems() == QK_K => {
             let mut k = KBlock::new();
             for (o, b) in out.chunks_exact_mut(QK_K).zip(bytes.chunks_exact(bb)) {
                 unpack_k(t, b, &mut k);
-                if matches!(t, QuantType::Q6K | QuantType::Q3K | QuantType::IQ4XS) {
+                if matches!(t, QuantType::Q6K | QuantType::Q3K | QuantType::IQ4XS) || t.is_lattice()
+                {
                     for (i, v) in o.iter_mut().enumerate() {
                         *v = k.d * k.scales16[i / 16] as f32 * k.q[i] as f32;
                     }

@@ -16,6 +16,10 @@ pub fn dot_rows<const T: usize>(
 ) -> [f32; T] {
     assert!(w.len() >= t.row_bytes(a.cols));
     let acts: [(&[f32], &[i32], &[i8]); T] = std::array::from_fn(|k| a.row(row0 + k));
+    if t.is_lattice() {
+        // The i-quants have plain code only so far: unpacked per super-block, integer dots.
+        return dot_rows_unpacked::<ScalarDot, T>(t, w, &acts);
+    }
     match byte_dot_isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the features were detected at run time; row lengths checked above.

@@ -23,6 +23,27 @@ pub enum QuantType {
     IQ4NL,
     /// IQ4_NL's levels in 256-value super-blocks with a 6-bit signed scale per 32 values.
     IQ4XS,
+    // llama.cpp's lattice i-quants (read, not written): groups of 8 (or 4) values are points of
+    // a fixed grid, indexed with a few bits, with their signs apart. 256-value super-blocks.
+    /// 2.06 bits per weight: 8-bit indices into 256 points of {8, 25, 43}⁸, 7-bit sign patterns,
+    /// a 4-bit scale per 32 values.
+    IQ2XXS,
+    /// 2.31 bits: 9-bit indices into 512 points, 7-bit signs, a 4-bit scale per 16 values.
+    IQ2XS,
+    /// 2.56 bits: 10-bit indices into 1024 points, 8 explicit signs, a 4-bit scale per 16.
+    IQ2S,
+    /// 3.06 bits: 8-bit indices into 256 points of 4 values (4..62), 7-bit signs, a 4-bit
+    /// scale per 32.
+    IQ3XXS,
+    /// 3.44 bits: 9-bit indices into 512 points of 4 odd values (1..15), 8 explicit signs, a
+    /// 4-bit scale per 32.
+    IQ3S,
+    /// 1.56 bits: 11-bit indices into 2048 points of {-1, 0, 1}⁸ shifted by ±1/8, a 3-bit scale
+    /// per 32.
+    IQ1S,
+    /// 1.75 bits: as IQ1_S with a 3-bit scale per 16 and the shift's sign per 8; the f16
+    /// super-block scale spread over the scales' top nibbles.
+    IQ1M,
 }
 
 /// The levels IQ4_NL and IQ4_XS index (llama.cpp's `kvalues_iq4nl`).
@@ -46,6 +67,32 @@ impl QuantType {
         QuantType::IQ4XS,
     ];
 
+    /// The types this engine reads but does not write (`quantize` refuses them).
+    pub const READ_ONLY: [QuantType; 7] = [
+        QuantType::IQ2XXS,
+        QuantType::IQ2XS,
+        QuantType::IQ2S,
+        QuantType::IQ3XXS,
+        QuantType::IQ3S,
+        QuantType::IQ1S,
+        QuantType::IQ1M,
+    ];
+
+    /// llama.cpp's lattice i-quants (IQ1–IQ3): values are grid points ([`super::iq`]).
+    pub fn is_lattice(self) -> bool {
+        Self::READ_ONLY.contains(&self)
+    }
+
+    /// Whether `quantize` can write this type.
+    pub fn can_quantize(self) -> bool {
+        !Self::READ_ONLY.contains(&self)
+    }
+
+    /// Every type: those written, then those only read.
+    pub fn every() -> impl Iterator<Item = QuantType> {
+        Self::ALL.into_iter().chain(Self::READ_ONLY)
+    }
+
     /// Values per block.
     pub fn block_elems(self) -> usize {
         match self {
@@ -60,7 +107,14 @@ impl QuantType {
             | QuantType::Q4K
             | QuantType::Q5K
             | QuantType::Q6K
-            | QuantType::IQ4XS => QK_K,
+            | QuantType::IQ4XS
+            | QuantType::IQ2XXS
+            | QuantType::IQ2XS
+            | QuantType::IQ2S
+            | QuantType::IQ3XXS
+            | QuantType::IQ3S
+            | QuantType::IQ1S
+            | QuantType::IQ1M => QK_K,
         }
     }
 
@@ -79,6 +133,13 @@ impl QuantType {
             QuantType::Q6K => 128 + 64 + 16 + 2,
             QuantType::IQ4NL => 2 + 16,
             QuantType::IQ4XS => 2 + 2 + 4 + 128,
+            QuantType::IQ2XXS => 2 + 64,
+            QuantType::IQ2XS => 2 + 64 + 8,
+            QuantType::IQ2S => 2 + 32 + 32 + 8 + 8,
+            QuantType::IQ3XXS => 2 + 64 + 32,
+            QuantType::IQ3S => 2 + 64 + 8 + 32 + 4,
+            QuantType::IQ1S => 2 + 32 + 16,
+            QuantType::IQ1M => 32 + 16 + 8,
         }
     }
 
@@ -102,11 +163,18 @@ impl QuantType {
             QuantType::Q6K => 14,
             QuantType::IQ4NL => 20,
             QuantType::IQ4XS => 23,
+            QuantType::IQ2XXS => 16,
+            QuantType::IQ2XS => 17,
+            QuantType::IQ3XXS => 18,
+            QuantType::IQ1S => 19,
+            QuantType::IQ3S => 21,
+            QuantType::IQ2S => 22,
+            QuantType::IQ1M => 29,
         }
     }
 
     pub fn from_ggml_type(id: u32) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.ggml_type() == id)
+        Self::every().find(|t| t.ggml_type() == id)
     }
 
     pub fn name(self) -> &'static str {
@@ -123,13 +191,18 @@ impl QuantType {
             QuantType::Q6K => "q6_k",
             QuantType::IQ4NL => "iq4_nl",
             QuantType::IQ4XS => "iq4_xs",
+            QuantType::IQ2XXS => "iq2_xxs",
+            QuantType::IQ2XS => "iq2_xs",
+            QuantType::IQ2S => "iq2_s",
+            QuantType::IQ3XXS => "iq3_xxs",
+            QuantType::IQ3S => "iq3_s",
+            QuantType::IQ1S => "iq1_s",
+            QuantType::IQ1M => "iq1_m",
         }
     }
 
     pub fn from_name(s: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.name().eq_ignore_ascii_case(s))
+        Self::every().find(|t| t.name().eq_ignore_ascii_case(s))
     }
 }
 

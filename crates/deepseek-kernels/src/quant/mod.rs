@@ -11,6 +11,8 @@ pub mod activations;
 pub mod dequant;
 pub mod dot;
 pub mod format;
+pub(crate) mod iq;
+mod iq_tables;
 pub(crate) mod isa;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;

@@ -97,6 +97,10 @@ pub fn quantize_row(t: QuantType, x: &[f32], out: &mut [u8]) {
                 }
             }
             QuantType::IQ4XS => quantize_iq4xs(xb, ob),
+            t => unreachable!(
+                "{} is read, not written (QuantType::can_quantize)",
+                t.name()
+            ),
         }
     }
 }

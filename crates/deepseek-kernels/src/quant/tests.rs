@@ -232,9 +232,23 @@ fn dot_is_exact_given_the_activation_rounding() {
 fn dot_is_exact_for(a: &QuantizedActivations, cols: usize) {
     let xq: Vec<f32> = (0..cols).map(|i| a.d[i / QK] * a.qs[i] as f32).collect();
     let w = rand_vec(cols, 22);
-    for t in QuantType::ALL {
-        let mut q = vec![0u8; t.row_bytes(cols)];
-        quantize_row(t, &w, &mut q);
+    // The types we write from `w`; the read-only ones from gguf-py's vectors (two super-blocks).
+    let v = vectors();
+    let rows = QuantType::ALL
+        .into_iter()
+        .map(|t| {
+            let mut q = vec![0u8; t.row_bytes(cols)];
+            quantize_row(t, &w, &mut q);
+            (t, q)
+        })
+        .chain(QuantType::READ_ONLY.into_iter().map(|t| {
+            (
+                t,
+                hex(v[t.name().to_uppercase()]["blocks"].as_str().unwrap()),
+            )
+        }));
+    for (t, q) in rows {
+        assert_eq!(q.len(), t.row_bytes(cols), "{t:?}");
         let want = dot_row_reference(t, &q, &xq);
         let (ad, s, aq) = a.row(0);
         let generic = dot_row_generic(t, &q, ad, s, aq);

@@ -174,6 +174,7 @@ pub(crate) fn unpack_k(t: QuantType, b: &[u8], k: &mut KBlock) {
                 }
             }
         }
+        t if t.is_lattice() => super::iq::unpack(t, b, &mut k.d, &mut k.scales16, &mut k.q),
         _ => unreachable!("unpack_k on a 32-wide format"),
     }
 }

@@ -71,7 +71,11 @@ pub(crate) fn dot_rows_unpacked<D: IntDot, const T: usize>(
                 }
             }
         }
-        QuantType::Q6K | QuantType::Q3K | QuantType::Q2K | QuantType::IQ4XS => {
+        t if matches!(
+            t,
+            QuantType::Q6K | QuantType::Q3K | QuantType::Q2K | QuantType::IQ4XS
+        ) || t.is_lattice() =>
+        {
             let mut k = KBlock::new();
             for (sb, b) in w.chunks_exact(bb).enumerate() {
                 unpack_k(t, b, &mut k);

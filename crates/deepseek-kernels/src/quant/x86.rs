@@ -437,6 +437,10 @@ pub unsafe fn dot_rows<B: ByteDot, const T: usize>(
                 }
             }
         }
+        t => unreachable!(
+            "{}: the i-quants take the plain path (quant::dot)",
+            t.name()
+        ),
     }
     std::array::from_fn(|k| hsum(_mm256_add_ps(acc[k][0], acc[k][1])) + extra[k])
 }
@@ -624,6 +628,10 @@ pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
                     }
                 }
             }
+            t => unreachable!(
+                "{}: the i-quants take the plain path (quant::dot, quant::dequant)",
+                t.name()
+            ),
         }
     }
 }
