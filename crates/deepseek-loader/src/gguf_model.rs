@@ -258,9 +258,10 @@ fn hf_layer_name(arch: &str, rest: &str) -> Option<&'static str> {
     })
 }
 
-/// Opens a GGUF file as a config and a weight store.
+/// Opens a GGUF file (or the first of its parts) as a config and a weight store.
 pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadError> {
     let g = Arc::new(GgufFile::open(path)?);
+    let parts = crate::gguf_split::open_parts(g.clone())?;
     let config = ModelConfig::from_json(&config_json(&g)?).map_err(|e| {
         g.err(format!(
             "metadata does not describe a model we can run: {e}"
@@ -268,28 +269,36 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
     })?;
     let arch = g.architecture()?.to_string();
     let mut store = WeightStore::empty(path);
-    let shard = store.add_map(path.to_path_buf(), g.map.clone());
-    let info = |t: &GgufTensor, offset: usize, shape: Vec<usize>, len: usize| TensorInfo {
-        shard,
-        dtype: tensor_type(t.ggml_type),
-        shape,
-        offset,
-        len_bytes: len,
-    };
+    let shards: Vec<usize> = parts
+        .iter()
+        .map(|p| store.add_map(p.path.clone(), p.map.clone()))
+        .collect();
+    let info =
+        |shard: usize, t: &GgufTensor, offset: usize, shape: Vec<usize>, len: usize| TensorInfo {
+            shard,
+            dtype: tensor_type(t.ggml_type),
+            shape,
+            offset,
+            len_bytes: len,
+        };
     // PyTorch shape: GGML dims reversed.
     let shape = |t: &GgufTensor| t.dims.iter().rev().map(|&d| d as usize).collect::<Vec<_>>();
     // Every layer has tensors of its own: a block count above the tensor count is a corrupt
     // or hostile header, refused before anything is sized by it.
-    if config.num_hidden_layers > g.tensors.len() {
+    let tensor_count: usize = parts.iter().map(|p| p.tensors.len()).sum();
+    if config.num_hidden_layers > tensor_count {
         return Err(g.err(format!(
-            "metadata `{arch}.block_count` is {}, but the file holds only {} tensors",
+            "metadata `{arch}.block_count` is {}, but the file holds only {tensor_count} tensors",
             config.num_hidden_layers,
-            g.tensors.len()
         )));
     }
     let mut k_b = vec![None; config.num_hidden_layers];
     let mut v_b = vec![None; config.num_hidden_layers];
-    for t in &g.tensors {
+    let all = parts
+        .iter()
+        .zip(&shards)
+        .flat_map(|(p, &shard)| p.tensors.iter().map(move |t| (p, shard, t)));
+    for (part, shard, t) in all {
         let top = match t.name.as_str() {
             "token_embd.weight" => Some("model.embed_tokens.weight"),
             "output_norm.weight" => Some("model.norm.weight"),
@@ -297,7 +306,7 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
             _ => None,
         };
         if let Some(hf) = top {
-            store.insert(hf.into(), info(t, t.offset, shape(t), t.len_bytes));
+            store.insert(hf.into(), info(shard, t, t.offset, shape(t), t.len_bytes));
             continue;
         }
         let Some((layer, rest)) = t
@@ -315,7 +324,7 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
         if let Some(hf) = hf_layer_name(&arch, rest) {
             store.insert(
                 format!("{p}.{hf}"),
-                info(t, t.offset, shape(t), t.len_bytes),
+                info(shard, t, t.offset, shape(t), t.len_bytes),
             );
             continue;
         }
@@ -337,7 +346,7 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
             for e in 0..s[0] {
                 store.insert(
                     format!("{p}.mlp.experts.{e}.{proj}.weight"),
-                    info(t, t.offset + e * per, vec![s[1], s[2]], per),
+                    info(shard, t, t.offset + e * per, vec![s[1], s[2]], per),
                 );
             }
             continue;
@@ -354,13 +363,13 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
                     };
                     store.insert(
                         format!("{p}.self_attn.{hf}.weight"),
-                        info(t, t.offset, vec![s[0] * s[1], s[2]], t.len_bytes),
+                        info(shard, t, t.offset, vec![s[0] * s[1], s[2]], t.len_bytes),
                     );
                 }
                 if rest == "attn_k_b.weight" {
-                    k_b[layer] = Some(t.clone());
+                    k_b[layer] = Some((part.clone(), t.clone()));
                 } else {
-                    v_b[layer] = Some(t.clone());
+                    v_b[layer] = Some((part.clone(), t.clone()));
                 }
             }
             _ => {}
@@ -371,7 +380,7 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
     // k_b [heads, kv_lora, nope] (transposed) and v_b [heads, v, kv_lora].
     if let Some(mla) = config.mla() {
         for layer in 0..config.num_hidden_layers {
-            let (Some(kb), Some(vb)) = (&k_b[layer], &v_b[layer]) else {
+            let (Some((kb_part, kb)), Some((vb_part, vb))) = (&k_b[layer], &v_b[layer]) else {
                 continue;
             };
             let (h, lora, nope, v) = (
@@ -380,8 +389,8 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
                 mla.qk_nope_head_dim,
                 mla.v_head_dim,
             );
-            let kb_m = dequantized(&g, kb, h * lora, nope)?;
-            let vb_m = dequantized(&g, vb, h * v, lora)?;
+            let kb_m = dequantized(kb_part, kb, h * lora, nope)?;
+            let vb_m = dequantized(vb_part, vb, h * v, lora)?;
             let mut kv = vec![0.0f32; h * (nope + v) * lora];
             for head in 0..h {
                 let base = head * (nope + v);

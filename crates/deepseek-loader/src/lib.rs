@@ -6,6 +6,7 @@ pub mod error;
 pub mod gguf;
 pub mod gguf_export;
 pub mod gguf_model;
+pub mod gguf_split;
 pub mod gguf_writer;
 pub mod hf_cache;
 pub mod safetensors_store;
@@ -47,9 +48,12 @@ pub fn gguf_path(path: &Path) -> Result<Option<PathBuf>, LoadError> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
         .collect();
+    // The parts of one split model (NAME-0000k-of-0000N.gguf): its first part.
+    let first_part = gguf_split::first_of_one_split(&ggufs);
     match ggufs.len() {
         0 => Ok(None),
         1 => Ok(ggufs.into_iter().next()),
+        _ if first_part.is_some() => Ok(first_part),
         n => Err(LoadError::Parse {
             path: path.to_path_buf(),
             msg: format!("{n} .gguf files and no config.json: pass the file itself as --model"),
