@@ -463,6 +463,53 @@ pub unsafe fn dot_rows_avx2<const T: usize>(
     dot_rows::<Avx2, T>(t, w, acts)
 }
 
+/// Integer dot products of unpacked int8 weights with int8 activations on AVX2, for the
+/// formats that unpack per super-block ([`super::unpacked::dot_rows_unpacked`]): `|w|` times
+/// the activations carrying `w`'s sign, pairs summed in i16 (|w|, |a| ≤ 127: < 2¹⁵).
+struct Avx2IntDot;
+
+impl super::unpacked::IntDot for Avx2IntDot {
+    #[inline(always)]
+    fn dot32(w: &[i8], a: &[i8]) -> i32 {
+        assert!(w.len() >= 32 && a.len() >= 32);
+        // SAFETY: lengths checked; only inlined into `dot_rows_unpacked_avx2`, which requires
+        // AVX2.
+        unsafe {
+            let wv = _mm256_loadu_si256(w.as_ptr() as *const __m256i);
+            let av = _mm256_loadu_si256(a.as_ptr() as *const __m256i);
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
+            let s = _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+            let s = _mm_hadd_epi32(s, s);
+            _mm_cvtsi128_si32(_mm_hadd_epi32(s, s))
+        }
+    }
+    #[inline(always)]
+    fn dot16(w: &[i8], a: &[i8]) -> i32 {
+        assert!(w.len() >= 16 && a.len() >= 16);
+        // SAFETY: as above.
+        unsafe {
+            let wv = _mm_loadu_si128(w.as_ptr() as *const __m128i);
+            let av = _mm_loadu_si128(a.as_ptr() as *const __m128i);
+            let p = _mm_maddubs_epi16(_mm_sign_epi8(wv, wv), _mm_sign_epi8(av, wv));
+            let s = _mm_madd_epi16(p, _mm_set1_epi16(1));
+            let s = _mm_hadd_epi32(s, s);
+            _mm_cvtsi128_si32(_mm_hadd_epi32(s, s))
+        }
+    }
+}
+
+/// [`super::unpacked::dot_rows_unpacked`] with AVX2 integer dot products (the i-quants, which
+/// have no kernel of their own yet). Requires AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn dot_rows_unpacked_avx2<const T: usize>(
+    t: QuantType,
+    w: &[u8],
+    acts: &[ActRow; T],
+) -> [f32; T] {
+    super::unpacked::dot_rows_unpacked::<Avx2IntDot, T>(t, w, acts)
+}
+
 /// [`super::format::quantize_block_reference`] on AVX2, bit for bit: the same max, scale,
 /// product and half-away rounding (`y + copysign(0.5, y)` truncated), per 8 lanes.
 #[target_feature(enable = "avx2")]
