@@ -157,6 +157,9 @@ fn info_json_reports_the_latent_cache_size() {
     assert_eq!(v["kv_bytes_per_token"], 40 * 3 * 4);
     assert_eq!(v["family"], "deepseek_v2");
     assert!(v["active_parameters"].as_u64().unwrap() < v["total_parameters"].as_u64().unwrap());
+    // An f32 checkpoint: 32 bits per weight, all of its bytes f32.
+    assert_eq!(v["bits_per_weight"], 32.0);
+    assert_eq!(v["dtype_bytes"].as_object().unwrap().len(), 1);
     // The global --cache-type reaches the model, before or after the command.
     for args in [
         &["--cache-type", "bf16", "info"][..],

@@ -402,6 +402,21 @@ impl WeightStore {
     }
 
     /// The dtype most weights are stored in (for `info`).
+    /// The bytes of each stored type, most first, and the bits per weight of them all: what a
+    /// file's mix of types (a quantization "recipe") comes to.
+    pub fn dtype_mix(&self) -> (Vec<(String, usize)>, f64) {
+        let mut by: HashMap<String, usize> = HashMap::new();
+        let mut values = 0usize;
+        for t in self.tensors.values() {
+            *by.entry(t.dtype.name()).or_default() += t.len_bytes;
+            values += t.shape.iter().product::<usize>();
+        }
+        let mut mix: Vec<(String, usize)> = by.into_iter().collect();
+        mix.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let bits = 8.0 * self.total_bytes() as f64 / values.max(1) as f64;
+        (mix, bits)
+    }
+
     pub fn main_dtype(&self) -> String {
         let mut by: HashMap<String, usize> = HashMap::new();
         for t in self.tensors.values() {

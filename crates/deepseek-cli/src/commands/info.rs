@@ -23,6 +23,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
     let (total, active) = model.parameter_counts();
     let (_, store) = deepseek_loader::open_checkpoint(&dir)?;
     let shape = model.cache_shape(s.cache.dtype());
+    let (mix, bits) = store.dtype_mix();
     let attention = match c.mla() {
         Some(m) => format!(
             "MLA (kv_lora_rank {}, rope {}, q_lora_rank {})",
@@ -58,6 +59,8 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         "total_parameters": total,
         "active_parameters": active,
         "dtype": store.main_dtype(),
+        "bits_per_weight": bits,
+        "dtype_bytes": mix.iter().map(|(d, b)| (d.clone(), (*b).into())).collect::<serde_json::Map<_, _>>(),
         "weights_bytes": store.total_bytes(),
         "active_weight_bytes_per_token": model.active_weight_bytes(),
         "kv_cache_values_per_token_per_layer": shape.row_width,
@@ -91,7 +94,16 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
             human(total),
             human(active)
         );
-        println!("dtype            {}", store.main_dtype());
+        let total_bytes = mix.iter().map(|m| m.1).sum::<usize>().max(1);
+        let shares: Vec<String> = mix
+            .iter()
+            .map(|(d, b)| format!("{d} {:.0}%", 100.0 * *b as f64 / total_bytes as f64))
+            .collect();
+        println!(
+            "dtype            {} ({bits:.2} bits per weight; of the bytes: {})",
+            store.main_dtype(),
+            shares.join(", ")
+        );
         println!(
             "kv cache         {} bytes per token ({} {} values × {} layers)",
             shape.bytes_per_token(),
