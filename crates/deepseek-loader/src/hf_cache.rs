@@ -134,12 +134,12 @@ pub fn resolve(id: &ModelId, cache: &Path) -> Result<PathBuf, String> {
         .filter(|f| f.ends_with(".gguf"))
         .collect();
     let paths: Vec<PathBuf> = ggufs.iter().map(|f| snap.join(f)).collect();
+    // The parts of one split model: its first part.
+    if let Some(first) = crate::gguf_split::first_of_one_split(&paths) {
+        return Ok(first);
+    }
     match ggufs.as_slice() {
         [one] => Ok(snap.join(one)),
-        // The parts of one split model: its first part.
-        _ if crate::gguf_split::first_of_one_split(&paths).is_some() => {
-            Ok(crate::gguf_split::first_of_one_split(&paths).unwrap_or_default())
-        }
         // Neither: the folder still serves what it has (a tokenizer alone, say); loading
         // weights from it fails naming the missing config.json.
         [] => Ok(snap),

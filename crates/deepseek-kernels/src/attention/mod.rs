@@ -207,18 +207,7 @@ pub fn attend_group_split(
     scale: f32,
     out: &mut [f32],
 ) {
-    let (parts, per) = split_parts(n_ctx);
-    let partials: Vec<Partial> = crate::threads::map(parts, |p| {
-        attend_partial(
-            queries,
-            rows,
-            layout,
-            p * per,
-            ((p + 1) * per).min(n_ctx),
-            scale,
-        )
-    });
-    merge(&partials, layout.value_len, out);
+    attend_in_parts(queries, rows, layout, n_ctx, scale, out, true)
 }
 
 /// [`attend_group_split`] on the calling thread: the same parts merged in the same order, so
@@ -232,19 +221,29 @@ pub fn attend_group_split_serial(
     scale: f32,
     out: &mut [f32],
 ) {
+    attend_in_parts(queries, rows, layout, n_ctx, scale, out, false)
+}
+
+/// The parts of [`split_parts`], on the pool or one after the other, then merged.
+fn attend_in_parts(
+    queries: &[f32],
+    rows: &RowBlocks,
+    layout: RowLayout,
+    n_ctx: usize,
+    scale: f32,
+    out: &mut [f32],
+    parallel: bool,
+) {
     let (parts, per) = split_parts(n_ctx);
-    let partials: Vec<Partial> = (0..parts)
-        .map(|p| {
-            attend_partial(
-                queries,
-                rows,
-                layout,
-                p * per,
-                ((p + 1) * per).min(n_ctx),
-                scale,
-            )
-        })
-        .collect();
+    let part = |p: usize| {
+        let end = ((p + 1) * per).min(n_ctx);
+        attend_partial(queries, rows, layout, p * per, end, scale)
+    };
+    let partials: Vec<Partial> = if parallel {
+        crate::threads::map(parts, part)
+    } else {
+        (0..parts).map(part).collect()
+    };
     merge(&partials, layout.value_len, out);
 }
 
