@@ -60,6 +60,15 @@ FIXTURES = {
         first_k_dense_replace=1, moe_layer_freq=1, n_group=4, topk_group=2, topk_method="noaux_tc",
         norm_topk_prob=True, routed_scaling_factor=2.5, scoring_func="sigmoid", rope_theta=10000,
         rope_scaling=dict(YARN, mscale=1.0, mscale_all_dim=1.0))),
+    # V3 with a multi-token-prediction module (model.layers.2 after 2 main layers): the engine's
+    # MTP logits against scripts/mtp_reference.py's module, written from the V3 paper.
+    "v3_mtp": ("deepseek_v3", "f32", dict(
+        COMMON, model_type="deepseek_v3", num_hidden_layers=2, intermediate_size=160, num_attention_heads=4,
+        num_key_value_heads=4, q_lora_rank=24, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16,
+        v_head_dim=16, n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=4, moe_intermediate_size=24,
+        first_k_dense_replace=1, moe_layer_freq=1, n_group=4, topk_group=2, topk_method="noaux_tc",
+        norm_topk_prob=True, routed_scaling_factor=2.5, scoring_func="sigmoid", rope_theta=10000,
+        rope_scaling=dict(YARN, mscale=1.0, mscale_all_dim=1.0), _mtp=True)),
     # DeepSeek LLM 67B style: GQA (8 query heads, 2 KV heads), rotate-half RoPE, bf16 weights.
     "llm67b_gqa_bf16": ("llama", "bf16", dict(
         COMMON, model_type="llama", intermediate_size=172, num_attention_heads=8, num_key_value_heads=2,
@@ -116,7 +125,7 @@ def build(name, family, wdtype, cfg_dict, seed):
     cls = {"deepseek_v2": (transformers.DeepseekV2Config, transformers.DeepseekV2ForCausalLM),
            "deepseek_v3": (transformers.DeepseekV3Config, transformers.DeepseekV3ForCausalLM),
            "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM)}[family]
-    kwargs = {k: v for k, v in cfg_dict.items() if k != "model_type"}
+    kwargs = {k: v for k, v in cfg_dict.items() if k not in ("model_type", "_mtp")}
     config = cls[0](**kwargs)
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
@@ -174,6 +183,25 @@ def run(model, cfg_dict, prompts):
     return out, margins
 
 
+def mtp_logits(main, mtp, cfg_dict, prompts, ref):
+    """MTP logits over each prompt and its greedy continuation: position i takes the main
+    model's final-normed hidden state there and token i + 1; `mtp_logits.i` [T - 1, vocab]."""
+    gate_logits = []
+    hook = mtp.block.mlp.gate.register_forward_hook(lambda mod, inp, out: gate_logits.append(out[0]))
+    margin = math.inf
+    bias = mtp.block.mlp.gate.e_score_correction_bias.detach().double().numpy()
+    for i, p in enumerate(prompts):
+        seq = torch.tensor([p + ref[f"generated.{i}"].tolist()])
+        gate_logits.clear()
+        with torch.no_grad():
+            hidden = main.model(seq).last_hidden_state
+            logits, _ = mtp(main, seq[:, 1:], hidden[:, :-1])
+        ref[f"mtp_logits.{i}"] = logits[0].float()
+        margin = min(margin, routing_margins(dict(cfg_dict, _bias=bias), gate_logits[0]))
+    hook.remove()
+    return margin
+
+
 def main():
     torch.set_num_threads(2)
     only = set(sys.argv[1:])
@@ -186,11 +214,22 @@ def main():
         for seed in range(1, 200):
             model = build(name, family, wdtype, cfg_dict, seed)
             tmp = tempfile.mkdtemp()
-            model.save_pretrained(tmp)
-            # Reload what was saved, so the reference uses exactly the stored (e.g. bf16) weights.
             cls = type(model)
+            if cfg_dict.get("_mtp"):
+                import mtp_reference
+                from transformers.models.deepseek_v3 import modeling_deepseek_v3 as m3
+                mtp = mtp_reference.MtpModule(model.config, m3.DeepseekV3DecoderLayer, m3.DeepseekV3RMSNorm)
+                init_weights(mtp, seed + 1000)
+                mtp_reference.save_with_mtp(model, mtp, cls, transformers.DeepseekV3Config, tmp)
+            else:
+                model.save_pretrained(tmp)
+            # Reload what was saved, so the reference uses exactly the stored (e.g. bf16) weights.
             reloaded = cls.from_pretrained(tmp, torch_dtype=torch.float32, attn_implementation="eager")
             ref, margins = run(reloaded, cfg_dict, prompts)
+            if cfg_dict.get("_mtp"):
+                mtp = mtp_reference.load_mtp(tmp, reloaded, cls, transformers.DeepseekV3Config,
+                                             m3.DeepseekV3DecoderLayer, m3.DeepseekV3RMSNorm)
+                margins["route"] = min(margins["route"], mtp_logits(reloaded, mtp, cfg_dict, prompts, ref))
             if margins["gen"] >= 1e-3 and margins["route"] >= 2e-4:
                 break
             shutil.rmtree(tmp)

@@ -141,6 +141,9 @@ pub struct ModelConfig {
     pub attention: AttentionKind,
     pub moe: Option<MoeConfig>,
     pub torch_dtype: Option<String>,
+    /// Multi-token-prediction modules after the main stack (DeepSeek-V3's MTP, the checkpoint's
+    /// `model.layers.{num_hidden_layers}…`): each drafts one token further ahead.
+    pub num_nextn_predict_layers: usize,
 }
 
 struct Fields<'a>(&'a serde_json::Map<String, Value>);
@@ -422,6 +425,7 @@ impl ModelConfig {
                 .str("torch_dtype")
                 .or_else(|| f.str("dtype"))
                 .map(str::to_string),
+            num_nextn_predict_layers: f.opt_usize("num_nextn_predict_layers")?.unwrap_or(0),
         };
         if cfg.vocab_size == 0 || cfg.hidden_size == 0 || cfg.num_hidden_layers == 0 {
             return Err(LoadError::config(

@@ -66,7 +66,18 @@ pub fn config_json(g: &GgufFile) -> Result<Json, LoadError> {
     let heads = req_u("attention.head_count")?;
     c.insert("vocab_size".into(), json!(vocab));
     c.insert("hidden_size".into(), json!(hidden));
-    c.insert("num_hidden_layers".into(), json!(req_u("block_count")?));
+    // block_count includes the multi-token-prediction blocks stored after the main stack.
+    let blocks = req_u("block_count")?;
+    let nextn = opt_u("nextn_predict_layers").unwrap_or(0);
+    if nextn >= blocks {
+        return Err(g.err(format!(
+            "metadata `{}` is {nextn}, but `{}` is only {blocks}",
+            key("nextn_predict_layers"),
+            key("block_count")
+        )));
+    }
+    c.insert("num_hidden_layers".into(), json!(blocks - nextn));
+    c.insert("num_nextn_predict_layers".into(), json!(nextn));
     c.insert("num_attention_heads".into(), json!(heads));
     c.insert(
         "intermediate_size".into(),
@@ -258,6 +269,20 @@ fn hf_layer_name(arch: &str, rest: &str) -> Option<&'static str> {
     })
 }
 
+/// GGUF's names of the multi-token-prediction parts (`blk.N.nextn.*`), as Hugging Face names
+/// them under `model.layers.N`.
+fn nextn_name(rest: &str) -> Option<&'static str> {
+    Some(match rest {
+        "nextn.eh_proj.weight" => "eh_proj.weight",
+        "nextn.enorm.weight" => "enorm.weight",
+        "nextn.hnorm.weight" => "hnorm.weight",
+        "nextn.embed_tokens.weight" => "embed_tokens.weight",
+        "nextn.shared_head_head.weight" => "shared_head.head.weight",
+        "nextn.shared_head_norm.weight" => "shared_head.norm.weight",
+        _ => return None,
+    })
+}
+
 /// Opens a GGUF file (or the first of its parts) as a config and a weight store.
 pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadError> {
     let g = Arc::new(GgufFile::open(path)?);
@@ -292,8 +317,9 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
             config.num_hidden_layers,
         )));
     }
-    let mut k_b = vec![None; config.num_hidden_layers];
-    let mut v_b = vec![None; config.num_hidden_layers];
+    let blocks = config.num_hidden_layers + config.num_nextn_predict_layers;
+    let mut k_b = vec![None; blocks];
+    let mut v_b = vec![None; blocks];
     let all = parts
         .iter()
         .zip(&shards)
@@ -317,11 +343,12 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
         else {
             continue; // e.g. rope_freqs: derived from the config instead
         };
-        if layer >= config.num_hidden_layers {
-            continue; // multi-token-prediction layers
+        if layer >= blocks {
+            continue;
         }
         let p = format!("model.layers.{layer}");
-        if let Some(hf) = hf_layer_name(&arch, rest) {
+        // A multi-token-prediction block: an ordinary layer plus its own input and head parts.
+        if let Some(hf) = hf_layer_name(&arch, rest).or_else(|| nextn_name(rest)) {
             store.insert(
                 format!("{p}.{hf}"),
                 info(shard, t, t.offset, shape(t), t.len_bytes),
@@ -379,7 +406,7 @@ pub fn open(path: &std::path::Path) -> Result<(ModelConfig, WeightStore), LoadEr
     // Newer MLA files: kv_b_proj = per head [W_UK (nope rows); W_UV (v rows)], from
     // k_b [heads, kv_lora, nope] (transposed) and v_b [heads, v, kv_lora].
     if let Some(mla) = config.mla() {
-        for layer in 0..config.num_hidden_layers {
+        for layer in 0..blocks {
             let (Some((kb_part, kb)), Some((vb_part, vb))) = (&k_b[layer], &v_b[layer]) else {
                 continue;
             };

@@ -5,18 +5,24 @@
 //! - [`moe`]: routed + shared experts; [`mlp`]: the SwiGLU MLP they are made of.
 //! - [`llama_attention`]: DeepSeek LLM 7B/67B attention.
 //! - [`rope`]: RoPE and YaRN tables.
+//! - [`layer`]: one decoder layer (attention, then dense MLP or MoE).
+//! - [`mtp`]: DeepSeek-V3's multi-token-prediction module (speculative drafts).
 //! - [`model`]: the decoder stack and the batched forward step.
 //!
 //! Math lives in `deepseek-kernels`; the cache lives in `deepseek-cache`.
 
 pub mod batch;
+pub mod layer;
 pub mod llama_attention;
 pub mod mla;
 pub mod mlp;
 pub mod model;
 pub mod moe;
+pub mod mtp;
 pub mod rope;
 pub mod router;
+pub mod trace;
 
 pub use deepseek_cache::CacheDtype;
-pub use model::{LogitsFor, Model, ModelError, PrefillPath, SeqStep, Trace};
+pub use model::{LogitsFor, Model, ModelError, MtpStep, PrefillPath, SeqStep, StepOutput};
+pub use trace::Trace;

@@ -3,17 +3,16 @@
 use std::path::Path;
 
 use deepseek_cache::{BlockPool, CacheDtype, CacheError, CacheShape, SequenceCache};
-use deepseek_kernels::ops::{add_inplace, rms_norm};
+use deepseek_kernels::ops::rms_norm;
 use deepseek_kernels::{matmul, Matrix, Precision};
-use deepseek_loader::{AttentionKind, LoadError, ModelConfig, WeightStore};
+use deepseek_loader::{LoadError, ModelConfig, WeightStore};
 
 use crate::batch::BatchLayout;
-use crate::llama_attention::LlamaAttention;
-use crate::mla::{AttentionPath, MlaAttention};
-use crate::mlp::Mlp;
-use crate::moe::Moe;
+use crate::layer::{DecoderLayer, LayerContext};
+use crate::mla::AttentionPath;
+use crate::mtp::MtpModule;
 use crate::rope::Rope;
-use crate::router::Routing;
+use crate::trace::Trace;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -23,28 +22,12 @@ pub enum ModelError {
     Cache(#[from] CacheError),
     #[error("token id {id} is out of range: the vocabulary has {vocab} tokens (ids 0..{})", vocab - 1)]
     TokenOutOfRange { id: u32, vocab: usize },
+    #[error("this checkpoint has no multi-token-prediction module (num_nextn_predict_layers is 0, or the file leaves its `model.layers.N` / `blk.N.nextn` tensors out)")]
+    NoMtp,
     #[error(
         "position {pos} is beyond the model's context of {max} tokens (max_position_embeddings)"
     )]
     ContextExceeded { pos: usize, max: usize },
-}
-
-#[allow(clippy::large_enum_variant)] // one per layer
-pub enum Attention {
-    Mla(MlaAttention),
-    Llama(LlamaAttention),
-}
-
-pub enum FeedForward {
-    Dense(Mlp),
-    Moe(Moe),
-}
-
-pub struct DecoderLayer {
-    pub input_layernorm: Vec<f32>,
-    pub self_attn: Attention,
-    pub post_attention_layernorm: Vec<f32>,
-    pub mlp: FeedForward,
 }
 
 pub struct Model {
@@ -53,6 +36,9 @@ pub struct Model {
     pub layers: Vec<DecoderLayer>,
     pub norm: Vec<f32>,
     pub lm_head: Matrix,
+    /// DeepSeek-V3's multi-token-prediction module, where the checkpoint has one: drafts for
+    /// speculative decoding ([`Model::mtp_forward`]).
+    pub mtp: Option<MtpModule>,
     rope: Rope,
     /// How activations meet the weights in every matmul ([`Model::with_precision`]).
     precision: Precision,
@@ -76,18 +62,6 @@ pub enum LogitsFor {
     AllTokens,
     /// The last new token of each sequence (generation).
     LastToken,
-}
-
-/// Optional record of intermediate values, for parity tests against the reference.
-#[derive(Default)]
-pub struct Trace {
-    /// `[layers + 1]` residual streams, each `[tokens, hidden]`.
-    pub resid: Vec<Vec<f32>>,
-    /// Per layer: routing of every token (empty for dense layers).
-    pub routing: Vec<Vec<Routing>>,
-    /// Per layer: raw router logits `[tokens, experts]` (empty for dense layers).
-    pub router_logits: Vec<Vec<f32>>,
-    pub final_norm: Vec<f32>,
 }
 
 /// One sequence's part of a step: its new tokens and its cache.
@@ -128,32 +102,10 @@ impl Model {
         }
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let self_attn = match &c.attention {
-                AttentionKind::Gqa => {
-                    Attention::Llama(LlamaAttention::load(w, c, &format!("{p}.self_attn"))?)
-                }
-                AttentionKind::Mla(d) => {
-                    Attention::Mla(MlaAttention::load(w, c, d, &format!("{p}.self_attn"))?)
-                }
-            };
-            let mlp = match &c.moe {
-                Some(m) if m.is_moe_layer(i) => {
-                    FeedForward::Moe(Moe::load(w, c, m, &format!("{p}.mlp"))?)
-                }
-                _ => {
-                    FeedForward::Dense(Mlp::load(w, &format!("{p}.mlp"), hid, c.intermediate_size)?)
-                }
-            };
-            layers.push(DecoderLayer {
-                input_layernorm: w.vector(&format!("{p}.input_layernorm.weight"), hid)?,
-                self_attn,
-                post_attention_layernorm: w
-                    .vector(&format!("{p}.post_attention_layernorm.weight"), hid)?,
-                mlp,
-            });
+            layers.push(DecoderLayer::load(w, c, i)?);
             progress(i + 1, c.num_hidden_layers);
         }
+        let mtp = MtpModule::load(w, c)?;
         let lm_head = if w.contains("lm_head.weight") || !c.tie_word_embeddings {
             w.matrix("lm_head.weight", v, hid)?
         } else {
@@ -165,6 +117,7 @@ impl Model {
             layers,
             norm: w.vector("model.norm.weight", hid)?,
             lm_head,
+            mtp,
             config,
             precision: Precision::default(),
             weights_fingerprint: w.fingerprint(),
@@ -199,7 +152,8 @@ impl Model {
     /// `--cache-type q8`).
     pub fn cache_shape(&self, dtype: CacheDtype) -> CacheShape {
         CacheShape {
-            layers: self.config.num_hidden_layers,
+            // The multi-token-prediction block keeps its rows as one more layer.
+            layers: self.config.num_hidden_layers + usize::from(self.mtp.is_some()),
             row_width: self.config.cache_row_width(),
             dtype,
         }
@@ -238,43 +192,22 @@ impl Model {
     pub fn held_weight_bytes(&self) -> usize {
         let mut b = self.embed_tokens.size_bytes() + 4 * self.norm.len();
         self.for_each_weight(&mut |m, _| b += m.size_bytes());
-        for l in &self.layers {
-            b += 4 * (l.input_layernorm.len() + l.post_attention_layernorm.len());
-            if let Attention::Mla(a) = &l.self_attn {
-                b += a
-                    .prefill_only_matrices()
-                    .iter()
-                    .map(|m| m.size_bytes())
-                    .sum::<usize>();
-            }
+        b += self.layers.iter().map(|l| l.other_bytes()).sum::<usize>();
+        if let Some(mtp) = &self.mtp {
+            mtp.for_each_weight(&mut |m, _| b += m.size_bytes());
+            b += mtp.other_bytes();
         }
         b
     }
 
-    /// Every weight matrix except the embeddings, with the share of tokens that read it
-    /// (k / n_routed for a routed expert, 1 otherwise).
+    /// Every weight matrix of the main stack except the embeddings, with the share of tokens
+    /// that read it (k / n_routed for a routed expert, 1 otherwise).
     fn for_each_weight(&self, f: &mut dyn FnMut(&Matrix, f64)) {
         if !self.config.tie_word_embeddings {
             f(&self.lm_head, 1.0);
         }
         for l in &self.layers {
-            match &l.self_attn {
-                Attention::Mla(a) => a.matrices().into_iter().for_each(|m| f(m, 1.0)),
-                Attention::Llama(a) => a.matrices().into_iter().for_each(|m| f(m, 1.0)),
-            }
-            match &l.mlp {
-                FeedForward::Dense(m) => m.matrices().into_iter().for_each(|m| f(m, 1.0)),
-                FeedForward::Moe(moe) => {
-                    let share = moe.router.top_k() as f64 / moe.experts.len() as f64;
-                    f(moe.router.weight(), 1.0);
-                    for e in &moe.experts {
-                        e.matrices().into_iter().for_each(|m| f(m, share));
-                    }
-                    if let Some(s) = &moe.shared_experts {
-                        s.matrices().into_iter().for_each(|m| f(m, 1.0));
-                    }
-                }
-            }
+            l.for_each_weight(f);
         }
     }
 
@@ -288,39 +221,90 @@ impl Model {
         prefill: PrefillPath,
         trace: Option<&mut Trace>,
     ) -> Result<Vec<f32>, ModelError> {
-        // The whole step on one of the pool's threads: a parallel region started from outside
-        // the pool puts the caller to sleep until it ends and wakes it after, twice per region
-        // (about 60 regions per decoded token).
-        deepseek_kernels::threads::on_pool(|| {
-            self.forward_on_pool(pool, seqs, logits_for, prefill, trace)
-        })
+        let step = self.step(pool, seqs, logits_for, prefill, false, trace)?;
+        Ok(step.logits)
     }
 
-    fn forward_on_pool(
+    /// [`Model::forward`], also returning every new token's final-normed hidden state: what
+    /// the multi-token-prediction module continues from ([`Model::mtp_forward`]).
+    pub fn forward_with_hidden(
         &self,
         pool: &mut BlockPool,
         seqs: &mut [SeqStep],
         logits_for: LogitsFor,
         prefill: PrefillPath,
+    ) -> Result<StepOutput, ModelError> {
+        self.step(pool, seqs, logits_for, prefill, true, None)
+    }
+
+    fn step(
+        &self,
+        pool: &mut BlockPool,
+        seqs: &mut [SeqStep],
+        logits_for: LogitsFor,
+        prefill: PrefillPath,
+        keep_hidden: bool,
+        trace: Option<&mut Trace>,
+    ) -> Result<StepOutput, ModelError> {
+        // The whole step on one of the pool's threads: a parallel region started from outside
+        // the pool puts the caller to sleep until it ends and wakes it after, twice per region
+        // (about 60 regions per decoded token).
+        deepseek_kernels::threads::on_pool(|| {
+            self.step_on_pool(pool, seqs, logits_for, prefill, keep_hidden, trace)
+        })
+    }
+
+    /// Refuses tokens outside the vocabulary and steps past the context.
+    fn check(&self, tokens: &[u32], end: usize) -> Result<(), ModelError> {
+        let c = &self.config;
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange {
+                id,
+                vocab: c.vocab_size,
+            });
+        }
+        if end > c.max_position_embeddings {
+            return Err(ModelError::ContextExceeded {
+                pos: end,
+                max: c.max_position_embeddings,
+            });
+        }
+        Ok(())
+    }
+
+    /// Absorbed when every sequence brings fewer new tokens than it will have in context after
+    /// this step would suggest decompressing is cheaper (decode, short chunks).
+    fn attention_path(
+        prefill: PrefillPath,
+        seqs: impl Iterator<Item = (usize, usize)>,
+    ) -> AttentionPath {
+        match prefill {
+            PrefillPath::Absorbed => AttentionPath::Absorbed,
+            PrefillPath::Decompressed => AttentionPath::Decompressed,
+            PrefillPath::Auto => {
+                let mut seqs = seqs;
+                if seqs.all(|(new, cached)| new <= cached.max(1)) {
+                    AttentionPath::Absorbed
+                } else {
+                    AttentionPath::Decompressed
+                }
+            }
+        }
+    }
+
+    fn step_on_pool(
+        &self,
+        pool: &mut BlockPool,
+        seqs: &mut [SeqStep],
+        logits_for: LogitsFor,
+        prefill: PrefillPath,
+        keep_hidden: bool,
         mut trace: Option<&mut Trace>,
-    ) -> Result<Vec<f32>, ModelError> {
+    ) -> Result<StepOutput, ModelError> {
         let c = &self.config;
         let hid = c.hidden_size;
-        let p = self.precision;
         for s in seqs.iter() {
-            if let Some(&id) = s.tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-                return Err(ModelError::TokenOutOfRange {
-                    id,
-                    vocab: c.vocab_size,
-                });
-            }
-            let end = s.cache.len + s.tokens.len();
-            if end > c.max_position_embeddings {
-                return Err(ModelError::ContextExceeded {
-                    pos: end,
-                    max: c.max_position_embeddings,
-                });
-            }
+            self.check(s.tokens, s.cache.len + s.tokens.len())?;
         }
         for s in seqs.iter_mut() {
             let end = s.cache.len + s.tokens.len();
@@ -328,19 +312,8 @@ impl Model {
         }
         let batch = BatchLayout::new(seqs.iter().map(|s| (s.tokens.len(), s.cache.len)));
         let n = batch.tokens();
-        // Absorbed when every sequence brings fewer new tokens than it will have in context
-        // after this step would suggest decompressing is cheaper (decode, short chunks).
-        let path = match prefill {
-            PrefillPath::Absorbed => AttentionPath::Absorbed,
-            PrefillPath::Decompressed => AttentionPath::Decompressed,
-            PrefillPath::Auto => {
-                if seqs.iter().all(|s| s.tokens.len() <= s.cache.len.max(1)) {
-                    AttentionPath::Absorbed
-                } else {
-                    AttentionPath::Decompressed
-                }
-            }
-        };
+        let path =
+            Self::attention_path(prefill, seqs.iter().map(|s| (s.tokens.len(), s.cache.len)));
 
         let mut x = vec![0.0; n * hid];
         let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
@@ -352,37 +325,15 @@ impl Model {
             tr.resid.push(x.clone());
         }
         let mut caches: Vec<&mut SequenceCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
-        let mut h = vec![0.0; n * hid];
-        let mut o = vec![0.0; n * hid];
+        let cx = LayerContext {
+            batch: &batch,
+            rope: &self.rope,
+            caches: &caches,
+            path,
+            precision: self.precision,
+        };
         for (li, layer) in self.layers.iter().enumerate() {
-            rms_norm(&x, &layer.input_layernorm, c.rms_norm_eps, &mut h);
-            match &layer.self_attn {
-                Attention::Mla(a) => {
-                    a.forward(&h, &batch, li, &self.rope, pool, &caches, path, p, &mut o)
-                }
-                Attention::Llama(a) => {
-                    a.forward(&h, &batch, li, &self.rope, pool, &caches, p, &mut o)
-                }
-            }
-            add_inplace(&mut x, &o);
-            rms_norm(&x, &layer.post_attention_layernorm, c.rms_norm_eps, &mut h);
-            match &layer.mlp {
-                FeedForward::Dense(m) => {
-                    m.forward(&h, n, &mut o, p);
-                    if let Some(tr) = trace.as_deref_mut() {
-                        tr.routing.push(vec![]);
-                        tr.router_logits.push(vec![]);
-                    }
-                }
-                FeedForward::Moe(m) => {
-                    let routing = m.forward(&h, n, &mut o, p);
-                    if let Some(tr) = trace.as_deref_mut() {
-                        tr.router_logits.push(m.router.logits(&h, n, p));
-                        tr.routing.push(routing);
-                    }
-                }
-            }
-            add_inplace(&mut x, &o);
+            layer.forward(&mut x, li, &cx, pool, c.rms_norm_eps, trace.as_deref_mut());
             if let Some(tr) = trace.as_deref_mut() {
                 tr.resid.push(x.clone());
             }
@@ -390,26 +341,144 @@ impl Model {
         for (si, s) in caches.iter_mut().enumerate() {
             s.len += batch.tokens_of(si).len();
         }
-        let rows: Vec<usize> = match logits_for {
-            LogitsFor::AllTokens => (0..n).collect(),
-            LogitsFor::LastToken => (0..batch.sequences())
-                .filter_map(|s| batch.tokens_of(s).last())
+        let rows = logit_rows(&batch, logits_for);
+        // The final norm of the rows that get logits, or of every token when asked for.
+        let normed_all = keep_hidden.then(|| self.final_norm(&x, 0..n));
+        let normed = match &normed_all {
+            Some(all) => rows
+                .iter()
+                .flat_map(|&t| all[t * hid..(t + 1) * hid].iter().copied())
                 .collect(),
+            None => self.final_norm_rows(&x, &rows),
         };
+        if let Some(tr) = trace {
+            tr.final_norm = normed.clone();
+        }
+        let mut logits = vec![0.0; rows.len() * c.vocab_size];
+        matmul(
+            &self.lm_head,
+            &normed,
+            rows.len(),
+            &mut logits,
+            self.precision,
+        );
+        Ok(StepOutput {
+            logits,
+            hidden: normed_all.unwrap_or_default(),
+        })
+    }
+
+    fn final_norm(&self, x: &[f32], rows: std::ops::Range<usize>) -> Vec<f32> {
+        self.final_norm_rows(x, &rows.collect::<Vec<_>>())
+    }
+
+    fn final_norm_rows(&self, x: &[f32], rows: &[usize]) -> Vec<f32> {
+        let hid = self.config.hidden_size;
         let mut normed = vec![0.0; rows.len() * hid];
         for (i, &t) in rows.iter().enumerate() {
             rms_norm(
                 &x[t * hid..(t + 1) * hid],
                 &self.norm,
-                c.rms_norm_eps,
+                self.config.rms_norm_eps,
                 &mut normed[i * hid..(i + 1) * hid],
             );
         }
-        if let Some(tr) = trace {
-            tr.final_norm = normed.clone();
+        normed
+    }
+
+    /// One step of the multi-token-prediction module over each sequence's positions
+    /// `start..start + next.len()`: position i takes the hidden state there (the main model's
+    /// from [`Model::forward_with_hidden`], or the module's own from an earlier draft) and the
+    /// token that follows it, and predicts the one after. Writes the module's cache rows at those
+    /// positions (reserving them when they lie past what the main model holds; the cache length
+    /// is not changed). Returns logits for `logits_for` and every position's new hidden state.
+    /// An error when the model has no module.
+    pub fn mtp_forward(
+        &self,
+        pool: &mut BlockPool,
+        seqs: &mut [MtpStep],
+        logits_for: LogitsFor,
+        prefill: PrefillPath,
+    ) -> Result<StepOutput, ModelError> {
+        let Some(mtp) = &self.mtp else {
+            return Err(ModelError::NoMtp);
+        };
+        let c = &self.config;
+        let hid = c.hidden_size;
+        for s in seqs.iter_mut() {
+            let end = s.start + s.next.len();
+            self.check(s.next, end)?;
+            assert_eq!(
+                s.hidden.len(),
+                s.next.len() * hid,
+                "one hidden row per token"
+            );
+            assert!(
+                s.start <= s.cache.len,
+                "the module continues the main model's rows"
+            );
+            pool.reserve(s.cache, end)?;
         }
-        let mut logits = vec![0.0; rows.len() * c.vocab_size];
-        matmul(&self.lm_head, &normed, rows.len(), &mut logits, p);
-        Ok(logits)
+        deepseek_kernels::threads::on_pool(|| {
+            let batch = BatchLayout::new(seqs.iter().map(|s| (s.next.len(), s.start)));
+            let path = Self::attention_path(prefill, seqs.iter().map(|s| (s.next.len(), s.start)));
+            let next: Vec<u32> = seqs.iter().flat_map(|s| s.next.iter().copied()).collect();
+            let hidden: Vec<f32> = seqs.iter().flat_map(|s| s.hidden.iter().copied()).collect();
+            let mut x = mtp.input(
+                &self.embed_tokens,
+                &next,
+                &hidden,
+                c.rms_norm_eps,
+                self.precision,
+            );
+            let caches: Vec<&mut SequenceCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
+            let cx = LayerContext {
+                batch: &batch,
+                rope: &self.rope,
+                caches: &caches,
+                path,
+                precision: self.precision,
+            };
+            mtp.run_block(&mut x, &cx, pool, c.rms_norm_eps);
+            let normed = mtp.head_norm(&x, c.rms_norm_eps);
+            let rows = logit_rows(&batch, logits_for);
+            let picked: Vec<f32> = rows
+                .iter()
+                .flat_map(|&t| normed[t * hid..(t + 1) * hid].iter().copied())
+                .collect();
+            Ok(StepOutput {
+                logits: mtp.logits(&self.lm_head, &picked, self.precision),
+                hidden: normed,
+            })
+        })
+    }
+}
+
+/// One sequence's part of a multi-token-prediction step ([`Model::mtp_forward`]).
+pub struct MtpStep<'a> {
+    /// The token following each position.
+    pub next: &'a [u32],
+    /// `[next.len(), hidden]`: the hidden state at each position.
+    pub hidden: &'a [f32],
+    /// The first position.
+    pub start: usize,
+    pub cache: &'a mut SequenceCache,
+}
+
+/// What a step returns.
+pub struct StepOutput {
+    /// `[rows, vocab]`, rows as [`LogitsFor`] asked.
+    pub logits: Vec<f32>,
+    /// `[tokens, hidden]`: every token's final-normed hidden state (empty unless asked for).
+    pub hidden: Vec<f32>,
+}
+
+/// The batch rows that get logits.
+fn logit_rows(batch: &BatchLayout, logits_for: LogitsFor) -> Vec<usize> {
+    match logits_for {
+        LogitsFor::AllTokens => (0..batch.tokens()).collect(),
+        LogitsFor::LastToken => (0..batch.sequences())
+            .filter_map(|s| batch.tokens_of(s).last())
+            .collect(),
     }
 }

@@ -8,7 +8,7 @@ use deepseek_model::CacheDtype;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use deepseek_model::{LogitsFor, Model, PrefillPath, SeqStep, Trace};
+use deepseek_model::{LogitsFor, Model, ModelError, MtpStep, PrefillPath, SeqStep, Trace};
 use safetensors::SafeTensors;
 
 const TOL: f32 = 1e-3;
@@ -269,6 +269,146 @@ fn check_fixture(dir: &Path) {
         }
     }
     eprintln!("{name}: ok (worst |Δlogit| {worst:.2e})");
+    check_mtp(&name, &model, &r);
+}
+
+/// The multi-token-prediction module's logits (`mtp_logits.i`, over each prompt and its greedy
+/// continuation) in one step over the whole sequence, and position by position as decoding
+/// runs it: after the prompt's prefill, then one token at a time.
+fn check_mtp(name: &str, model: &Model, r: &Reference) {
+    let hid = model.config.hidden_size;
+    let vocab = model.config.vocab_size;
+    if model.mtp.is_none() {
+        assert!(
+            r.get("mtp_logits.0").is_none(),
+            "{name}: the MTP module did not load"
+        );
+        let mut pool = model.new_cache_pool(64, CacheDtype::F32);
+        let mut cache = Default::default();
+        let err = model.mtp_forward(
+            &mut pool,
+            &mut [MtpStep {
+                next: &[0],
+                hidden: &vec![0.0; hid],
+                start: 0,
+                cache: &mut cache,
+            }],
+            LogitsFor::AllTokens,
+            PrefillPath::Auto,
+        );
+        assert!(
+            matches!(err, Err(ModelError::NoMtp)),
+            "{name}: no module, no drafts"
+        );
+        return;
+    }
+    let mut worst = 0.0f32;
+    for i in prompts(r) {
+        let prompt = r.ids(&format!("prompt.{i}"));
+        let mut seq = prompt.clone();
+        seq.extend(r.ids(&format!("generated.{i}")));
+        let want = r.get(&format!("mtp_logits.{i}")).expect("mtp_logits");
+        let n = seq.len() - 1;
+
+        // Whole sequence at once.
+        let mut pool = model.new_cache_pool(4096, CacheDtype::F32);
+        let mut cache = Default::default();
+        let main = model
+            .forward_with_hidden(
+                &mut pool,
+                &mut [SeqStep {
+                    tokens: &seq,
+                    cache: &mut cache,
+                }],
+                LogitsFor::LastToken,
+                PrefillPath::Auto,
+            )
+            .unwrap();
+        let got = model
+            .mtp_forward(
+                &mut pool,
+                &mut [MtpStep {
+                    next: &seq[1..],
+                    hidden: &main.hidden[..n * hid],
+                    start: 0,
+                    cache: &mut cache,
+                }],
+                LogitsFor::AllTokens,
+                PrefillPath::Auto,
+            )
+            .unwrap();
+        let d = max_abs_diff(&got.logits, want);
+        assert!(d <= TOL, "{name} prompt {i}: MTP logits differ by {d}");
+        worst = worst.max(d);
+
+        // As decoding runs it: the prompt's positions (the last one with the first generated
+        // token), then each generated token's position once the main model has stepped past it.
+        let mut pool = model.new_cache_pool(4096, CacheDtype::F32);
+        let mut cache = Default::default();
+        let p = prompt.len();
+        let main = model
+            .forward_with_hidden(
+                &mut pool,
+                &mut [SeqStep {
+                    tokens: &prompt,
+                    cache: &mut cache,
+                }],
+                LogitsFor::LastToken,
+                PrefillPath::Auto,
+            )
+            .unwrap();
+        let got = model
+            .mtp_forward(
+                &mut pool,
+                &mut [MtpStep {
+                    next: &seq[1..=p],
+                    hidden: &main.hidden,
+                    start: 0,
+                    cache: &mut cache,
+                }],
+                LogitsFor::AllTokens,
+                PrefillPath::Auto,
+            )
+            .unwrap();
+        let d = max_abs_diff(&got.logits, &want[..p * vocab]);
+        assert!(
+            d <= TOL,
+            "{name} prompt {i}: MTP logits after prefill differ by {d}"
+        );
+        for pos in p..n {
+            let main = model
+                .forward_with_hidden(
+                    &mut pool,
+                    &mut [SeqStep {
+                        tokens: &seq[pos..=pos],
+                        cache: &mut cache,
+                    }],
+                    LogitsFor::LastToken,
+                    PrefillPath::Auto,
+                )
+                .unwrap();
+            let got = model
+                .mtp_forward(
+                    &mut pool,
+                    &mut [MtpStep {
+                        next: &seq[pos + 1..=pos + 1],
+                        hidden: &main.hidden,
+                        start: pos,
+                        cache: &mut cache,
+                    }],
+                    LogitsFor::LastToken,
+                    PrefillPath::Auto,
+                )
+                .unwrap();
+            let d = max_abs_diff(&got.logits, &want[pos * vocab..(pos + 1) * vocab]);
+            assert!(
+                d <= TOL,
+                "{name} prompt {i} position {pos}: MTP decode logits differ by {d}"
+            );
+            worst = worst.max(d);
+        }
+    }
+    eprintln!("{name}: MTP ok (worst |Δlogit| {worst:.2e})");
 }
 
 #[test]
