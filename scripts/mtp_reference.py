@@ -79,6 +79,7 @@ def save_with_mtp(main, mtp, model_cls, config_cls, out_dir, dtype=None):
     c["num_nextn_predict_layers"] = 1
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(c, f, indent=2)
+        f.write("\n")
 
 
 def load_mtp(out_dir, main, model_cls, config_cls, layer_cls, norm_cls):

@@ -5,11 +5,19 @@ library's own source (PSF license) and a few permissively licensed pure-Python p
 plainly written functions (fetched from PyPI at pinned versions, see PACKAGES), with
 fill-in-the-middle as DeepSeek-Coder does it.
 
+With one multi-token-prediction (MTP) module as DeepSeek-V3 trains it (scripts/mtp_reference.py):
+an extra loss on the token after next, weighted --mtp-weight; the engine drafts with it
+(`--draft mtp`). `--mtp-only DIR` instead trains just the module onto the finished model in DIR,
+whose weights stay frozen and unchanged (how the bundled model got its module).
+
 Writes models/deepseek-coder-nano/ (or --out): config.json, model.safetensors (bf16),
 tokenizer.json, tokenizer_config.json, loss.png, training.json (losses, timing, validation
-windows) and reference.json (transformers' greedy generations for the parity test).
+windows), training_mtp.json (the module's losses and draft acceptance) and reference.json
+(transformers' greedy generations, and the MTP module's top-2 at each of their positions, for the
+parity tests).
 
     .venv/bin/python scripts/train_nano.py [--minutes 85] [--threads 2] [--out DIR]
+    .venv/bin/python scripts/train_nano.py --mtp-only models/deepseek-coder-nano --minutes 25
 
 Seeded; the number of steps depends on the time budget and the machine's speed.
 """
@@ -27,7 +35,9 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+import mtp_reference
 import nano_textbook
+from transformers.models.deepseek_v2 import modeling_deepseek_v2 as m2
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 OUT = os.path.join(ROOT, "models", "deepseek-coder-nano")
@@ -178,6 +188,20 @@ def config():
         attention_bias=False)
 
 
+def add_mtp_reference(model, mtp, gens):
+    """For each generation (prompt + greedy tokens): the MTP module's top-2 token ids and
+    logits at every position (main hidden state there, next token), for the engine's parity
+    test; `mtp_top2_ids` / `mtp_top2_logits` [T - 1][2]."""
+    for g in gens.values():
+        seq = torch.tensor([g["prompt_ids"] + g["generated_ids"]])
+        with torch.no_grad():
+            hidden = model.model(seq).last_hidden_state
+            logits, _ = mtp(model, seq[:, 1:], hidden[:, :-1])
+        top = torch.topk(logits[0].float(), 2, dim=-1)
+        g["mtp_top2_ids"] = top.indices.tolist()
+        g["mtp_top2_logits"] = top.values.tolist()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=85.0, help="training time budget (the bundled model: 85)")
@@ -185,8 +209,10 @@ def main():
     ap.add_argument("--out", default=OUT, help="output folder")
     ap.add_argument("--data-dir", default=os.path.join(ROOT, "target", "nano-data"), help="where the packages' wheels are kept")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile of the training step")
+    ap.add_argument("--mtp-weight", type=float, default=0.3, help="weight of the MTP module's loss (V3: 0.3, then 0.1)")
+    ap.add_argument("--mtp-only", metavar="DIR", help="train only an MTP module onto the finished model in DIR (frozen); --out defaults to DIR")
     args = ap.parse_args()
-    out_dir = args.out
+    out_dir = args.out if (args.out != OUT or not args.mtp_only) else args.mtp_only
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rng = random.Random(0)
@@ -215,7 +241,10 @@ def main():
     print(f"training documents: {len(real_docs)} real ({real_chars / 1e6:.2f} MB; {tables} generated tables left out, packages "
           f"weighted {PACKAGE_WEIGHT}x), {len(textbook)} generated textbook modules ({sum(map(len, textbook)) / 1e6:.2f} MB)", flush=True)
 
-    tok = train_tokenizer(stdlib_train)
+    if args.mtp_only:
+        tok = Tokenizer.from_file(os.path.join(args.mtp_only, "tokenizer.json"))
+    else:
+        tok = train_tokenizer(stdlib_train)
     tok.save(os.path.join(out_dir, "tokenizer.json"))
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump({"add_bos_token": True, "add_eos_token": False, "bos_token": BOS, "eos_token": EOS, "pad_token": EOS,
@@ -241,26 +270,65 @@ def main():
     stride = max(SEQ + 1, len(val_stream) // VAL_WINDOWS)
     val_windows = [val_stream[i * stride:i * stride + SEQ + 1] for i in range(VAL_WINDOWS) if i * stride + SEQ + 1 <= len(val_stream)]
 
-    model = transformers.DeepseekV2ForCausalLM(config())
+    if args.mtp_only:
+        model = transformers.DeepseekV2ForCausalLM.from_pretrained(args.mtp_only, torch_dtype=torch.float32, attn_implementation="eager")
+        model.requires_grad_(False)
+    else:
+        model = transformers.DeepseekV2ForCausalLM(config())
     model.config._attn_implementation = "eager"
+    mtp = mtp_reference.MtpModule(model.config, m2.DeepseekV2DecoderLayer, m2.DeepseekV2RMSNorm)
+    if args.mtp_only:
+        # Warm start: the block begins as the main model's last layer (the same shape).
+        mtp.block.load_state_dict(model.model.layers[-1].state_dict())
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{n_params / 1e6:.2f}M parameters", flush=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    n_mtp = sum(p.numel() for p in mtp.parameters())
+    print(f"{n_params / 1e6:.2f}M parameters, MTP module {n_mtp / 1e6:.2f}M", flush=True)
+    trained = list(mtp.parameters()) + ([] if args.mtp_only else list(model.parameters()))
+    opt = torch.optim.AdamW(trained, lr=2e-3, betas=(0.9, 0.95), weight_decay=0.1)
     batch = 16
     budget = args.minutes * 60
     est_steps = 2400
     warmup = 100
 
     def forward_loss(xb):
-        logits = model(xb[:, :-1]).logits.float()
+        """Main loss + mtp_weight * the module's loss on the token after next (position i:
+        hidden state at i and token i + 1 predict token i + 2); the module's alone with
+        --mtp-only."""
+        with torch.set_grad_enabled(not args.mtp_only and torch.is_grad_enabled()):
+            hidden = model.model(xb[:, :-1]).last_hidden_state
+            logits = model.lm_head(hidden).float()
         y = xb[:, 1:].clone()
         y[torch.isin(y, fim_mask)] = -100
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1), ignore_index=-100)
+        main_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), y.reshape(-1), ignore_index=-100)
+        mtp_logits, _ = mtp(model, xb[:, 1:-1], hidden[:, :-1])
+        mtp_loss = torch.nn.functional.cross_entropy(mtp_logits.float().reshape(-1, VOCAB), y[:, 1:].reshape(-1), ignore_index=-100)
+        if args.mtp_only:
+            return mtp_loss
+        return main_loss + args.mtp_weight * mtp_loss
 
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     use_bf16 = "amx_bf16" in flags or "avx512_bf16" in flags
     print(f"training matmuls in {'bf16 (autocast)' if use_bf16 else 'f32'}", flush=True)
     step_loss = forward_loss if args.no_compile else torch.compile(forward_loss)
+
+    def val_mtp():
+        """The module on the validation windows: its loss on the token after next, and how
+        often its greedy draft equals the main model's greedy choice one position later (the
+        first draft's acceptance in greedy speculative decoding)."""
+        mtp.eval()
+        with torch.no_grad():
+            x = torch.tensor(val_windows)
+            nll, agree, n = 0.0, 0, 0
+            for i in range(0, len(x), 16):
+                xb = x[i:i + 16]
+                hidden = model.model(xb[:, :-1]).last_hidden_state
+                main_next = model.lm_head(hidden).argmax(-1)
+                ml, _ = mtp(model, xb[:, 1:-1], hidden[:, :-1])
+                nll += torch.nn.functional.cross_entropy(ml.float().reshape(-1, VOCAB), xb[:, 2:].reshape(-1), reduction="sum").item()
+                agree += (ml.argmax(-1) == main_next[:, 1:]).sum().item()
+                n += ml.shape[0] * ml.shape[1]
+        mtp.train()
+        return nll / n, agree / n
 
     def val_loss():
         model.eval()
@@ -317,7 +385,7 @@ def main():
     val_fim_packages = held_out_fim(pkg_val, 2)
     val_fim_textbook = held_out_fim(textbook_val, 3)
 
-    log = {"step": [], "train_loss": [], "val_step": [], "val_loss": [], "seconds": []}
+    log = {"step": [], "train_loss": [], "val_step": [], "val_loss": [], "seconds": [], "val_mtp_loss": [], "val_mtp_acceptance": []}
     t0 = time.time()
     step = 0
     ema = None
@@ -336,7 +404,7 @@ def main():
             loss = step_loss(xb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         if step % 20 == 0:
@@ -344,17 +412,36 @@ def main():
             print(f"step {step} {elapsed / 60:.1f} min train {ema:.3f}", flush=True)
         if step % 200 == 0:
             v = val_loss()
+            mv, acc = val_mtp()
             log["val_step"].append(step); log["val_loss"].append(v)
-            print(f"step {step} {elapsed / 60:.1f} min train {ema:.3f} val {v:.3f} lr {lr:.2e}", flush=True)
+            log["val_mtp_loss"].append(mv); log["val_mtp_acceptance"].append(acc)
+            print(f"step {step} {elapsed / 60:.1f} min train {ema:.3f} val {v:.3f} mtp val {mv:.3f} acceptance {acc:.3f} lr {lr:.2e}", flush=True)
         step += 1
     train_seconds = time.time() - t0
 
-    # Save in bf16; the final validation loss is measured on exactly the saved weights.
-    model = model.to(torch.bfloat16)
-    model.save_pretrained(out_dir)
+    # Save in bf16; the final validation losses are measured on exactly the saved weights.
+    mtp_reference.save_with_mtp(model, mtp, transformers.DeepseekV2ForCausalLM, transformers.DeepseekV2Config, out_dir,
+                                dtype=torch.bfloat16)
     model = transformers.DeepseekV2ForCausalLM.from_pretrained(out_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    mtp = mtp_reference.load_mtp(out_dir, model, transformers.DeepseekV2ForCausalLM, transformers.DeepseekV2Config,
+                                 m2.DeepseekV2DecoderLayer, m2.DeepseekV2RMSNorm)
     final_val = val_loss()
-    print(f"final validation loss {final_val:.4f} (bf16 weights, f32 compute)", flush=True)
+    final_mtp_loss, final_acceptance = val_mtp()
+    print(f"final validation loss {final_val:.4f}, MTP {final_mtp_loss:.4f}, first-draft acceptance {final_acceptance:.3f} "
+          f"(bf16 weights, f32 compute)", flush=True)
+    mtp_summary = {"mtp_only": bool(args.mtp_only), "mtp_weight": None if args.mtp_only else args.mtp_weight,
+                   "mtp_parameters": n_mtp, "steps": step, "train_seconds": train_seconds, "threads": args.threads,
+                   "final_val_loss": final_val, "final_val_mtp_loss": final_mtp_loss,
+                   "final_val_acceptance": final_acceptance, "log": log}
+    with open(os.path.join(out_dir, "training_mtp.json"), "w") as f:
+        json.dump(mtp_summary, f, indent=1)
+    if args.mtp_only:
+        with open(os.path.join(out_dir, "reference.json")) as f:
+            reference = json.load(f)
+        add_mtp_reference(model, mtp, reference["generations"])
+        with open(os.path.join(out_dir, "reference.json"), "w") as f:
+            json.dump(reference, f, ensure_ascii=False, indent=1)
+        return
 
     # FIM on held-out files: loss on the middles, and how often the greedy fill (stopped at EOS
     # or 48 tokens) is exactly the removed text, or its first line.
@@ -413,6 +500,7 @@ def main():
                    "fim_eval_textbook": fim_eval_textbook, "textbook_share": TEXTBOOK_SHARE, "textbook_fim_share": TEXTBOOK_FIM_SHARE,
                    "packages": [{"name": n, "version": v, "license": l} for n, v, l in PACKAGES], "package_weight": PACKAGE_WEIGHT,
                    "train_documents": len(train_docs), "val_windows": val_windows, "log": log}, f)
+    add_mtp_reference(model, mtp, gens)
     with open(os.path.join(out_dir, "reference.json"), "w") as f:
         json.dump({"generations": gens}, f, ensure_ascii=False, indent=1)
 
