@@ -354,10 +354,16 @@ def test_sigterm_finishes_running_requests():
 
 
 def test_speculative():
-    """`serve --draft lookup`: concurrent requests, each with its own drafts in the batched
-    step, answer what `deepseek generate` answers without drafts (streamed and not), and the
-    metrics count the drafts."""
-    s = Server(NANO, "--draft", "lookup", "--draft-tokens", "5", key=None)
+    """`serve --draft lookup` and `--draft mtp` (the bundled model's multi-token-prediction
+    module): concurrent requests, each with its own drafts in the batched step, answer what
+    `deepseek generate` answers without drafts (streamed and not), and the metrics count the
+    drafts."""
+    for method, draft_tokens in (("lookup", "5"), ("mtp", "2")):
+        speculative_server(method, draft_tokens)
+
+
+def speculative_server(method, draft_tokens):
+    s = Server(NANO, "--draft", method, "--draft-tokens", draft_tokens, key=None)
     try:
         prompt = ("class Stack:\n    def __init__(self):\n        self.items = []\n\n"
                   "    def push(self, item):\n        self.items.append(item)\n\n\n"
@@ -382,11 +388,11 @@ def test_speculative():
         for t in threads:
             t.join()
         for k in range(len(prompts)):
-            assert got[k] == want[k], (k, got[k], want[k])
+            assert got[k] == want[k], (method, k, got[k], want[k])
         m = httpx.get(s.base + "/metrics").text
         proposed = int(next(l for l in m.splitlines() if l.startswith("deepseek_draft_tokens_total ")).split()[1])
         accepted = int(next(l for l in m.splitlines() if l.startswith("deepseek_draft_accepted_tokens_total ")).split()[1])
-        assert 0 < accepted <= proposed, (accepted, proposed)
+        assert 0 < accepted <= proposed, (method, accepted, proposed)
     finally:
         assert s.stop() == 0, s.output()
 

@@ -397,6 +397,7 @@ fn quantize_round_trips_every_family_through_gguf() {
         "v2_lite_vdim",
         "v2_group_bf16",
         "v3_noaux",
+        "v3_mtp",
         "llm67b_gqa_bf16",
     ] {
         let dir = fixture(name);
@@ -446,6 +447,41 @@ fn quantize_round_trips_every_family_through_gguf() {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         assert!(d < 1e-3, "{name} via GGUF: max |Δlogit| {d}");
+        if name == "v3_mtp" {
+            // The multi-token-prediction module travels too (blk.2.nextn.*): the same drafts.
+            let drafted = |m: &str| {
+                let out = deepseek(&[
+                    "generate",
+                    "-m",
+                    m,
+                    "--token-ids",
+                    &ids,
+                    "-n",
+                    "24",
+                    "--draft",
+                    "mtp",
+                    "--draft-tokens",
+                    "2",
+                    "--json",
+                ]);
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                (
+                    v["token_ids"].clone(),
+                    v["draft_proposed"].clone(),
+                    v["draft_accepted"].clone(),
+                )
+            };
+            assert_eq!(
+                drafted(gguf.to_str().unwrap()),
+                drafted(&dir),
+                "{name}: MTP via GGUF"
+            );
+        }
     }
     // The bundled model at q8_0: a quarter of the bytes, the same greedy text.
     let gguf = tmp.join("nano-q8_0.gguf");

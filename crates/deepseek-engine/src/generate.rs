@@ -7,7 +7,9 @@ use std::sync::Arc;
 use deepseek_cache::{BlockPool, CacheDtype, SequenceCache};
 use deepseek_model::{LogitsFor, Model, ModelError, PrefillPath, SeqStep};
 
-use crate::draft::{self, DraftMethod, DraftOptions, LOOKUP_MAX_NGRAM};
+use crate::draft::{
+    self, mtp_drafts, DraftMethod, DraftOptions, MtpDraftRequest, MtpDrafter, LOOKUP_MAX_NGRAM,
+};
 use crate::sampler::SamplingParams;
 use crate::sequence::{Accepted, Failure, FinishReason, Limits, SequenceState};
 use crate::tokenizer::Tokenizer;
@@ -52,6 +54,9 @@ pub struct Generated {
     /// Draft tokens checked, and how many of them the model agreed with.
     pub draft_proposed: usize,
     pub draft_accepted: usize,
+    /// Steps that checked at least one draft, and those whose first draft was accepted.
+    pub draft_steps: usize,
+    pub first_draft_accepted: usize,
 }
 
 pub struct Generator {
@@ -102,6 +107,11 @@ impl Generator {
             ));
         }
         let model = &self.model;
+        if let Some(why) = opts.draft.and_then(|d| d.method.unsupported_by(model)) {
+            return Err(EngineError::Input(format!("--draft mtp: {why}")));
+        }
+        let mtp = matches!(opts.draft, Some(d) if d.method == DraftMethod::Mtp);
+        let mut drafter = MtpDrafter::default();
         let max_ctx = model.config.max_position_embeddings;
         let total = prompt.len() + opts.max_new_tokens;
         let mut pool = model.new_cache_pool(total.min(max_ctx), self.cache_dtype);
@@ -121,8 +131,12 @@ impl Generator {
             None,
         );
         let tok = self.tokenizer.as_deref();
-        let logits = prefill(model, &mut pool, &mut cache, prompt)?;
+        let logits = match mtp {
+            true => prefill_with_drafter(model, &mut pool, &mut cache, prompt, &mut drafter)?,
+            false => prefill(model, &mut pool, &mut cache, prompt)?,
+        };
         let (mut steps, mut proposed, mut accepted) = (0, 0, 0);
+        let (mut draft_steps, mut first_accepted) = (0, 0);
         let mut emit = |text: &str| {
             if !text.is_empty() {
                 on_text(text)
@@ -157,6 +171,17 @@ impl Generator {
                     let k = d.max_tokens.min(room).min(left);
                     match d.method {
                         DraftMethod::Lookup => draft::lookup(&seq.tokens, LOOKUP_MAX_NGRAM, k),
+                        DraftMethod::Mtp => mtp_drafts(
+                            model,
+                            &mut pool,
+                            &mut [MtpDraftRequest {
+                                drafter: &mut drafter,
+                                cache: &mut cache,
+                                token,
+                                k,
+                            }],
+                        )?
+                        .remove(0),
                     }
                 }
                 None => vec![],
@@ -167,7 +192,7 @@ impl Generator {
             let base = cache.len;
             // The decode step's attention for every token (absorbed, as one token's), so a
             // verified token sees what it would have seen alone.
-            let all = model.forward(
+            let out = model.step_output(
                 &mut pool,
                 &mut [SeqStep {
                     tokens: &step,
@@ -175,8 +200,9 @@ impl Generator {
                 }],
                 LogitsFor::AllTokens,
                 PrefillPath::Absorbed,
-                None,
+                mtp,
             )?;
+            let all = &out.logits;
             steps += 1;
             proposed += drafts.len();
             // Row i of `all`: the logits after step[i]. The model's own choice after each row
@@ -196,9 +222,18 @@ impl Generator {
                     _ => break a,
                 }
             };
+            if !drafts.is_empty() {
+                draft_steps += 1;
+                first_accepted += usize::from(i > 0);
+            }
             // The cache keeps `token` and the drafts the model agreed with.
             pool.truncate(&mut cache, base + 1 + i)
                 .map_err(|e| EngineError::Model(e.into()))?;
+            if mtp {
+                let hid = model.config.hidden_size;
+                let kept = &out.hidden[..(i + 1) * hid];
+                drafter.add(model, &mut pool, &mut cache, base, kept, &step[1..=i])?;
+            }
         };
         Ok(Generated {
             prompt_tokens: prompt.len(),
@@ -208,8 +243,37 @@ impl Generator {
             steps,
             draft_proposed: proposed,
             draft_accepted: accepted,
+            draft_steps,
+            first_draft_accepted: first_accepted,
         })
     }
+}
+
+/// [`prefill`], handing each chunk's hidden states to the multi-token-prediction drafter.
+fn prefill_with_drafter(
+    model: &Model,
+    pool: &mut BlockPool,
+    cache: &mut SequenceCache,
+    tokens: &[u32],
+    drafter: &mut MtpDrafter,
+) -> Result<Vec<f32>, ModelError> {
+    let mut logits = vec![];
+    for (c, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
+        let start = c * PREFILL_CHUNK;
+        let out = model.forward_with_hidden(
+            pool,
+            &mut [SeqStep {
+                tokens: chunk,
+                cache,
+            }],
+            LogitsFor::LastToken,
+            PrefillPath::Auto,
+        )?;
+        let following = &tokens[start + 1..(start + chunk.len() + 1).min(tokens.len())];
+        drafter.add(model, pool, cache, start, &out.hidden, following)?;
+        logits = out.logits;
+    }
+    Ok(logits)
 }
 
 /// Runs `tokens` into `cache` in chunks of [`PREFILL_CHUNK`]; returns the last token's logits.

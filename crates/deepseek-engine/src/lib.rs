@@ -6,6 +6,7 @@ pub mod draft;
 pub mod generate;
 pub mod gguf_tokenizer;
 pub mod json_mode;
+pub mod request;
 pub mod sampler;
 pub mod scheduler;
 pub mod sequence;

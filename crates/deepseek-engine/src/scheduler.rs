@@ -14,14 +14,17 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
 use deepseek_cache::{BlockPool, CacheDtype, DiskTier, PrefixCache, SequenceCache, BLOCK_TOKENS};
-use deepseek_model::{LogitsFor, Model, PrefillPath, SeqStep};
+use deepseek_model::{LogitsFor, Model, PrefillPath, SeqStep, StepOutput};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-use crate::draft::{self, DraftMethod, DraftOptions, LOOKUP_MAX_NGRAM};
-use crate::json_mode::OutputConstraint;
-use crate::sampler::{log_softmax, SamplingParams};
+use crate::draft::{
+    self, mtp_drafts, DraftMethod, DraftOptions, MtpDraftRequest, MtpDrafter, LOOKUP_MAX_NGRAM,
+};
+use crate::request::token_logprob;
+pub use crate::request::{Event, Request, SubmitError, TokenLogprob};
+use crate::sampler::log_softmax;
 pub use crate::sequence::Failure;
-use crate::sequence::{Accepted, FinishReason, Limits, SequenceState};
+use crate::sequence::{Accepted, Limits, SequenceState};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Clone, Debug)]
@@ -61,109 +64,6 @@ impl Default for SchedulerConfig {
             cache_dir: None,
             cache_dtype: CacheDtype::F32,
             draft: None,
-        }
-    }
-}
-
-/// One generation request.
-pub struct Request {
-    pub prompt: Vec<u32>,
-    pub max_new_tokens: usize,
-    pub sampling: SamplingParams,
-    /// Stop strings: the text is cut before the first one.
-    pub stop: Vec<String>,
-    pub stop_on_eos: bool,
-    /// Report log-probabilities with this many alternatives per token.
-    pub logprobs: Option<usize>,
-    /// Constrain the output (JSON mode, forced tool calls).
-    pub constraint: Option<OutputConstraint>,
-    /// Keep special tokens in the text (tool-call markers).
-    pub keep_special: bool,
-    /// Also report the log-probability of every prompt token after the first (scoring; the
-    /// prompt is then computed in full, not taken from the prefix cache).
-    pub prompt_logprobs: bool,
-    /// Report the log-probabilities of these tokens as the first generated token (multiple
-    /// choice scoring), whatever is sampled.
-    pub candidates: Vec<u32>,
-}
-
-impl Request {
-    /// Greedy generation of up to `max_new_tokens` after `prompt`, stopping at end-of-sequence;
-    /// the other fields are off (set what a caller needs).
-    pub fn new(prompt: Vec<u32>, max_new_tokens: usize) -> Self {
-        Request {
-            prompt,
-            max_new_tokens,
-            sampling: SamplingParams::default(),
-            stop: vec![],
-            stop_on_eos: true,
-            logprobs: None,
-            constraint: None,
-            keep_special: false,
-            prompt_logprobs: false,
-            candidates: vec![],
-        }
-    }
-}
-
-/// A generated token's log-probability, and the most likely alternatives.
-#[derive(Clone, Debug)]
-pub struct TokenLogprob {
-    pub id: u32,
-    pub logprob: f32,
-    pub top: Vec<(u32, f32)>,
-}
-
-/// What a request hears back, in order: `Started`, `Output`s, then `Finished` or `Failed`.
-#[derive(Debug)]
-pub enum Event {
-    Started {
-        prompt_tokens: usize,
-        /// Prompt tokens found in the prefix cache.
-        cached_tokens: usize,
-    },
-    /// Log-probabilities of [`Request::candidates`] right after the prompt.
-    CandidateLogprobs(Vec<f32>),
-    /// Log-probabilities of prompt tokens (in order, from the second; several events).
-    PromptLogprobs(Vec<TokenLogprob>),
-    /// New text (possibly empty while a character or stop string is incomplete), with the token
-    /// that produced it (None for text held back until the end).
-    Output {
-        text: String,
-        token: Option<u32>,
-        logprob: Option<TokenLogprob>,
-    },
-    Finished {
-        reason: FinishReason,
-        completion_tokens: usize,
-    },
-    Failed(Failure),
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum SubmitError {
-    /// The waiting queue is full; try again later.
-    QueueFull,
-    /// The request can never fit in the cache.
-    TooLarge {
-        needed_tokens: usize,
-        cache_tokens: usize,
-    },
-    ShuttingDown,
-}
-
-impl std::fmt::Display for SubmitError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SubmitError::QueueFull => write!(f, "the server is busy: the request queue is full"),
-            SubmitError::TooLarge {
-                needed_tokens,
-                cache_tokens,
-            } => write!(
-                f,
-                "the request needs {needed_tokens} tokens of cache (prompt + max_tokens) but the cache holds {cache_tokens}"
-            ),
-            SubmitError::ShuttingDown => write!(f, "the server is shutting down"),
         }
     }
 }
@@ -301,6 +201,8 @@ struct Sequence {
     blocks_to_come: usize,
     /// The prefix cache was consulted (at the first prefill step).
     looked_up: bool,
+    /// Its multi-token-prediction drafts' state (`--draft mtp`).
+    mtp: MtpDrafter,
     done: bool,
 }
 
@@ -428,6 +330,7 @@ impl Scheduler {
                 events,
                 cache: SequenceCache::default(),
                 looked_up: false,
+                mtp: MtpDrafter::default(),
                 pending: None,
                 blocks_to_come,
                 done: false,
@@ -466,14 +369,11 @@ impl Scheduler {
             return;
         }
         // Each sequence's sampled token, then its drafts (speculative decoding).
+        let drafts = self.drafts(&decoding);
         let toks: Vec<Vec<u32>> = decoding
             .iter()
-            .map(|&i| {
-                let s = &self.active[i];
-                let mut t = vec![s.pending.unwrap_or(0)];
-                t.extend(self.drafts(s));
-                t
-            })
+            .zip(drafts)
+            .map(|(&i, d)| [vec![self.active[i].pending.unwrap_or(0)], d].concat())
             .collect();
         let need: usize = decoding
             .iter()
@@ -493,11 +393,12 @@ impl Scheduler {
         for &i in &decoding {
             self.active[i].pending = None;
         }
+        let hid = self.model.config.hidden_size;
         self.stats
             .last_batch
             .store(decoding.len(), Ordering::Relaxed);
-        let logits = match result {
-            Ok(l) => l,
+        let (logits, hidden) = match result {
+            Ok(out) => (out.logits, out.hidden),
             Err(e) => {
                 for &i in &decoding {
                     self.fail(i, Failure::Internal(e.to_string()));
@@ -508,6 +409,7 @@ impl Scheduler {
         let vocab = self.model.config.vocab_size;
         let mut row = 0;
         for ((&i, step), base) in decoding.iter().zip(&toks).zip(bases) {
+            let first = row;
             // Row r: the logits after step[r]. A sampled token equal to the next draft keeps
             // it; any other token replaces it and drops the rest.
             let drafts = &step[1..];
@@ -530,24 +432,108 @@ impl Scheduler {
                     .fetch_add(kept as u64, Ordering::Relaxed);
                 self.roll_back(i, base + 1 + kept);
             }
+            if self.mtp_drafts() && !self.active[i].done {
+                let rows = &hidden[first * hid..(first + kept + 1) * hid];
+                self.mtp_add(i, base, rows, &step[1..=kept]);
+            }
         }
     }
 
-    /// Sequence `s`'s drafts for its next step, when speculative decoding is on: as many as its
-    /// context has rows for and its output has tokens left for.
-    fn drafts(&self, s: &Sequence) -> Vec<u32> {
+    fn mtp_drafts(&self) -> bool {
+        matches!(self.config.draft, Some(d) if d.method == DraftMethod::Mtp)
+    }
+
+    /// Hands sequence `i`'s new rows at `start..` to its MTP drafter (see [`MtpDrafter::add`]).
+    fn mtp_add(&mut self, i: usize, start: usize, hidden: &[f32], following: &[u32]) {
+        let model = self.model.clone();
+        let r = self.with_cache(i, |pool, s| {
+            s.mtp
+                .add(&model, pool, &mut s.cache, start, hidden, following)
+        });
+        if let Err(e) = r {
+            self.fail(i, Failure::Internal(e.to_string()));
+        }
+    }
+
+    /// Runs `f` on sequence `i` and the pool; blocks its cache takes come off its reservation.
+    fn with_cache<T>(&mut self, i: usize, f: impl FnOnce(&mut BlockPool, &mut Sequence) -> T) -> T {
+        let s = &mut self.active[i];
+        let before = s.cache.block_table.len();
+        let out = f(&mut self.pool, s);
+        let took = s.cache.block_table.len().saturating_sub(before);
+        s.blocks_to_come = s.blocks_to_come.saturating_sub(took);
+        out
+    }
+
+    /// The drafts of sequences `seqs` for their next step, when speculative decoding is on: as
+    /// many as each one's context has rows for and its output has tokens left for.
+    fn drafts(&mut self, seqs: &[usize]) -> Vec<Vec<u32>> {
         let Some(d) = self.config.draft else {
-            return vec![];
+            return vec![vec![]; seqs.len()];
         };
-        let room = self
-            .model
-            .config
-            .max_position_embeddings
-            .saturating_sub(s.cache.len + 1);
-        let left = s.req.max_new_tokens.saturating_sub(s.state.generated);
-        let k = d.max_tokens.min(room).min(left);
+        let max_ctx = self.model.config.max_position_embeddings;
+        let limit = |s: &Sequence| {
+            let room = max_ctx.saturating_sub(s.cache.len + 1);
+            let left = s.req.max_new_tokens.saturating_sub(s.state.generated);
+            d.max_tokens.min(room).min(left)
+        };
         match d.method {
-            DraftMethod::Lookup => draft::lookup(&s.state.tokens, LOOKUP_MAX_NGRAM, k),
+            DraftMethod::Lookup => seqs
+                .iter()
+                .map(|&i| {
+                    let s = &self.active[i];
+                    draft::lookup(&s.state.tokens, LOOKUP_MAX_NGRAM, limit(s))
+                })
+                .collect(),
+            DraftMethod::Mtp => {
+                let ks: Vec<usize> = seqs.iter().map(|&i| limit(&self.active[i])).collect();
+                // Chained drafts write rows past the caches' ends: room for them first.
+                let need: usize = seqs
+                    .iter()
+                    .zip(&ks)
+                    .map(|(&i, &k)| Self::new_blocks(&self.active[i], 1 + k))
+                    .sum();
+                self.make_room(need);
+                let mut taken: Vec<(MtpDrafter, SequenceCache, usize, u32)> = seqs
+                    .iter()
+                    .map(|&i| {
+                        let s = &mut self.active[i];
+                        let before = s.cache.block_table.len();
+                        let token = s.pending.unwrap_or(0);
+                        (
+                            std::mem::take(&mut s.mtp),
+                            std::mem::take(&mut s.cache),
+                            before,
+                            token,
+                        )
+                    })
+                    .collect();
+                let result = {
+                    let mut reqs: Vec<MtpDraftRequest> = taken
+                        .iter_mut()
+                        .zip(&ks)
+                        .map(|((m, c, _, token), &k)| MtpDraftRequest {
+                            drafter: m,
+                            cache: c,
+                            token: *token,
+                            k,
+                        })
+                        .collect();
+                    mtp_drafts(&self.model, &mut self.pool, &mut reqs)
+                };
+                for (&i, (m, c, before, _)) in seqs.iter().zip(taken) {
+                    let s = &mut self.active[i];
+                    let took = c.block_table.len().saturating_sub(before);
+                    s.blocks_to_come = s.blocks_to_come.saturating_sub(took);
+                    (s.mtp, s.cache) = (m, c);
+                }
+                result.unwrap_or_else(|e| {
+                    for &i in seqs {
+                        self.fail(i, Failure::Internal(e.to_string()));
+                    }
+                    vec![vec![]; seqs.len()]
+                })
+            }
         }
     }
 
@@ -633,10 +619,21 @@ impl Scheduler {
                 PrefillPath::Auto,
             );
             match result {
-                Ok(logits) => {
+                Ok(out) => {
+                    let (logits, hidden) = (out.logits, out.hidden);
                     let vocab = self.model.config.vocab_size;
+                    let hid = self.model.config.hidden_size;
                     let mut row = 0;
+                    let mut token_row = 0;
                     for &(i, a, b) in &batch {
+                        if self.mtp_drafts() {
+                            let rows = &hidden[token_row * hid..(token_row + b - a) * hid];
+                            let s = &self.active[i];
+                            let following =
+                                s.state.tokens[a + 1..(b + 1).min(s.state.prompt_len)].to_vec();
+                            self.mtp_add(i, a, rows, &following);
+                        }
+                        token_row += b - a;
                         let s = &mut self.active[i];
                         let rows = if all { b - a } else { 1 };
                         if s.req.prompt_logprobs {
@@ -677,7 +674,8 @@ impl Scheduler {
         tokens: &[Vec<u32>],
         logits_for: LogitsFor,
         path: PrefillPath,
-    ) -> Result<Vec<f32>, deepseek_model::ModelError> {
+    ) -> Result<StepOutput, deepseek_model::ModelError> {
+        let keep_hidden = self.mtp_drafts();
         let mut caches: Vec<SequenceCache> = seqs
             .iter()
             .map(|&i| std::mem::take(&mut self.active[i].cache))
@@ -692,7 +690,7 @@ impl Scheduler {
                 })
                 .collect();
             self.model
-                .forward(&mut self.pool, &mut steps, logits_for, path, None)
+                .step_output(&mut self.pool, &mut steps, logits_for, path, keep_hidden)
         };
         for (&i, c) in seqs.iter().zip(caches) {
             let s = &mut self.active[i];
@@ -792,22 +790,5 @@ impl Scheduler {
             .store(self.pool.used_blocks(), Ordering::Relaxed);
         st.prefix_cache_blocks
             .store(self.prefix.len(), Ordering::Relaxed);
-    }
-}
-
-/// `id`'s log-probability under `logits` and the `n` most likely tokens.
-fn token_logprob(logits: &[f32], id: u32, n: usize) -> TokenLogprob {
-    let lp = log_softmax(logits);
-    let mut top: Vec<(u32, f32)> = lp.iter().enumerate().map(|(t, &l)| (t as u32, l)).collect();
-    let n = n.min(top.len());
-    if n > 0 {
-        top.select_nth_unstable_by(n - 1, |a, b| b.1.total_cmp(&a.1));
-    }
-    top.truncate(n);
-    top.sort_by(|a, b| b.1.total_cmp(&a.1));
-    TokenLogprob {
-        id,
-        logprob: lp[id as usize],
-        top,
     }
 }

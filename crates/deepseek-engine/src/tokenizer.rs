@@ -112,7 +112,10 @@ impl Tokenizer {
     /// Whether `path` has a tokenizer we can read.
     pub fn exists_at(path: &Path) -> bool {
         match deepseek_loader::gguf_path(path) {
-            Ok(Some(_)) => true,
+            // A GGUF file without tokenizer metadata runs on token ids, as a folder without
+            // tokenizer.json does; a file that cannot be opened says why when it loads.
+            Ok(Some(p)) => deepseek_loader::gguf::GgufFile::open(&p)
+                .map_or(true, |g| g.get("tokenizer.ggml.model").is_some()),
             _ => path.join("tokenizer.json").exists(),
         }
     }

@@ -1,6 +1,7 @@
 //! The bundled model (models/deepseek-coder-nano), trained by scripts/train_nano.py:
-//! greedy generations identical to transformers', and the validation loss the training script
-//! reported, recomputed by the engine.
+//! greedy generations identical to transformers', the validation loss the training script
+//! reported, recomputed by the engine, and its multi-token-prediction module's predictions
+//! those of the training script's reference module.
 
 use deepseek_model::CacheDtype;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use deepseek_engine::sampler::log_softmax;
 use deepseek_engine::{GenerateOptions, Generator, Tokenizer};
-use deepseek_model::{LogitsFor, Model, PrefillPath, SeqStep};
+use deepseek_model::{LogitsFor, Model, MtpStep, PrefillPath, SeqStep};
 use serde_json::Value;
 
 fn nano() -> PathBuf {
@@ -48,6 +49,69 @@ fn greedy_generations_match_transformers_including_fim() {
         let out = gen.generate(&want_prompt, &opts, &mut |_| {}).unwrap();
         assert_eq!(out.token_ids, want, "{name}: greedy tokens");
     }
+}
+
+/// The module at every position of each reference generation (the main model's hidden state
+/// there, the next token): the reference's top token and logit (scripts/mtp_reference.py, f32
+/// compute on the bf16 weights), wherever its top two are not near-tied.
+#[test]
+fn mtp_module_predicts_what_the_reference_module_predicts() {
+    let dir = nano();
+    let model = Model::load(&dir, &mut |_, _| {}).unwrap();
+    assert!(
+        model.mtp.is_some(),
+        "the bundled model carries an MTP module"
+    );
+    let (hid, vocab) = (model.config.hidden_size, model.config.vocab_size);
+    let refs = json("reference.json");
+    let mut checked = 0;
+    for (name, g) in refs["generations"].as_object().unwrap() {
+        let mut seq: Vec<u32> = serde_json::from_value(g["prompt_ids"].clone()).unwrap();
+        seq.extend(serde_json::from_value::<Vec<u32>>(g["generated_ids"].clone()).unwrap());
+        let ids: Vec<[u32; 2]> = serde_json::from_value(g["mtp_top2_ids"].clone()).unwrap();
+        let top: Vec<[f32; 2]> = serde_json::from_value(g["mtp_top2_logits"].clone()).unwrap();
+        assert_eq!(ids.len(), seq.len() - 1, "{name}");
+        let mut pool = model.new_cache_pool(seq.len() + 1, CacheDtype::F32);
+        let mut cache = Default::default();
+        let main = model
+            .forward_with_hidden(
+                &mut pool,
+                &mut [SeqStep {
+                    tokens: &seq,
+                    cache: &mut cache,
+                }],
+                LogitsFor::LastToken,
+                PrefillPath::Auto,
+            )
+            .unwrap();
+        let n = seq.len() - 1;
+        let got = model
+            .mtp_forward(
+                &mut pool,
+                &mut [MtpStep {
+                    next: &seq[1..],
+                    hidden: &main.hidden[..n * hid],
+                    start: 0,
+                    cache: &mut cache,
+                }],
+                LogitsFor::AllTokens,
+                PrefillPath::Auto,
+            )
+            .unwrap();
+        for (pos, (want, l)) in ids.iter().zip(&top).enumerate() {
+            let row = &got.logits[pos * vocab..(pos + 1) * vocab];
+            let d = (row[want[0] as usize] - l[0]).abs();
+            assert!(d < 2e-3, "{name} position {pos}: top logit off by {d}");
+            if l[0] - l[1] > 1e-2 {
+                let best = (0..vocab)
+                    .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                    .unwrap();
+                assert_eq!(best as u32, want[0], "{name} position {pos}: top token");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 200, "only {checked} positions checked");
 }
 
 #[test]

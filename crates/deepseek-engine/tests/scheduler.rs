@@ -361,40 +361,42 @@ fn batched_speculative_decoding_gives_the_same_outputs() {
             (o.token_ids, o.text)
         })
         .collect();
-    let (handle, thread) = scheduler::spawn(
-        model,
-        Some(tok.clone()),
-        gen.eos_ids(),
-        SchedulerConfig {
-            max_batch: 4,
-            draft: Some(DraftOptions {
-                method: DraftMethod::Lookup,
-                max_tokens: 5,
-            }),
-            ..Default::default()
-        },
-    );
-    let rxs: Vec<_> = requests
-        .iter()
-        .map(|(p, sampling, stop)| {
-            let mut r = Request::new(tok.encode(p, true).unwrap(), n);
-            r.sampling = sampling.clone();
-            r.stop = stop.clone();
-            handle.submit(r).unwrap()
-        })
-        .collect();
-    for (k, rx) in rxs.into_iter().enumerate() {
-        let o = collect(rx);
-        assert_eq!(o.ids, alone[k].0, "request {k}: tokens differ");
-        assert_eq!(o.text, alone[k].1, "request {k}: text differs");
+    // Prompt lookup, and the bundled model's multi-token-prediction module.
+    for method in [DraftMethod::Lookup, DraftMethod::Mtp] {
+        let (handle, thread) = scheduler::spawn(
+            model.clone(),
+            Some(tok.clone()),
+            gen.eos_ids(),
+            SchedulerConfig {
+                max_batch: 4,
+                draft: Some(DraftOptions {
+                    method,
+                    max_tokens: if method == DraftMethod::Mtp { 2 } else { 5 },
+                }),
+                ..Default::default()
+            },
+        );
+        let rxs: Vec<_> = requests
+            .iter()
+            .map(|(p, sampling, stop)| {
+                let mut r = Request::new(tok.encode(p, true).unwrap(), n);
+                r.sampling = sampling.clone();
+                r.stop = stop.clone();
+                handle.submit(r).unwrap()
+            })
+            .collect();
+        for (k, rx) in rxs.into_iter().enumerate() {
+            let o = collect(rx);
+            assert_eq!(o.ids, alone[k].0, "{method:?}, request {k}: tokens differ");
+            assert_eq!(o.text, alone[k].1, "{method:?}, request {k}: text differs");
+        }
+        let accepted = handle.stats.draft_accepted.load(Ordering::Relaxed);
+        let proposed = handle.stats.draft_proposed.load(Ordering::Relaxed);
+        assert!(
+            accepted > 0 && accepted <= proposed,
+            "{method:?}: {accepted} of {proposed}"
+        );
+        handle.shutdown();
+        thread.join().unwrap();
     }
-    let accepted = handle.stats.draft_accepted.load(Ordering::Relaxed);
-    let proposed = handle.stats.draft_proposed.load(Ordering::Relaxed);
-    assert!(
-        accepted > 0 && accepted <= proposed,
-        "{accepted} of {proposed}"
-    );
-    // Every block the sequences took came back (the prefix cache holds the rest).
-    handle.shutdown();
-    thread.join().unwrap();
 }

@@ -179,13 +179,18 @@ pub fn plan(
         _ => "deepseek2",
     };
     let k = |key: &str| format!("{arch}.{key}");
+    // A multi-token-prediction module travels as one more block with its nextn.* parts, as
+    // llama.cpp's converter writes it.
+    let mtp_prefix = format!("model.layers.{}", c.num_hidden_layers);
+    let mtp =
+        c.num_nextn_predict_layers > 0 && store.contains(&format!("{mtp_prefix}.eh_proj.weight"));
     let mut m: Vec<(String, Value)> = vec![
         ("general.architecture".into(), s(arch)),
         ("general.quantization_version".into(), u(2)),
         ("general.file_type".into(), u(target.file_type() as usize)),
         (k("context_length"), u(c.max_position_embeddings)),
         (k("embedding_length"), u(c.hidden_size)),
-        (k("block_count"), u(c.num_hidden_layers)),
+        (k("block_count"), u(c.num_hidden_layers + usize::from(mtp))),
         (k("feed_forward_length"), u(c.intermediate_size)),
         (k("attention.head_count"), u(c.num_attention_heads)),
         (k("rope.freq_base"), f(c.rope_theta)),
@@ -304,7 +309,10 @@ pub fn plan(
             }
         }
     }
-    for i in 0..c.num_hidden_layers {
+    if mtp {
+        m.push((k("nextn_predict_layers"), u(1)));
+    }
+    for i in 0..c.num_hidden_layers + usize::from(mtp) {
         let p = format!("model.layers.{i}");
         let b = format!("blk.{i}");
         vectors.push((
@@ -510,6 +518,37 @@ pub fn plan(
                     0,
                 );
             }
+        }
+    }
+    if mtp {
+        let (p, b) = (&mtp_prefix, format!("blk.{}.nextn", c.num_hidden_layers));
+        e.matrix(
+            format!("{p}.eh_proj.weight"),
+            format!("{b}.eh_proj.weight"),
+            hid,
+            2 * hid,
+            0,
+        );
+        for (hf, gg) in [
+            ("embed_tokens", "embed_tokens"),
+            ("shared_head.head", "shared_head_head"),
+        ] {
+            if store.contains(&format!("{p}.{hf}.weight")) {
+                e.matrix(
+                    format!("{p}.{hf}.weight"),
+                    format!("{b}.{gg}.weight"),
+                    c.vocab_size,
+                    hid,
+                    0,
+                );
+            }
+        }
+        for (hf, gg) in [
+            ("enorm", "enorm"),
+            ("hnorm", "hnorm"),
+            ("shared_head.norm", "shared_head_norm"),
+        ] {
+            vectors.push((format!("{p}.{hf}.weight"), format!("{b}.{gg}.weight"), hid));
         }
     }
     for (name, gguf, len) in vectors {

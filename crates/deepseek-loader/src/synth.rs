@@ -60,6 +60,7 @@ pub fn preset(name: &str) -> Option<Value> {
             "scoring_func": "sigmoid", "max_position_embeddings": 163840, "rms_norm_eps": 1e-6, "rope_theta": 10000,
             "rope_scaling": {"type": "yarn", "factor": 40, "mscale": 1.0, "mscale_all_dim": 1.0,
                              "original_max_position_embeddings": 4096, "beta_fast": 32, "beta_slow": 1},
+            "num_nextn_predict_layers": 1,
             "bos_token_id": 0, "eos_token_id": 1, "tie_word_embeddings": false, "torch_dtype": "bfloat16"}),
         // DeepSeek-V3's vocabulary and router on toy dimensions: with the real V3 tokenizer
         // (`--tokenizer`) it exercises chat templates, tool calls and serving in seconds.
@@ -84,7 +85,9 @@ pub enum SynthDtype {
     BF16,
 }
 
-/// Every tensor of a checkpoint with `cfg`'s shapes, in the published names and order.
+/// Every tensor of a checkpoint with `cfg`'s shapes, in the published names and order (with the
+/// first multi-token-prediction module where the config has one, as V3's files do, without
+/// their copies of the embedding and head).
 pub fn tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     let mut v = vec![];
     let (h, hid) = (cfg.num_attention_heads, cfg.hidden_size);
@@ -92,8 +95,15 @@ pub fn tensor_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         "model.embed_tokens.weight".to_string(),
         vec![cfg.vocab_size, hid],
     ));
-    for i in 0..cfg.num_hidden_layers {
+    let mtp = cfg.num_nextn_predict_layers > 0;
+    for i in 0..cfg.num_hidden_layers + usize::from(mtp) {
         let p = format!("model.layers.{i}");
+        if i == cfg.num_hidden_layers {
+            v.push((format!("{p}.enorm.weight"), vec![hid]));
+            v.push((format!("{p}.hnorm.weight"), vec![hid]));
+            v.push((format!("{p}.eh_proj.weight"), vec![hid, 2 * hid]));
+            v.push((format!("{p}.shared_head.norm.weight"), vec![hid]));
+        }
         v.push((format!("{p}.input_layernorm.weight"), vec![hid]));
         v.push((format!("{p}.post_attention_layernorm.weight"), vec![hid]));
         match cfg.mla() {

@@ -225,6 +225,18 @@ impl Model {
         Ok(step.logits)
     }
 
+    /// [`Model::forward`], with the hidden states too when `keep_hidden`.
+    pub fn step_output(
+        &self,
+        pool: &mut BlockPool,
+        seqs: &mut [SeqStep],
+        logits_for: LogitsFor,
+        prefill: PrefillPath,
+        keep_hidden: bool,
+    ) -> Result<StepOutput, ModelError> {
+        self.step(pool, seqs, logits_for, prefill, keep_hidden, None)
+    }
+
     /// [`Model::forward`], also returning every new token's final-normed hidden state: what
     /// the multi-token-prediction module continues from ([`Model::mtp_forward`]).
     pub fn forward_with_hidden(
@@ -390,8 +402,8 @@ impl Model {
     /// `start..start + next.len()`: position i takes the hidden state there (the main model's
     /// from [`Model::forward_with_hidden`], or the module's own from an earlier draft) and the
     /// token that follows it, and predicts the one after. Writes the module's cache rows at those
-    /// positions (reserving them when they lie past what the main model holds; the cache length
-    /// is not changed). Returns logits for `logits_for` and every position's new hidden state.
+    /// positions (reserving them when they lie past what the main model holds, as chained drafts
+    /// do; the cache length is not changed). The module's rows before `start` must be written. Returns logits for `logits_for` and every position's new hidden state.
     /// An error when the model has no module.
     pub fn mtp_forward(
         &self,
@@ -412,10 +424,6 @@ impl Model {
                 s.hidden.len(),
                 s.next.len() * hid,
                 "one hidden row per token"
-            );
-            assert!(
-                s.start <= s.cache.len,
-                "the module continues the main model's rows"
             );
             pool.reserve(s.cache, end)?;
         }

@@ -34,11 +34,15 @@ pub struct Args {
     /// every draft is right; the acceptance of real drafts is for `generate --json` to show).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=32))]
     verify: Option<u64>,
-    /// Also decode -n tokens after this file's text, greedily, without and with prompt-lookup
-    /// drafts (K = --verify, else 4): the acceptance, tokens per step and decode speed that
+    /// Also decode -n tokens after this file's text, greedily, without and with drafts
+    /// (--draft; K = --verify, else 4): the acceptance, tokens per step and decode speed that
     /// real text gets (the model needs a tokenizer).
     #[arg(long, value_name = "FILE")]
     draft_prompt: Option<std::path::PathBuf>,
+    /// Where --draft-prompt's drafts come from: prompt lookup, or the checkpoint's
+    /// multi-token-prediction module.
+    #[arg(long, value_enum, default_value = "lookup", value_name = "METHOD")]
+    draft: crate::commands::generate::DraftArg,
     /// Repetitions; the median and spread are reported.
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
@@ -237,8 +241,8 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
     let held_bytes = model.held_weight_bytes();
     let rss = peak_rss_bytes().filter(|_| peak_is_ours);
     let cache_bytes = (a.prompt.max(a.depth + a.gen + 1)) * shape.bytes_per_token();
-    let lookup = match &a.draft_prompt {
-        Some(path) if a.gen > 0 => Some(lookup_run(&model, &dir, path, &a, s)?),
+    let drafted = match &a.draft_prompt {
+        Some(path) if a.gen > 0 => Some(draft_run(&model, &dir, path, &a, s)?),
         _ => None,
     };
     let v = json!({
@@ -254,7 +258,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         "weights_bytes": disk_bytes, "weights_held_bytes": held_bytes, "cache_bytes": cache_bytes,
         "peak_rss_bytes": rss,
         "peak_rss_ratio": rss.map(|r| r as f64 / (held_bytes + cache_bytes) as f64),
-        "lookup": lookup.as_ref().map(LookupRun::to_json),
+        "draft": drafted.as_ref().map(DraftRun::to_json),
     });
     if a.json {
         println!("{v}");
@@ -291,16 +295,18 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
                 );
             }
         }
-        if let Some(l) = &lookup {
+        if let Some(l) = &drafted {
             println!(
-                "lookup       {} tokens after {} prompt tokens, {} drafts a step at most: {:.2} tokens per step, \
-                 {} of {} drafts accepted; {:.2} tok/s against {:.2} without drafts ({:.2}×)",
+                "{:<12} {} tokens after {} prompt tokens, {} drafts a step at most: {:.2} tokens per step, \
+                 {} of {} drafts accepted ({:.0}% of first drafts); {:.2} tok/s against {:.2} without drafts ({:.2}×)",
+                l.method,
                 l.tokens,
                 l.prompt_tokens,
                 l.k,
                 l.tokens as f64 / l.steps as f64,
                 l.accepted,
                 l.proposed,
+                100.0 * l.first_accepted as f64 / l.first_proposed.max(1) as f64,
                 l.draft_tok_s,
                 l.plain_tok_s,
                 l.draft_tok_s / l.plain_tok_s
@@ -322,8 +328,9 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
     Ok(())
 }
 
-/// What prompt lookup does on real text: `bench --draft-prompt`.
-struct LookupRun {
+/// What drafts do on real text: `bench --draft-prompt`.
+struct DraftRun {
+    method: &'static str,
     prompt_tokens: usize,
     k: usize,
     tokens: usize,
@@ -331,14 +338,18 @@ struct LookupRun {
     steps: usize,
     proposed: usize,
     accepted: usize,
+    /// Steps that brought a draft, and those whose first draft was accepted.
+    first_proposed: usize,
+    first_accepted: usize,
     plain_tok_s: f64,
     draft_tok_s: f64,
 }
 
-impl LookupRun {
+impl DraftRun {
     fn to_json(&self) -> serde_json::Value {
         json!({
-            "prompt_tokens": self.prompt_tokens, "draft_tokens": self.k, "tokens": self.tokens,
+            "method": self.method, "prompt_tokens": self.prompt_tokens, "draft_tokens": self.k, "tokens": self.tokens,
+            "first_draft_acceptance": self.first_accepted as f64 / self.first_proposed.max(1) as f64,
             "steps": self.steps, "tokens_per_step": self.tokens as f64 / self.steps as f64,
             "draft_proposed": self.proposed, "draft_accepted": self.accepted,
             "decode_tok_s": self.plain_tok_s, "draft_decode_tok_s": self.draft_tok_s,
@@ -346,14 +357,14 @@ impl LookupRun {
     }
 }
 
-fn lookup_run(
+fn draft_run(
     model: &std::sync::Arc<deepseek_model::Model>,
     dir: &std::path::Path,
     path: &std::path::Path,
     a: &Args,
     s: Settings,
-) -> Result<LookupRun> {
-    use deepseek_engine::{DraftMethod, DraftOptions, GenerateOptions, Generator};
+) -> Result<DraftRun> {
+    use deepseek_engine::{GenerateOptions, Generator};
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("--draft-prompt {}: {e}", path.display()))?;
     let Some(tok) = crate::common::maybe_tokenizer(dir)? else {
@@ -377,10 +388,10 @@ fn lookup_run(
         draft,
         ..Default::default()
     };
-    let draft = Some(DraftOptions {
-        method: DraftMethod::Lookup,
-        max_tokens: k,
-    });
+    let draft = Some(a.draft.options(k));
+    if let Some(why) = a.draft.options(k).method.unsupported_by(model) {
+        bail!("--draft mtp: {why}");
+    }
     // Decode speed: the whole generation less the prompt's prefill, timed apart.
     let prefill_s = {
         let t = Instant::now();
@@ -401,18 +412,21 @@ fn lookup_run(
         let d = gen.generate(&prompt, &opts(draft), &mut |_| {})?;
         spec.push(d.token_ids.len() as f64 / (t.elapsed().as_secs_f64() - prefill_s).max(1e-9));
         if d.token_ids != p.token_ids {
-            bail!("prompt lookup changed the output: a bug, please report it");
+            bail!("drafts changed the output: a bug, please report it");
         }
         last = Some(d);
     }
     let d = last.expect("at least one repetition");
-    Ok(LookupRun {
+    Ok(DraftRun {
+        method: a.draft.options(k).method.name(),
         prompt_tokens: prompt.len(),
         k,
         tokens: d.token_ids.len(),
         steps: d.steps + 1,
         proposed: d.draft_proposed,
         accepted: d.draft_accepted,
+        first_proposed: d.draft_steps,
+        first_accepted: d.first_draft_accepted,
         plain_tok_s: median_spread(&mut plain).0,
         draft_tok_s: median_spread(&mut spec).0,
     })

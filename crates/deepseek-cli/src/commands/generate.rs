@@ -34,7 +34,9 @@ pub struct SamplingArgs {
     pub stop: Vec<String>,
     /// Speculative decoding: check draft tokens several per step. `lookup` drafts what
     /// followed the last few tokens where they occurred before (in the prompt or the output):
-    /// fast on edits and quotes of the prompt. The output is the same as without it.
+    /// fast on edits and quotes of the prompt. `mtp` drafts with the checkpoint's own
+    /// multi-token-prediction module (DeepSeek-V3/R1, the bundled model). The output is the
+    /// same as without it.
     #[arg(long, value_enum, value_name = "METHOD")]
     pub draft: Option<DraftArg>,
     /// Most draft tokens checked per step (with --draft).
@@ -46,6 +48,8 @@ pub struct SamplingArgs {
 pub enum DraftArg {
     /// Prompt lookup (n-grams of the prompt and output).
     Lookup,
+    /// The checkpoint's multi-token-prediction module (V3's MTP).
+    Mtp,
 }
 
 impl DraftArg {
@@ -53,6 +57,7 @@ impl DraftArg {
         DraftOptions {
             method: match self {
                 DraftArg::Lookup => DraftMethod::Lookup,
+                DraftArg::Mtp => DraftMethod::Mtp,
             },
             max_tokens,
         }
@@ -173,7 +178,8 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
             "{}",
             serde_json::json!({"token_ids": out.token_ids, "text": out.text, "prompt_tokens": out.prompt_tokens,
                                "completion_tokens": out.token_ids.len(), "finish_reason": out.finish_reason.as_str(),
-                               "steps": out.steps, "draft_proposed": out.draft_proposed, "draft_accepted": out.draft_accepted})
+                               "steps": out.steps, "draft_proposed": out.draft_proposed, "draft_accepted": out.draft_accepted,
+                               "draft_steps": out.draft_steps, "first_draft_accepted": out.first_draft_accepted})
         );
     } else {
         if let Some(suffix) = &a.suffix {

@@ -64,6 +64,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         "weights_bytes": store.total_bytes(),
         "active_weight_bytes_per_token": model.active_weight_bytes(),
         "kv_cache_values_per_token_per_layer": shape.row_width,
+        "mtp_module": model.mtp.is_some(),
         "kv_bytes_per_token": shape.bytes_per_token(),
         "max_position_embeddings": c.max_position_embeddings,
         "isa": deepseek_kernels::tier::active().name(),
@@ -81,7 +82,13 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         };
         println!("model            {}", dir.display());
         println!("family           {}", c.family.model_type());
-        println!("layers           {}", c.num_hidden_layers);
+        match &model.mtp {
+            Some(m) => println!(
+                "layers           {} + a multi-token-prediction module (model.layers.{}: drafts with --draft mtp)",
+                c.num_hidden_layers, m.layer
+            ),
+            None => println!("layers           {}", c.num_hidden_layers),
+        }
         println!("attention        {attention}");
         if let Some(m) = &c.moe {
             println!(

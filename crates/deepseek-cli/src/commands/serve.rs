@@ -85,9 +85,9 @@ pub struct Args {
     /// Answer `/` with 404 instead of the chat page (for servers that only serve the API).
     #[arg(long)]
     no_chat_page: bool,
-    /// Speculative decoding for every request: each decoding sequence drafts tokens by prompt
-    /// lookup and the step checks them with the rest of the batch. Outputs are the same as
-    /// without it; repetitive outputs (code edits) take fewer steps.
+    /// Speculative decoding for every request: each decoding sequence drafts tokens (by prompt
+    /// lookup, or with the checkpoint's multi-token-prediction module) and the step checks them
+    /// with the rest of the batch. Outputs are the same as without it; fewer steps.
     #[arg(long, value_enum, value_name = "METHOD")]
     draft: Option<crate::commands::generate::DraftArg>,
     /// Most draft tokens a sequence brings to a step (with --draft).
@@ -124,6 +124,12 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         Arc::new(load_tokenizer(&dir).with_context(|| {
             format!("{}: the server needs the model's tokenizer", dir.display())
         })?);
+    if let Some(why) = a
+        .draft
+        .and_then(|d| d.options(1).method.unsupported_by(&model))
+    {
+        bail!("--draft mtp: {}: {why}", dir.display());
+    }
     let eos = Generator::new(model.clone(), Some(tok.clone())).eos_ids();
     let max_pos = model.config.max_position_embeddings;
     let context = a

@@ -13,6 +13,7 @@ enum Dtype {
 #[command(after_help = "Examples:
   deepseek synth --preset v2-lite --layers 8 --out /tmp/v2-lite-8l
   deepseek synth --preset v3 --layers 4 --experts 16 --out /tmp/v3-4l
+  deepseek synth --preset v2-lite --layers 8 --mtp 1 --out /tmp/v2-lite-8l-mtp
   deepseek bench --model /tmp/v2-lite-8l  # the real shapes' speed, no download")]
 pub struct Args {
     /// Shapes to copy: v2-lite, coder-v2-lite, v2, v3; or v3-tiny (V3's vocabulary and router
@@ -25,6 +26,10 @@ pub struct Args {
     /// Keep only N routed experts per layer (top-k and groups shrink to fit).
     #[arg(long)]
     experts: Option<usize>,
+    /// Multi-token-prediction modules after the main stack: 0 or 1 (the v3 preset has 1, as
+    /// DeepSeek-V3 does; the others 0). What `--draft mtp` drafts with.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=1))]
+    mtp: Option<u64>,
     #[arg(long, value_enum, default_value = "bf16")]
     dtype: Dtype,
     /// Output folder (Hugging Face layout).
@@ -52,6 +57,9 @@ pub fn run(a: Args) -> Result<()> {
             bail!("--layers must be at least 1");
         }
         cfg["num_hidden_layers"] = l.into();
+    }
+    if let Some(n) = a.mtp {
+        cfg["num_nextn_predict_layers"] = n.into();
     }
     if let Some(e) = a.experts {
         let k = cfg["num_experts_per_tok"].as_u64().unwrap_or(1) as usize;
