@@ -6,7 +6,10 @@ model, then checks: zero failed requests, every stream ended with a finish reaso
 no growth of the server's memory between a warm-up round and the end of the run, and no cache
 blocks left to finished sequences. Prints p50/p99 time to first token and throughput.
 
-usage: scripts/load_test.py [--streams 64] [--seconds 30] [--model DIR] [--bin target/release/deepseek]
+With `--draft lookup|mtp` the server decodes speculatively and the completion requests are greedy:
+each one's text must be the start of what `deepseek generate` writes without drafts.
+
+usage: scripts/load_test.py [--streams 64] [--seconds 30] [--model DIR] [--draft METHOD]
 """
 import argparse
 import asyncio
@@ -19,7 +22,9 @@ import httpx
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_server import NANO, ROOT, Server  # noqa: E402
+from test_server import NANO, ROOT, Server, generate_cli  # noqa: E402
+
+COMPLETION_PROMPTS = ["def main():", "import os\n", "class Node:", "for i in"]
 
 
 def rss_kib(pid):
@@ -34,7 +39,7 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
-async def one(client, rng, ttfts, stats):
+async def one(client, rng, ttfts, stats, greedy=None):
     t0 = time.perf_counter()
     first = None
     finish = None
@@ -51,14 +56,19 @@ async def one(client, rng, ttfts, stats):
                 if ch.choices and ch.choices[0].finish_reason:
                     finish = ch.choices[0].finish_reason
         else:
+            prompt = rng.choice(COMPLETION_PROMPTS)
             stream = await client.completions.create(
-                model="x", prompt=rng.choice(["def main():", "import os\n", "class Node:", "for i in"]),
-                max_tokens=n, temperature=0.8, stream=True)
+                model="x", prompt=prompt, max_tokens=n, temperature=0.0 if greedy else 0.8, stream=True)
+            text = ""
             async for ch in stream:
                 if ch.choices and ch.choices[0].text and first is None:
                     first = time.perf_counter()
+                if ch.choices:
+                    text += ch.choices[0].text or ""
                 if ch.choices and ch.choices[0].finish_reason:
                     finish = ch.choices[0].finish_reason
+            if greedy and not greedy[prompt].startswith(text):
+                raise RuntimeError(f"drafted output differs: {text!r} is not the start of {greedy[prompt]!r}")
         if finish is None:
             raise RuntimeError("stream ended without a finish reason")
         if first is not None:
@@ -69,14 +79,14 @@ async def one(client, rng, ttfts, stats):
         stats.setdefault("errors", []).append(repr(e)[:200])
 
 
-async def run(client, streams, seconds, seed):
+async def run(client, streams, seconds, seed, greedy=None):
     rng = random.Random(seed)
     ttfts, stats = [], {"ok": 0, "failed": 0}
     deadline = time.perf_counter() + seconds
 
     async def worker():
         while time.perf_counter() < deadline:
-            await one(client, rng, ttfts, stats)
+            await one(client, rng, ttfts, stats, greedy)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(streams)))
@@ -89,9 +99,13 @@ def main():
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--model", default=str(NANO))
     ap.add_argument("--max-growth-mib", type=float, default=8.0)
+    ap.add_argument("--draft", choices=["lookup", "mtp"], help="speculative decoding on the server")
     a = ap.parse_args()
 
-    s = Server(a.model, "--max-batch", "32", key=None)
+    # What each greedy completion must start with: the output without drafts.
+    greedy = {p: generate_cli(a.model, p, 48)["text"] for p in COMPLETION_PROMPTS} if a.draft else None
+    extra = ["--draft", a.draft, "--draft-tokens", "2"] if a.draft else []
+    s = Server(a.model, "--max-batch", "32", *extra, key=None)
     try:
         client = openai.AsyncOpenAI(base_url=s.base + "/v1", api_key="none", max_retries=0,
                                     http_client=openai.DefaultAsyncHttpxClient(
@@ -103,7 +117,7 @@ def main():
         client = openai.AsyncOpenAI(base_url=s.base + "/v1", api_key="none", max_retries=0,
                                     http_client=openai.DefaultAsyncHttpxClient(
                                         limits=httpx.Limits(max_connections=a.streams + 8)))
-        ttfts, stats, wall = asyncio.run(run(client, a.streams, a.seconds, 2))
+        ttfts, stats, wall = asyncio.run(run(client, a.streams, a.seconds, 2, greedy))
         time.sleep(0.5)
         after = rss_kib(s.proc.pid)
         running = s.metric("deepseek_running_sequences")
@@ -113,7 +127,8 @@ def main():
     finally:
         code = s.stop()
     growth = (after - before) / 1024
-    print(f"{a.streams} concurrent streams for {wall:.1f}s: {stats['ok']} requests ok, {stats['failed']} failed")
+    drafts = f", drafts: {a.draft}" if a.draft else ""
+    print(f"{a.streams} concurrent streams for {wall:.1f}s{drafts}: {stats['ok']} requests ok, {stats['failed']} failed")
     print(f"time to first token: p50 {pct(ttfts, 50) * 1000:.0f} ms, p99 {pct(ttfts, 99) * 1000:.0f} ms")
     print(f"generated tokens (whole run incl. warm-up): {tokens:.0f}")
     print(f"server RSS: {before / 1024:.1f} MiB after warm-up, {after / 1024:.1f} MiB after the run "

@@ -32,6 +32,8 @@ fi
 target/py-serve/bin/pip install --quiet --disable-pip-version-check -r scripts/requirements-serve.txt
 target/py-serve/bin/python scripts/test_server.py
 target/py-serve/bin/python scripts/load_test.py --streams 64 --seconds 15
+# The same under speculative decoding with the bundled model's MTP module: greedy outputs checked.
+target/py-serve/bin/python scripts/load_test.py --streams 32 --seconds 8 --draft mtp
 # What hostile or careless clients and files try (malformed requests, slow clients, bursts,
 # large prompts, corrupt and absurd model files), with the server's health checked after each.
 target/py-serve/bin/python scripts/test_adversarial.py

@@ -90,12 +90,21 @@ impl Model {
         // layer count of a billion must be an error naming the field, not an allocation abort.
         let layer_norm = |i: usize| format!("model.layers.{i}.input_layernorm.weight");
         if !w.contains(&layer_norm(c.num_hidden_layers - 1)) {
-            let present = (0..).take_while(|&i| w.contains(&layer_norm(i))).count();
+            let blocks = (0..).take_while(|&i| w.contains(&layer_norm(i))).count();
+            // Multi-token-prediction blocks after the main stack are not main layers.
+            let mtp = (0..blocks)
+                .filter(|i| w.contains(&format!("model.layers.{i}.eh_proj.weight")))
+                .count();
+            let and_mtp = match mtp {
+                0 => String::new(),
+                n => format!(" and {n} multi-token-prediction module"),
+            };
             return Err(LoadError::config(
                 "num_hidden_layers",
                 format!(
-                    "is {} (GGUF: block_count), but the checkpoint holds {present} layers (it has no `{}`)",
+                    "is {} (GGUF: block_count), but the checkpoint holds {} layers{and_mtp} (it has no `{}`)",
                     c.num_hidden_layers,
+                    blocks - mtp,
                     layer_norm(c.num_hidden_layers - 1)
                 ),
             ));
