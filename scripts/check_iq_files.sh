@@ -5,8 +5,8 @@
 # rewritten to F32 by llama-quantize. deepseek-rs's logits on the i-quant file (f32 activations:
 # DEEPSEEK_EXACT_ACTIVATIONS=1) must equal its logits on llama.cpp's F32 copy; with the default
 # 8-bit activations they differ by the activations' rounding, reported. Also prints both
-# engines' greedy text. llama.cpp is built from the llama-cpp-python sdist in WORK (nothing of
-# it enters the repo).  Usage: scripts/check_iq_files.sh [WORK]
+# engines' greedy text. llama.cpp is built from the llama-cpp-python sdist in WORK
+# (scripts/build_llamacpp.sh; nothing of it enters the repo).  Usage: scripts/check_iq_files.sh [WORK]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-/tmp/deepseek-rs-iq}
@@ -19,17 +19,7 @@ MODEL="$ROOT/assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 LCPP="$WORK/llama.cpp"
 BIN="$LCPP/build/bin"
-if [ ! -x "$BIN/llama-completion" ]; then
-  [ -x "$WORK/venv/bin/python" ] || python3 -m venv "$WORK/venv"
-  "$WORK/venv/bin/pip" install -q cmake gguf==0.19.0 numpy
-  (cd "$WORK" && python3 -m pip download -q --no-deps --no-binary llama-cpp-python -d sdist llama-cpp-python)
-  rm -rf "$WORK/src" && mkdir -p "$WORK/src" && tar xzf "$WORK"/sdist/llama_cpp_python-*.tar.gz -C "$WORK/src"
-  rm -rf "$LCPP" && cp -r "$WORK"/src/llama_cpp_python-*/vendor/llama.cpp "$LCPP"
-  "$WORK/venv/bin/cmake" -S "$LCPP" -B "$LCPP/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
-  "$WORK/venv/bin/cmake" --build "$LCPP/build" -j "$(nproc)" \
-    --target llama-quantize llama-imatrix llama-completion >/dev/null
-fi
+scripts/build_llamacpp.sh "$WORK"
 
 cat README.md BENCHMARKS.md > "$WORK/calib.txt"
 [ -f "$WORK/imatrix.gguf" ] || "$BIN/llama-imatrix" -m "$MODEL" -f "$WORK/calib.txt" \

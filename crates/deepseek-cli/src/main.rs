@@ -78,6 +78,8 @@ enum Command {
     Eval(commands::eval::Args),
     /// Write a Hugging Face checkpoint as a GGUF file (q8_0, q4_k, q6_k, …) llama.cpp can load.
     Quantize(commands::quantize::Args),
+    /// Measure an importance matrix over a text (llama.cpp's imatrix file), for quantizing.
+    Imatrix(commands::imatrix::Args),
 }
 
 fn main() -> ExitCode {
@@ -145,6 +147,7 @@ fn main() -> ExitCode {
         Command::Synth(a) => commands::synth::run(a),
         Command::Bench(a) => commands::bench::run(a, settings),
         Command::Quantize(a) => commands::quantize::run(a),
+        Command::Imatrix(a) => commands::imatrix::run(a, settings),
         Command::Serve(a) => commands::serve::run(a, settings),
         Command::Eval(a) => commands::eval::run(a, settings),
     });

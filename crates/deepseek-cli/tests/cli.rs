@@ -505,6 +505,40 @@ fn quantize_round_trips_every_family_through_gguf() {
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["token_ids"].clone()
     };
     assert_eq!(gen(Some(gguf.to_str().unwrap())), gen(None));
+    // In parts of at most 3 MB (llama.cpp's gguf-split layout): the first part loads them all.
+    let split = tmp.join("nano-split.gguf");
+    let out = deepseek(&[
+        "quantize",
+        "-t",
+        "q8_0",
+        "--split-max-size",
+        "3M",
+        "-o",
+        split.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parts: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with("nano-split-"))
+        .collect();
+    assert!(parts.len() >= 3, "{parts:?}");
+    let first = tmp.join(format!("nano-split-00001-of-{:05}.gguf", parts.len()));
+    assert_eq!(gen(Some(first.to_str().unwrap())), gen(None));
+    let bad = deepseek(&[
+        "quantize",
+        "-t",
+        "q8_0",
+        "--split-max-size",
+        "lots",
+        "-o",
+        "x.gguf",
+    ]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a size"));
     std::fs::remove_dir_all(&tmp).ok();
 }
 
@@ -755,5 +789,128 @@ fn low_bit_k_quants_prefill_and_decode_agree() {
         errors.push(e_p);
     }
     assert!(errors.windows(2).all(|w| w[0] < w[1]), "{errors:?}");
+    std::fs::remove_dir_all(&tmp).ok();
+}
+
+/// `imatrix` over a text, in both of llama.cpp's formats, then `quantize --imatrix` with each:
+/// the files load back, cover the bundled model's matrices (its MTP module's too), and the
+/// weighted Q4_K file generates. A file for another model is refused, naming the entry.
+#[test]
+fn imatrix_files_feed_quantize() {
+    let tmp = std::env::temp_dir().join(format!("deepseek-imatrix-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let text = tmp.join("text.py");
+    let mut src = String::new();
+    for f in [
+        "scripts/train_nano.py",
+        "scripts/make_fixtures.py",
+        "scripts/test_server.py",
+    ] {
+        src.push_str(&std::fs::read_to_string(workspace().join(f)).unwrap());
+    }
+    std::fs::write(&text, src).unwrap();
+    for name in ["im.gguf", "im.dat"] {
+        let im = tmp.join(name);
+        let out = deepseek(&[
+            "imatrix",
+            "--text",
+            text.to_str().unwrap(),
+            "--chunk",
+            "256",
+            "--chunks",
+            "6",
+            "-o",
+            im.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("47 matrices, 6 chunks of 256 tokens"),
+            "{said}"
+        );
+        let q = tmp.join(format!("{name}.q4_k.gguf"));
+        let out = deepseek(&[
+            "quantize",
+            "-t",
+            "q4_k",
+            "--imatrix",
+            im.to_str().unwrap(),
+            "-o",
+            q.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("47 matrices"));
+        let out = deepseek(&[
+            "generate",
+            "-m",
+            q.to_str().unwrap(),
+            "--prompt",
+            "def f(x):",
+            "-n",
+            "8",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Another model's matrices (SmolLM2's are 576 wide, the nano model's 256): refused, naming
+    // the entry.
+    let smollm2 = workspace().join("assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let other = tmp.join("other.gguf");
+    let out = deepseek(&[
+        "imatrix",
+        "-m",
+        smollm2.to_str().unwrap(),
+        "--text",
+        text.to_str().unwrap(),
+        "--chunk",
+        "64",
+        "--chunks",
+        "1",
+        "-o",
+        other.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let x = tmp.join("x.gguf");
+    let out = deepseek(&[
+        "quantize",
+        "-t",
+        "q4_k",
+        "--imatrix",
+        other.to_str().unwrap(),
+        "-o",
+        x.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("blk.0.attn_q.weight"),
+        "{err}"
+    );
+    // Not an importance matrix at all.
+    let bad = deepseek(&[
+        "quantize",
+        "-t",
+        "q4_k",
+        "--imatrix",
+        text.to_str().unwrap(),
+        "-o",
+        x.to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("text.py"));
     std::fs::remove_dir_all(&tmp).ok();
 }

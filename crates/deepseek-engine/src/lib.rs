@@ -5,6 +5,7 @@ pub mod chat_template;
 pub mod draft;
 pub mod generate;
 pub mod gguf_tokenizer;
+pub mod imatrix;
 pub mod json_mode;
 pub mod request;
 pub mod sampler;

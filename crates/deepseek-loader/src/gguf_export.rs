@@ -9,7 +9,7 @@
 
 use std::io::Write;
 
-use deepseek_kernels::quant::{quantize_row, QuantType};
+use deepseek_kernels::quant::{quantize_row_weighted, QuantType};
 use deepseek_kernels::Matrix;
 
 use crate::gguf::{Value, GGML_BF16, GGML_F16, GGML_F32};
@@ -154,6 +154,9 @@ pub struct ExportPlan {
     pub metadata: Vec<(String, Value)>,
     pub tensors: Vec<TensorSpec>,
     sources: Vec<Source>,
+    /// Per tensor, per expert (one for a plain matrix): the columns' importances from an
+    /// importance matrix ([`ExportPlan::use_imatrix`]).
+    importance: Vec<Vec<Option<Vec<f32>>>>,
 }
 
 fn s(v: &str) -> Value {
@@ -562,15 +565,24 @@ pub fn plan(
         );
     }
     m.extend(extra);
+    let importance = vec![vec![]; e.tensors.len()];
     Ok(ExportPlan {
         metadata: m,
         tensors: e.tensors,
         sources: e.sources,
+        importance,
     })
 }
 
-/// Writes one row of f32 values in GGML type `t`.
-fn put_row(t: u32, row: &[f32], out: &mut dyn Write, buf: &mut Vec<u8>) -> std::io::Result<()> {
+/// Writes one row of f32 values in GGML type `t`, rounding weighted by the columns'
+/// importances where given.
+fn put_row(
+    t: u32,
+    row: &[f32],
+    importance: Option<&[f32]>,
+    out: &mut dyn Write,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
     buf.clear();
     match t {
         GGML_F32 => buf.extend(row.iter().flat_map(|v| v.to_le_bytes())),
@@ -585,13 +597,60 @@ fn put_row(t: u32, row: &[f32], out: &mut dyn Write, buf: &mut Vec<u8>) -> std::
         q => {
             let q = QuantType::from_ggml_type(q).expect("planned type");
             buf.resize(q.row_bytes(row.len()), 0);
-            quantize_row(q, row, buf);
+            quantize_row_weighted(q, row, importance, buf);
         }
     }
     out.write_all(buf)
 }
 
 impl ExportPlan {
+    /// Each GGUF matrix the file holds and the Hugging Face matrices it is made of (several for
+    /// stacked experts, in expert order): how importance-matrix entries are named. The split
+    /// `attn_k_b`/`attn_v_b` are left out (their inputs are per-head latents, which the
+    /// engine's prefill does not form).
+    pub fn matrix_sources(&self) -> Vec<(String, Vec<String>)> {
+        self.tensors
+            .iter()
+            .zip(&self.sources)
+            .filter_map(|(t, s)| match s {
+                Source::Matrix { name, .. } => Some((t.name.clone(), vec![name.clone()])),
+                Source::Stacked { names } => Some((t.name.clone(), names.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Quantizes with `imatrix`'s column importances (its entries named as this file names its
+    /// matrices; an expert it saw no tokens for is quantized plainly). Returns how many of the
+    /// file's matrices it covers; an entry of the wrong width is an error naming it.
+    pub fn use_imatrix(&mut self, imatrix: &crate::imatrix::Imatrix) -> Result<usize, LoadError> {
+        let mut covered = 0;
+        for (i, (t, src)) in self.tensors.iter().zip(&self.sources).enumerate() {
+            let experts = match src {
+                Source::Matrix { .. } => 1,
+                Source::Stacked { names } => names.len(),
+                _ => continue,
+            };
+            let Some(entry) = imatrix.entries.get(&t.name) else {
+                continue;
+            };
+            let cols = t.dims[0] as usize;
+            if entry.sums.len() != cols * experts {
+                return Err(LoadError::config(
+                    "--imatrix",
+                    format!(
+                        "entry `{}` has {} values; the matrix needs {cols} per expert × {experts}",
+                        t.name,
+                        entry.sums.len()
+                    ),
+                ));
+            }
+            self.importance[i] = (0..experts).map(|e| entry.mean_squares(e, cols)).collect();
+            covered += 1;
+        }
+        Ok(covered)
+    }
+
     /// Writes the file; `progress(done, total)` per tensor.
     pub fn write(
         &self,
@@ -599,6 +658,62 @@ impl ExportPlan {
         config: &ModelConfig,
         path: &std::path::Path,
         progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(), LoadError> {
+        let total = self.tensors.len();
+        write_gguf(path, &self.metadata, &self.tensors, |i, out| {
+            self.fill(store, config, path, i, out)?;
+            progress(i + 1, total);
+            Ok(())
+        })
+    }
+
+    /// Writes the model in parts of at most `max_bytes` of tensor data each, as llama.cpp's
+    /// `gguf-split` does (`NAME-00001-of-0000N.gguf` beside `path`; the first part holds the
+    /// metadata, every part `split.*`); a model that fits in one part is written to `path` as
+    /// one file. Returns the files written.
+    pub fn write_split(
+        &self,
+        store: &WeightStore,
+        config: &ModelConfig,
+        path: &std::path::Path,
+        max_bytes: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<std::path::PathBuf>, LoadError> {
+        use crate::gguf_split::{part_path, plan_parts, split_metadata};
+        let sizes: Vec<usize> = self.tensors.iter().map(|t| t.len_bytes()).collect();
+        let parts = plan_parts(&sizes, max_bytes);
+        if parts.len() == 1 {
+            self.write(store, config, path, progress)?;
+            return Ok(vec![path.to_path_buf()]);
+        }
+        let (total, count) = (self.tensors.len(), parts.len());
+        let mut written = vec![];
+        for (k, range) in parts.into_iter().enumerate() {
+            let file = part_path(path, k + 1, count);
+            let mut meta = if k == 0 {
+                self.metadata.clone()
+            } else {
+                vec![]
+            };
+            meta.extend(split_metadata(k, count, total));
+            write_gguf(&file, &meta, &self.tensors[range.clone()], |i, out| {
+                self.fill(store, config, &file, range.start + i, out)?;
+                progress(range.start + i + 1, total);
+                Ok(())
+            })?;
+            written.push(file);
+        }
+        Ok(written)
+    }
+
+    /// Writes tensor `i`'s data.
+    fn fill(
+        &self,
+        store: &WeightStore,
+        config: &ModelConfig,
+        path: &std::path::Path,
+        i: usize,
+        out: &mut dyn Write,
     ) -> Result<(), LoadError> {
         let io = |e: std::io::Error| LoadError::Io {
             path: path.to_path_buf(),
@@ -609,28 +724,29 @@ impl ExportPlan {
             let rows = spec.dims[1..].iter().product::<u64>() as usize;
             (rows, cols)
         };
-        let total = self.tensors.len();
-        write_gguf(path, &self.metadata, &self.tensors, |i, out| {
+        {
             let spec = &self.tensors[i];
             let (rows, cols) = shape(spec);
             let mut row = vec![0.0f32; cols];
             let mut buf = vec![];
+            let importance = |e: usize| self.importance[i].get(e).and_then(|v| v.as_deref());
             let matrix_rows = |m: &Matrix,
                                order: &mut dyn Iterator<Item = usize>,
+                               imp: Option<&[f32]>,
                                out: &mut dyn Write|
              -> Result<(), LoadError> {
                 let mut row = vec![0.0f32; m.cols];
                 let mut buf = vec![];
                 for r in order {
                     m.row_f32(r, &mut row);
-                    put_row(spec.ggml_type, &row, out, &mut buf).map_err(io)?;
+                    put_row(spec.ggml_type, &row, imp, out, &mut buf).map_err(io)?;
                 }
                 Ok(())
             };
             match &self.sources[i] {
                 Source::Vector { name } => {
                     let v = store.vector(name, cols)?;
-                    put_row(spec.ggml_type, &v, out, &mut buf).map_err(io)?;
+                    put_row(spec.ggml_type, &v, None, out, &mut buf).map_err(io)?;
                 }
                 Source::Matrix {
                     name,
@@ -644,16 +760,16 @@ impl ExportPlan {
                             let (head, j) = (r / hd, r % hd);
                             head * hd + (j % 2) * (hd / 2) + j / 2
                         });
-                        matrix_rows(&m, &mut order, out)?;
+                        matrix_rows(&m, &mut order, importance(0), out)?;
                     } else {
-                        matrix_rows(&m, &mut (0..rows), out)?;
+                        matrix_rows(&m, &mut (0..rows), importance(0), out)?;
                     }
                 }
                 Source::Stacked { names } => {
                     let per = rows / names.len();
-                    for n in names {
+                    for (e, n) in names.iter().enumerate() {
                         let m = store.matrix(n, per, cols)?;
-                        matrix_rows(&m, &mut (0..per), out)?;
+                        matrix_rows(&m, &mut (0..per), importance(e), out)?;
                     }
                 }
                 Source::KB { name } | Source::VB { name } => {
@@ -676,7 +792,7 @@ impl ExportPlan {
                                 for (j, v) in row.iter_mut().enumerate() {
                                     *v = kv[(base + j) * lora + c];
                                 }
-                                put_row(spec.ggml_type, &row, out, &mut buf).map_err(io)?;
+                                put_row(spec.ggml_type, &row, None, out, &mut buf).map_err(io)?;
                             }
                         } else {
                             for j in 0..d.v_head_dim {
@@ -684,6 +800,7 @@ impl ExportPlan {
                                 put_row(
                                     spec.ggml_type,
                                     &kv[r * lora..(r + 1) * lora],
+                                    None,
                                     out,
                                     &mut buf,
                                 )
@@ -693,8 +810,7 @@ impl ExportPlan {
                     }
                 }
             }
-            progress(i + 1, total);
-            Ok(())
-        })
+        }
+        Ok(())
     }
 }

@@ -35,6 +35,50 @@ pub fn part_name(path: &Path) -> Option<(String, usize, usize)> {
     Some((prefix.to_string(), part.parse().ok()?, count.parse().ok()?))
 }
 
+/// Part `part` (from 1) of `count` of the model written to `path`: `NAME-0000k-of-0000n.gguf`
+/// beside it, NAME being `path`'s name without `.gguf`.
+pub fn part_path(path: &Path, part: usize, count: usize) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".gguf").unwrap_or(&name);
+    path.with_file_name(format!("{stem}-{part:05}-of-{count:05}.gguf"))
+}
+
+/// The metadata a part carries to say which it is (the first part also carries the model's).
+pub fn split_metadata(
+    no: usize,
+    count: usize,
+    tensors: usize,
+) -> Vec<(String, crate::gguf::Value)> {
+    use crate::gguf::Value;
+    vec![
+        ("split.no".into(), Value::U16(no as u16)),
+        ("split.count".into(), Value::U16(count as u16)),
+        ("split.tensors.count".into(), Value::I32(tensors as i32)),
+    ]
+}
+
+/// Consecutive runs of tensors, each part's bytes (`sizes`) at most `max_bytes` unless one
+/// tensor alone is larger (it then has a part of its own), as llama.cpp's `gguf-split
+/// --split-max-size` cuts them.
+pub fn plan_parts(sizes: &[usize], max_bytes: usize) -> Vec<std::ops::Range<usize>> {
+    let mut parts = vec![];
+    let (mut start, mut bytes) = (0, 0);
+    for (i, &s) in sizes.iter().enumerate() {
+        if i > start && bytes + s > max_bytes {
+            parts.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += s;
+    }
+    if start < sizes.len() || parts.is_empty() {
+        parts.push(start..sizes.len());
+    }
+    parts
+}
+
 /// The first part when `files` are exactly the parts of one split model (the same NAME and
 /// count); None otherwise.
 pub fn first_of_one_split(files: &[PathBuf]) -> Option<PathBuf> {
@@ -117,7 +161,7 @@ pub fn open_parts(first: Arc<GgufFile>) -> Result<Vec<Arc<GgufFile>>, LoadError>
 
 #[cfg(test)]
 mod tests {
-    use super::{first_of_one_split, part_name};
+    use super::{first_of_one_split, part_name, part_path, plan_parts};
     use std::path::{Path, PathBuf};
 
     #[test]
@@ -134,5 +178,23 @@ mod tests {
         assert_eq!(first_of_one_split(&[p("a.gguf"), p("b.gguf")]), None);
         let mixed = [p("m-00001-of-00002.gguf"), p("n-00002-of-00002.gguf")];
         assert_eq!(first_of_one_split(&mixed), None);
+        assert_eq!(
+            part_path(Path::new("/o/m-q4.gguf"), 2, 3),
+            p("/o/m-q4-00002-of-00003.gguf")
+        );
+        assert_eq!(
+            part_name(&part_path(Path::new("x.gguf"), 1, 12)),
+            Some(("x".into(), 1, 12))
+        );
+    }
+
+    #[test]
+    fn parts_keep_under_the_limit_and_every_tensor_somewhere() {
+        assert_eq!(plan_parts(&[4, 4, 4, 4], 8), vec![0..2, 2..4]);
+        assert_eq!(plan_parts(&[4, 4, 4], 9), vec![0..2, 2..3]);
+        // A tensor larger than the limit gets a part of its own.
+        assert_eq!(plan_parts(&[2, 20, 2], 8), vec![0..1, 1..2, 2..3]);
+        assert_eq!(plan_parts(&[1, 2], 100), vec![0..2]);
+        assert_eq!(plan_parts(&[], 100), vec![0..0]);
     }
 }

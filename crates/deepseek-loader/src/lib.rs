@@ -9,6 +9,7 @@ pub mod gguf_model;
 pub mod gguf_split;
 pub mod gguf_writer;
 pub mod hf_cache;
+pub mod imatrix;
 pub mod safetensors_store;
 pub mod synth;
 

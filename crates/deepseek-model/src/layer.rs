@@ -11,6 +11,7 @@ use crate::llama_attention::LlamaAttention;
 use crate::mla::{AttentionPath, MlaAttention};
 use crate::mlp::Mlp;
 use crate::moe::Moe;
+use crate::observe::MatmulObserver;
 use crate::rope::Rope;
 use crate::trace::Trace;
 
@@ -20,6 +21,7 @@ pub enum Attention {
     Llama(LlamaAttention),
 }
 
+#[allow(clippy::large_enum_variant)] // one per layer
 pub enum FeedForward {
     Dense(Mlp),
     Moe(Moe),
@@ -39,6 +41,8 @@ pub struct LayerContext<'a, 'b> {
     pub caches: &'a [&'b mut SequenceCache],
     pub path: AttentionPath,
     pub precision: Precision,
+    /// Sees every matrix product's input (`deepseek imatrix`); None in inference.
+    pub observer: Option<&'a dyn MatmulObserver>,
 }
 
 impl DecoderLayer {
@@ -96,6 +100,7 @@ impl DecoderLayer {
                 cx.caches,
                 cx.path,
                 p,
+                cx.observer,
                 &mut o,
             ),
             Attention::Llama(a) => a.forward(
@@ -106,6 +111,7 @@ impl DecoderLayer {
                 pool,
                 cx.caches,
                 p,
+                cx.observer,
                 &mut o,
             ),
         }
@@ -113,14 +119,14 @@ impl DecoderLayer {
         rms_norm(x, &self.post_attention_layernorm, eps, &mut h);
         match &self.mlp {
             FeedForward::Dense(m) => {
-                m.forward(&h, n, &mut o, p);
+                m.forward(&h, n, &mut o, p, cx.observer);
                 if let Some(tr) = trace {
                     tr.routing.push(vec![]);
                     tr.router_logits.push(vec![]);
                 }
             }
             FeedForward::Moe(m) => {
-                let routing = m.forward(&h, n, &mut o, p);
+                let routing = m.forward(&h, n, &mut o, p, cx.observer);
                 if let Some(tr) = trace {
                     tr.router_logits.push(m.router.logits(&h, n, p));
                     tr.routing.push(routing);

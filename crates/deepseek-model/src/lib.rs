@@ -7,6 +7,7 @@
 //! - [`rope`]: RoPE and YaRN tables.
 //! - [`layer`]: one decoder layer (attention, then dense MLP or MoE).
 //! - [`mtp`]: DeepSeek-V3's multi-token-prediction module (speculative drafts).
+//! - [`observe`]: what a step shows of its matrix products (importance matrices).
 //! - [`model`]: the decoder stack and the batched forward step.
 //!
 //! Math lives in `deepseek-kernels`; the cache lives in `deepseek-cache`.
@@ -19,10 +20,12 @@ pub mod mlp;
 pub mod model;
 pub mod moe;
 pub mod mtp;
+pub mod observe;
 pub mod rope;
 pub mod router;
 pub mod trace;
 
 pub use deepseek_cache::CacheDtype;
 pub use model::{LogitsFor, Model, ModelError, MtpStep, PrefillPath, SeqStep, StepOutput};
+pub use observe::MatmulObserver;
 pub use trace::Trace;

@@ -7,9 +7,12 @@ use deepseek_kernels::{matmul, Matrix, Precision};
 use deepseek_loader::{LoadError, ModelConfig, WeightStore};
 
 use crate::batch::BatchLayout;
+use crate::observe::{show, MatmulObserver};
 use crate::rope::Rope;
 
 pub struct LlamaAttention {
+    /// The checkpoint's prefix (`model.layers.3.self_attn`).
+    prefix: String,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -28,6 +31,7 @@ impl LlamaAttention {
             cfg.hidden_size,
         );
         Ok(LlamaAttention {
+            prefix: prefix.to_string(),
             heads: h,
             kv_heads: kvh,
             head_dim: hd,
@@ -52,9 +56,13 @@ impl LlamaAttention {
         pool: &mut BlockPool,
         caches: &[&mut SequenceCache],
         p: Precision,
+        obs: Option<&dyn MatmulObserver>,
         out: &mut [f32],
     ) {
         let (h, kvh, hd, n) = (self.heads, self.kv_heads, self.head_dim, batch.tokens());
+        for m in ["q_proj", "k_proj", "v_proj"] {
+            show(obs, &self.prefix, m, x, n);
+        }
         let kvw = kvh * hd;
         let mut q = vec![0.0; n * h * hd];
         let mut k = vec![0.0; n * kvw];
@@ -94,6 +102,7 @@ impl LlamaAttention {
             let qs = &q[(t * h + j * group) * hd..(t * h + (j + 1) * group) * hd];
             attend_group(qs, rows, layout, batch.position(t) + 1, scale, o);
         });
+        show(obs, &self.prefix, "o_proj", &attn, n);
         matmul(&self.o_proj, &attn, n, out, p);
     }
 }

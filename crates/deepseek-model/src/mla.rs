@@ -22,6 +22,7 @@ use deepseek_kernels::{matmul, Matrix, Precision};
 use deepseek_loader::{LoadError, MlaConfig, ModelConfig, WeightStore};
 
 use crate::batch::BatchLayout;
+use crate::observe::{show, MatmulObserver};
 use crate::rope::{mla_softmax_scale, Rope};
 
 /// DeepSeek's q_a_layernorm and kv_a_layernorm use the RMSNorm default, not config.rms_norm_eps.
@@ -49,6 +50,8 @@ pub enum AttentionPath {
 }
 
 pub struct MlaAttention {
+    /// The checkpoint's prefix (`model.layers.3.self_attn`).
+    prefix: String,
     dims: MlaConfig,
     heads: usize,
     q: QueryProjection,
@@ -123,6 +126,7 @@ impl MlaAttention {
             None
         };
         Ok(MlaAttention {
+            prefix: prefix.to_string(),
             heads: h,
             q,
             kv_a_proj_with_mqa: w.matrix(
@@ -184,6 +188,7 @@ impl MlaAttention {
         caches: &[&mut SequenceCache],
         path: AttentionPath,
         p: Precision,
+        obs: Option<&dyn MatmulObserver>,
         out: &mut [f32],
     ) {
         let d = &self.dims;
@@ -199,7 +204,10 @@ impl MlaAttention {
         // Queries [n, h, nope | rope].
         let mut q = vec![0.0; n * h * qk];
         match &self.q {
-            QueryProjection::Direct { q_proj } => matmul(q_proj, x, n, &mut q, p),
+            QueryProjection::Direct { q_proj } => {
+                show(obs, &self.prefix, "q_proj", x, n);
+                matmul(q_proj, x, n, &mut q, p)
+            }
             QueryProjection::LowRank {
                 q_a_proj,
                 q_a_layernorm,
@@ -208,9 +216,12 @@ impl MlaAttention {
                 let mut qa = vec![0.0; n * q_a_proj.rows];
                 matmul(q_a_proj, x, n, &mut qa, p);
                 rms_norm_inplace(&mut qa, q_a_layernorm, LATENT_NORM_EPS);
+                show(obs, &self.prefix, "q_a_proj", x, n);
+                show(obs, &self.prefix, "q_b_proj", &qa, n);
                 matmul(q_b_proj, &qa, n, &mut q, p);
             }
         }
+        show(obs, &self.prefix, "kv_a_proj_with_mqa", x, n);
         // Latent + shared RoPE key [n, lora | rope].
         let width = lora + rdim;
         let mut kv_a = vec![0.0; n * width];
@@ -239,6 +250,7 @@ impl MlaAttention {
                 self.attend_decompressed(&q, batch, layer, pool, caches, p, &mut attn)
             }
         }
+        show(obs, &self.prefix, "o_proj", &attn, n);
         matmul(&self.o_proj, &attn, n, out, p);
     }
 

@@ -6,10 +6,14 @@ use deepseek_kernels::ops::silu_mul;
 use deepseek_kernels::{matmul, Matrix, Precision};
 use deepseek_loader::{LoadError, WeightStore};
 
+use crate::observe::{show, MatmulObserver};
+
 /// Tokens per slice of [`Mlp::forward`] (see there).
 const MLP_TOKEN_CHUNK: usize = 128;
 
 pub struct Mlp {
+    /// The checkpoint's prefix of its matrices (`model.layers.3.mlp.experts.5`).
+    pub prefix: String,
     pub gate_proj: Matrix,
     pub up_proj: Matrix,
     pub down_proj: Matrix,
@@ -23,6 +27,7 @@ impl Mlp {
         inter: usize,
     ) -> Result<Self, LoadError> {
         Ok(Mlp {
+            prefix: prefix.to_string(),
             gate_proj: w.matrix(&format!("{prefix}.gate_proj.weight"), inter, hidden)?,
             up_proj: w.matrix(&format!("{prefix}.up_proj.weight"), inter, hidden)?,
             down_proj: w.matrix(&format!("{prefix}.down_proj.weight"), hidden, inter)?,
@@ -38,14 +43,28 @@ impl Mlp {
         vec![&self.gate_proj, &self.up_proj, &self.down_proj]
     }
 
-    /// `x`: `[n, hidden]` → `out`: `[n, hidden]`.
-    pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32], p: Precision) {
-        self.forward_with(matmul, x, n, out, p)
+    /// `x`: `[n, hidden]` → `out`: `[n, hidden]`; `obs` sees the projections' inputs.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        p: Precision,
+        obs: Option<&dyn MatmulObserver>,
+    ) {
+        self.forward_with(matmul, x, n, out, p, obs)
     }
 
     /// [`Mlp::forward`] on the calling thread only, for callers that run several MLPs at once.
-    pub fn forward_serial(&self, x: &[f32], n: usize, out: &mut [f32], p: Precision) {
-        self.forward_with(matmul_serial, x, n, out, p)
+    pub fn forward_serial(
+        &self,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        p: Precision,
+        obs: Option<&dyn MatmulObserver>,
+    ) {
+        self.forward_with(matmul_serial, x, n, out, p, obs)
     }
 
     fn forward_with(
@@ -55,6 +74,7 @@ impl Mlp {
         n: usize,
         out: &mut [f32],
         p: Precision,
+        obs: Option<&dyn MatmulObserver>,
     ) {
         let (hidden, inter) = (self.gate_proj.cols, self.gate_proj.rows);
         // A long prompt goes through in slices of tokens: the two intermediate buffers of a
@@ -72,6 +92,9 @@ impl Mlp {
             mm(&self.gate_proj, xs, m, g, p);
             mm(&self.up_proj, xs, m, u, p);
             silu_mul(g, u);
+            show(obs, &self.prefix, "gate_proj", xs, m);
+            show(obs, &self.prefix, "up_proj", xs, m);
+            show(obs, &self.prefix, "down_proj", g, m);
             mm(
                 &self.down_proj,
                 g,
@@ -126,6 +149,7 @@ mod tests {
     fn forward_over_several_token_slices_matches_per_token_reference() {
         let (hid, inter) = (24, 40);
         let m = Mlp {
+            prefix: "mlp".into(),
             gate_proj: matrix(inter, hid, 1),
             up_proj: matrix(inter, hid, 2),
             down_proj: matrix(hid, inter, 3),
@@ -136,7 +160,7 @@ mod tests {
                 .map(|i| ((i * 31 % 97) as f32 / 97.0 - 0.5) * 2.0)
                 .collect();
             let mut out = vec![f32::NAN; n * hid];
-            m.forward(&x, n, &mut out, Precision::default());
+            m.forward(&x, n, &mut out, Precision::default(), None);
             let want = reference(&m, &x, n);
             for (i, (a, b)) in out.iter().zip(&want).enumerate() {
                 assert!((a - b).abs() < 1e-5, "n {n}, value {i}: {a} vs {b}");

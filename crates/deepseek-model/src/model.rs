@@ -11,6 +11,7 @@ use crate::batch::BatchLayout;
 use crate::layer::{DecoderLayer, LayerContext};
 use crate::mla::AttentionPath;
 use crate::mtp::MtpModule;
+use crate::observe::MatmulObserver;
 use crate::rope::Rope;
 use crate::trace::Trace;
 
@@ -230,8 +231,47 @@ impl Model {
         prefill: PrefillPath,
         trace: Option<&mut Trace>,
     ) -> Result<Vec<f32>, ModelError> {
-        let step = self.step(pool, seqs, logits_for, prefill, false, trace)?;
+        let step = self.step(pool, seqs, logits_for, prefill, false, trace, None)?;
         Ok(step.logits)
+    }
+
+    /// Runs one sequence's `tokens` from an empty `cache` with `observer` shown the input of
+    /// every matrix product (`deepseek imatrix`): the main stack's, then the
+    /// multi-token-prediction module's where there is one (positions up to the last but one,
+    /// each with the token after it).
+    pub fn forward_observed(
+        &self,
+        pool: &mut BlockPool,
+        tokens: &[u32],
+        cache: &mut SequenceCache,
+        observer: &dyn MatmulObserver,
+    ) -> Result<(), ModelError> {
+        let out = self.step(
+            pool,
+            &mut [SeqStep { tokens, cache }],
+            LogitsFor::LastToken,
+            PrefillPath::Auto,
+            self.mtp.is_some(),
+            None,
+            Some(observer),
+        )?;
+        if self.mtp.is_some() && tokens.len() > 1 {
+            let n = tokens.len() - 1;
+            let hid = self.config.hidden_size;
+            self.mtp_step(
+                pool,
+                &mut [MtpStep {
+                    next: &tokens[1..],
+                    hidden: &out.hidden[..n * hid],
+                    start: 0,
+                    cache,
+                }],
+                LogitsFor::LastToken,
+                PrefillPath::Auto,
+                Some(observer),
+            )?;
+        }
+        Ok(())
     }
 
     /// [`Model::forward`], with the hidden states too when `keep_hidden`.
@@ -243,7 +283,7 @@ impl Model {
         prefill: PrefillPath,
         keep_hidden: bool,
     ) -> Result<StepOutput, ModelError> {
-        self.step(pool, seqs, logits_for, prefill, keep_hidden, None)
+        self.step(pool, seqs, logits_for, prefill, keep_hidden, None, None)
     }
 
     /// [`Model::forward`], also returning every new token's final-normed hidden state: what
@@ -255,9 +295,10 @@ impl Model {
         logits_for: LogitsFor,
         prefill: PrefillPath,
     ) -> Result<StepOutput, ModelError> {
-        self.step(pool, seqs, logits_for, prefill, true, None)
+        self.step(pool, seqs, logits_for, prefill, true, None, None)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn step(
         &self,
         pool: &mut BlockPool,
@@ -266,12 +307,21 @@ impl Model {
         prefill: PrefillPath,
         keep_hidden: bool,
         trace: Option<&mut Trace>,
+        observer: Option<&dyn MatmulObserver>,
     ) -> Result<StepOutput, ModelError> {
         // The whole step on one of the pool's threads: a parallel region started from outside
         // the pool puts the caller to sleep until it ends and wakes it after, twice per region
         // (about 60 regions per decoded token).
         deepseek_kernels::threads::on_pool(|| {
-            self.step_on_pool(pool, seqs, logits_for, prefill, keep_hidden, trace)
+            self.step_on_pool(
+                pool,
+                seqs,
+                logits_for,
+                prefill,
+                keep_hidden,
+                trace,
+                observer,
+            )
         })
     }
 
@@ -313,6 +363,7 @@ impl Model {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn step_on_pool(
         &self,
         pool: &mut BlockPool,
@@ -321,6 +372,7 @@ impl Model {
         prefill: PrefillPath,
         keep_hidden: bool,
         mut trace: Option<&mut Trace>,
+        observer: Option<&dyn MatmulObserver>,
     ) -> Result<StepOutput, ModelError> {
         let c = &self.config;
         let hid = c.hidden_size;
@@ -352,6 +404,7 @@ impl Model {
             caches: &caches,
             path,
             precision: self.precision,
+            observer,
         };
         for (li, layer) in self.layers.iter().enumerate() {
             layer.forward(&mut x, li, &cx, pool, c.rms_norm_eps, trace.as_deref_mut());
@@ -421,6 +474,17 @@ impl Model {
         logits_for: LogitsFor,
         prefill: PrefillPath,
     ) -> Result<StepOutput, ModelError> {
+        self.mtp_step(pool, seqs, logits_for, prefill, None)
+    }
+
+    fn mtp_step(
+        &self,
+        pool: &mut BlockPool,
+        seqs: &mut [MtpStep],
+        logits_for: LogitsFor,
+        prefill: PrefillPath,
+        observer: Option<&dyn MatmulObserver>,
+    ) -> Result<StepOutput, ModelError> {
         let Some(mtp) = &self.mtp else {
             return Err(ModelError::NoMtp);
         };
@@ -447,6 +511,7 @@ impl Model {
                 &hidden,
                 c.rms_norm_eps,
                 self.precision,
+                observer,
             );
             let caches: Vec<&mut SequenceCache> = seqs.iter_mut().map(|s| &mut *s.cache).collect();
             let cx = LayerContext {
@@ -455,6 +520,7 @@ impl Model {
                 caches: &caches,
                 path,
                 precision: self.precision,
+                observer,
             };
             mtp.run_block(&mut x, &cx, pool, c.rms_norm_eps);
             let normed = mtp.head_norm(&x, c.rms_norm_eps);

@@ -9,6 +9,7 @@ use deepseek_kernels::Precision;
 use deepseek_loader::{Family, LoadError, ModelConfig, MoeConfig, WeightStore};
 
 use crate::mlp::Mlp;
+use crate::observe::{show, MatmulObserver};
 use crate::router::{Router, Routing};
 
 /// Steps of at most this many tokens run the shared experts as one job beside the routed ones
@@ -16,6 +17,8 @@ use crate::router::{Router, Routing};
 const SMALL_BATCH: usize = 4;
 
 pub struct Moe {
+    /// The checkpoint's prefix (`model.layers.3.mlp`).
+    pub prefix: String,
     pub router: Router,
     pub experts: Vec<Mlp>,
     pub shared_experts: Option<Mlp>,
@@ -56,6 +59,7 @@ impl Moe {
             Family::DeepseekV2
         };
         Ok(Moe {
+            prefix: prefix.to_string(),
             router: Router::load(w, m, family, hid, &format!("{prefix}.gate"))?,
             experts,
             shared_experts,
@@ -63,9 +67,18 @@ impl Moe {
     }
 
     /// `x`: normalised `[n, hidden]` → `out` `[n, hidden]`. Returns the routing decisions.
-    pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32], p: Precision) -> Vec<Routing> {
+    /// `obs` sees the router's input and each expert's, over the tokens routed to it.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        p: Precision,
+        obs: Option<&dyn MatmulObserver>,
+    ) -> Vec<Routing> {
         let hid = x.len() / n.max(1);
         let routing = self.router.route_tokens(x, n, p);
+        show(obs, &self.prefix, "gate", x, n);
         // Group (token, weight) by expert.
         let mut by_expert: Vec<Vec<(usize, f32)>> = vec![vec![]; self.experts.len()];
         for (t, r) in routing.iter().enumerate() {
@@ -125,14 +138,14 @@ impl Moe {
                 let (e, mlp, m) = jobs[i];
                 let mut ys = vec![0.0; m * hid];
                 match e {
-                    Some(e) => mlp.forward_serial(&gather(&by_expert[e]), m, &mut ys, p),
-                    None => mlp.forward_serial(x, m, &mut ys, p),
+                    Some(e) => mlp.forward_serial(&gather(&by_expert[e]), m, &mut ys, p, obs),
+                    None => mlp.forward_serial(x, m, &mut ys, p, obs),
                 }
                 (e, ys)
             });
         if let (Some(shared), None) = (&self.shared_experts, shared_job) {
             let mut ys = vec![0.0; n * hid];
-            shared.forward(x, n, &mut ys, p);
+            shared.forward(x, n, &mut ys, p, obs);
             results.push((None, ys));
         }
         // Summed in expert order, shared last, whatever order they ran in.

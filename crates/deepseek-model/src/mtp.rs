@@ -22,6 +22,7 @@ use deepseek_kernels::{matmul, Matrix, Precision};
 use deepseek_loader::{LoadError, ModelConfig, WeightStore};
 
 use crate::layer::{DecoderLayer, LayerContext};
+use crate::observe::{show, MatmulObserver};
 
 pub struct MtpModule {
     /// `model.layers.{L}.embed_tokens` where the checkpoint keeps its own copy.
@@ -67,7 +68,7 @@ impl MtpModule {
     }
 
     /// The block's input for each token: `eh_proj · [enorm(embed(next)) ; hnorm(hidden)]`.
-    /// `hidden` is `[n, hidden]`, one row per token of `next`.
+    /// `hidden` is `[n, hidden]`, one row per token of `next`; `obs` sees `eh_proj`'s input.
     pub fn input(
         &self,
         main_embed: &Matrix,
@@ -75,6 +76,7 @@ impl MtpModule {
         hidden: &[f32],
         eps: f32,
         p: Precision,
+        obs: Option<&dyn MatmulObserver>,
     ) -> Vec<f32> {
         let hid = self.enorm.len();
         let embed = self.embed_tokens.as_ref().unwrap_or(main_embed);
@@ -92,6 +94,13 @@ impl MtpModule {
                 &mut row[hid..],
             );
         }
+        show(
+            obs,
+            &format!("model.layers.{}", self.layer),
+            "eh_proj",
+            &cat,
+            n,
+        );
         let mut u = vec![0.0; n * hid];
         matmul(&self.eh_proj, &cat, n, &mut u, p);
         u

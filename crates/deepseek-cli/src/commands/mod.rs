@@ -3,6 +3,7 @@ pub mod chat;
 pub mod eval;
 pub mod forward;
 pub mod generate;
+pub mod imatrix;
 pub mod info;
 pub mod quantize;
 pub mod serve;

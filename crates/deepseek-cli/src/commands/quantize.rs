@@ -15,7 +15,8 @@ use crate::common::ModelArg;
   deepseek quantize --type q4_k --out nano-q4_k.gguf        # the bundled model
   deepseek quantize --model deepseek-ai/DeepSeek-V2-Lite-Chat \\
       --type q8_0 --out v2-lite-q8_0.gguf
-  deepseek generate --model v2-lite-q8_0.gguf --prompt 'Hello'")]
+  deepseek generate --model v2-lite-q8_0.gguf --prompt 'Hello'
+  deepseek quantize --type q4_k --split-max-size 4G --out v3-q4_k.gguf   # v3-q4_k-00001-of-0000N.gguf, …")]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
@@ -23,13 +24,40 @@ pub struct Args {
     /// bf16, f16 or f32. Rows that are not a whole number of 256-value blocks fall back as
     /// llama.cpp's do: q8_0 for q6_k, q5_1 for q5_k, q5_0 for q4_k, q4_0 for q3_k and q2_k,
     /// iq4_nl for iq4_xs; norms and the router stay f32. The K-quant and IQ4 scales come from
-    /// a plain min/max (or two-candidate) fit, not llama.cpp's search: the same formats, a
-    /// little less accurate.
+    /// a plain min/max (or two-candidate) fit, not llama.cpp's search, unless --imatrix is
+    /// given: the same formats, a little less accurate.
     #[arg(long = "type", short = 't', value_name = "TYPE")]
     ty: String,
     /// The GGUF file to write.
     #[arg(long, short = 'o', value_name = "FILE.gguf")]
     out: PathBuf,
+    /// Write the model in parts of at most SIZE of tensor data each (e.g. 4G, 500M), as
+    /// llama.cpp's `gguf-split --split-max-size` does: FILE-00001-of-0000N.gguf, … beside
+    /// --out; give the first part to any command (or llama.cpp) to load them all.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    split_max_size: Option<usize>,
+    /// An importance matrix (`deepseek imatrix`, or llama.cpp's llama-imatrix: GGUF or .dat):
+    /// Q4_K, Q5_K and Q6_K rows then round so that columns with large inputs keep their
+    /// precision (weighted scale search); other types are written as without it.
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
+}
+
+/// `4G`, `500M`, `64K` or a number of bytes (powers of 1000, as gguf-split counts).
+fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((i, 'G' | 'g')) => (&t[..i], 1_000_000_000.0),
+        Some((i, 'M' | 'm')) => (&t[..i], 1_000_000.0),
+        Some((i, 'K' | 'k')) => (&t[..i], 1_000.0),
+        _ => (t, 1.0),
+    };
+    match num.parse::<f64>() {
+        Ok(v) if v * mul >= 1.0 && (v * mul).is_finite() => Ok((v * mul) as usize),
+        _ => Err(format!(
+            "`{s}` is not a size: a positive number with an optional K, M or G"
+        )),
+    }
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -95,7 +123,26 @@ pub fn run(a: Args) -> Result<()> {
             dir.display()
         );
     }
-    let p = plan(&config, &store, target, extra)?;
+    let mut p = plan(&config, &store, target, extra)?;
+    if let Some(f) = &a.imatrix {
+        let m = deepseek_loader::imatrix::Imatrix::read(f)?;
+        let covered = p
+            .use_imatrix(&m)
+            .with_context(|| format!("--imatrix {}", f.display()))?;
+        if covered == 0 {
+            bail!(
+                "--imatrix {}: none of its {} entries names a matrix of this model",
+                f.display(),
+                m.entries.len()
+            );
+        }
+        eprintln!(
+            "importance matrix {}: {covered} matrices ({} chunks of {} tokens)",
+            f.display(),
+            m.chunk_count,
+            m.chunk_size
+        );
+    }
     let bar = indicatif::ProgressBar::new(p.tensors.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -107,14 +154,33 @@ pub fn run(a: Args) -> Result<()> {
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    p.write(&store, &config, &a.out, &mut |done, _| {
-        bar.set_position(done as u64)
-    })?;
+    let files = match a.split_max_size {
+        Some(max) => p.write_split(&store, &config, &a.out, max, &mut |done, _| {
+            bar.set_position(done as u64)
+        })?,
+        None => {
+            p.write(&store, &config, &a.out, &mut |done, _| {
+                bar.set_position(done as u64)
+            })?;
+            vec![a.out.clone()]
+        }
+    };
     bar.finish_and_clear();
-    let bytes = std::fs::metadata(&a.out)?.len();
+    let mut bytes = 0;
+    for f in &files {
+        bytes += std::fs::metadata(f)?.len();
+    }
+    let parts = match files.len() {
+        1 => String::new(),
+        n => format!(" in {n} parts: {} …", files[0].display()),
+    };
     println!(
-        "wrote {} ({:.1} MB, {} tensors, {})",
-        a.out.display(),
+        "wrote {} ({:.1} MB, {} tensors, {}){parts}",
+        if files.len() == 1 {
+            files[0].display().to_string()
+        } else {
+            a.out.display().to_string()
+        },
         bytes as f64 / 1e6,
         p.tensors.len(),
         a.ty.to_lowercase()

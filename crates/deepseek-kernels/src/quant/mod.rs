@@ -19,6 +19,7 @@ pub(crate) mod neon;
 pub mod quantize;
 pub(crate) mod unpack;
 pub(crate) mod unpacked;
+pub mod weighted;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -33,3 +34,4 @@ pub(crate) use isa::*;
 pub use quantize::*;
 pub(crate) use unpack::*;
 pub(crate) use unpacked::*;
+pub use weighted::quantize_row_weighted;

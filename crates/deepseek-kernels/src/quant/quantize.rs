@@ -308,6 +308,11 @@ pub(crate) fn quantize_k_minmax(t: QuantType, x: &[f32], out: &mut [u8]) {
             q[j * 32 + l] = v.clamp(0, levels as i32) as u8;
         }
     }
+    pack_k_quants(t, &q, out);
+}
+
+/// Q4_K / Q5_K: the 256 codes `q` into the block after its scales.
+pub(crate) fn pack_k_quants(t: QuantType, q: &[u8; QK_K], out: &mut [u8]) {
     if t == QuantType::Q4K {
         let qs = &mut out[16..144];
         for c in 0..4 {
@@ -359,9 +364,14 @@ pub(crate) fn quantize_q6k(x: &[f32], out: &mut [u8]) {
             q[j * 16 + l] = (v.clamp(-32, 31) + 32) as u8;
         }
     }
+    pack_q6k(&q, &ls, out);
+}
+
+/// Q6_K: the 256 codes `q` (0..64) and the 16 sub-block scales into the block (before `d`).
+pub(crate) fn pack_q6k(q: &[u8; QK_K], ls: &[i8; 16], out: &mut [u8]) {
     let (ql, rest) = out.split_at_mut(128);
     let (qh, scales) = rest.split_at_mut(64);
-    for (o, &s) in scales[..16].iter_mut().zip(&ls) {
+    for (o, &s) in scales[..16].iter_mut().zip(ls) {
         *o = s as u8;
     }
     for n in 0..2 {
