@@ -3,7 +3,8 @@
 # written as an F32 GGUF file: `deepseek imatrix` and `llama-imatrix` over the same text and
 # chunks give the same row counts (bar a few routing near-ties between the engines' arithmetic)
 # and mean squares within 1%; llama-quantize takes our file (GGUF and legacy .dat) to make an
-# IQ2_XXS file, which deepseek-rs runs; our reader takes llama.cpp's file.
+# IQ2_XXS file, which deepseek-rs runs; our reader takes llama.cpp's file. Also: llama.cpp loads
+# the parts `quantize --split-max-size` writes, with the same greedy text.
 # llama.cpp is built by scripts/build_llamacpp.sh in WORK.  Usage: scripts/check_imatrix.sh [WORK]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -49,4 +50,12 @@ for F in ours.gguf ours.dat; do
   echo "llama-quantize --imatrix $F → IQ2_XXS: $("$DS" generate -m "$WORK/nano-iq2_xxs-$F.gguf" --prompt 'def fibonacci(n):' -n 12 --json | python3 -c "import json,sys; print(repr(json.load(sys.stdin)['text']))")"
 done
 "$DS" quantize -m "$ROOT/models/deepseek-coder-nano" -t q4_k --imatrix "$WORK/theirs.gguf" -o "$WORK/nano-q4_k-theirs.gguf"
-echo "imatrix interop ok"
+rm -f "$WORK"/nano-split*.gguf
+"$DS" quantize -t q8_0 --split-max-size 3M -o "$WORK/nano-split.gguf"
+FIRST=$(ls "$WORK"/nano-split-00001-of-*.gguf)
+ours=$("$DS" generate -m "$FIRST" --prompt 'def fibonacci(n):' -n 12 --json | python3 -c "import json,sys; print(repr(json.load(sys.stdin)['text']))")
+theirs=$("$BIN/llama-completion" -m "$FIRST" -p 'def fibonacci(n):' -n 12 --temp 0 -no-cnv --no-display-prompt </dev/null 2>/dev/null \
+  | python3 -c "import sys; print(repr(sys.stdin.read().rstrip(chr(10))))")
+echo "split parts: ours $ours, llama.cpp $theirs"
+[ "$ours" = "$theirs" ] || { echo "llama.cpp reads our split parts differently"; exit 1; }
+echo "imatrix and split interop ok"
