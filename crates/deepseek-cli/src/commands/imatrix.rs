@@ -8,13 +8,13 @@ use deepseek_loader::gguf_export::{plan, ExportType};
 
 use crate::common::{load_model, load_tokenizer, ModelArg, Settings};
 
+/// The file is the one llama.cpp's llama-imatrix writes (GGUF, or the legacy .dat by the
+/// name's extension): llama-quantize --imatrix reads ours, and quantize --imatrix theirs.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
-  deepseek imatrix --text calibration.txt --out imatrix.gguf     # the bundled model
+  deepseek imatrix --text calib.txt --out imatrix.gguf   # the bundled model
   deepseek imatrix --model DIR --text wiki.txt --chunks 100 --out imatrix.dat
-  deepseek quantize --model DIR --imatrix imatrix.gguf --type q4_k --out model-q4_k.gguf
-The file is the one llama.cpp's llama-imatrix writes (GGUF, or the legacy .dat by the name's
-extension): llama-quantize --imatrix reads ours, and quantize --imatrix reads theirs.")]
+  deepseek quantize --model DIR --imatrix imatrix.gguf -t q4_k -o q4_k.gguf")]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,

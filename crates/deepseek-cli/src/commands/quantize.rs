@@ -15,8 +15,8 @@ use crate::common::ModelArg;
   deepseek quantize --type q4_k --out nano-q4_k.gguf        # the bundled model
   deepseek quantize --model deepseek-ai/DeepSeek-V2-Lite-Chat \\
       --type q8_0 --out v2-lite-q8_0.gguf
-  deepseek generate --model v2-lite-q8_0.gguf --prompt 'Hello'
-  deepseek quantize --type q4_k --split-max-size 4G --out v3-q4_k.gguf   # v3-q4_k-00001-of-0000N.gguf, …")]
+  deepseek quantize -t q4_k --imatrix imatrix.gguf -o nano-q4_k.gguf
+  deepseek quantize -t q4_k --split-max-size 4G -o m.gguf   # written in parts")]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     split_max_size: Option<usize>,
     /// An importance matrix (`deepseek imatrix`, or llama.cpp's llama-imatrix: GGUF or .dat):
-    /// Q4_K, Q5_K and Q6_K rows then round so that columns with large inputs keep their
+    /// K-quant rows (q2_k … q6_k) then round so that columns with large inputs keep their
     /// precision (weighted scale search); other types are written as without it.
     #[arg(long, value_name = "FILE")]
     imatrix: Option<PathBuf>,

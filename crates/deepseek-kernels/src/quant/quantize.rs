@@ -184,6 +184,12 @@ pub(crate) fn quantize_q2k(x: &[f32], out: &mut [u8]) {
         sc[j] = (hi - lo) / 3.0;
         mn[j] = -lo;
     }
+    pack_q2k(x, &sc, &mn, out);
+}
+
+/// Q2_K from its 16 sub-block scales and (positive) mins: both coded to 4 bits against the
+/// super-block's f16 `d` and `dmin`, each value rounded to the nearest of its 4 levels.
+pub(crate) fn pack_q2k(x: &[f32], sc: &[f32; 16], mn: &[f32; 16], out: &mut [u8]) {
     put_f16(out, 80, sc.iter().fold(0.0f32, |m, &v| m.max(v)) / 15.0);
     put_f16(out, 82, mn.iter().fold(0.0f32, |m, &v| m.max(v)) / 15.0);
     let (d, dmin) = (f16_at(out, 80), f16_at(out, 82));
@@ -235,6 +241,12 @@ pub(crate) fn quantize_q3k(x: &[f32], out: &mut [u8]) {
         let (a, b) = (max / -4.0, max / 3.0);
         *s = if err(b) < err(a) { b } else { a };
     }
+    pack_q3k(x, &sc, out);
+}
+
+/// Q3_K from its 16 signed sub-block scales: coded to 6 bits against the super-block's f16
+/// `d`, each value rounded to the nearest of its 8 levels.
+pub(crate) fn pack_q3k(x: &[f32], sc: &[f32; 16], out: &mut [u8]) {
     let max_sc = sc
         .iter()
         .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
@@ -276,6 +288,13 @@ pub(crate) fn quantize_k_minmax(t: QuantType, x: &[f32], out: &mut [u8]) {
         sc[j] = (hi - lo) / levels;
         mn[j] = -lo;
     }
+    pack_k_minmax(t, x, &sc, &mn, out);
+}
+
+/// Q4_K / Q5_K from the eight sub-block scales and (positive) mins: both coded to 6 bits
+/// against the super-block's f16 `d` and `dmin`, each value rounded to its nearest level.
+pub(crate) fn pack_k_minmax(t: QuantType, x: &[f32], sc: &[f32; 8], mn: &[f32; 8], out: &mut [u8]) {
+    let levels = if t == QuantType::Q4K { 15.0 } else { 31.0 };
     let max_sc = sc.iter().fold(0.0f32, |m, &v| m.max(v));
     let max_mn = mn.iter().fold(0.0f32, |m, &v| m.max(v));
     let d = max_sc / 63.0;
@@ -344,6 +363,12 @@ pub(crate) fn quantize_q6k(x: &[f32], out: &mut [u8]) {
                 .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
         *s = max / -32.0;
     }
+    pack_q6k_scaled(x, &sc, out);
+}
+
+/// Q6_K from its 16 signed sub-block scales: coded to int8 against the super-block's f16 `d`,
+/// each value rounded to the nearest of its 64 levels.
+pub(crate) fn pack_q6k_scaled(x: &[f32], sc: &[f32; 16], out: &mut [u8]) {
     let max_sc = sc
         .iter()
         .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });

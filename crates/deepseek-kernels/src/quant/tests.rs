@@ -314,7 +314,7 @@ fn dot_matches_dequantized_reference_on_every_isa() {
 }
 
 /// With an importance matrix the rounding error lands on the columns that matter less: the
-/// importance-weighted squared error of Q4_K, Q5_K and Q6_K rows is well below the plain
+/// importance-weighted squared error of every K-quant's rows is well below the plain
 /// quantizer's, and a flat importance matrix costs no more than a few percent of plain error.
 #[test]
 fn importance_weighted_quantization_lowers_the_weighted_error() {
@@ -344,7 +344,13 @@ fn importance_weighted_quantization_lowers_the_weighted_error() {
             .map(|((a, b), w)| w * (a - b) * (a - b))
             .sum::<f32>()
     };
-    for t in [QuantType::Q4K, QuantType::Q5K, QuantType::Q6K] {
+    for t in [
+        QuantType::Q2K,
+        QuantType::Q3K,
+        QuantType::Q4K,
+        QuantType::Q5K,
+        QuantType::Q6K,
+    ] {
         let mut plain = vec![0u8; t.row_bytes(n)];
         quantize_row(t, &x, &mut plain);
         let mut with = vec![0u8; t.row_bytes(n)];
