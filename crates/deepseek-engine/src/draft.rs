@@ -5,6 +5,8 @@
 use deepseek_cache::{BlockPool, SequenceCache};
 use deepseek_model::{LogitsFor, Model, ModelError, MtpStep, PrefillPath};
 
+use crate::sampler::argmax;
+
 /// Where drafts come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DraftMethod {
@@ -158,30 +160,31 @@ pub fn mtp_drafts(
     let hid = model.config.hidden_size;
     let mut drafts = vec![vec![]; reqs.len()];
     // Sequences with a row waiting for `token` (all of them, unless nothing was recorded).
-    let live: Vec<usize> = (0..reqs.len())
-        .filter(|&i| reqs[i].drafter.hidden.len() > reqs[i].drafter.next.len() * hid)
+    let live: Vec<bool> = reqs
+        .iter()
+        .map(|r| r.drafter.hidden.len() > r.drafter.next.len() * hid)
         .collect();
-    if live.is_empty() {
+    if !live.contains(&true) {
         return Ok(drafts);
     }
-    for &i in &live {
-        let r = &mut reqs[i];
+    for (r, _) in reqs.iter_mut().zip(&live).filter(|(_, &l)| l) {
         r.drafter.next.push(r.token);
     }
     let out = {
-        let mut steps: Vec<MtpStep> = vec![];
-        for (i, r) in reqs.iter_mut().enumerate() {
-            if live.contains(&i) {
-                steps.push(r.drafter.step(hid, r.cache));
-            }
-        }
+        let mut steps: Vec<MtpStep> = live
+            .iter()
+            .zip(reqs.iter_mut())
+            .filter(|(&is_live, _)| is_live)
+            .map(|(_, r)| r.drafter.step(hid, r.cache))
+            .collect();
         model.mtp_forward(pool, &mut steps, LogitsFor::LastToken, PrefillPath::Auto)?
     };
     // Per live sequence: its last position, and the module's output hidden state there.
     let vocab = model.config.vocab_size;
     let mut chain: Vec<(usize, usize, Vec<f32>)> = vec![]; // (request, position, hidden)
     let mut row_end = 0;
-    for (j, &i) in live.iter().enumerate() {
+    let live_ids = (0..reqs.len()).filter(|&i| live[i]);
+    for (j, i) in live_ids.enumerate() {
         let r = &mut reqs[i];
         let n = r.drafter.next.len();
         row_end += n;
@@ -231,16 +234,6 @@ pub fn mtp_drafts(
             *h = out.hidden[j * hid..(j + 1) * hid].to_vec();
         }
     }
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[cfg(test)]

@@ -55,14 +55,17 @@ impl Collector {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<usize, ModelError> {
         let total = (tokens.len() / chunk).min(max_chunks.unwrap_or(usize::MAX));
+        // One pool for every chunk: each chunk's blocks go back before the next.
+        let mut pool = model.new_cache_pool(chunk, CacheDtype::F32);
         for c in 0..total {
             let mut ids = tokens[c * chunk..(c + 1) * chunk].to_vec();
             if let Some(b) = bos {
                 ids[0] = b;
             }
-            let mut pool = model.new_cache_pool(chunk, CacheDtype::F32);
             let mut cache = SequenceCache::default();
-            model.forward_observed(&mut pool, &ids, &mut cache, self)?;
+            let run = model.forward_observed(&mut pool, &ids, &mut cache, self);
+            pool.release(&mut cache);
+            run?;
             progress(c + 1, total);
         }
         Ok(total)

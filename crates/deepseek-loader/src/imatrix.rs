@@ -67,14 +67,20 @@ fn parse_err(path: &Path, msg: impl Into<String>) -> LoadError {
 impl Imatrix {
     /// Reads either format (GGUF by its magic, else legacy `.dat`).
     pub fn read(path: &Path) -> Result<Self, LoadError> {
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Io {
+        let io = |e: std::io::Error| LoadError::Io {
             path: path.to_path_buf(),
             source: e,
-        })?;
-        if bytes.starts_with(b"GGUF") {
-            Self::read_gguf(path)
-        } else {
-            Self::read_dat(path, &bytes)
+        };
+        let mut magic = [0u8; 4];
+        let is_gguf = {
+            use std::io::Read;
+            let mut f = std::fs::File::open(path).map_err(io)?;
+            f.read(&mut magic).map_err(io)? == 4 && &magic == b"GGUF"
+        };
+        // A GGUF file is memory-mapped by its reader; only the legacy format is read whole.
+        match is_gguf {
+            true => Self::read_gguf(path),
+            false => Self::read_dat(path, &std::fs::read(path).map_err(io)?),
         }
     }
 
