@@ -6,7 +6,8 @@
 Runs `deepseek forward` on the reference model (default: the bundled one) and on the quantized
 file over the first N tokens of FILE (default: up to 400 tokens of
 crates/deepseek-engine/src/lib.rs),
-then prints the mean and max |Δlogit| and how often the greedy token agrees. Also runs the
+then prints the mean and max |Δlogit|, the mean KL divergence of the quantized next-token
+distribution from the reference's, and how often the greedy token agrees. Also runs the
 quantized file with DEEPSEEK_EXACT_ACTIVATIONS=1 (f32 activations), which separates the weights'
 rounding from the activations'. To compare two activation forms, run it with two builds
 (--deepseek). Standard library only: the logits are read from the safetensors file directly.
@@ -14,6 +15,7 @@ rounding from the activations'. To compare two activation forms, run it with two
 import argparse
 import array
 import json
+import math
 import os
 import struct
 import subprocess
@@ -48,9 +50,15 @@ def forward(binary, model, ids, out, env=None):
     return read_logits(out)
 
 
+def log_softmax(row):
+    m = max(row)
+    lse = m + math.log(sum(math.exp(v - m) for v in row))
+    return [v - lse for v in row]
+
+
 def compare(shape, ref, got):
     tokens, vocab = shape
-    total, worst, agree = 0.0, 0.0, 0
+    total, worst, agree, kl = 0.0, 0.0, 0, 0.0
     for t in range(tokens):
         r = ref[t * vocab:(t + 1) * vocab]
         g = got[t * vocab:(t + 1) * vocab]
@@ -59,7 +67,9 @@ def compare(shape, ref, got):
             total += d
             worst = max(worst, d)
         agree += max(range(vocab), key=r.__getitem__) == max(range(vocab), key=g.__getitem__)
-    return total / (tokens * vocab), worst, agree / tokens
+        lr, lg = log_softmax(r), log_softmax(g)
+        kl += sum(math.exp(a) * (a - b) for a, b in zip(lr, lg))
+    return total / (tokens * vocab), worst, agree / tokens, kl / tokens
 
 
 def main():
@@ -86,8 +96,9 @@ def main():
             if exact:
                 env["DEEPSEEK_EXACT_ACTIVATIONS"] = exact
             _, got = forward(a.deepseek, a.quantized, ids, os.path.join(tmp, "q.safetensors"), env)
-            mean, worst, agree = compare(shape, ref, got)
-            print(f"{name:>18}: mean |Δlogit| {mean:.4f}, max {worst:.3f}, greedy agrees {100 * agree:.1f}%")
+            mean, worst, agree, kl = compare(shape, ref, got)
+            print(f"{name:>18}: mean |Δlogit| {mean:.4f}, max {worst:.3f}, KL {kl:.4f}, "
+                  f"greedy agrees {100 * agree:.1f}%")
 
 
 if __name__ == "__main__":
