@@ -6,7 +6,7 @@
 //! mean square × calls).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::gguf::{GgufFile, Value, GGML_F32};
 use crate::gguf_writer::{write_gguf, TensorSpec};
@@ -289,11 +289,6 @@ impl Imatrix {
             _ => self.write_gguf(path),
         }
     }
-}
-
-/// Where `deepseek imatrix` writes when not told.
-pub fn default_path() -> PathBuf {
-    PathBuf::from("imatrix.gguf")
 }
 
 #[cfg(test)]

@@ -106,10 +106,6 @@ impl MtpModule {
         u
     }
 
-    pub fn block(&self) -> &DecoderLayer {
-        &self.block
-    }
-
     /// `shared_head.norm` of every row of `x`: the module's output hidden state, which a
     /// further draft takes in place of the main model's (as the main model's final norm).
     pub fn head_norm(&self, x: &[f32], eps: f32) -> Vec<f32> {
