@@ -649,28 +649,6 @@ mod tests {
         }
     }
 
-    /// Random but valid rows of a lattice i-quant: every byte random except each super-block's
-    /// f16 scale, kept small (IQ1_M spreads it over its scale words' top nibbles).
-    fn lattice_rows(ty: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-        let mut r = rand::rngs::StdRng::seed_from_u64(seed);
-        let (bb, n) = (ty.block_bytes(), rows * cols / ty.block_elems());
-        let mut out = vec![0u8; n * bb];
-        for b in out.chunks_mut(bb) {
-            r.fill(&mut b[..]);
-            let d = half::f16::from_f32(r.random_range(0.0005f32..0.01)).to_bits();
-            if ty == QuantType::IQ1M {
-                for k in 0..4 {
-                    let w = u16::from_le_bytes([b[48 + 2 * k], b[49 + 2 * k]]) & 0x0FFF;
-                    let w = w | ((d >> (4 * k)) & 0xF) << 12;
-                    b[48 + 2 * k..50 + 2 * k].copy_from_slice(&w.to_le_bytes());
-                }
-            } else {
-                b[..2].copy_from_slice(&d.to_le_bytes());
-            }
-        }
-        out
-    }
-
     /// The i-quants (read, not written) through every path a matmul takes: the GEMV and its
     /// tiles, the tokens-major GEMM and the VNNI panels where the CPU has them.
     #[test]
@@ -682,7 +660,8 @@ mod tests {
                     cols,
                     data: MatrixData::Quant {
                         ty,
-                        data: lattice_rows(ty, rows, cols, rows as u64).into(),
+                        data: crate::quant::tests::random_lattice_rows(ty, rows, cols, rows as u64)
+                            .into(),
                     },
                 };
                 // Never repacked: no group layout holds them.

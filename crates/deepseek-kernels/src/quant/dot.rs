@@ -16,22 +16,17 @@ pub fn dot_rows<const T: usize>(
 ) -> [f32; T] {
     assert!(w.len() >= t.row_bytes(a.cols));
     let acts: [(&[f32], &[i32], &[i8]); T] = std::array::from_fn(|k| a.row(row0 + k));
-    if t.is_lattice() {
-        // The i-quants have no kernels of their own yet: unpacked per super-block, then the
-        // integer dot products of the tier.
-        return match byte_dot_isa() {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: AVX2 detected at run time (both byte-dot tiers include it).
-            ByteDotIsa::Vnni | ByteDotIsa::Avx2 => unsafe {
-                super::x86::dot_rows_unpacked_avx2::<T>(t, w, &acts)
-            },
-            #[cfg(target_arch = "aarch64")]
-            // SAFETY: `dotprod` was detected at run time; row lengths checked above.
-            ByteDotIsa::NeonDot => unsafe { super::neon::dot_rows::<T>(t, w, &acts) },
-            ByteDotIsa::Scalar => dot_rows_unpacked::<ScalarDot, T>(t, w, &acts),
-        };
-    }
     match byte_dot_isa() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the features were detected at run time; row lengths checked above.
+        ByteDotIsa::Vnni if t.is_lattice() => unsafe {
+            super::x86_iq::dot_rows_vnni::<T>(t, w, &acts)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        ByteDotIsa::Avx2 if t.is_lattice() => unsafe {
+            super::x86_iq::dot_rows_avx2::<T>(t, w, &acts)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the features were detected at run time; row lengths checked above.
         ByteDotIsa::Vnni => unsafe { super::x86::dot_rows_vnni::<T>(t, w, &acts) },

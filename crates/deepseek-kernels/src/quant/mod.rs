@@ -22,9 +22,11 @@ pub(crate) mod unpacked;
 pub mod weighted;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_iq;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use activations::*;
 pub use dequant::*;

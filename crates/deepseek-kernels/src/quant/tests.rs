@@ -182,6 +182,28 @@ fn quantize_is_byte_identical_to_gguf_py() {
     }
 }
 
+/// Random but valid rows of a lattice i-quant: every byte random except each super-block's
+/// f16 scale, kept small (IQ1_M spreads it over its scale words' top nibbles).
+pub(crate) fn random_lattice_rows(ty: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let (bb, n) = (ty.block_bytes(), rows * cols / ty.block_elems());
+    let mut out = vec![0u8; n * bb];
+    for b in out.chunks_mut(bb) {
+        r.fill(&mut b[..]);
+        let d = half::f16::from_f32(r.random_range(0.0005f32..0.01)).to_bits();
+        if ty == QuantType::IQ1M {
+            for k in 0..4 {
+                let w = u16::from_le_bytes([b[48 + 2 * k], b[49 + 2 * k]]) & 0x0FFF;
+                let w = w | ((d >> (4 * k)) & 0xF) << 12;
+                b[48 + 2 * k..50 + 2 * k].copy_from_slice(&w.to_le_bytes());
+            }
+        } else {
+            b[..2].copy_from_slice(&d.to_le_bytes());
+        }
+    }
+    out
+}
+
 fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut r = rand::rngs::StdRng::seed_from_u64(seed);
     (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect()
@@ -378,4 +400,64 @@ fn importance_weighted_quantization_lowers_the_weighted_error() {
     quantize_row(QuantType::Q8_0, &x, &mut a);
     quantize_row_weighted(QuantType::Q8_0, &x, Some(&im), &mut b);
     assert_eq!(a, b);
+}
+
+/// The lattice i-quants' kernels at every tier the CPU has, on random (valid) blocks, equal the
+/// dequantized reference given the activations' rounding: every grid index, sign pattern and
+/// scale the random bytes pick is decoded alike.
+#[test]
+fn lattice_dot_matches_reference_on_every_isa() {
+    let cols = QK_K * 4;
+    let x = rand_vec(cols * 3, 31);
+    let a = QuantizedActivations::new(&x, cols);
+    for t in QuantType::READ_ONLY {
+        let q = random_lattice_rows(t, 1, cols, 7 + t.ggml_type() as u64);
+        for row in 0..3 {
+            let (ad, s, aq) = a.row(row);
+            let xq: Vec<f32> = (0..cols).map(|i| ad[i / QK] * aq[i] as f32).collect();
+            let want = dot_row_reference(t, &q, &xq);
+            let mut got = vec![("plain", dot_row_generic(t, &q, ad, s, aq))];
+            #[cfg(target_arch = "x86_64")]
+            {
+                let acts = [a.row(row)];
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
+                    got.push(("avx2", unsafe {
+                        super::x86_iq::dot_rows_avx2::<1>(t, &q, &acts)[0]
+                    }));
+                }
+                if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+                    got.push(("vnni", unsafe {
+                        super::x86_iq::dot_rows_vnni::<1>(t, &q, &acts)[0]
+                    }));
+                }
+            }
+            #[cfg(target_arch = "aarch64")]
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                let acts = [a.row(row)];
+                got.push(("neon", unsafe {
+                    super::neon::dot_rows::<1>(t, &q, &acts)[0]
+                }));
+            }
+            // Three rows at once (batched decode) give each row's own product.
+            let three = dot_rows::<3>(t, &q, &a, 0);
+            got.push(("batched", three[row]));
+            let scale: f32 = dequantized(t, &q)
+                .iter()
+                .zip(&xq)
+                .map(|(w, x)| (w * x).abs())
+                .sum();
+            for (isa, g) in got {
+                assert!(
+                    (g - want).abs() <= 1e-5 * scale,
+                    "{t:?} {isa} row {row}: {g} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+fn dequantized(t: QuantType, q: &[u8]) -> Vec<f32> {
+    let mut out = vec![0.0; q.len() / t.block_bytes() * t.block_elems()];
+    dequantize_row(t, q, &mut out);
+    out
 }

@@ -39,13 +39,13 @@ impl ByteDot for Avx2 {
 
 /// An f16 scale via F16C (the `half` crate's portable conversion costs more than a block's dot).
 #[inline(always)]
-unsafe fn f16(p: *const u8) -> f32 {
+pub(super) unsafe fn f16(p: *const u8) -> f32 {
     let bits = u16::from_le_bytes([*p, *p.add(1)]);
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
 }
 
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
@@ -165,7 +165,7 @@ unsafe fn q3k_scales(sc: *const u8, out: &mut [i8; 16]) {
 pub type ActRow<'a> = (&'a [f32], &'a [i32], &'a [i8]);
 
 #[inline(always)]
-unsafe fn load_a(a: &ActRow, block: usize) -> __m256i {
+pub(super) unsafe fn load_a(a: &ActRow, block: usize) -> __m256i {
     _mm256_loadu_si256(a.2.as_ptr().add(block * 32) as *const __m256i)
 }
 
@@ -437,10 +437,7 @@ pub unsafe fn dot_rows<B: ByteDot, const T: usize>(
                 }
             }
         }
-        t => unreachable!(
-            "{}: the i-quants take the plain path (quant::dot)",
-            t.name()
-        ),
+        t => unreachable!("{}: the lattice types have quant::x86_iq", t.name()),
     }
     std::array::from_fn(|k| hsum(_mm256_add_ps(acc[k][0], acc[k][1])) + extra[k])
 }
@@ -461,53 +458,6 @@ pub unsafe fn dot_rows_avx2<const T: usize>(
     acts: &[ActRow; T],
 ) -> [f32; T] {
     dot_rows::<Avx2, T>(t, w, acts)
-}
-
-/// Integer dot products of unpacked int8 weights with int8 activations on AVX2, for the
-/// formats that unpack per super-block ([`super::unpacked::dot_rows_unpacked`]): `|w|` times
-/// the activations carrying `w`'s sign, pairs summed in i16 (|w|, |a| ≤ 127: < 2¹⁵).
-struct Avx2IntDot;
-
-impl super::unpacked::IntDot for Avx2IntDot {
-    #[inline(always)]
-    fn dot32(w: &[i8], a: &[i8]) -> i32 {
-        assert!(w.len() >= 32 && a.len() >= 32);
-        // SAFETY: lengths checked; only inlined into `dot_rows_unpacked_avx2`, which requires
-        // AVX2.
-        unsafe {
-            let wv = _mm256_loadu_si256(w.as_ptr() as *const __m256i);
-            let av = _mm256_loadu_si256(a.as_ptr() as *const __m256i);
-            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
-            let s = _mm256_madd_epi16(p, _mm256_set1_epi16(1));
-            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
-            let s = _mm_hadd_epi32(s, s);
-            _mm_cvtsi128_si32(_mm_hadd_epi32(s, s))
-        }
-    }
-    #[inline(always)]
-    fn dot16(w: &[i8], a: &[i8]) -> i32 {
-        assert!(w.len() >= 16 && a.len() >= 16);
-        // SAFETY: as above.
-        unsafe {
-            let wv = _mm_loadu_si128(w.as_ptr() as *const __m128i);
-            let av = _mm_loadu_si128(a.as_ptr() as *const __m128i);
-            let p = _mm_maddubs_epi16(_mm_sign_epi8(wv, wv), _mm_sign_epi8(av, wv));
-            let s = _mm_madd_epi16(p, _mm_set1_epi16(1));
-            let s = _mm_hadd_epi32(s, s);
-            _mm_cvtsi128_si32(_mm_hadd_epi32(s, s))
-        }
-    }
-}
-
-/// [`super::unpacked::dot_rows_unpacked`] with AVX2 integer dot products (the i-quants, which
-/// have no kernel of their own yet). Requires AVX2.
-#[target_feature(enable = "avx2")]
-pub unsafe fn dot_rows_unpacked_avx2<const T: usize>(
-    t: QuantType,
-    w: &[u8],
-    acts: &[ActRow; T],
-) -> [f32; T] {
-    super::unpacked::dot_rows_unpacked::<Avx2IntDot, T>(t, w, acts)
 }
 
 /// [`super::format::quantize_block_reference`] on AVX2, bit for bit: the same max, scale,

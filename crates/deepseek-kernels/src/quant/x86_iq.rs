@@ -1,0 +1,306 @@
+//! AVX2 and AVX-512 VNNI dot products of llama.cpp's lattice i-quants (IQ1_S … IQ3_S) with
+//! 8-bit activations.
+//!
+//! These formats are bound by decoding, not by bytes (2 bits a weight): each 32-value chunk
+//! becomes one register of grid magnitudes (every grid's values are ≥ 0; IQ1's `8·g ± 1` are
+//! split into magnitude and sign) and one register of ±1 signs, built from 64-bit grid rows
+//! and 64-bit sign rows looked up per 8 values (llama.cpp's scheme) or from explicit sign bits
+//! by a byte shuffle. The signs go onto the activations, the magnitudes are the unsigned side
+//! of the tier's byte dot, and the two 16-value halves take their scales in f32 (as Q6_K does).
+//! The values and scales are those of [`super::iq::unpack`], which the tests compare against.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+
+use super::format::{QuantType, QK_K};
+use super::iq_tables::{
+    IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS,
+};
+use super::x86::{f16, hsum, load_a, ActRow, Avx2, ByteDot, Vnni};
+
+// The grids as statics: one copy in read-only memory that the lookups index.
+static GRID_IQ2XXS: [[i8; 8]; 256] = IQ2XXS_GRID;
+static GRID_IQ2XS: [[i8; 8]; 512] = IQ2XS_GRID;
+static GRID_IQ2S: [[i8; 8]; 1024] = IQ2S_GRID;
+static GRID_IQ3XXS: [[i8; 4]; 256] = IQ3XXS_GRID;
+static GRID_IQ3S: [[i8; 4]; 512] = IQ3S_GRID;
+static GRID_IQ1S: [[i8; 8]; 2048] = IQ1S_GRID;
+
+/// The 7-bit sign patterns as 8 bytes of ±1 (byte `j` is -1 where bit `j` of `KSIGNS` is set).
+static SIGNS: [u64; 128] = {
+    let mut out = [0u64; 128];
+    let mut i = 0;
+    while i < 128 {
+        let mut j = 0;
+        while j < 8 {
+            let b: u64 = if KSIGNS[i] >> j & 1 == 1 { 0xFF } else { 0x01 };
+            out[i] |= b << (8 * j);
+            j += 1;
+        }
+        i += 1;
+    }
+    out
+};
+
+#[inline(always)]
+unsafe fn u16_at(p: *const u8) -> u32 {
+    (p as *const u16).read_unaligned() as u32
+}
+
+#[inline(always)]
+unsafe fn u32_at(p: *const u8) -> u32 {
+    (p as *const u32).read_unaligned()
+}
+
+/// Grid row `i` of 8 values as a 64-bit lane. Every caller masks `i` below the grid's length.
+#[inline(always)]
+unsafe fn row8<const N: usize>(grid: &'static [[i8; 8]; N], i: usize) -> i64 {
+    debug_assert!(i < N);
+    (grid.as_ptr().add(i) as *const i64).read_unaligned()
+}
+
+/// Grid row `i` of 4 values as a 32-bit lane.
+#[inline(always)]
+unsafe fn row4<const N: usize>(grid: &'static [[i8; 4]; N], i: usize) -> i32 {
+    debug_assert!(i < N);
+    (grid.as_ptr().add(i) as *const i32).read_unaligned()
+}
+
+#[inline(always)]
+unsafe fn sign7(bits: u32) -> i64 {
+    *SIGNS.get_unchecked((bits & 127) as usize) as i64
+}
+
+/// 32 explicit sign bits (bit `i` for value `i`) → 32 bytes of ±1.
+#[inline(always)]
+unsafe fn signs_from_bits(bits: u32) -> __m256i {
+    let v = _mm256_set1_epi32(bits as i32);
+    // Byte i takes byte i/8 of the word, then tests bit i%8.
+    let bytes = _mm256_shuffle_epi8(
+        v,
+        _mm256_set_epi64x(
+            0x0303030303030303,
+            0x0202020202020202,
+            0x0101010101010101,
+            0,
+        ),
+    );
+    let mask = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, mask), mask);
+    _mm256_or_si256(set, _mm256_set1_epi8(1))
+}
+
+/// One 32-value chunk: unsigned magnitudes, ±1 signs (any nonzero byte whose sign is the
+/// value's), and the integer scales of its two 16-value halves.
+struct Chunk {
+    mag: __m256i,
+    sign: __m256i,
+    scales: (i32, i32),
+}
+
+/// The super-block's float scale, such that value = d · scale · q as in [`super::iq::unpack`].
+#[inline(always)]
+unsafe fn super_scale<const KIND: u8>(b: *const u8) -> f32 {
+    match KIND {
+        IQ3XXS => f16(b) / 4.0,
+        IQ3S => f16(b),
+        IQ1M => {
+            let sc = |k: usize| u16_at(b.add(48 + 2 * k)) as u16;
+            let bits =
+                (sc(0) >> 12) | (sc(1) >> 8 & 0xF0) | (sc(2) >> 4 & 0xF00) | (sc(3) & 0xF000);
+            f16(&bits as *const u16 as *const u8) / 8.0
+        }
+        _ => f16(b) / 8.0,
+    }
+}
+
+const IQ2XXS: u8 = 0;
+const IQ2XS: u8 = 1;
+const IQ2S: u8 = 2;
+const IQ3XXS: u8 = 3;
+const IQ3S: u8 = 4;
+const IQ1S: u8 = 5;
+const IQ1M: u8 = 6;
+
+/// Chunk `ib` (0..8) of the super-block at `b`. The byte layouts are described in
+/// [`super::iq::unpack`].
+#[inline(always)]
+unsafe fn chunk<const KIND: u8>(b: *const u8, ib: usize) -> Chunk {
+    let odd = |s: u32| 2 * s as i32 + 1;
+    match KIND {
+        IQ2XXS => {
+            let o = b.add(2 + 8 * ib);
+            let aux = u32_at(o.add(4));
+            let g = |l: usize| row8(&GRID_IQ2XXS, *o.add(l) as usize);
+            let s = |l: usize| sign7(aux >> (7 * l));
+            Chunk {
+                mag: _mm256_set_epi64x(g(3), g(2), g(1), g(0)),
+                sign: _mm256_set_epi64x(s(3), s(2), s(1), s(0)),
+                scales: (odd(aux >> 28), odd(aux >> 28)),
+            }
+        }
+        IQ2XS => {
+            let v = |l: usize| u16_at(b.add(2 + 2 * (4 * ib + l)));
+            let (v0, v1, v2, v3) = (v(0), v(1), v(2), v(3));
+            let g = |v: u32| row8(&GRID_IQ2XS, (v & 511) as usize);
+            let sc = *b.add(66 + ib) as u32;
+            Chunk {
+                mag: _mm256_set_epi64x(g(v3), g(v2), g(v1), g(v0)),
+                sign: _mm256_set_epi64x(
+                    sign7(v3 >> 9),
+                    sign7(v2 >> 9),
+                    sign7(v1 >> 9),
+                    sign7(v0 >> 9),
+                ),
+                scales: (odd(sc & 15), odd(sc >> 4)),
+            }
+        }
+        IQ2S => {
+            let (qs, signs, qh, sc) = (b.add(2), b.add(34), b.add(66), b.add(74));
+            let h = *qh.add(ib) as usize;
+            let g = |l: usize| {
+                let idx = *qs.add(4 * ib + l) as usize | (h >> (2 * l) & 3) << 8;
+                row8(&GRID_IQ2S, idx)
+            };
+            let sc = *sc.add(ib) as u32;
+            Chunk {
+                mag: _mm256_set_epi64x(g(3), g(2), g(1), g(0)),
+                sign: signs_from_bits(u32_at(signs.add(4 * ib))),
+                scales: (odd(sc & 15), odd(sc >> 4)),
+            }
+        }
+        IQ3XXS => {
+            let qs = b.add(2 + 8 * ib);
+            let aux = u32_at(b.add(66 + 4 * ib));
+            let g = |j: usize| row4(&GRID_IQ3XXS, *qs.add(j) as usize);
+            let s = |l: usize| sign7(aux >> (7 * l));
+            Chunk {
+                mag: _mm256_setr_epi32(g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)),
+                sign: _mm256_set_epi64x(s(3), s(2), s(1), s(0)),
+                scales: (odd(aux >> 28), odd(aux >> 28)),
+            }
+        }
+        IQ3S => {
+            let (qs, qh, signs, sc) = (b.add(2 + 8 * ib), b.add(66), b.add(74), b.add(106));
+            let h = *qh.add(ib) as usize;
+            let g = |j: usize| row4(&GRID_IQ3S, *qs.add(j) as usize | (h >> j & 1) << 8);
+            let s = (*sc.add(ib / 2) >> (4 * (ib % 2)) & 15) as u32;
+            Chunk {
+                mag: _mm256_setr_epi32(g(0), g(1), g(2), g(3), g(4), g(5), g(6), g(7)),
+                sign: signs_from_bits(u32_at(signs.add(4 * ib))),
+                scales: (odd(s), odd(s)),
+            }
+        }
+        IQ1S => {
+            // 8·g + shift with g ∈ {-1, 0, 1} and shift = ±1: never zero.
+            let h = u16_at(b.add(34 + 2 * ib));
+            let g = |l: usize| {
+                let idx = *b.add(2 + 4 * ib + l) as usize | (h as usize >> (3 * l) & 7) << 8;
+                row8(&GRID_IQ1S, idx)
+            };
+            let grid = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
+            let shift = _mm256_set1_epi8(if h & 0x8000 != 0 { -1 } else { 1 });
+            let v = _mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), grid), shift);
+            let s = h >> 12 & 7;
+            Chunk {
+                mag: _mm256_abs_epi8(v),
+                sign: v,
+                scales: (odd(s), odd(s)),
+            }
+        }
+        _ => {
+            // IQ1_M: a nibble per 8 values (3 high index bits, the shift's sign).
+            let (qs, qh) = (b.add(4 * ib), b.add(32 + 2 * ib));
+            let nib = |l: usize| (*qh.add(l / 2) >> (4 * (l % 2)) & 15) as usize;
+            let g = |l: usize| row8(&GRID_IQ1S, *qs.add(l) as usize | (nib(l) & 7) << 8);
+            let sh = |l: usize| {
+                if nib(l) & 8 != 0 {
+                    -1i64
+                } else {
+                    0x0101010101010101
+                }
+            };
+            let grid = _mm256_set_epi64x(g(3), g(2), g(1), g(0));
+            let shift = _mm256_set_epi64x(sh(3), sh(2), sh(1), sh(0));
+            let v = _mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), grid), shift);
+            let word = u16_at(b.add(48 + 2 * (ib / 2))) >> (6 * (ib % 2));
+            Chunk {
+                mag: _mm256_abs_epi8(v),
+                sign: v,
+                scales: (odd(word & 7), odd(word >> 3 & 7)),
+            }
+        }
+    }
+}
+
+/// `Σ w·a` of one lattice-type row against `T` activation rows, `KIND` the type.
+#[inline(always)]
+unsafe fn dot_rows_kind<B: ByteDot, const T: usize, const KIND: u8>(
+    bb: usize,
+    w: &[u8],
+    acts: &[ActRow; T],
+) -> [f32; T] {
+    // Two accumulator chains per token, so consecutive chunks' FMAs do not wait on each other.
+    let mut acc = [[_mm256_setzero_ps(); 2]; T];
+    let base = w.as_ptr();
+    for sb in 0..w.len() / bb {
+        let b = base.add(sb * bb);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(4 * bb) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(4 * bb + 64) as *const i8);
+        let d = super_scale::<KIND>(b);
+        for ib in 0..8 {
+            let c = chunk::<KIND>(b, ib);
+            let (s0, s1) = (c.scales.0 as f32, c.scales.1 as f32);
+            for (k, a) in acts.iter().enumerate() {
+                let ab = sb * (QK_K / 32) + ib;
+                let av = _mm256_sign_epi8(load_a(a, ab), c.sign);
+                // Magnitudes ≤ 62 and |a| ≤ 127: AVX2's pairwise i16 sums cannot saturate.
+                let p = B::dot(_mm256_setzero_si256(), c.mag, av);
+                let f = d * *a.0.get_unchecked(ab);
+                let sv = _mm256_set_m128(_mm_set1_ps(f * s1), _mm_set1_ps(f * s0));
+                let ch = &mut acc[k][ib & 1];
+                *ch = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sv, *ch);
+            }
+        }
+    }
+    std::array::from_fn(|k| hsum(_mm256_add_ps(acc[k][0], acc[k][1])))
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_rows_vnni<const T: usize>(
+    t: QuantType,
+    w: &[u8],
+    acts: &[ActRow; T],
+) -> [f32; T] {
+    dot_rows::<Vnni, T>(t, w, acts)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_rows_avx2<const T: usize>(
+    t: QuantType,
+    w: &[u8],
+    acts: &[ActRow; T],
+) -> [f32; T] {
+    dot_rows::<Avx2, T>(t, w, acts)
+}
+
+/// `Σ w·a` of one lattice-type weight row against `T` activation rows.
+#[inline(always)]
+unsafe fn dot_rows<B: ByteDot, const T: usize>(
+    t: QuantType,
+    w: &[u8],
+    acts: &[ActRow; T],
+) -> [f32; T] {
+    let bb = t.block_bytes();
+    match t {
+        QuantType::IQ2XXS => dot_rows_kind::<B, T, IQ2XXS>(bb, w, acts),
+        QuantType::IQ2XS => dot_rows_kind::<B, T, IQ2XS>(bb, w, acts),
+        QuantType::IQ2S => dot_rows_kind::<B, T, IQ2S>(bb, w, acts),
+        QuantType::IQ3XXS => dot_rows_kind::<B, T, IQ3XXS>(bb, w, acts),
+        QuantType::IQ3S => dot_rows_kind::<B, T, IQ3S>(bb, w, acts),
+        QuantType::IQ1S => dot_rows_kind::<B, T, IQ1S>(bb, w, acts),
+        QuantType::IQ1M => dot_rows_kind::<B, T, IQ1M>(bb, w, acts),
+        t => unreachable!("{} is not a lattice i-quant", t.name()),
+    }
+}
