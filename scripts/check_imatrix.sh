@@ -2,7 +2,8 @@
 # Importance matrices between deepseek-rs and llama.cpp, both directions, on the bundled model
 # written as an F32 GGUF file: `deepseek imatrix` and `llama-imatrix` over the same text and
 # chunks give the same row counts (bar a few routing near-ties between the engines' arithmetic)
-# and mean squares within 1%; llama-quantize takes our file (GGUF and legacy .dat) to make an
+# and mean squares within 1% (3% for routed experts, which those near-ties move), the per-head
+# attn_k_b/attn_v_b included; llama-quantize takes our file (GGUF and legacy .dat) to make an
 # IQ2_XXS file, which deepseek-rs runs; our reader takes llama.cpp's file. Also: llama.cpp loads
 # the parts `quantize --split-max-size` writes, with the same greedy text.
 # llama.cpp is built by scripts/build_llamacpp.sh in WORK.  Usage: scripts/check_imatrix.sh [WORK]
@@ -30,7 +31,7 @@ def load(p):
 a, b = load(f"{w}/ours.gguf"), load(f"{w}/theirs.gguf")
 names = lambda d: {k[:-len(".in_sum2")] for k in d if k.endswith(".in_sum2")}
 common = sorted(names(a) & names(b))
-same, worst = 0, (0.0, "")
+same, worst, worst_exps = 0, (0.0, ""), (0.0, "")
 for n in common:
     ca, cb = a[n + ".counts"], b[n + ".counts"]
     same += np.array_equal(ca, cb)
@@ -38,11 +39,18 @@ for n in common:
     ma = (a[n + ".in_sum2"].reshape(len(ca), cols) / np.maximum(ca, 1)[:, None])
     mb = (b[n + ".in_sum2"].reshape(len(cb), cols) / np.maximum(cb, 1)[:, None])
     rel = np.abs(ma - mb).max() / max(np.abs(mb).max(), 1e-12)
-    worst = max(worst, (rel, n))
+    if "_exps" in n:
+        worst_exps = max(worst_exps, (rel, n))
+    else:
+        worst = max(worst, (rel, n))
 print(f"{len(common)} matrices in both (ours only: {sorted(names(a) - names(b))[:3]}…, "
       f"theirs only: {sorted(names(b) - names(a))[:3]}…); row counts equal in {same}; "
-      f"largest relative difference of the mean squares {worst[0]:.2%} ({worst[1]})")
-if worst[0] > 0.01 or same < len(common) * 2 // 3:
+      f"largest relative difference of the mean squares {worst[0]:.2%} ({worst[1]}), "
+      f"of a routed expert's {worst_exps[0]:.2%} ({worst_exps[1]})")
+# A routed expert's statistics move with the few tokens that route differently at near-ties
+# of the two engines' arithmetic (one token of ~1500 with a large activation moves a column's
+# mean square by a percent or so); every other matrix sees the same tokens.
+if worst[0] > 0.01 or worst_exps[0] > 0.03 or same < len(common) * 2 // 3:
     sys.exit("the importance matrices disagree")
 PY
 for F in ours.gguf ours.dat; do

@@ -606,15 +606,18 @@ fn put_row(
 impl ExportPlan {
     /// Each GGUF matrix the file holds and the Hugging Face matrices it is made of (several for
     /// stacked experts, in expert order): how importance-matrix entries are named. The split
-    /// `attn_k_b`/`attn_v_b` are left out (their inputs are per-head latents, which the
-    /// engine's prefill does not form).
+    /// `attn_k_b`/`attn_v_b` take the per-head inputs named by
+    /// [`crate::imatrix::kv_b_half_name`].
     pub fn matrix_sources(&self) -> Vec<(String, Vec<String>)> {
+        use crate::imatrix::kv_b_half_name;
         self.tensors
             .iter()
             .zip(&self.sources)
             .filter_map(|(t, s)| match s {
                 Source::Matrix { name, .. } => Some((t.name.clone(), vec![name.clone()])),
                 Source::Stacked { names } => Some((t.name.clone(), names.clone())),
+                Source::KB { name } => Some((t.name.clone(), vec![kv_b_half_name(name, "k_b")])),
+                Source::VB { name } => Some((t.name.clone(), vec![kv_b_half_name(name, "v_b")])),
                 _ => None,
             })
             .collect()
@@ -629,6 +632,8 @@ impl ExportPlan {
             let experts = match src {
                 Source::Matrix { .. } => 1,
                 Source::Stacked { names } => names.len(),
+                // One slice per head, all with the entry's one count.
+                Source::KB { .. } | Source::VB { .. } => t.dims[2] as usize,
                 _ => continue,
             };
             let Some(entry) = imatrix.entries.get(&t.name) else {
@@ -792,7 +797,8 @@ impl ExportPlan {
                                 for (j, v) in row.iter_mut().enumerate() {
                                     *v = kv[(base + j) * lora + c];
                                 }
-                                put_row(spec.ggml_type, &row, None, out, &mut buf).map_err(io)?;
+                                put_row(spec.ggml_type, &row, importance(head), out, &mut buf)
+                                    .map_err(io)?;
                             }
                         } else {
                             for j in 0..d.v_head_dim {
@@ -800,7 +806,7 @@ impl ExportPlan {
                                 put_row(
                                     spec.ggml_type,
                                     &kv[r * lora..(r + 1) * lora],
-                                    None,
+                                    importance(head),
                                     out,
                                     &mut buf,
                                 )

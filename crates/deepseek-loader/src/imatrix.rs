@@ -12,6 +12,14 @@ use crate::gguf::{GgufFile, Value, GGML_F32};
 use crate::gguf_writer::{write_gguf, TensorSpec};
 use crate::LoadError;
 
+/// The name under which an importance matrix collects the per-head inputs of one half of an
+/// MLA `kv_b_proj` (named `kv_b_proj`) as llama.cpp splits it: `half` "k_b" takes each head's
+/// `q_nope` (the input of `attn_k_b`), "v_b" each head's attention-weighted latent (the input
+/// of `attn_v_b`); heads side by side in one row, as llama-imatrix stacks them.
+pub fn kv_b_half_name(kv_b_proj: &str, half: &str) -> String {
+    format!("{kv_b_proj}#{half}")
+}
+
 /// One matrix's statistics.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {

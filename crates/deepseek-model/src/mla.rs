@@ -24,6 +24,7 @@ use deepseek_loader::{LoadError, MlaConfig, ModelConfig, WeightStore};
 use crate::batch::BatchLayout;
 use crate::observe::{show, MatmulObserver};
 use crate::rope::{mla_softmax_scale, Rope};
+use deepseek_loader::imatrix::kv_b_half_name;
 
 /// DeepSeek's q_a_layernorm and kv_a_layernorm use the RMSNorm default, not config.rms_norm_eps.
 const LATENT_NORM_EPS: f32 = 1e-6;
@@ -242,9 +243,16 @@ impl MlaAttention {
         }
 
         let mut attn = vec![0.0; n * h * vdim];
+        // An observer sees the absorbed path's per-head inputs, as llama.cpp's graph (which
+        // always absorbs) forms them for its `attn_k_b`/`attn_v_b`.
+        let path = if obs.is_some() {
+            AttentionPath::Absorbed
+        } else {
+            path
+        };
         match path {
             AttentionPath::Absorbed => {
-                self.attend_absorbed(&q, batch, layer, pool, caches, p, &mut attn)
+                self.attend_absorbed(&q, batch, layer, pool, caches, p, obs, &mut attn)
             }
             AttentionPath::Decompressed => {
                 self.attend_decompressed(&q, batch, layer, pool, caches, p, &mut attn)
@@ -263,6 +271,7 @@ impl MlaAttention {
         pool: &BlockPool,
         caches: &[&mut SequenceCache],
         p: Precision,
+        obs: Option<&dyn MatmulObserver>,
         attn: &mut [f32],
     ) {
         let d = &self.dims;
@@ -274,6 +283,15 @@ impl MlaAttention {
             d.v_head_dim,
         );
         let (qk, width) = (nope + rdim, lora + rdim);
+        let kv_b = format!("{}.kv_b_proj.weight", self.prefix);
+        if let Some(o) = obs {
+            let q_nope: Vec<f32> = q
+                .chunks_exact(qk)
+                .flat_map(|r| &r[..nope])
+                .copied()
+                .collect();
+            o.observe(&kv_b_half_name(&kv_b, "k_b"), &q_nope, n);
+        }
 
         // absorbed_q[t, h] = [W_UK[h]ᵀ q_nope[t, h] | q_pe[t, h]]; heads in parallel, each one
         // pass over its W_UK for all tokens.
@@ -330,6 +348,9 @@ impl MlaAttention {
             });
         }
 
+        if let Some(o) = obs {
+            o.observe(&kv_b_half_name(&kv_b, "v_b"), &latent_out, n);
+        }
         // Back from latent space: out[t, h] = W_UV[h] · latent_out[t, h], heads in parallel.
         let per_head = per_head_par(&latent_out, n, h, lora, lora, vdim, |hh, lat, v| {
             matmul_serial(&self.w_uv[hh], lat, n, v, p)
