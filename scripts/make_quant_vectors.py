@@ -79,7 +79,7 @@ for name in ["IQ4_NL", "IQ4_XS"]:
     deq = quants.dequantize(q, t).reshape(-1)
     out[name] = {"blocks": raw.hex(), "dequant": deq.tolist()}
 
-# The lattice i-quants (read only): random but valid blocks; IQ1_M keeps its f16 scale in the
+# The lattice i-quants: random but valid blocks; IQ1_M keeps its f16 scale in the
 # top nibbles of its four scale words.
 def lattice_block(name):
     rest = {"IQ2_XXS": 64, "IQ2_XS": 72, "IQ2_S": 80, "IQ3_XXS": 96, "IQ3_S": 108, "IQ1_S": 48}

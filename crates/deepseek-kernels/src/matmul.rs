@@ -649,12 +649,12 @@ mod tests {
         }
     }
 
-    /// The i-quants (read, not written) through every path a matmul takes: the GEMV and its
+    /// The lattice i-quants through every path a matmul takes: the GEMV and its
     /// tiles, the tokens-major GEMM and the VNNI panels where the CPU has them.
     #[test]
     fn lattice_quant_matmul_matches_reference() {
         for &(rows, cols) in &[(8, 256), (13, 512)] {
-            for ty in QuantType::READ_ONLY {
+            for ty in QuantType::LATTICE {
                 let m = Matrix {
                     rows,
                     cols,

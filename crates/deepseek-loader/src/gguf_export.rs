@@ -9,6 +9,7 @@
 
 use std::io::Write;
 
+use deepseek_kernels::quant::iq_quantize::needs_imatrix;
 use deepseek_kernels::quant::{quantize_row_weighted, QuantType};
 use deepseek_kernels::Matrix;
 
@@ -65,10 +66,10 @@ impl ExportType {
                 QuantType::Q6K => 18,
                 QuantType::IQ4NL => 25,
                 QuantType::IQ4XS => 30,
-                // Never written (`ExportType::parse` refuses them); llama.cpp's own numbers.
                 QuantType::IQ2XXS => 19,
-                QuantType::IQ2XS => 20,
                 QuantType::IQ3XXS => 23,
+                // Never written (`ExportType::parse` refuses them); llama.cpp's own numbers.
+                QuantType::IQ2XS => 20,
                 QuantType::IQ1S => 24,
                 QuantType::IQ3S => 26,
                 QuantType::IQ2S => 28,
@@ -87,7 +88,7 @@ impl ExportType {
                     QuantType::Q2K | QuantType::Q3K => QuantType::Q4_0,
                     QuantType::Q4K => QuantType::Q5_0,
                     QuantType::Q5K => QuantType::Q5_1,
-                    QuantType::IQ4XS => QuantType::IQ4NL,
+                    QuantType::IQ4XS | QuantType::IQ2XXS | QuantType::IQ3XXS => QuantType::IQ4NL,
                     _ => QuantType::Q8_0,
                 };
                 if cols.is_multiple_of(fallback.block_elems()) {
@@ -597,6 +598,16 @@ fn put_row(
         q => {
             let q = QuantType::from_ggml_type(q).expect("planned type");
             buf.resize(q.row_bytes(row.len()), 0);
+            // A matrix (or expert) the importance matrix has nothing for: flat importances
+            // where the type needs some.
+            let flat;
+            let importance = match importance {
+                None if needs_imatrix(q) => {
+                    flat = vec![1.0; row.len()];
+                    Some(&flat[..])
+                }
+                i => i,
+            };
             quantize_row_weighted(q, row, importance, buf);
         }
     }

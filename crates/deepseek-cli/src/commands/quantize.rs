@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use deepseek_engine::gguf_tokenizer::metadata_from_tokenizer_json;
 use deepseek_engine::Tokenizer;
+use deepseek_kernels::quant::iq_quantize::needs_imatrix;
 use deepseek_loader::gguf::Value;
 use deepseek_loader::gguf_export::{plan, ExportType};
 
@@ -20,12 +21,14 @@ use crate::common::ModelArg;
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
-    /// Weight type: q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, iq4_xs, iq4_nl, q5_1, q5_0, q4_1, q4_0,
-    /// bf16, f16 or f32. Rows that are not a whole number of 256-value blocks fall back as
-    /// llama.cpp's do: q8_0 for q6_k, q5_1 for q5_k, q5_0 for q4_k, q4_0 for q3_k and q2_k,
-    /// iq4_nl for iq4_xs; norms and the router stay f32. The K-quant and IQ4 scales come from
-    /// a plain min/max (or two-candidate) fit, not llama.cpp's search, unless --imatrix is
-    /// given: the same formats, a little less accurate.
+    /// Weight type: q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, iq4_xs, iq4_nl, iq3_xxs, iq2_xxs,
+    /// q5_1, q5_0, q4_1, q4_0, bf16, f16 or f32. Rows that are not a whole number of 256-value
+    /// blocks fall back as llama.cpp's do: q8_0 for q6_k, q5_1 for q5_k, q5_0 for q4_k, q4_0
+    /// for q3_k and q2_k, iq4_nl for iq4_xs, iq3_xxs and iq2_xxs; norms and the router stay
+    /// f32. Every matrix gets the type (no per-tensor mix). The K-quant and IQ4 scales come
+    /// from a plain min/max (or two-candidate) fit, not llama.cpp's search, unless --imatrix
+    /// is given; iq3_xxs and iq2_xxs use llama.cpp's lattice search, and iq2_xxs needs
+    /// --imatrix (as llama-quantize does).
     #[arg(long = "type", short = 't', value_name = "TYPE")]
     ty: String,
     /// The GGUF file to write.
@@ -37,8 +40,9 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     split_max_size: Option<usize>,
     /// An importance matrix (`deepseek imatrix`, or llama.cpp's llama-imatrix: GGUF or .dat):
-    /// K-quant rows (q2_k … q6_k) then round so that columns with large inputs keep their
-    /// precision (weighted scale search); other types are written as without it.
+    /// K-quant and i-quant rows (q2_k … q6_k, iq3_xxs, iq2_xxs) then round so that columns
+    /// with large inputs keep their precision (weighted scale search); the 32-wide types are
+    /// written as without it.
     #[arg(long, value_name = "FILE")]
     imatrix: Option<PathBuf>,
 }
@@ -63,15 +67,25 @@ fn parse_size(s: &str) -> Result<usize, String> {
 pub fn run(a: Args) -> Result<()> {
     let target = ExportType::parse(&a.ty).with_context(|| {
         format!(
-            "--type `{}` is not one of q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, iq4_xs, iq4_nl, q5_1, q5_0, q4_1, q4_0, bf16, f16, f32{}",
+            "--type `{}` is not one of q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, iq4_xs, iq4_nl, iq3_xxs, iq2_xxs, q5_1, q5_0, q4_1, q4_0, bf16, f16, f32{}",
             a.ty,
             if deepseek_kernels::QuantType::from_name(&a.ty).is_some() {
-                " (the 1-3-bit i-quants are read, not yet written: they need an importance matrix)"
+                " (this engine reads that i-quant but does not write it)"
             } else {
                 ""
             }
         )
     })?;
+    if let ExportType::Quant(q) = target {
+        if a.imatrix.is_none() && needs_imatrix(q) {
+            bail!(
+                "--type {} needs an importance matrix (its 2-bit grid is unusable without \
+                 one, and llama-quantize refuses it too): make one with `deepseek imatrix \
+                 --model M --text FILE -o imatrix.gguf`, then pass --imatrix imatrix.gguf",
+                q.name()
+            );
+        }
+    }
     let dir = a.model.dir()?;
     if deepseek_loader::gguf_path(&dir)?.is_some() {
         bail!(

@@ -23,8 +23,9 @@ pub enum QuantType {
     IQ4NL,
     /// IQ4_NL's levels in 256-value super-blocks with a 6-bit signed scale per 32 values.
     IQ4XS,
-    // llama.cpp's lattice i-quants (read, not written): groups of 8 (or 4) values are points of
-    // a fixed grid, indexed with a few bits, with their signs apart. 256-value super-blocks.
+    // llama.cpp's lattice i-quants (IQ2_XXS and IQ3_XXS written, the others read): groups of 8
+    // (or 4) values are points of a fixed grid, indexed with a few bits, with their signs apart.
+    // 256-value super-blocks.
     /// 2.06 bits per weight: 8-bit indices into 256 points of {8, 25, 43}⁸, 7-bit sign patterns,
     /// a 4-bit scale per 32 values.
     IQ2XXS,
@@ -67,8 +68,8 @@ impl QuantType {
         QuantType::IQ4XS,
     ];
 
-    /// The types this engine reads but does not write (`quantize` refuses them).
-    pub const READ_ONLY: [QuantType; 7] = [
+    /// llama.cpp's lattice i-quants (see [`super::iq`]).
+    pub const LATTICE: [QuantType; 7] = [
         QuantType::IQ2XXS,
         QuantType::IQ2XS,
         QuantType::IQ2S,
@@ -80,17 +81,18 @@ impl QuantType {
 
     /// llama.cpp's lattice i-quants (IQ1–IQ3): values are grid points ([`super::iq`]).
     pub fn is_lattice(self) -> bool {
-        Self::READ_ONLY.contains(&self)
+        Self::LATTICE.contains(&self)
     }
 
-    /// Whether `quantize` can write this type.
+    /// Whether `quantize` can write this type: all but the lattice types other than IQ2_XXS
+    /// and IQ3_XXS ([`super::iq_quantize`]).
     pub fn can_quantize(self) -> bool {
-        !Self::READ_ONLY.contains(&self)
+        !self.is_lattice() || super::iq_quantize::writes_lattice(self)
     }
 
-    /// Every type: those written, then those only read.
+    /// Every type: the block formats, then the lattice types.
     pub fn every() -> impl Iterator<Item = QuantType> {
-        Self::ALL.into_iter().chain(Self::READ_ONLY)
+        Self::ALL.into_iter().chain(Self::LATTICE)
     }
 
     /// Values per block.

@@ -12,6 +12,7 @@ pub mod dequant;
 pub mod dot;
 pub mod format;
 pub(crate) mod iq;
+pub mod iq_quantize;
 mod iq_tables;
 pub(crate) mod isa;
 #[cfg(target_arch = "aarch64")]

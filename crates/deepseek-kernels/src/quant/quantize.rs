@@ -97,8 +97,11 @@ pub fn quantize_row(t: QuantType, x: &[f32], out: &mut [u8]) {
                 }
             }
             QuantType::IQ4XS => quantize_iq4xs(xb, ob),
+            // Weighted by x² without an importance matrix, as llama.cpp does.
+            QuantType::IQ3XXS => super::iq_quantize::quantize_row_lattice(t, xb, None, ob),
             t => unreachable!(
-                "{} is read, not written (QuantType::can_quantize)",
+                "{} is not written without an importance matrix (QuantType::can_quantize, \
+                 iq_quantize::needs_imatrix)",
                 t.name()
             ),
         }

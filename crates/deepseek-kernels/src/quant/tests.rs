@@ -254,7 +254,7 @@ fn dot_is_exact_given_the_activation_rounding() {
 fn dot_is_exact_for(a: &QuantizedActivations, cols: usize) {
     let xq: Vec<f32> = (0..cols).map(|i| a.d[i / QK] * a.qs[i] as f32).collect();
     let w = rand_vec(cols, 22);
-    // The types we write from `w`; the read-only ones from gguf-py's vectors (two super-blocks).
+    // The block formats from `w`; the lattice types from gguf-py's vectors (two super-blocks).
     let v = vectors();
     let rows = QuantType::ALL
         .into_iter()
@@ -263,7 +263,7 @@ fn dot_is_exact_for(a: &QuantizedActivations, cols: usize) {
             quantize_row(t, &w, &mut q);
             (t, q)
         })
-        .chain(QuantType::READ_ONLY.into_iter().map(|t| {
+        .chain(QuantType::LATTICE.into_iter().map(|t| {
             (
                 t,
                 hex(v[t.name().to_uppercase()]["blocks"].as_str().unwrap()),
@@ -410,7 +410,7 @@ fn lattice_dot_matches_reference_on_every_isa() {
     let cols = QK_K * 4;
     let x = rand_vec(cols * 3, 31);
     let a = QuantizedActivations::new(&x, cols);
-    for t in QuantType::READ_ONLY {
+    for t in QuantType::LATTICE {
         let q = random_lattice_rows(t, 1, cols, 7 + t.ggml_type() as u64);
         for row in 0..3 {
             let (ad, s, aq) = a.row(row);
@@ -460,4 +460,48 @@ fn dequantized(t: QuantType, q: &[u8]) -> Vec<f32> {
     let mut out = vec![0.0; q.len() / t.block_bytes() * t.block_elems()];
     dequantize_row(t, q, &mut out);
     out
+}
+
+/// IQ2_XXS and IQ3_XXS blocks are byte-identical to llama.cpp's quantizer on the same rows and
+/// importances (tests/fixtures/quant/iq_write.json, scripts/make_iq_write_vectors.py), and
+/// decode near their input.
+#[test]
+fn lattice_quantization_is_byte_identical_to_llama_cpp() {
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/quant/iq_write.json"
+    );
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let f32s = |k: &str| -> Vec<f32> {
+        hex(v[k].as_str().unwrap())
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    let (x, im) = (f32s("input"), f32s("imatrix"));
+    let cols = v["cols"].as_u64().unwrap() as usize;
+    for (key, t, weighted) in [
+        ("IQ2_XXS", QuantType::IQ2XXS, true),
+        ("IQ3_XXS", QuantType::IQ3XXS, true),
+        ("IQ3_XXS_plain", QuantType::IQ3XXS, false),
+    ] {
+        let want = hex(v[key].as_str().unwrap());
+        let rb = t.row_bytes(cols);
+        for (r, row) in x.chunks_exact(cols).enumerate() {
+            let mut got = vec![0u8; rb];
+            quantize_row_weighted(t, row, weighted.then_some(&im[..]), &mut got);
+            for (b, (g, w)) in got
+                .chunks_exact(t.block_bytes())
+                .zip(want[r * rb..(r + 1) * rb].chunks_exact(t.block_bytes()))
+                .enumerate()
+            {
+                assert_eq!(g, w, "{key}: row {r}, block {b}");
+            }
+            // And they decode near the input (2-3 bits: a rough bound on relative RMS error).
+            let deq = dequantized(t, &got);
+            let err: f32 = deq.iter().zip(row).map(|(a, b)| (a - b).powi(2)).sum();
+            let norm: f32 = row.iter().map(|v| v * v).sum();
+            assert!(err < 0.6 * norm, "{key}: row {r}: error {err} of {norm}");
+        }
+    }
 }

@@ -14,8 +14,12 @@ use super::quantize::{pack_k_minmax, pack_q2k, pack_q3k, pack_q6k_scaled, quanti
 const STEPS: i32 = 9;
 
 /// [`quantize_row`] with per-column importances `imatrix` (`x.len()` of them; None: plain).
+/// The lattice types go to [`super::iq_quantize`], whose search is llama.cpp's.
 pub fn quantize_row_weighted(t: QuantType, x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     use QuantType::*;
+    if super::iq_quantize::writes_lattice(t) {
+        return super::iq_quantize::quantize_row_lattice(t, x, imatrix, out);
+    }
     let Some(im) = imatrix.filter(|_| matches!(t, Q2K | Q3K | Q4K | Q5K | Q6K)) else {
         return quantize_row(t, x, out);
     };

@@ -1,0 +1,497 @@
+//! Writing the lattice i-quants IQ2_XXS and IQ3_XXS: llama.cpp's search
+//! (`quantize_row_iq2_xxs_impl`, `quantize_row_iq3_xxs_impl` in ggml-quants.c), ported step by
+//! step so that the files match llama-quantize's.
+//!
+//! Per 32 values: signs come out first (the eighth of each 8 made even by flipping the least
+//! important value's), then a scale is searched: for each candidate, every group of 8 (IQ2) or
+//! 4 (IQ3) magnitudes rounds to odd levels `2l + 1`; a group that is not a grid point takes the
+//! best of its precomputed nearest grid points ([`Lattice`]), and the candidate with the least
+//! importance-weighted error wins. The super-block keeps the largest scale in f16 and 4 bits
+//! per 32 values.
+
+// The loops follow ggml-quants.c index by index, so that the arithmetic (and its rounding)
+// is the same.
+#![allow(clippy::needless_range_loop)]
+
+use std::sync::OnceLock;
+
+use super::format::{put_f16, QuantType, QK_K};
+use super::iq_tables::{IQ2XXS_GRID, IQ3XXS_GRID};
+
+/// A lattice's points as odd levels (`2l + 1`), the map from every rounded group (its levels
+/// `l` packed `bits` apart) to its grid index, and for groups off the grid the grid points
+/// nearest to them (llama.cpp's `kmap` and `kneighbors`).
+struct Lattice {
+    dim: usize,
+    bits: u32,
+    /// `dim` odd levels per point.
+    points: Vec<i8>,
+    /// Grid index ≥ 0, or `-(offset + 1)` into `neighbours`, whose entry at offset is the
+    /// count of the indices that follow it.
+    map: Vec<i32>,
+    neighbours: Vec<u16>,
+}
+
+impl Lattice {
+    /// `levels[i]`: the level indices `l` of grid point `i`; `nwant` distance shells of
+    /// neighbours are kept for each group off the grid.
+    fn new(levels: Vec<Vec<u8>>, bits: u32, map_size: usize, nwant: usize) -> Self {
+        let dim = levels[0].len();
+        let points: Vec<i8> = levels.iter().flatten().map(|&l| 2 * l as i8 + 1).collect();
+        let mut map = vec![-1i32; map_size];
+        for (i, l) in levels.iter().enumerate() {
+            let u = l
+                .iter()
+                .enumerate()
+                .fold(0usize, |u, (k, &l)| u | (l as usize) << (bits as usize * k));
+            map[u] = i as i32;
+        }
+        let mask = (1usize << bits) - 1;
+        let mut neighbours = vec![];
+        let mut dist: Vec<(i32, usize)> = Vec::with_capacity(levels.len());
+        for u in 0..map_size {
+            if map[u] >= 0 {
+                continue;
+            }
+            let pos: Vec<i32> = (0..dim)
+                .map(|k| 2 * ((u >> (bits as usize * k)) & mask) as i32 + 1)
+                .collect();
+            dist.clear();
+            dist.extend(points.chunks_exact(dim).enumerate().map(|(j, p)| {
+                let d2 = p
+                    .iter()
+                    .zip(&pos)
+                    .map(|(&a, &b)| (a as i32 - b).pow(2))
+                    .sum();
+                (d2, j)
+            }));
+            dist.sort_unstable();
+            let start = neighbours.len();
+            map[u] = -(start as i32 + 1);
+            neighbours.push(0);
+            let (mut d2, mut shells) = (dist[0].0, 1);
+            for &(d, j) in &dist {
+                if d > d2 {
+                    if shells == nwant {
+                        break;
+                    }
+                    d2 = d;
+                    shells += 1;
+                }
+                neighbours.push(j as u16);
+            }
+            neighbours[start] = (neighbours.len() - start - 1) as u16;
+        }
+        Lattice {
+            dim,
+            bits,
+            points,
+            map,
+            neighbours,
+        }
+    }
+
+    fn point(&self, i: usize) -> &[i8] {
+        &self.points[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// The map entry of a group of level indices.
+    fn lookup(&self, l: &[i8]) -> i32 {
+        let u = l.iter().enumerate().fold(0usize, |u, (k, &l)| {
+            u | (l as usize) << (self.bits as usize * k)
+        });
+        self.map[u]
+    }
+
+    /// Of the neighbours of an off-grid entry, the point nearest to `x / scale` in weighted
+    /// squares (the first on ties); writes its level indices to `l`, returns its index.
+    fn best_neighbour(&self, entry: i32, x: &[f32], w: &[f32], scale: f32, l: &mut [i8]) -> usize {
+        let at = (-entry - 1) as usize;
+        let n = self.neighbours[at] as usize;
+        let mut best = (f32::MAX, usize::MAX);
+        for &j in &self.neighbours[at + 1..at + 1 + n] {
+            let p = self.point(j as usize);
+            let mut d2 = 0.0f32;
+            for i in 0..self.dim {
+                let diff = scale * p[i] as f32 - x[i];
+                d2 += w[i] * diff * diff;
+            }
+            if d2 < best.0 {
+                best = (d2, j as usize);
+            }
+        }
+        for (o, &p) in l.iter_mut().zip(self.point(best.1)) {
+            *o = (p - 1) / 2;
+        }
+        best.1
+    }
+}
+
+/// The level index of each grid value, from the grids the reader decodes with.
+fn level_indices<const W: usize>(grid: &[[i8; W]], levels: &[i8]) -> Vec<Vec<u8>> {
+    grid.iter()
+        .map(|p| {
+            p.iter()
+                .map(|v| levels.iter().position(|l| l == v).expect("a grid level") as u8)
+                .collect()
+        })
+        .collect()
+}
+
+fn iq2xxs_lattice() -> &'static Lattice {
+    static L: OnceLock<Lattice> = OnceLock::new();
+    L.get_or_init(|| Lattice::new(level_indices(&IQ2XXS_GRID, &[8, 25, 43]), 2, 43692, 2))
+}
+
+fn iq3xxs_lattice() -> &'static Lattice {
+    static L: OnceLock<Lattice> = OnceLock::new();
+    L.get_or_init(|| {
+        let levels = [4, 12, 20, 28, 36, 44, 52, 62];
+        Lattice::new(level_indices(&IQ3XXS_GRID, &levels), 3, 4096, 2)
+    })
+}
+
+/// ggml's `nearest_int`: round half to even through the float's mantissa.
+#[inline]
+fn nearest_int(v: f32) -> i32 {
+    ((v + 12582912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
+}
+
+/// ggml's `make_qp_quants`: a non-negative scale for `x ≥ 0` with levels 0..=nmax, searched
+/// around `nmax / max` then refined value by value.
+fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], w: &[f32]) -> f32 {
+    let max = x.iter().fold(0.0f32, |m, &v| m.max(v));
+    if max < 1e-15 {
+        l.fill(0);
+        return 0.0;
+    }
+    let mut iscale = nmax as f32 / max;
+    for (o, &v) in l.iter_mut().zip(x) {
+        *o = nearest_int(iscale * v) as u8;
+    }
+    let scale = 1.0 / iscale;
+    let mut best_mse = 0.0f32;
+    for i in 0..x.len() {
+        let diff = x[i] - scale * l[i] as f32;
+        best_mse += w[i] * diff * diff;
+    }
+    for is in -4..=4 {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = (0.1 * is as f32 + nmax as f32) / max;
+        let scale_is = 1.0 / iscale_is;
+        let mut mse = 0.0f32;
+        for i in 0..x.len() {
+            let q = nearest_int(iscale_is * x[i]).min(nmax);
+            let diff = x[i] - scale_is * q as f32;
+            mse += w[i] * diff * diff;
+        }
+        if mse < best_mse {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
+    for i in 0..x.len() {
+        let q = nearest_int(iscale * x[i]).min(nmax);
+        l[i] = q as u8;
+        sumlx += w[i] * x[i] * q as f32;
+        suml2 += w[i] * q as f32 * q as f32;
+    }
+    for _ in 0..5 {
+        let mut changed = 0;
+        for i in 0..x.len() {
+            let li = l[i] as f32;
+            let mut slx = sumlx - w[i] * x[i] * li;
+            let mut sl2 = suml2 - w[i] * li * li;
+            if slx > 0.0 && sl2 > 0.0 {
+                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
+                if new_l != l[i] as i32 {
+                    slx += w[i] * x[i] * new_l as f32;
+                    sl2 += w[i] * new_l as f32 * new_l as f32;
+                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
+                        l[i] = new_l as u8;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        changed += 1;
+                    }
+                }
+            }
+        }
+        if changed == 0 {
+            break;
+        }
+    }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
+}
+
+/// Magnitudes of 32 values and their 7-bit sign patterns per 8: where a group has an odd
+/// count of negatives, the value of least `w · x²` is taken with the wrong sign.
+fn signs_and_magnitudes(xb: &[f32], w: &[f32], xval: &mut [f32; 32]) -> [u8; 4] {
+    std::array::from_fn(|k| {
+        let (mut flips, mut s) = (0, 0u8);
+        for i in 0..8 {
+            let v = xb[8 * k + i];
+            if v >= 0.0 {
+                xval[8 * k + i] = v;
+            } else {
+                xval[8 * k + i] = -v;
+                flips += 1;
+                s |= 1 << i;
+            }
+        }
+        if flips % 2 == 1 {
+            let key = |i: usize| w[8 * k + i] * xb[8 * k + i] * xb[8 * k + i];
+            let mut imin = 0;
+            for i in 1..8 {
+                if key(i) < key(imin) {
+                    imin = i;
+                }
+            }
+            xval[8 * k + imin] = -xval[8 * k + imin];
+            s ^= 1 << imin;
+        }
+        s & 127
+    })
+}
+
+/// Σ w·x·q and Σ w·q² for odd levels `q = 2l + 1`.
+fn fit_sums(xval: &[f32; 32], w: &[f32; 32], l: &[i8; 32]) -> (f32, f32) {
+    let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+    for i in 0..32 {
+        let q = (2 * l[i] + 1) as f32;
+        sumqx += w[i] * xval[i] * q;
+        sumq2 += w[i] * q * q;
+    }
+    (sumqx, sumq2)
+}
+
+/// Rounds the groups of `xval` at inverse scale `id` to level indices (0..kmax), each group
+/// off the grid replaced by its best neighbour at `scale`. Returns which groups were on it.
+fn round_groups(
+    lat: &Lattice,
+    xval: &[f32; 32],
+    waux: &[f32; 32],
+    id: f32,
+    scale: f32,
+    kmax: i32,
+    l: &mut [i8; 32],
+) -> [bool; 8] {
+    let dim = lat.dim;
+    let mut on_grid = [true; 8];
+    for k in 0..32 / dim {
+        let g = k * dim..(k + 1) * dim;
+        for i in g.clone() {
+            l[i] = nearest_int(0.5 * (id * xval[i] - 1.0)).clamp(0, kmax - 1) as i8;
+        }
+        let e = lat.lookup(&l[g.clone()]);
+        if e < 0 {
+            on_grid[k] = false;
+            lat.best_neighbour(e, &xval[g.clone()], &waux[g.clone()], scale, &mut l[g]);
+        }
+    }
+    on_grid
+}
+
+/// One super-block of IQ2_XXS (`imatrix` required, as llama.cpp requires it).
+fn quantize_iq2xxs_block(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    let lat = iq2xxs_lattice();
+    const KMAX: i32 = 3;
+    let sigma2 = x.iter().map(|v| v * v).sum::<f32>() / QK_K as f32;
+    let mut q2 = [0u32; 16];
+    let mut scales = [0.0f32; 8];
+    let mut max_scale = 0.0f32;
+    for ib in 0..8 {
+        let xb = &x[32 * ib..32 * ib + 32];
+        let w: [f32; 32] =
+            std::array::from_fn(|i| qw[32 * ib + i] * (sigma2 + xb[i] * xb[i]).sqrt());
+        let waux = w.map(f32::sqrt);
+        let mut xval = [0.0f32; 32];
+        let mut signs = signs_and_magnitudes(xb, &w, &mut xval);
+        let max = xval.iter().fold(xval[0], |m, &v| m.max(v));
+        let mut l = [0i8; 32];
+        if max < 1e-15 {
+            continue;
+        }
+        let mut lq = [0u8; 32];
+        let mut scale = make_qp_quants(KMAX + 1, &xval, &mut lq, &w);
+        let eff_max = scale * KMAX as f32;
+        if eff_max <= 0.0 {
+            continue;
+        }
+        let mut best = 0.0f32;
+        let mut laux = [0i8; 32];
+        for is in -6..=6 {
+            let id = (2.0 * KMAX as f32 - 1.0 + is as f32 * 0.1) / eff_max;
+            round_groups(lat, &xval, &waux, id, 1.0 / id, KMAX, &mut laux);
+            let (sumqx, sumq2) = fit_sums(&xval, &w, &laux);
+            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+                scale = sumqx / sumq2;
+                best = scale * sumqx;
+                l = laux;
+            }
+        }
+        if scale > 0.0 {
+            round_groups(lat, &xval, &waux, 1.0 / scale, scale, KMAX, &mut l);
+            let (sumqx, sumq2) = fit_sums(&xval, &w, &l);
+            if sumq2 > 0.0 {
+                scale = sumqx / sumq2;
+            }
+        }
+        if scale < 0.0 {
+            scale = -scale;
+            signs = signs.map(|s| !s & 127);
+        }
+        for k in 0..4 {
+            let idx = lat.lookup(&l[8 * k..8 * k + 8]);
+            assert!(idx >= 0, "IQ2_XXS: a group left the grid");
+            q2[2 * ib] |= (idx as u32) << (8 * k);
+            q2[2 * ib + 1] |= (signs[k] as u32) << (7 * k);
+        }
+        scales[ib] = scale;
+        max_scale = max_scale.max(scale);
+    }
+    out.fill(0);
+    if max_scale == 0.0 {
+        return;
+    }
+    let d = max_scale / 31.0;
+    put_f16(out, 0, d);
+    let id = 1.0 / d;
+    for ib in 0..8 {
+        let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15);
+        q2[2 * ib + 1] |= (l as u32) << 28;
+    }
+    for (o, q) in out[2..].chunks_exact_mut(4).zip(q2) {
+        o.copy_from_slice(&q.to_le_bytes());
+    }
+}
+
+/// One super-block of IQ3_XXS; without an importance matrix the weights are `x²`.
+fn quantize_iq3xxs_block(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+    let lat = iq3xxs_lattice();
+    const KMAX: i32 = 8;
+    let sigma2 = 2.0 * x.iter().map(|v| v * v).sum::<f32>() / QK_K as f32;
+    let mut q3 = [0u8; 64];
+    let mut scales_signs = [0u32; 8];
+    let mut scales = [0.0f32; 8];
+    let mut max_scale = 0.0f32;
+    for ib in 0..8 {
+        let xb = &x[32 * ib..32 * ib + 32];
+        let w: [f32; 32] = std::array::from_fn(|i| match qw {
+            Some(q) => q[32 * ib + i] * (sigma2 + xb[i] * xb[i]).sqrt(),
+            None => xb[i] * xb[i],
+        });
+        let waux = w.map(f32::sqrt);
+        let mut xval = [0.0f32; 32];
+        let mut signs = signs_and_magnitudes(xb, &w, &mut xval);
+        let max = xval.iter().fold(xval[0], |m, &v| m.max(v));
+        let mut l = [0i8; 32];
+        if max < 1e-8 {
+            continue;
+        }
+        let mut best = 0.0f32;
+        let mut scale = max / (2 * KMAX - 1) as f32;
+        let mut on_grid = [true; 8];
+        let mut laux = [0i8; 32];
+        for is in -15..=15 {
+            let id = (2.0 * KMAX as f32 - 1.0 + is as f32 * 0.2) / max;
+            let on = round_groups(lat, &xval, &waux, id, 1.0 / id, KMAX, &mut laux);
+            let (sumqx, sumq2) = fit_sums(&xval, &w, &laux);
+            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+                scale = sumqx / sumq2;
+                best = scale * sumqx;
+                l = laux;
+                on_grid = on;
+            }
+        }
+        if on_grid.contains(&false) && scale > 0.0 {
+            // Only the groups that were off the grid are rounded again at the final scale.
+            let id = 1.0 / scale;
+            for k in 0..8 {
+                if on_grid[k] {
+                    continue;
+                }
+                let g = 4 * k..4 * k + 4;
+                for i in g.clone() {
+                    l[i] = nearest_int(0.5 * (id * xval[i] - 1.0)).clamp(0, KMAX - 1) as i8;
+                }
+                let e = lat.lookup(&l[g.clone()]);
+                if e < 0 {
+                    lat.best_neighbour(e, &xval[g.clone()], &waux[g.clone()], scale, &mut l[g]);
+                }
+            }
+            let (sumqx, sumq2) = fit_sums(&xval, &w, &l);
+            if sumq2 > 0.0 {
+                scale = sumqx / sumq2;
+            }
+        }
+        if scale < 0.0 {
+            scale = -scale;
+            signs = signs.map(|s| !s & 127);
+        }
+        for k in 0..8 {
+            let idx = lat.lookup(&l[4 * k..4 * k + 4]);
+            assert!(idx >= 0, "IQ3_XXS: a group left the grid");
+            q3[8 * ib + k] = idx as u8;
+        }
+        scales_signs[ib] = signs[0] as u32
+            | (signs[1] as u32) << 7
+            | (signs[2] as u32) << 14
+            | (signs[3] as u32) << 21;
+        scales[ib] = scale;
+        max_scale = max_scale.max(scale);
+    }
+    out.fill(0);
+    if max_scale == 0.0 {
+        return;
+    }
+    let d = max_scale / 31.0;
+    // llama.cpp's "small improvement via this fudge factor".
+    put_f16(out, 0, d * 1.0125);
+    let id = 1.0 / d;
+    out[2..66].copy_from_slice(&q3);
+    for ib in 0..8 {
+        let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 15);
+        let v = scales_signs[ib] | (l as u32) << 28;
+        out[66 + 4 * ib..70 + 4 * ib].copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Whether `t` is a lattice type this engine writes.
+pub fn writes_lattice(t: QuantType) -> bool {
+    matches!(t, QuantType::IQ2XXS | QuantType::IQ3XXS)
+}
+
+/// Whether writing `t` needs an importance matrix (llama.cpp refuses IQ2_XXS without one).
+pub fn needs_imatrix(t: QuantType) -> bool {
+    t == QuantType::IQ2XXS
+}
+
+/// Quantizes a row to IQ2_XXS or IQ3_XXS with per-column importances.
+///
+/// # Panics
+/// If `t` is not one of them, or IQ2_XXS is asked for without importances.
+pub fn quantize_row_lattice(t: QuantType, x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
+    assert!(x.len().is_multiple_of(QK_K) && out.len() == t.row_bytes(x.len()));
+    let bb = t.block_bytes();
+    for (i, (xb, ob)) in x
+        .chunks_exact(QK_K)
+        .zip(out.chunks_exact_mut(bb))
+        .enumerate()
+    {
+        let qw = imatrix.map(|m| &m[i * QK_K..(i + 1) * QK_K]);
+        match t {
+            QuantType::IQ2XXS => {
+                quantize_iq2xxs_block(xb, qw.expect("IQ2_XXS needs an importance matrix"), ob)
+            }
+            QuantType::IQ3XXS => quantize_iq3xxs_block(xb, qw, ob),
+            t => panic!("{} is not written by quantize_row_lattice", t.name()),
+        }
+    }
+}

@@ -1,0 +1,43 @@
+"""Writes tests/fixtures/quant/iq_write.json: what llama.cpp's own quantizer (ggml_quantize_chunk
+in libggml-base, built from the llama-cpp-python sdist by scripts/build_llamacpp.sh) makes of a
+few rows for the lattice types this engine writes (IQ2_XXS, IQ3_XXS), with an importance matrix
+and (IQ3_XXS) without one. The Rust tests require our blocks to be byte-identical.
+
+    scripts/build_llamacpp.sh WORK
+    WORK/venv/bin/python scripts/make_iq_write_vectors.py WORK
+"""
+import ctypes, json, pathlib, sys
+import numpy as np
+
+work = pathlib.Path(sys.argv[1])
+ggml = ctypes.CDLL(str(work / "llama.cpp/build/bin/libggml-base.so"))
+ggml.ggml_quantize_chunk.restype = ctypes.c_size_t
+ggml.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                     ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+TYPES = {"IQ2_XXS": (16, 66), "IQ3_XXS": (18, 98)}
+
+rng = np.random.default_rng(77)
+rows, cols = 3, 512
+# Rows of different characters: gaussian, heavy-tailed with outliers, and one with a zero
+# sub-block (the "all zero" path), at weight-like magnitudes.
+x = np.stack([
+    rng.standard_normal(cols) * 0.02,
+    rng.standard_t(3, cols) * 0.01,
+    np.concatenate([np.zeros(32), rng.standard_normal(cols - 32) * 0.05]),
+]).astype(np.float32)
+imatrix = (rng.gamma(1.0, 1.0, cols) + 1e-3).astype(np.float32)
+
+out = {"rows": rows, "cols": cols, "input": x.ravel().tobytes().hex(),
+       "imatrix": imatrix.tobytes().hex()}
+for name, (tid, bb) in TYPES.items():
+    for weighted in (True, False):
+        if name == "IQ2_XXS" and not weighted:
+            continue  # llama.cpp asserts without an importance matrix
+        dst = np.zeros(rows * cols // 256 * bb, dtype=np.uint8)
+        n = ggml.ggml_quantize_chunk(tid, x.ctypes.data, dst.ctypes.data, 0, rows, cols,
+                                     imatrix.ctypes.data if weighted else None)
+        assert n == dst.size
+        out[f"{name}{'' if weighted else '_plain'}"] = dst.tobytes().hex()
+path = pathlib.Path(__file__).resolve().parent.parent / "tests/fixtures/quant/iq_write.json"
+path.write_text(json.dumps(out, indent=1) + "\n")
+print(f"wrote {path}")
