@@ -84,10 +84,13 @@ impl QuantType {
         Self::LATTICE.contains(&self)
     }
 
-    /// Whether `quantize` can write this type: all but the lattice types other than IQ2_XXS
-    /// and IQ3_XXS ([`super::iq_quantize`]).
+    /// The lattice types `quantize` writes ([`super::iq_quantize`]).
+    pub const LATTICE_WRITTEN: [QuantType; 2] = [QuantType::IQ2XXS, QuantType::IQ3XXS];
+
+    /// Whether `quantize` can write this type: all but the lattice types other than
+    /// [`Self::LATTICE_WRITTEN`].
     pub fn can_quantize(self) -> bool {
-        !self.is_lattice() || super::iq_quantize::writes_lattice(self)
+        !self.is_lattice() || Self::LATTICE_WRITTEN.contains(&self)
     }
 
     /// Every type: the block formats, then the lattice types.

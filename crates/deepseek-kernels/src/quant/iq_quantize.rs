@@ -465,7 +465,7 @@ fn quantize_iq3xxs_block(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
 
 /// Whether `t` is a lattice type this engine writes.
 pub fn writes_lattice(t: QuantType) -> bool {
-    matches!(t, QuantType::IQ2XXS | QuantType::IQ3XXS)
+    QuantType::LATTICE_WRITTEN.contains(&t)
 }
 
 /// Whether writing `t` needs an importance matrix (llama.cpp refuses IQ2_XXS without one).
