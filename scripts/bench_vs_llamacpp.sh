@@ -15,7 +15,9 @@
 # llama.cpp's own llama-quantize from the bf16 GGUF, the mixes users download; `bf16-act` runs
 # our bf16 checkpoint with --bf16-activations (llama.cpp's rounding of the activations; its
 # own bf16 row is the `bf16` one). OURS_FLAGS adds flags to every deepseek-rs run (say
-# `--cache-type bf16`).
+# `--cache-type bf16`). The i-quants (IQ2_XXS, IQ3_XXS, …; ours: iq2_xxs, iq3_xxs) are
+# quantized with an importance matrix that `deepseek imatrix` makes over README.md and
+# BENCHMARKS.md (4 chunks of 512 tokens), the same file for both quantizers.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${1:-/tmp/deepseek-rs-bench}
@@ -67,7 +69,18 @@ llama_bench() {
   fi
   printf '%s\n' "$out"
 }
+# The i-quants need an importance matrix (llama-quantize refuses IQ2 types without one).
+imatrix() {
+  local f="$WORK/imatrix-${LAYERS}l.gguf"
+  if [ ! -f "$f" ]; then
+    cat README.md BENCHMARKS.md > "$WORK/calib.txt"
+    "$DS" imatrix --model "$GGUF" --text "$WORK/calib.txt" --chunks 4 -o "$f" >&2
+  fi
+  echo "$f"
+}
 for T in ${TYPES:-bf16 q8_0 q4_k}; do
+  IM=()
+  if [[ "$T" =~ ^[Ii][Qq][1-3] ]]; then IM=(--imatrix "$(imatrix)"); fi
   FLAGS=${OURS_FLAGS:-}
   if [ "$T" = bf16 ]; then
     OURS="$MODEL"; THEIRS="$GGUF"
@@ -75,10 +88,10 @@ for T in ${TYPES:-bf16 q8_0 q4_k}; do
     OURS="$MODEL"; THEIRS=""; FLAGS="$FLAGS --bf16-activations"
   elif [[ "$T" =~ ^[A-Z] ]]; then
     OURS="$WORK/v2lite-${LAYERS}l-$T.gguf"; THEIRS="$OURS"
-    [ -f "$OURS" ] || "$LCPP/build/bin/llama-quantize" "$GGUF" "$OURS" "$T" >/dev/null 2>&1
+    [ -f "$OURS" ] || "$LCPP/build/bin/llama-quantize" "${IM[@]}" "$GGUF" "$OURS" "$T" >/dev/null 2>&1
   else
     OURS="$WORK/v2lite-${LAYERS}l-$T.gguf"; THEIRS="$OURS"
-    [ -f "$OURS" ] || "$DS" quantize --model "$MODEL" --type "$T" --out "$OURS"
+    [ -f "$OURS" ] || "$DS" quantize --model "$MODEL" --type "$T" "${IM[@]}" --out "$OURS"
   fi
   for D in $DEPTHS; do
     echo "deepseek-rs $T depth $D ..." >&2

@@ -829,7 +829,8 @@ fn imatrix_files_feed_quantize() {
         );
         let said = String::from_utf8_lossy(&out.stdout);
         assert!(
-            said.contains("47 matrices, 6 chunks of 256 tokens"),
+            // 37 matrices and the MTP module's 10, plus attn_k_b/attn_v_b per layer.
+            said.contains("57 matrices, 6 chunks of 256 tokens"),
             "{said}"
         );
         let q = tmp.join(format!("{name}.q4_k.gguf"));
@@ -847,7 +848,7 @@ fn imatrix_files_feed_quantize() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(String::from_utf8_lossy(&out.stderr).contains("47 matrices"));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("57 matrices"));
         let out = deepseek(&[
             "generate",
             "-m",
@@ -863,6 +864,22 @@ fn imatrix_files_feed_quantize() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // IQ2_XXS with the importance matrix: llama.cpp's mix, and the file generates; without
+    // one it is refused, saying what to do.
+    let iq2 = tmp.join("iq2.gguf");
+    let im = tmp.join("im.gguf");
+    let (im, iq2) = (im.to_str().unwrap(), iq2.to_str().unwrap());
+    let out = deepseek(&["quantize", "-t", "iq2_xxs", "--imatrix", im, "-o", iq2]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("iq2_xxs mix"), "{err}");
+    let out = deepseek(&["generate", "-m", iq2, "--prompt", "def f(x):", "-n", "8"]);
+    assert!(out.status.success());
+    let out = deepseek(&["quantize", "-t", "iq2_xxs", "-o", iq2]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(2) && err.contains("--imatrix"),
+        "{err}"
+    );
     // Another model's matrices (SmolLM2's are 576 wide, the nano model's 256): refused, naming
     // the entry.
     let smollm2 = workspace().join("assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");

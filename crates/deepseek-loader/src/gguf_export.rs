@@ -14,6 +14,7 @@ use deepseek_kernels::quant::{quantize_row_weighted, QuantType};
 use deepseek_kernels::Matrix;
 
 use crate::gguf::{Value, GGML_BF16, GGML_F16, GGML_F32};
+use crate::gguf_mix::MixModel;
 use crate::gguf_writer::{write_gguf, TensorSpec};
 use crate::{AttentionKind, Family, LoadError, ModelConfig, RopeScaling, ScoringFunc, WeightStore};
 
@@ -154,6 +155,8 @@ impl Entries {
 pub struct ExportPlan {
     pub metadata: Vec<(String, Value)>,
     pub tensors: Vec<TensorSpec>,
+    target: ExportType,
+    mix_model: MixModel,
     sources: Vec<Source>,
     /// Per tensor, per expert (one for a plain matrix): the columns' importances from an
     /// importance matrix ([`ExportPlan::use_imatrix`]).
@@ -567,9 +570,20 @@ pub fn plan(
     }
     m.extend(extra);
     let importance = vec![vec![]; e.tensors.len()];
+    let mix_model = MixModel {
+        blocks: c.num_hidden_layers + usize::from(mtp),
+        gqa: match c.attention {
+            AttentionKind::Gqa => c.num_attention_heads / c.num_key_value_heads.max(1),
+            AttentionKind::Mla(_) => c.num_attention_heads,
+        },
+        experts: c.moe.as_ref().map_or(0, |m| m.n_routed_experts),
+        imatrix: false,
+    };
     Ok(ExportPlan {
         metadata: m,
         tensors: e.tensors,
+        target,
+        mix_model,
         sources: e.sources,
         importance,
     })
@@ -615,6 +629,39 @@ fn put_row(
 }
 
 impl ExportPlan {
+    /// Gives the matrices the types llama.cpp's preset for the target gives them
+    /// ([`crate::gguf_mix`]; IQ2_XXS and IQ3_XXS, whose mixes depend on whether an importance
+    /// matrix is used), then the width fallbacks. Returns how many tensors changed type.
+    pub fn apply_preset_mix(&mut self, imatrix: bool) -> usize {
+        let ExportType::Quant(target) = self.target else {
+            return 0;
+        };
+        let quantized: Vec<usize> = (0..self.tensors.len())
+            .filter(|&i| QuantType::from_ggml_type(self.tensors[i].ggml_type).is_some())
+            .collect();
+        let names: Vec<&str> = quantized
+            .iter()
+            .map(|&i| self.tensors[i].name.as_str())
+            .collect();
+        let model = MixModel {
+            imatrix,
+            ..self.mix_model
+        };
+        let types = crate::gguf_mix::preset_types(target, &names, model);
+        let mut changed = 0;
+        for (&i, t) in quantized.iter().zip(types) {
+            if let Some(t) = t {
+                let spec = &mut self.tensors[i];
+                let ty = ExportType::Quant(t)
+                    .for_row(spec.dims[0] as usize)
+                    .ggml_type();
+                changed += usize::from(ty != spec.ggml_type);
+                spec.ggml_type = ty;
+            }
+        }
+        changed
+    }
+
     /// Each GGUF matrix the file holds and the Hugging Face matrices it is made of (several for
     /// stacked experts, in expert order): how importance-matrix entries are named. The split
     /// `attn_k_b`/`attn_v_b` take the per-head inputs named by

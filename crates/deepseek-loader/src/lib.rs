@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod gguf_export;
+pub mod gguf_mix;
 pub mod gguf_model;
 pub mod gguf_split;
 pub mod gguf_writer;

@@ -25,10 +25,12 @@ pub struct Args {
     /// q5_1, q5_0, q4_1, q4_0, bf16, f16 or f32. Rows that are not a whole number of 256-value
     /// blocks fall back as llama.cpp's do: q8_0 for q6_k, q5_1 for q5_k, q5_0 for q4_k, q4_0
     /// for q3_k and q2_k, iq4_nl for iq4_xs, iq3_xxs and iq2_xxs; norms and the router stay
-    /// f32. Every matrix gets the type (no per-tensor mix). The K-quant and IQ4 scales come
-    /// from a plain min/max (or two-candidate) fit, not llama.cpp's search, unless --imatrix
-    /// is given; iq3_xxs and iq2_xxs use llama.cpp's lattice search, and iq2_xxs needs
-    /// --imatrix (as llama-quantize does).
+    /// f32. iq2_xxs and iq3_xxs get the per-tensor mix of llama-quantize's presets (output,
+    /// embeddings and the first eighth of ffn_down at 2.6-5.5 bits; for iq3_xxs Q3_K stands in
+    /// for IQ3_S, IQ3_XXS for IQ2_S), the others every matrix at the type. The K-quant and
+    /// IQ4 scales come from a plain min/max (or two-candidate) fit, not llama.cpp's search,
+    /// unless --imatrix is given; iq3_xxs and iq2_xxs use llama.cpp's lattice search, and
+    /// iq2_xxs needs --imatrix (as llama-quantize does).
     #[arg(long = "type", short = 't', value_name = "TYPE")]
     ty: String,
     /// The GGUF file to write.
@@ -156,6 +158,10 @@ pub fn run(a: Args) -> Result<()> {
             m.chunk_count,
             m.chunk_size
         );
+    }
+    let mixed = p.apply_preset_mix(a.imatrix.is_some());
+    if mixed > 0 {
+        eprintln!("llama.cpp's {} mix: {mixed} matrices at other types", a.ty);
     }
     let bar = indicatif::ProgressBar::new(p.tensors.len() as u64);
     bar.set_style(
