@@ -1,7 +1,7 @@
 """Writes tests/fixtures/quant/iq_write.json: what llama.cpp's own quantizer (ggml_quantize_chunk
 in libggml-base, built from the llama-cpp-python sdist by scripts/build_llamacpp.sh) makes of a
-few rows for the lattice types this engine writes (IQ2_XXS, IQ3_XXS), with an importance matrix
-and (IQ3_XXS) without one. The Rust tests require our blocks to be byte-identical.
+few rows for the i-quant types this engine writes with llama.cpp's searches (IQ2_XXS, IQ3_XXS,
+IQ4_NL, IQ4_XS), with an importance matrix and (all but IQ2_XXS) without one. The Rust tests require our blocks to be byte-identical.
 
     scripts/build_llamacpp.sh WORK
     WORK/venv/bin/python scripts/make_iq_write_vectors.py WORK
@@ -14,7 +14,7 @@ ggml = ctypes.CDLL(str(work / "llama.cpp/build/bin/libggml-base.so"))
 ggml.ggml_quantize_chunk.restype = ctypes.c_size_t
 ggml.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                      ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-TYPES = {"IQ2_XXS": (16, 66), "IQ3_XXS": (18, 98)}
+TYPES = {"IQ2_XXS": (16, 66), "IQ3_XXS": (18, 98), "IQ4_NL": (20, 18), "IQ4_XS": (23, 136)}
 
 rng = np.random.default_rng(77)
 rows, cols = 3, 512
@@ -33,7 +33,8 @@ for name, (tid, bb) in TYPES.items():
     for weighted in (True, False):
         if name == "IQ2_XXS" and not weighted:
             continue  # llama.cpp asserts without an importance matrix
-        dst = np.zeros(rows * cols // 256 * bb, dtype=np.uint8)
+        per = 32 if name == "IQ4_NL" else 256
+        dst = np.zeros(rows * cols // per * bb, dtype=np.uint8)
         n = ggml.ggml_quantize_chunk(tid, x.ctypes.data, dst.ctypes.data, 0, rows, cols,
                                      imatrix.ctypes.data if weighted else None)
         assert n == dst.size

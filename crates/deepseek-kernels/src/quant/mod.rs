@@ -12,6 +12,7 @@ pub mod dequant;
 pub mod dot;
 pub mod format;
 pub(crate) mod iq;
+pub mod iq4_quantize;
 pub mod iq_quantize;
 mod iq_tables;
 pub(crate) mod isa;

@@ -1,10 +1,12 @@
 //! Quantization of f32 rows into the GGML formats (for `deepseek quantize`).
 
-use super::format::{f16_at, pack_scale_min_k4, put_f16, QuantType, IQ4_LEVELS, QK, QK_K};
+use super::format::{f16_at, pack_scale_min_k4, put_f16, QuantType, QK_K};
 
 /// Quantizes `x` (a multiple of the block size) into `out` (`row_bytes(x.len())` bytes).
-/// The 32-wide formats round as llama.cpp's reference quantizers do (byte-identical to them);
-/// the K-quants use a simpler min/max search than llama.cpp's, in the same format.
+/// The 32-wide formats round as llama.cpp's reference quantizers do (byte-identical to them),
+/// IQ4_NL/IQ4_XS and IQ3_XXS search as its quantizers do ([`super::iq4_quantize`],
+/// [`super::iq_quantize`]); the K-quants use a simpler min/max search than llama.cpp's, in the
+/// same format.
 pub fn quantize_row(t: QuantType, x: &[f32], out: &mut [u8]) {
     let (be, bb) = (t.block_elems(), t.block_bytes());
     assert_eq!(
@@ -87,16 +89,10 @@ pub fn quantize_row(t: QuantType, x: &[f32], out: &mut [u8]) {
             QuantType::Q3K => quantize_q3k(xb, ob),
             QuantType::Q4K | QuantType::Q5K => quantize_k_minmax(t, xb, ob),
             QuantType::Q6K => quantize_q6k(xb, ob),
-            QuantType::IQ4NL => {
-                let d = iq4_scale(xb);
-                put_f16(ob, 0, d);
-                let mut q = [0u8; QK];
-                iq4_indices(xb, f16_at(ob, 0), &mut q);
-                for j in 0..16 {
-                    ob[2 + j] = q[j] | (q[j + 16] << 4);
-                }
+            // llama.cpp's search, weighted by x² without an importance matrix.
+            QuantType::IQ4NL | QuantType::IQ4XS => {
+                super::iq4_quantize::quantize_row_iq4(t, xb, None, ob)
             }
-            QuantType::IQ4XS => quantize_iq4xs(xb, ob),
             // Weighted by x² without an importance matrix, as llama.cpp does.
             QuantType::IQ3XXS => super::iq_quantize::quantize_row_lattice(t, xb, None, ob),
             t => unreachable!(
@@ -106,73 +102,6 @@ pub fn quantize_row(t: QuantType, x: &[f32], out: &mut [u8]) {
             ),
         }
     }
-}
-
-/// An IQ4 scale for `x`: its value of largest magnitude on the table's -127 or on its 113,
-/// whichever fits `x` with the smaller squared error.
-pub(crate) fn iq4_scale(x: &[f32]) -> f32 {
-    let max = x
-        .iter()
-        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-    let err = |d: f32| -> f32 {
-        let mut q = [0u8; QK];
-        let q = &mut q[..x.len()]; // a 32-value block (IQ4_NL) or sub-block (IQ4_XS)
-        iq4_indices(x, d, q);
-        x.iter()
-            .zip(q.iter())
-            .map(|(&v, &i)| (v - d * IQ4_LEVELS[i as usize] as f32).powi(2))
-            .sum()
-    };
-    let (a, b) = (max / -127.0, max / 113.0);
-    if err(b) < err(a) {
-        b
-    } else {
-        a
-    }
-}
-
-/// The nearest level of `x / d` for each value (index 8, the level 1, for a zero scale).
-pub(crate) fn iq4_indices(x: &[f32], d: f32, q: &mut [u8]) {
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    for (o, &v) in q.iter_mut().zip(x) {
-        let y = v * id;
-        let mut best = 0;
-        for (i, &l) in IQ4_LEVELS.iter().enumerate() {
-            if (y - l as f32).abs() < (y - IQ4_LEVELS[best] as f32).abs() {
-                best = i;
-            }
-        }
-        *o = best as u8;
-    }
-}
-
-/// IQ4_XS: per 32 values IQ4_NL's scale choice, the eight scales quantized to 6 signed bits
-/// against the super-block's `d` (largest magnitude on -32).
-pub(crate) fn quantize_iq4xs(x: &[f32], out: &mut [u8]) {
-    let mut sc = [0.0f32; 8];
-    for (ib, s) in sc.iter_mut().enumerate() {
-        *s = iq4_scale(&x[ib * 32..(ib + 1) * 32]);
-    }
-    let max_sc = sc
-        .iter()
-        .fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-    put_f16(out, 0, max_sc / -32.0);
-    let d = f16_at(out, 0);
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut sh = 0u16;
-    out[4..8].fill(0);
-    for ib in 0..8 {
-        let ls = ((sc[ib] * id).round() as i32).clamp(-32, 31);
-        let stored = (ls + 32) as u8;
-        out[4 + ib / 2] |= (stored & 0xF) << (4 * (ib % 2));
-        sh |= ((stored >> 4) as u16) << (2 * ib);
-        let mut q = [0u8; 32];
-        iq4_indices(&x[ib * 32..(ib + 1) * 32], d * ls as f32, &mut q);
-        for j in 0..16 {
-            out[8 + ib * 16 + j] = q[j] | (q[j + 16] << 4);
-        }
-    }
-    out[2..4].copy_from_slice(&sh.to_le_bytes());
 }
 
 /// Q2_K: per 16-value sub-block an affine (scale, min) fit by min/max over 0..3, the scales

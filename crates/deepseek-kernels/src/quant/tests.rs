@@ -462,11 +462,11 @@ fn dequantized(t: QuantType, q: &[u8]) -> Vec<f32> {
     out
 }
 
-/// IQ2_XXS and IQ3_XXS blocks are byte-identical to llama.cpp's quantizer on the same rows and
-/// importances (tests/fixtures/quant/iq_write.json, scripts/make_iq_write_vectors.py), and
+/// IQ2_XXS, IQ3_XXS, IQ4_NL and IQ4_XS blocks are byte-identical to llama.cpp's quantizers on
+/// the same rows and importances (tests/fixtures/quant/iq_write.json, scripts/make_iq_write_vectors.py), and
 /// decode near their input.
 #[test]
-fn lattice_quantization_is_byte_identical_to_llama_cpp() {
+fn i_quant_quantization_is_byte_identical_to_llama_cpp() {
     let p = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/fixtures/quant/iq_write.json"
@@ -484,6 +484,10 @@ fn lattice_quantization_is_byte_identical_to_llama_cpp() {
         ("IQ2_XXS", QuantType::IQ2XXS, true),
         ("IQ3_XXS", QuantType::IQ3XXS, true),
         ("IQ3_XXS_plain", QuantType::IQ3XXS, false),
+        ("IQ4_NL", QuantType::IQ4NL, true),
+        ("IQ4_NL_plain", QuantType::IQ4NL, false),
+        ("IQ4_XS", QuantType::IQ4XS, true),
+        ("IQ4_XS_plain", QuantType::IQ4XS, false),
     ] {
         let want = hex(v[key].as_str().unwrap());
         let rb = t.row_bytes(cols);
@@ -497,7 +501,13 @@ fn lattice_quantization_is_byte_identical_to_llama_cpp() {
             {
                 assert_eq!(g, w, "{key}: row {r}, block {b}");
             }
-            // And they decode near the input (2-3 bits: a rough bound on relative RMS error).
+            // The plain path is the same as the weighted one without importances.
+            if !weighted {
+                let mut plain = vec![0u8; rb];
+                quantize_row(t, row, &mut plain);
+                assert_eq!(plain, got, "{key}: quantize_row");
+            }
+            // And they decode near the input (2-4 bits: a rough bound on relative RMS error).
             let deq = dequantized(t, &got);
             let err: f32 = deq.iter().zip(row).map(|(a, b)| (a - b).powi(2)).sum();
             let norm: f32 = row.iter().map(|v| v * v).sum();

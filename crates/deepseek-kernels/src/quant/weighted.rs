@@ -4,8 +4,8 @@
 //! `imatrix_i · sqrt(σ² + x_i²)` (σ² the super-block's mean square), as llama.cpp weighs it.
 //! Per sub-block the scale (and min) are searched over candidates around the plain fit, each
 //! refit by weighted least squares; the codes then round to the nearest level as without
-//! weights (for fixed scales that is optimal value by value). The K-quants; the other formats
-//! ignore the weights.
+//! weights (for fixed scales that is optimal value by value). The K-quants here; the i-quants
+//! in their own files; the 32-wide formats ignore the weights.
 
 use super::format::{QuantType, QK_K};
 use super::quantize::{pack_k_minmax, pack_q2k, pack_q3k, pack_q6k_scaled, quantize_row};
@@ -14,11 +14,15 @@ use super::quantize::{pack_k_minmax, pack_q2k, pack_q3k, pack_q6k_scaled, quanti
 const STEPS: i32 = 9;
 
 /// [`quantize_row`] with per-column importances `imatrix` (`x.len()` of them; None: plain).
-/// The lattice types go to [`super::iq_quantize`], whose search is llama.cpp's.
+/// The lattice and IQ4 types go to [`super::iq_quantize`] and [`super::iq4_quantize`], whose
+/// searches are llama.cpp's.
 pub fn quantize_row_weighted(t: QuantType, x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     use QuantType::*;
     if super::iq_quantize::writes_lattice(t) {
         return super::iq_quantize::quantize_row_lattice(t, x, imatrix, out);
+    }
+    if matches!(t, IQ4NL | IQ4XS) {
+        return super::iq4_quantize::quantize_row_iq4(t, x, imatrix, out);
     }
     let Some(im) = imatrix.filter(|_| matches!(t, Q2K | Q3K | Q4K | Q5K | Q6K)) else {
         return quantize_row(t, x, out);
