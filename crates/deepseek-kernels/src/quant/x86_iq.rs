@@ -249,18 +249,22 @@ unsafe fn dot_rows_kind<B: ByteDot, const T: usize, const KIND: u8>(
         _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(4 * bb) as *const i8);
         _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(4 * bb + 64) as *const i8);
         let d = super_scale::<KIND>(b);
-        for ib in 0..8 {
-            let c = chunk::<KIND>(b, ib);
-            let (s0, s1) = (c.scales.0 as f32, c.scales.1 as f32);
-            for (k, a) in acts.iter().enumerate() {
-                let ab = sb * (QK_K / 32) + ib;
-                let av = _mm256_sign_epi8(load_a(a, ab), c.sign);
-                // Magnitudes ≤ 62 and |a| ≤ 127: AVX2's pairwise i16 sums cannot saturate.
-                let p = B::dot(_mm256_setzero_si256(), c.mag, av);
-                let f = d * *a.0.get_unchecked(ab);
-                let sv = _mm256_set_m128(_mm_set1_ps(f * s1), _mm_set1_ps(f * s0));
-                let ch = &mut acc[k][ib & 1];
-                *ch = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sv, *ch);
+        // Chunks in pairs, each with its own accumulator: indexed by constants, the
+        // accumulators stay in registers (a loop index put them on the stack: 5% slower decode).
+        for ib in (0..8).step_by(2) {
+            let pair = [chunk::<KIND>(b, ib), chunk::<KIND>(b, ib + 1)];
+            for (h, c) in pair.iter().enumerate() {
+                let (s0, s1) = (c.scales.0 as f32, c.scales.1 as f32);
+                for (k, a) in acts.iter().enumerate() {
+                    let ab = sb * (QK_K / 32) + ib + h;
+                    let av = _mm256_sign_epi8(load_a(a, ab), c.sign);
+                    // Magnitudes ≤ 62 and |a| ≤ 127: AVX2's pairwise i16 sums cannot saturate.
+                    let p = B::dot(_mm256_setzero_si256(), c.mag, av);
+                    let f = d * *a.0.get_unchecked(ab);
+                    let sv = _mm256_set_m128(_mm_set1_ps(f * s1), _mm_set1_ps(f * s0));
+                    let ch = &mut acc[k][h];
+                    *ch = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sv, *ch);
+                }
             }
         }
     }
