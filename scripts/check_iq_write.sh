@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The lattice i-quants `deepseek quantize` writes (IQ2_XXS, IQ3_XXS) against llama-quantize's, on
+# The lattice i-quants `deepseek quantize` writes (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S)
+# against llama-quantize's presets of the same tensor type (IQ2_S's is llama.cpp's IQ2_M), on
 # the bundled model with one importance matrix (`deepseek imatrix` over the repo's Python
 # scripts, 40 chunks of 512 tokens) given to both: the tensor types of the two files (the
-# preset mixes; for IQ3_XXS ours puts Q3_K for IQ3_S and IQ3_XXS for IQ2_S), the bytes of every
-# tensor both wrote in the named type, the mean KL divergence of each file's next-token
+# preset mixes), the bytes of every tensor both wrote in an i-quant type (the K-quant and
+# 32-wide ones use our own searches), the mean KL divergence of each file's next-token
 # distribution from the bf16 model's over the model card's first 1000 tokens
 # (scripts/quant_logit_error.py), and llama.cpp's greedy text on our file beside ours.
 # llama.cpp is built by scripts/build_llamacpp.sh in WORK.  Usage: scripts/check_iq_write.sh [WORK]
@@ -18,10 +19,11 @@ BIN="$WORK/llama.cpp/build/bin"
 cat scripts/*.py > "$WORK/iq-calib.txt"
 "$DS" imatrix --text "$WORK/iq-calib.txt" --chunks 40 -o "$WORK/iq-im.gguf" >/dev/null
 "$DS" quantize -t f32 -o "$WORK/nano-f32.gguf" >/dev/null
-for T in IQ2_XXS IQ3_XXS; do
+for T in IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S; do
   t=$(echo "$T" | tr 'A-Z' 'a-z')
+  PRESET=$T; [ "$T" = IQ2_S ] && PRESET=IQ2_M
   "$DS" quantize -t "$t" --imatrix "$WORK/iq-im.gguf" -o "$WORK/nano-$t-ours.gguf" 2>/dev/null
-  "$BIN/llama-quantize" --imatrix "$WORK/iq-im.gguf" "$WORK/nano-f32.gguf" "$WORK/nano-$t-theirs.gguf" "$T" >/dev/null 2>&1
+  "$BIN/llama-quantize" --imatrix "$WORK/iq-im.gguf" "$WORK/nano-f32.gguf" "$WORK/nano-$t-theirs.gguf" "$PRESET" >/dev/null 2>&1
   "$WORK/venv/bin/python" - "$WORK/nano-$t-ours.gguf" "$WORK/nano-$t-theirs.gguf" "$T" <<'PY'
 import sys
 import gguf
@@ -31,12 +33,12 @@ b = {t.name: t for t in gguf.GGUFReader(sys.argv[2]).tensors}
 want = sys.argv[3]
 types = [(n, t.tensor_type.name, b[n].tensor_type.name) for n, t in a.items()
          if t.tensor_type != b[n].tensor_type]
-same = [n for n, t in a.items() if t.tensor_type.name == want == b[n].tensor_type.name]
-equal = sum(np.array_equal(np.asarray(a[n].data), np.asarray(b[n].data)) for n in same)
-print(f"{want}: {len(a)} tensors, types differ in {len(types)} {types[:2]}…; "
-      f"{equal} of the {len(same)} {want} tensors byte-identical")
-if equal != len(same):
-    sys.exit(f"{want}: our blocks differ from llama-quantize's")
+iq = [n for n, t in a.items() if t.tensor_type.name.startswith("IQ") and t.tensor_type == b[n].tensor_type]
+equal = sum(np.array_equal(np.asarray(a[n].data), np.asarray(b[n].data)) for n in iq)
+print(f"{want}: {len(a)} tensors, types differ in {len(types)} {types[:2]}; "
+      f"{equal} of the {len(iq)} i-quant tensors byte-identical")
+if types or equal != len(iq):
+    sys.exit(f"{want}: our file differs from llama-quantize's")
 PY
   for WHO in ours theirs; do
     printf '%s %s: ' "$T" "$WHO"

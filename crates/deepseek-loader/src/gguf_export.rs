@@ -69,11 +69,13 @@ impl ExportType {
                 QuantType::IQ4XS => 30,
                 QuantType::IQ2XXS => 19,
                 QuantType::IQ3XXS => 23,
-                // Never written (`ExportType::parse` refuses them); llama.cpp's own numbers.
                 QuantType::IQ2XS => 20,
-                QuantType::IQ1S => 24,
                 QuantType::IQ3S => 26,
-                QuantType::IQ2S => 28,
+                // llama.cpp's IQ2_S file type holds IQ2_XS tensors; its IQ2_M holds IQ2_S ones
+                // (with the mix `quantize --type iq2_s` writes).
+                QuantType::IQ2S => 29,
+                // Never written (`ExportType::parse` refuses them); llama.cpp's own numbers.
+                QuantType::IQ1S => 24,
                 QuantType::IQ1M => 31,
             },
         }
@@ -89,7 +91,7 @@ impl ExportType {
                     QuantType::Q2K | QuantType::Q3K => QuantType::Q4_0,
                     QuantType::Q4K => QuantType::Q5_0,
                     QuantType::Q5K => QuantType::Q5_1,
-                    QuantType::IQ4XS | QuantType::IQ2XXS | QuantType::IQ3XXS => QuantType::IQ4NL,
+                    q if q == QuantType::IQ4XS || q.is_lattice() => QuantType::IQ4NL,
                     _ => QuantType::Q8_0,
                 };
                 if cols.is_multiple_of(fallback.block_elems()) {

@@ -1,11 +1,9 @@
 //! The per-tensor type mixes of llama.cpp's 2–3-bit presets (`llama-quantize … IQ2_XXS`,
-//! `IQ3_XXS`; `llama_tensor_get_type` in llama-quant.cpp), so that `quantize --type iq2_xxs`
-//! writes the file llama-quantize would: the output matrix, the token embeddings, attention's
-//! value matrices and the first eighth of the `ffn_down` matrices get more bits, the rest the
-//! named type. Tensors are matched by their GGUF names as llama.cpp matches them.
-//!
-//! llama.cpp's IQ3_XXS mix also uses IQ3_S and IQ2_S, which this engine does not write: Q3_K
-//! (the same 3.44 bits per weight) stands in for IQ3_S and IQ3_XXS (0.56 bits more) for IQ2_S.
+//! `IQ2_XS`, `IQ2_S`, `IQ3_XXS`, `IQ3_S`; `llama_tensor_get_type` in llama-quant.cpp), so that
+//! `quantize --type iq2_xxs` writes the file llama-quantize would: the output matrix, the token
+//! embeddings, attention's value matrices and the first eighth of the `ffn_down` matrices get
+//! more bits, the rest the named type. Tensors are matched by their GGUF names as llama.cpp
+//! matches them.
 
 use deepseek_kernels::quant::QuantType;
 
@@ -65,38 +63,46 @@ fn layer_of(name: &str) -> Option<usize> {
 
 /// The preset's type for each of `names` (the file's matrices, in file order: llama.cpp counts
 /// `ffn_down` tensors as it meets them), for a file of `target`; None where the preset keeps
-/// the target. Only IQ2_XXS and IQ3_XXS have mixes here; other targets stay pure.
+/// the target. The 2–3-bit lattice targets have mixes here; the others stay pure.
 pub fn preset_types(target: QuantType, names: &[&str], m: MixModel) -> Vec<Option<QuantType>> {
+    use Category as C;
     use QuantType::*;
+    // llama.cpp's "IQ2 group" of file types (IQ2_XXS, IQ2_XS, IQ2_S; also IQ1_S/M and IQ2_M).
+    let iq2 = matches!(target, IQ2XXS | IQ2XS | IQ2S);
+    // Their 2.5-bit member takes IQ3_S where the others take Q2_K.
+    let low = if target == IQ2S { IQ3S } else { Q2K };
     let mut ffn_down_seen = 0;
     names
         .iter()
         .map(|&name| {
-            let cat = category(name);
-            let t = match (target, cat) {
-                (IQ2XXS | IQ3XXS, Category::Output) => Some(Q5K),
-                (IQ2XXS, Category::TokenEmbd) => Some(Q2K),
-                (IQ3XXS, Category::TokenEmbd) => Some(Q3K), // IQ3_S
-                (IQ2XXS, Category::AttnV) => Some(if m.gqa >= 4 || m.experts >= 4 {
+            let t = match (target, category(name)) {
+                (IQ2XXS | IQ2XS | IQ2S | IQ3XXS, C::Output) => Some(Q5K),
+                (IQ3S, C::Output) => Some(Q6K),
+                (IQ2XXS | IQ2XS, C::TokenEmbd) => Some(Q2K),
+                (IQ2S | IQ3XXS, C::TokenEmbd) => Some(IQ3S),
+                (_, C::AttnV) if iq2 => Some(if m.gqa >= 4 || m.experts >= 4 {
                     Q4K
                 } else {
-                    Q2K
+                    low
                 }),
-                (IQ3XXS, Category::AttnV) => Some(if m.gqa >= 4 {
+                (_, C::AttnK) if iq2 && m.experts == 8 => Some(Q4K),
+                (_, C::FfnDown) if iq2 => {
+                    ffn_down_seen += 1;
+                    (ffn_down_seen - 1 < m.blocks / 8).then_some(low)
+                }
+                (_, C::AttnOutput) if iq2 && m.experts == 8 => Some(Q5K),
+                (IQ2S, C::AttnOutput) => Some(IQ3S),
+                (IQ3XXS, C::AttnV) => Some(if m.gqa >= 4 {
                     Q4K
                 } else if m.imatrix {
                     IQ3XXS
                 } else {
-                    Q3K // IQ3_S
+                    IQ3S
                 }),
-                (IQ2XXS, Category::AttnK) if m.experts == 8 => Some(Q4K),
-                (IQ3XXS, Category::AttnK) if m.experts == 8 => Some(Q8_0),
-                (IQ3XXS, Category::AttnK | Category::AttnQ) => Some(IQ3XXS), // IQ2_S
-                (IQ2XXS, Category::FfnDown) => {
-                    ffn_down_seen += 1;
-                    (ffn_down_seen - 1 < m.blocks / 8).then_some(Q2K)
-                }
-                (IQ3XXS, Category::FfnDown) if !m.imatrix => {
+                (IQ3S, C::AttnV) if m.gqa >= 4 => Some(Q4K),
+                (IQ3XXS | IQ3S, C::AttnK) if m.experts == 8 => Some(Q8_0),
+                (IQ3XXS, C::AttnK | C::AttnQ) => Some(IQ2S),
+                (IQ3XXS, C::FfnDown) if !m.imatrix => {
                     let layer = if m.experts > 1 {
                         layer_of(name).unwrap_or(0)
                     } else {
@@ -105,8 +111,8 @@ pub fn preset_types(target: QuantType, names: &[&str], m: MixModel) -> Vec<Optio
                     ffn_down_seen += 1;
                     Some(if layer < m.blocks / 8 { Q4K } else { Q3K })
                 }
-                (IQ2XXS | IQ3XXS, Category::AttnOutput) if m.experts == 8 => Some(Q5K),
-                (IQ3XXS, Category::AttnOutput) => Some(Q3K), // IQ3_S
+                (IQ3XXS | IQ3S, C::AttnOutput) if m.experts == 8 => Some(Q5K),
+                (IQ3XXS, C::AttnOutput) => Some(IQ3S),
                 _ => None,
             };
             t.filter(|&t| t != target)
@@ -178,6 +184,18 @@ mod tests {
             preset_types(QuantType::IQ2XXS, &["blk.3.attn_v.weight"], dense),
             vec![Some(Q4K)]
         );
+        // IQ3_XXS: embeddings IQ3_S, the MLA-less attn_q IQ2_S, with an importance matrix
+        // ffn_down stays.
+        let got = preset_types(
+            QuantType::IQ3XXS,
+            &[
+                "token_embd.weight",
+                "blk.0.attn_q.weight",
+                "blk.0.ffn_down.weight",
+            ],
+            m,
+        );
+        assert_eq!(got, vec![Some(IQ3S), Some(IQ2S), None]);
         // Other targets stay pure.
         assert!(preset_types(QuantType::Q4K, &names, m)
             .iter()

@@ -85,7 +85,13 @@ impl QuantType {
     }
 
     /// The lattice types `quantize` writes ([`super::iq_quantize`]).
-    pub const LATTICE_WRITTEN: [QuantType; 2] = [QuantType::IQ2XXS, QuantType::IQ3XXS];
+    pub const LATTICE_WRITTEN: [QuantType; 5] = [
+        QuantType::IQ2XXS,
+        QuantType::IQ2XS,
+        QuantType::IQ2S,
+        QuantType::IQ3XXS,
+        QuantType::IQ3S,
+    ];
 
     /// Whether `quantize` can write this type: all but the lattice types other than
     /// [`Self::LATTICE_WRITTEN`].

@@ -16,7 +16,7 @@
 use std::sync::OnceLock;
 
 use super::format::{put_f16, QuantType, QK_K};
-use super::iq_tables::{IQ2XXS_GRID, IQ3XXS_GRID};
+use super::iq_tables::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID};
 
 /// A lattice's points as odd levels (`2l + 1`), the map from every rounded group (its levels
 /// `l` packed `bits` apart) to its grid index, and for groups off the grid the grid points
@@ -141,6 +141,22 @@ fn level_indices<const W: usize>(grid: &[[i8; W]], levels: &[i8]) -> Vec<Vec<u8>
 fn iq2xxs_lattice() -> &'static Lattice {
     static L: OnceLock<Lattice> = OnceLock::new();
     L.get_or_init(|| Lattice::new(level_indices(&IQ2XXS_GRID, &[8, 25, 43]), 2, 43692, 2))
+}
+
+fn iq2xs_lattice() -> &'static Lattice {
+    static L: OnceLock<Lattice> = OnceLock::new();
+    L.get_or_init(|| Lattice::new(level_indices(&IQ2XS_GRID, &[8, 25, 43]), 2, 43692, 2))
+}
+
+fn iq2s_lattice() -> &'static Lattice {
+    static L: OnceLock<Lattice> = OnceLock::new();
+    L.get_or_init(|| Lattice::new(level_indices(&IQ2S_GRID, &[8, 25, 43]), 2, 43692, 1))
+}
+
+fn iq3s_lattice() -> &'static Lattice {
+    static L: OnceLock<Lattice> = OnceLock::new();
+    let levels = [1, 3, 5, 7, 9, 11, 13, 15];
+    L.get_or_init(|| Lattice::new(level_indices(&IQ3S_GRID, &levels), 3, 4096, 3))
 }
 
 fn iq3xxs_lattice() -> &'static Lattice {
@@ -298,6 +314,259 @@ fn round_groups(
     on_grid
 }
 
+/// The scale search IQ2_XS, IQ2_S and IQ3_S share: for `is` in `-steps..=steps`, candidate
+/// inverse scale `(2·kmax − 1 + is·step) / max`, every group rounded (off-grid ones to their best
+/// neighbour) and refit; then the winner's off-grid groups (or, with `reround_all`, all groups)
+/// rounded again at its scale and refit. `on_grid0` is what the groups count as before any
+/// candidate wins. Returns the scale; `l` holds the level indices.
+#[allow(clippy::too_many_arguments)]
+fn search_scale(
+    lat: &Lattice,
+    kmax: i32,
+    (steps, step): (i32, f32),
+    on_grid0: bool,
+    reround_all: bool,
+    xval: &[f32],
+    w: &[f32],
+    waux: &[f32],
+    l: &mut [i8],
+) -> f32 {
+    let (n, dim) = (xval.len(), lat.dim);
+    let max = xval.iter().fold(xval[0], |m, &v| m.max(v));
+    let sums = |l: &[i8]| {
+        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+        for i in 0..n {
+            let q = (2 * l[i] + 1) as f32;
+            sumqx += w[i] * xval[i] * q;
+            sumq2 += w[i] * q * q;
+        }
+        (sumqx, sumq2)
+    };
+    let round = |id: f32, scale: f32, k: usize, l: &mut [i8]| -> bool {
+        let g = k * dim..(k + 1) * dim;
+        for i in g.clone() {
+            l[i] = nearest_int(0.5 * (id * xval[i] - 1.0)).clamp(0, kmax - 1) as i8;
+        }
+        let e = lat.lookup(&l[g.clone()]);
+        if e < 0 {
+            lat.best_neighbour(e, &xval[g.clone()], &waux[g.clone()], scale, &mut l[g]);
+        }
+        e >= 0
+    };
+    let groups = n / dim;
+    let mut best = 0.0f32;
+    let mut scale = max / (2 * kmax - 1) as f32;
+    let mut on_grid = [on_grid0; 8];
+    let mut laux = [0i8; 32];
+    for is in -steps..=steps {
+        let id = ((2 * kmax - 1) as f32 + is as f32 * step) / max;
+        let mut on = [true; 8];
+        for (k, o) in on.iter_mut().enumerate().take(groups) {
+            *o = round(id, 1.0 / id, k, &mut laux[..n]);
+        }
+        let (sumqx, sumq2) = sums(&laux[..n]);
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            scale = sumqx / sumq2;
+            best = scale * sumqx;
+            l.copy_from_slice(&laux[..n]);
+            on_grid = on;
+        }
+    }
+    if on_grid[..groups].contains(&false) && scale > 0.0 {
+        let id = 1.0 / scale;
+        for k in 0..groups {
+            if reround_all || !on_grid[k] {
+                round(id, scale, k, l);
+            }
+        }
+        let (sumqx, sumq2) = sums(l);
+        if sumq2 > 0.0 {
+            scale = sumqx / sumq2;
+        }
+    }
+    scale
+}
+
+/// Magnitudes of `xb` and one sign byte per 8 values (bit `i` set for a negative value).
+fn explicit_signs(xb: &[f32], xval: &mut [f32]) -> [u8; 4] {
+    let mut signs = [0u8; 4];
+    for (i, (&v, o)) in xb.iter().zip(xval.iter_mut()).enumerate() {
+        *o = v.abs();
+        if v < 0.0 {
+            signs[i / 8] |= 1 << (i % 8);
+        }
+    }
+    signs
+}
+
+/// The 4-bit odd-scale code of each sub-block scale against `max_scale / 31`.
+fn scale_codes<const N: usize>(scales: &[f32; N], d: f32) -> [u8; N] {
+    let id = 1.0 / d;
+    scales.map(|s| nearest_int(0.5 * (id * s - 1.0)).clamp(0, 15) as u8)
+}
+
+/// One super-block of IQ2_XS (importances required, as llama.cpp requires them): per 16
+/// values a scale, per 8 a 9-bit grid index and 7 sign bits.
+fn quantize_iq2xs_block(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    let lat = iq2xs_lattice();
+    let sigma2 = x.iter().map(|v| v * v).sum::<f32>() / QK_K as f32;
+    let mut q2 = [0u16; 32];
+    let mut scales = [0.0f32; 16];
+    let mut max_scale = 0.0f32;
+    for ib in 0..16 {
+        let xb = &x[16 * ib..16 * ib + 16];
+        let mut w = [0.0f32; 32];
+        for i in 0..16 {
+            w[i] = qw[16 * ib + i] * (sigma2 + xb[i] * xb[i]).sqrt();
+        }
+        let waux = w.map(f32::sqrt);
+        let mut xval = [0.0f32; 32];
+        let mut xb32 = [0.0f32; 32];
+        xb32[..16].copy_from_slice(xb);
+        let signs = signs_and_magnitudes(&xb32, &w, &mut xval);
+        let max = xval[..16].iter().fold(xval[0], |m, &v| m.max(v));
+        if max < 1e-15 {
+            continue;
+        }
+        let mut l = [0i8; 16];
+        let mut scale = search_scale(
+            lat,
+            3,
+            (9, 0.1),
+            true,
+            false,
+            &xval[..16],
+            &w[..16],
+            &waux[..16],
+            &mut l,
+        );
+        let mut signs = [signs[0], signs[1]];
+        if scale < 0.0 {
+            scale = -scale;
+            signs = signs.map(|s| !s & 127);
+        }
+        for k in 0..2 {
+            let idx = lat.lookup(&l[8 * k..8 * k + 8]);
+            assert!(idx >= 0, "IQ2_XS: a group left the grid");
+            q2[2 * ib + k] = idx as u16 | (signs[k] as u16) << 9;
+        }
+        scales[ib] = scale;
+        max_scale = max_scale.max(scale);
+    }
+    out.fill(0);
+    if max_scale == 0.0 {
+        return;
+    }
+    let d = max_scale / 31.0;
+    put_f16(out, 0, d);
+    for (o, q) in out[2..66].chunks_exact_mut(2).zip(q2) {
+        o.copy_from_slice(&q.to_le_bytes());
+    }
+    let codes = scale_codes(&scales, d);
+    for ib in 0..8 {
+        out[66 + ib] = codes[2 * ib] | codes[2 * ib + 1] << 4;
+    }
+}
+
+/// One super-block of IQ2_S: per 16 values a scale, per 8 a 10-bit grid index and a sign byte.
+fn quantize_iq2s_block(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+    let lat = iq2s_lattice();
+    let sigma2 = 2.0 * x.iter().map(|v| v * v).sum::<f32>() / QK_K as f32;
+    let mut scales = [0.0f32; 16];
+    let mut max_scale = 0.0f32;
+    out.fill(0);
+    for ib in 0..16 {
+        let xb = &x[16 * ib..16 * ib + 16];
+        let w: [f32; 16] = std::array::from_fn(|i| match qw {
+            Some(q) => q[16 * ib + i] * (sigma2 + xb[i] * xb[i]).sqrt(),
+            None => 0.25 * sigma2 + xb[i] * xb[i],
+        });
+        let waux = w.map(f32::sqrt);
+        let mut xval = [0.0f32; 16];
+        let s4 = explicit_signs(xb, &mut xval);
+        let max = xval.iter().fold(xval[0], |m, &v| m.max(v));
+        if max < 1e-8 {
+            continue;
+        }
+        let mut l = [0i8; 16];
+        let mut scale = search_scale(lat, 3, (9, 0.1), true, false, &xval, &w, &waux, &mut l);
+        let mut signs = [s4[0], s4[1]];
+        if scale < 0.0 {
+            scale = -scale;
+            signs = signs.map(|s| !s);
+        }
+        for k in 0..2 {
+            let idx = lat.lookup(&l[8 * k..8 * k + 8]);
+            assert!(idx >= 0, "IQ2_S: a group left the grid");
+            let i8 = 2 * ib + k;
+            out[2 + i8] = (idx & 255) as u8;
+            out[66 + i8 / 4] |= ((idx >> 8) as u8) << (2 * (i8 % 4));
+            out[34 + i8] = signs[k];
+        }
+        scales[ib] = scale;
+        max_scale = max_scale.max(scale);
+    }
+    if max_scale == 0.0 {
+        return;
+    }
+    let d = max_scale / 31.0;
+    // llama.cpp's fudge factor.
+    put_f16(out, 0, d * 0.9875);
+    let codes = scale_codes(&scales, d);
+    for ib in 0..8 {
+        out[74 + ib] = codes[2 * ib] | codes[2 * ib + 1] << 4;
+    }
+}
+
+/// One super-block of IQ3_S: per 32 values a scale, per 4 a 9-bit grid index, a sign bit per
+/// value.
+fn quantize_iq3s_block(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
+    let lat = iq3s_lattice();
+    let sigma2 = 2.0 * x.iter().map(|v| v * v).sum::<f32>() / QK_K as f32;
+    let mut scales = [0.0f32; 8];
+    let mut max_scale = 0.0f32;
+    out.fill(0);
+    for ib in 0..8 {
+        let xb = &x[32 * ib..32 * ib + 32];
+        let w: [f32; 32] = std::array::from_fn(|i| match qw {
+            Some(q) => q[32 * ib + i] * (sigma2 + xb[i] * xb[i]).sqrt(),
+            None => xb[i] * xb[i],
+        });
+        let waux = w.map(f32::sqrt);
+        let mut xval = [0.0f32; 32];
+        let mut signs = explicit_signs(xb, &mut xval);
+        let max = xval.iter().fold(xval[0], |m, &v| m.max(v));
+        if max == 0.0 {
+            continue;
+        }
+        let mut l = [0i8; 32];
+        let mut scale = search_scale(lat, 8, (9, 0.2), false, true, &xval, &w, &waux, &mut l);
+        if scale < 0.0 {
+            scale = -scale;
+            signs = signs.map(|s| !s);
+        }
+        for k in 0..8 {
+            let idx = lat.lookup(&l[4 * k..4 * k + 4]);
+            assert!(idx >= 0, "IQ3_S: a group left the grid");
+            out[2 + 8 * ib + k] = (idx & 255) as u8;
+            out[66 + ib] |= ((idx >> 8) as u8) << k;
+        }
+        out[74 + 4 * ib..78 + 4 * ib].copy_from_slice(&signs);
+        scales[ib] = scale;
+        max_scale = max_scale.max(scale);
+    }
+    if max_scale == 0.0 {
+        return;
+    }
+    let d = max_scale / 31.0;
+    // llama.cpp's fudge factor.
+    put_f16(out, 0, d * 1.033);
+    let codes = scale_codes(&scales, d);
+    for ib in 0..4 {
+        out[106 + ib] = codes[2 * ib] | codes[2 * ib + 1] << 4;
+    }
+}
+
 /// One super-block of IQ2_XXS (`imatrix` required, as llama.cpp requires it).
 fn quantize_iq2xxs_block(x: &[f32], qw: &[f32], out: &mut [u8]) {
     let lat = iq2xxs_lattice();
@@ -395,42 +664,7 @@ fn quantize_iq3xxs_block(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
         if max < 1e-8 {
             continue;
         }
-        let mut best = 0.0f32;
-        let mut scale = max / (2 * KMAX - 1) as f32;
-        let mut on_grid = [true; 8];
-        let mut laux = [0i8; 32];
-        for is in -15..=15 {
-            let id = (2.0 * KMAX as f32 - 1.0 + is as f32 * 0.2) / max;
-            let on = round_groups(lat, &xval, &waux, id, 1.0 / id, KMAX, &mut laux);
-            let (sumqx, sumq2) = fit_sums(&xval, &w, &laux);
-            if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-                scale = sumqx / sumq2;
-                best = scale * sumqx;
-                l = laux;
-                on_grid = on;
-            }
-        }
-        if on_grid.contains(&false) && scale > 0.0 {
-            // Only the groups that were off the grid are rounded again at the final scale.
-            let id = 1.0 / scale;
-            for k in 0..8 {
-                if on_grid[k] {
-                    continue;
-                }
-                let g = 4 * k..4 * k + 4;
-                for i in g.clone() {
-                    l[i] = nearest_int(0.5 * (id * xval[i] - 1.0)).clamp(0, KMAX - 1) as i8;
-                }
-                let e = lat.lookup(&l[g.clone()]);
-                if e < 0 {
-                    lat.best_neighbour(e, &xval[g.clone()], &waux[g.clone()], scale, &mut l[g]);
-                }
-            }
-            let (sumqx, sumq2) = fit_sums(&xval, &w, &l);
-            if sumq2 > 0.0 {
-                scale = sumqx / sumq2;
-            }
-        }
+        let mut scale = search_scale(lat, KMAX, (15, 0.2), true, false, &xval, &w, &waux, &mut l);
         if scale < 0.0 {
             scale = -scale;
             signs = signs.map(|s| !s & 127);
@@ -468,15 +702,16 @@ pub fn writes_lattice(t: QuantType) -> bool {
     QuantType::LATTICE_WRITTEN.contains(&t)
 }
 
-/// Whether writing `t` needs an importance matrix (llama.cpp refuses IQ2_XXS without one).
+/// Whether writing `t` needs an importance matrix (llama.cpp refuses IQ2_XXS and IQ2_XS
+/// without one).
 pub fn needs_imatrix(t: QuantType) -> bool {
-    t == QuantType::IQ2XXS
+    matches!(t, QuantType::IQ2XXS | QuantType::IQ2XS)
 }
 
-/// Quantizes a row to IQ2_XXS or IQ3_XXS with per-column importances.
+/// Quantizes a row to a lattice type this engine writes, with per-column importances.
 ///
 /// # Panics
-/// If `t` is not one of them, or IQ2_XXS is asked for without importances.
+/// If `t` is not one of them, or IQ2_XXS/IQ2_XS is asked for without importances.
 pub fn quantize_row_lattice(t: QuantType, x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     assert!(x.len().is_multiple_of(QK_K) && out.len() == t.row_bytes(x.len()));
     let bb = t.block_bytes();
@@ -491,6 +726,11 @@ pub fn quantize_row_lattice(t: QuantType, x: &[f32], imatrix: Option<&[f32]>, ou
                 quantize_iq2xxs_block(xb, qw.expect("IQ2_XXS needs an importance matrix"), ob)
             }
             QuantType::IQ3XXS => quantize_iq3xxs_block(xb, qw, ob),
+            QuantType::IQ2XS => {
+                quantize_iq2xs_block(xb, qw.expect("IQ2_XS needs an importance matrix"), ob)
+            }
+            QuantType::IQ2S => quantize_iq2s_block(xb, qw, ob),
+            QuantType::IQ3S => quantize_iq3s_block(xb, qw, ob),
             t => panic!("{} is not written by quantize_row_lattice", t.name()),
         }
     }

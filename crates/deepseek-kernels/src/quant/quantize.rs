@@ -4,7 +4,7 @@ use super::format::{f16_at, pack_scale_min_k4, put_f16, QuantType, QK_K};
 
 /// Quantizes `x` (a multiple of the block size) into `out` (`row_bytes(x.len())` bytes).
 /// The 32-wide formats round as llama.cpp's reference quantizers do (byte-identical to them),
-/// IQ4_NL/IQ4_XS and IQ3_XXS search as its quantizers do ([`super::iq4_quantize`],
+/// IQ4_NL/IQ4_XS and the lattice types search as its quantizers do ([`super::iq4_quantize`],
 /// [`super::iq_quantize`]); the K-quants use a simpler min/max search than llama.cpp's, in the
 /// same format.
 pub fn quantize_row(t: QuantType, x: &[f32], out: &mut [u8]) {
@@ -94,7 +94,9 @@ pub fn quantize_row(t: QuantType, x: &[f32], out: &mut [u8]) {
                 super::iq4_quantize::quantize_row_iq4(t, xb, None, ob)
             }
             // Weighted by x² without an importance matrix, as llama.cpp does.
-            QuantType::IQ3XXS => super::iq_quantize::quantize_row_lattice(t, xb, None, ob),
+            QuantType::IQ3XXS | QuantType::IQ2S | QuantType::IQ3S => {
+                super::iq_quantize::quantize_row_lattice(t, xb, None, ob)
+            }
             t => unreachable!(
                 "{} is not written without an importance matrix (QuantType::can_quantize, \
                  iq_quantize::needs_imatrix)",
