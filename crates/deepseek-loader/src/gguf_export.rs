@@ -74,8 +74,8 @@ impl ExportType {
                 // llama.cpp's IQ2_S file type holds IQ2_XS tensors; its IQ2_M holds IQ2_S ones
                 // (with the mix `quantize --type iq2_s` writes).
                 QuantType::IQ2S => 29,
-                // Never written (`ExportType::parse` refuses them); llama.cpp's own numbers.
                 QuantType::IQ1S => 24,
+                // Never written (`ExportType::parse` refuses it); llama.cpp's own number.
                 QuantType::IQ1M => 31,
             },
         }

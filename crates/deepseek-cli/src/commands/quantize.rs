@@ -22,15 +22,15 @@ pub struct Args {
     #[command(flatten)]
     model: ModelArg,
     /// Weight type: q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, iq4_xs, iq4_nl, iq3_s, iq3_xxs, iq2_s,
-    /// iq2_xs, iq2_xxs, q5_1, q5_0, q4_1, q4_0, bf16, f16 or f32. Rows that are not a whole
+    /// iq2_xs, iq2_xxs, iq1_s, q5_1, q5_0, q4_1, q4_0, bf16, f16 or f32. Rows that are not a whole
     /// number of 256-value blocks fall back as llama.cpp's do: q8_0 for q6_k, q5_1 for q5_k,
-    /// q5_0 for q4_k, q4_0 for q3_k and q2_k, iq4_nl for iq4_xs and the iq2/iq3 types; norms
-    /// and the router stay f32. The iq2/iq3 types get the per-tensor mix of llama-quantize's
+    /// q5_0 for q4_k, q4_0 for q3_k and q2_k, iq4_nl for iq4_xs and the iq1-iq3 types; norms
+    /// and the router stay f32. The iq1-iq3 types get the per-tensor mix of llama-quantize's
     /// presets (output, embeddings, attention values and the first eighth of ffn_down at more
     /// bits), the others every matrix at the type. The i-quants use llama.cpp's searches
     /// (byte-identical blocks); the K-quant scales come from a plain min/max (or
-    /// two-candidate) fit unless --imatrix is given. iq2_xxs and iq2_xs need --imatrix (as
-    /// llama-quantize does).
+    /// two-candidate) fit unless --imatrix is given. iq2_xxs, iq2_xs and iq1_s need --imatrix
+    /// (as llama-quantize does).
     #[arg(long = "type", short = 't', value_name = "TYPE")]
     ty: String,
     /// The GGUF file to write.
@@ -42,7 +42,7 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     split_max_size: Option<usize>,
     /// An importance matrix (`deepseek imatrix`, or llama.cpp's llama-imatrix: GGUF or .dat):
-    /// K-quant and i-quant rows (q2_k … q6_k, iq2_xxs … iq4_xs) then round so that columns
+    /// K-quant and i-quant rows (q2_k … q6_k, iq1_s … iq4_xs) then round so that columns
     /// with large inputs keep their precision (weighted scale search); the other 32-wide types
     /// are written as without it.
     #[arg(long, value_name = "FILE")]
@@ -69,7 +69,7 @@ fn parse_size(s: &str) -> Result<usize, String> {
 pub fn run(a: Args) -> Result<()> {
     let target = ExportType::parse(&a.ty).with_context(|| {
         format!(
-            "--type `{}` is not one of q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, iq4_xs, iq4_nl, iq3_s, iq3_xxs, iq2_s, iq2_xs, iq2_xxs, q5_1, q5_0, q4_1, q4_0, bf16, f16, f32{}",
+            "--type `{}` is not one of q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, iq4_xs, iq4_nl, iq3_s, iq3_xxs, iq2_s, iq2_xs, iq2_xxs, iq1_s, q5_1, q5_0, q4_1, q4_0, bf16, f16, f32{}",
             a.ty,
             if deepseek_kernels::QuantType::from_name(&a.ty).is_some() {
                 " (this engine reads that i-quant but does not write it)"
@@ -81,7 +81,7 @@ pub fn run(a: Args) -> Result<()> {
     if let ExportType::Quant(q) = target {
         if a.imatrix.is_none() && needs_imatrix(q) {
             bail!(
-                "--type {} needs an importance matrix (its 2-bit grid is unusable without \
+                "--type {} needs an importance matrix (its 1-2-bit grid is unusable without \
                  one, and llama-quantize refuses it too): make one with `deepseek imatrix \
                  --model M --text FILE -o imatrix.gguf`, then pass --imatrix imatrix.gguf",
                 q.name()

@@ -85,7 +85,8 @@ impl QuantType {
     }
 
     /// The lattice types `quantize` writes ([`super::iq_quantize`]).
-    pub const LATTICE_WRITTEN: [QuantType; 5] = [
+    pub const LATTICE_WRITTEN: [QuantType; 6] = [
+        QuantType::IQ1S,
         QuantType::IQ2XXS,
         QuantType::IQ2XS,
         QuantType::IQ2S,

@@ -17,126 +17,7 @@ use std::sync::OnceLock;
 
 use super::format::{put_f16, QuantType, QK_K};
 use super::iq_tables::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID};
-
-/// A lattice's points as odd levels (`2l + 1`), the map from every rounded group (its levels
-/// `l` packed `bits` apart) to its grid index, and for groups off the grid the grid points
-/// nearest to them (llama.cpp's `kmap` and `kneighbors`).
-struct Lattice {
-    dim: usize,
-    bits: u32,
-    /// `dim` odd levels per point.
-    points: Vec<i8>,
-    /// Grid index ≥ 0, or `-(offset + 1)` into `neighbours`, whose entry at offset is the
-    /// count of the indices that follow it.
-    map: Vec<i32>,
-    neighbours: Vec<u16>,
-}
-
-impl Lattice {
-    /// `levels[i]`: the level indices `l` of grid point `i`; `nwant` distance shells of
-    /// neighbours are kept for each group off the grid.
-    fn new(levels: Vec<Vec<u8>>, bits: u32, map_size: usize, nwant: usize) -> Self {
-        let dim = levels[0].len();
-        let points: Vec<i8> = levels.iter().flatten().map(|&l| 2 * l as i8 + 1).collect();
-        let mut map = vec![-1i32; map_size];
-        for (i, l) in levels.iter().enumerate() {
-            let u = l
-                .iter()
-                .enumerate()
-                .fold(0usize, |u, (k, &l)| u | (l as usize) << (bits as usize * k));
-            map[u] = i as i32;
-        }
-        let mask = (1usize << bits) - 1;
-        let mut neighbours = vec![];
-        let mut dist: Vec<(i32, usize)> = Vec::with_capacity(levels.len());
-        for u in 0..map_size {
-            if map[u] >= 0 {
-                continue;
-            }
-            let pos: Vec<i32> = (0..dim)
-                .map(|k| 2 * ((u >> (bits as usize * k)) & mask) as i32 + 1)
-                .collect();
-            dist.clear();
-            dist.extend(points.chunks_exact(dim).enumerate().map(|(j, p)| {
-                let d2 = p
-                    .iter()
-                    .zip(&pos)
-                    .map(|(&a, &b)| (a as i32 - b).pow(2))
-                    .sum();
-                (d2, j)
-            }));
-            dist.sort_unstable();
-            let start = neighbours.len();
-            map[u] = -(start as i32 + 1);
-            neighbours.push(0);
-            let (mut d2, mut shells) = (dist[0].0, 1);
-            for &(d, j) in &dist {
-                if d > d2 {
-                    if shells == nwant {
-                        break;
-                    }
-                    d2 = d;
-                    shells += 1;
-                }
-                neighbours.push(j as u16);
-            }
-            neighbours[start] = (neighbours.len() - start - 1) as u16;
-        }
-        Lattice {
-            dim,
-            bits,
-            points,
-            map,
-            neighbours,
-        }
-    }
-
-    fn point(&self, i: usize) -> &[i8] {
-        &self.points[i * self.dim..(i + 1) * self.dim]
-    }
-
-    /// The map entry of a group of level indices.
-    fn lookup(&self, l: &[i8]) -> i32 {
-        let u = l.iter().enumerate().fold(0usize, |u, (k, &l)| {
-            u | (l as usize) << (self.bits as usize * k)
-        });
-        self.map[u]
-    }
-
-    /// Of the neighbours of an off-grid entry, the point nearest to `x / scale` in weighted
-    /// squares (the first on ties); writes its level indices to `l`, returns its index.
-    fn best_neighbour(&self, entry: i32, x: &[f32], w: &[f32], scale: f32, l: &mut [i8]) -> usize {
-        let at = (-entry - 1) as usize;
-        let n = self.neighbours[at] as usize;
-        let mut best = (f32::MAX, usize::MAX);
-        for &j in &self.neighbours[at + 1..at + 1 + n] {
-            let p = self.point(j as usize);
-            let mut d2 = 0.0f32;
-            for i in 0..self.dim {
-                let diff = scale * p[i] as f32 - x[i];
-                d2 += w[i] * diff * diff;
-            }
-            if d2 < best.0 {
-                best = (d2, j as usize);
-            }
-        }
-        for (o, &p) in l.iter_mut().zip(self.point(best.1)) {
-            *o = (p - 1) / 2;
-        }
-        best.1
-    }
-}
-
-/// The level index of each grid value, from the grids the reader decodes with.
-fn level_indices<const W: usize>(grid: &[[i8; W]], levels: &[i8]) -> Vec<Vec<u8>> {
-    grid.iter()
-        .map(|p| {
-            p.iter()
-                .map(|v| levels.iter().position(|l| l == v).expect("a grid level") as u8)
-                .collect()
-        })
-        .collect()
-}
+use super::lattice::{level_indices, nearest_int, Lattice};
 
 fn iq2xxs_lattice() -> &'static Lattice {
     static L: OnceLock<Lattice> = OnceLock::new();
@@ -165,12 +46,6 @@ fn iq3xxs_lattice() -> &'static Lattice {
         let levels = [4, 12, 20, 28, 36, 44, 52, 62];
         Lattice::new(level_indices(&IQ3XXS_GRID, &levels), 3, 4096, 2)
     })
-}
-
-/// ggml's `nearest_int`: round half to even through the float's mantissa.
-#[inline]
-fn nearest_int(v: f32) -> i32 {
-    ((v + 12582912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
 /// ggml's `make_qp_quants`: a non-negative scale for `x ≥ 0` with levels 0..=nmax, searched
@@ -702,16 +577,16 @@ pub fn writes_lattice(t: QuantType) -> bool {
     QuantType::LATTICE_WRITTEN.contains(&t)
 }
 
-/// Whether writing `t` needs an importance matrix (llama.cpp refuses IQ2_XXS and IQ2_XS
-/// without one).
+/// Whether writing `t` needs an importance matrix (llama.cpp refuses IQ2_XXS, IQ2_XS and
+/// IQ1_S without one).
 pub fn needs_imatrix(t: QuantType) -> bool {
-    matches!(t, QuantType::IQ2XXS | QuantType::IQ2XS)
+    matches!(t, QuantType::IQ2XXS | QuantType::IQ2XS | QuantType::IQ1S)
 }
 
 /// Quantizes a row to a lattice type this engine writes, with per-column importances.
 ///
 /// # Panics
-/// If `t` is not one of them, or IQ2_XXS/IQ2_XS is asked for without importances.
+/// If `t` is not one of them, or IQ2_XXS/IQ2_XS/IQ1_S is asked for without importances.
 pub fn quantize_row_lattice(t: QuantType, x: &[f32], imatrix: Option<&[f32]>, out: &mut [u8]) {
     assert!(x.len().is_multiple_of(QK_K) && out.len() == t.row_bytes(x.len()));
     let bb = t.block_bytes();
@@ -731,6 +606,11 @@ pub fn quantize_row_lattice(t: QuantType, x: &[f32], imatrix: Option<&[f32]>, ou
             }
             QuantType::IQ2S => quantize_iq2s_block(xb, qw, ob),
             QuantType::IQ3S => quantize_iq3s_block(xb, qw, ob),
+            QuantType::IQ1S => super::iq1_quantize::quantize_iq1s_block(
+                xb,
+                qw.expect("IQ1_S needs an importance matrix"),
+                ob,
+            ),
             t => panic!("{} is not written by quantize_row_lattice", t.name()),
         }
     }

@@ -12,10 +12,12 @@ pub mod dequant;
 pub mod dot;
 pub mod format;
 pub(crate) mod iq;
+pub(crate) mod iq1_quantize;
 pub mod iq4_quantize;
 pub mod iq_quantize;
 mod iq_tables;
 pub(crate) mod isa;
+mod lattice;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 pub mod quantize;

@@ -1,0 +1,191 @@
+//! Writing IQ1_S: llama.cpp's `quantize_row_iq1_s_impl` (ggml-quants.c), ported step by step so
+//! that the blocks match llama-quantize's. With three levels per value (−1, 0, 1, all shifted
+//! by ±1/8) the best split of each 32 values into the three is found exhaustively: the values
+//! sorted, every pair of boundaries scored through prefix sums of `w·x` and `w`, for both
+//! shifts. Groups of 8 that are not grid points take the nearest of their grid neighbours.
+
+// The loops follow ggml-quants.c index by index.
+#![allow(clippy::needless_range_loop)]
+
+use std::sync::OnceLock;
+
+use super::format::{put_f16, QK_K};
+use super::iq_tables::IQ1S_GRID;
+use super::lattice::{level_indices, nearest_int, Lattice};
+
+const DELTA: f32 = 0.125;
+const X_P: [f32; 3] = [-1.0 + DELTA, DELTA, 1.0 + DELTA];
+const X_M: [f32; 3] = [-1.0 - DELTA, -DELTA, 1.0 - DELTA];
+
+fn lattice() -> &'static Lattice {
+    static L: OnceLock<Lattice> = OnceLock::new();
+    L.get_or_init(|| Lattice::new(level_indices(&IQ1S_GRID, &[-1, 0, 1]), 2, 43692, 3))
+}
+
+/// llama.cpp's `iq1_find_best_neighbour2`: of an off-grid group's neighbours, the one whose
+/// levels `xx` at `scale` are nearest `x` in weighted squares (the whole grid if none is).
+fn best_neighbour(
+    lat: &Lattice,
+    entry: i32,
+    x: &[f32],
+    w: &[f32],
+    scale: f32,
+    xx: &[f32; 3],
+) -> usize {
+    let at = (-entry - 1) as usize;
+    let n = lat.neighbours[at] as usize;
+    let d2 = |p: &[i8]| {
+        let mut d2 = 0.0f32;
+        for i in 0..8 {
+            let q = xx[((p[i] - 1) / 2) as usize];
+            let diff = scale * q - x[i];
+            d2 += w[i] * diff * diff;
+        }
+        d2
+    };
+    let mut best = (f32::MAX, None);
+    for &j in &lat.neighbours[at + 1..at + 1 + n] {
+        let d = d2(lat.point(j as usize));
+        if d < best.0 {
+            best = (d, Some(j as usize));
+        }
+    }
+    if let Some(j) = best.1 {
+        return j;
+    }
+    for j in 0..lat.points.len() / 8 {
+        let d = d2(lat.point(j));
+        if d < best.0 {
+            best = (d, Some(j));
+        }
+    }
+    best.1
+        .expect("IQ1_S: no grid point scores below f32::MAX (non-finite input)")
+}
+
+/// One super-block of IQ1_S (importances required).
+pub(crate) fn quantize_iq1s_block(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    let lat = lattice();
+    const BS: usize = 32;
+    let sigma2 = 2.0 * x.iter().map(|v| v * v).sum::<f32>() / QK_K as f32;
+    let mut scales = [0.0f32; 8];
+    let mut shifts = [1i8; 8];
+    let mut max_scale = 0.0f32;
+    out.fill(0);
+    let mut qh = [0u16; 8];
+    for ib in 0..8 {
+        let xb = &x[BS * ib..BS * ib + BS];
+        let w: [f32; BS] =
+            std::array::from_fn(|i| qw[BS * ib + i] * (sigma2 + xb[i] * xb[i]).sqrt());
+        let max = xb.iter().fold(xb[0].abs(), |m, v| m.max(v.abs()));
+        if max < 1e-12 {
+            continue;
+        }
+        // Sorted ascending (a stable sort, as glibc's qsort of these pairs is).
+        let mut idx: [usize; BS] = std::array::from_fn(|j| j);
+        idx.sort_by(|&a, &b| {
+            xb[a]
+                .partial_cmp(&xb[b])
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let (mut sumx, mut sumw) = ([0.0f32; BS + 1], [0.0f32; BS + 1]);
+        for j in 0..BS {
+            let i = idx[j];
+            sumx[j + 1] = sumx[j] + w[i] * xb[i];
+            sumw[j + 1] = sumw[j] + w[i];
+        }
+        let (mut best_score, mut scale) = (-f32::MAX, max);
+        let (mut besti1, mut besti2, mut best_shift) = (None, None, 0i8);
+        for i1 in 0..=BS {
+            for i2 in i1..=BS {
+                for (shift, xs) in [(1i8, &X_P), (-1, &X_M)] {
+                    let sumqx = (sumx[i1] - sumx[0]) * xs[0]
+                        + (sumx[i2] - sumx[i1]) * xs[1]
+                        + (sumx[BS] - sumx[i2]) * xs[2];
+                    let sumq2 = (sumw[i1] - sumw[0]) * xs[0] * xs[0]
+                        + (sumw[i2] - sumw[i1]) * xs[1] * xs[1]
+                        + (sumw[BS] - sumw[i2]) * xs[2] * xs[2];
+                    if sumq2 > 0.0 && sumqx * sumqx > best_score * sumq2 {
+                        scale = sumqx / sumq2;
+                        best_score = scale * sumqx;
+                        (besti1, besti2, best_shift) = (Some(i1), Some(i2), shift);
+                    }
+                }
+            }
+        }
+        let (Some(i1), Some(i2)) = (besti1, besti2) else {
+            continue;
+        };
+        let mut l = [0i8; BS];
+        for (j, &i) in idx.iter().enumerate() {
+            l[i] = if j < i1 {
+                0
+            } else if j < i2 {
+                1
+            } else {
+                2
+            };
+        }
+        if scale < 0.0 {
+            l = l.map(|v| 2 - v);
+            scale = -scale;
+            best_shift = -best_shift;
+        }
+        let xx = if best_shift == 1 { &X_P } else { &X_M };
+        let mut index = [0usize; 4];
+        let mut all_on_grid = true;
+        for k in 0..4 {
+            let e = lat.lookup(&l[8 * k..8 * k + 8]);
+            index[k] = if e >= 0 {
+                e as usize
+            } else {
+                all_on_grid = false;
+                best_neighbour(
+                    lat,
+                    e,
+                    &xb[8 * k..8 * k + 8],
+                    &w[8 * k..8 * k + 8],
+                    scale,
+                    xx,
+                )
+            };
+        }
+        if !all_on_grid {
+            let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
+            for k in 0..4 {
+                let p = lat.point(index[k]);
+                for j in 0..8 {
+                    let (wj, q) = (w[8 * k + j], xx[((p[j] - 1) / 2) as usize]);
+                    sumqx += wj * q * xb[8 * k + j];
+                    sumq2 += wj * q * q;
+                }
+            }
+            if sumqx > 0.0 && sumq2 > 0.0 {
+                scale = sumqx / sumq2;
+            }
+        }
+        for k in 0..4 {
+            out[2 + 4 * ib + k] = (index[k] & 255) as u8;
+            qh[ib] |= ((index[k] >> 8) as u16) << (3 * k);
+        }
+        scales[ib] = scale;
+        shifts[ib] = best_shift;
+        max_scale = max_scale.max(scale);
+    }
+    if max_scale > 0.0 {
+        let d = max_scale / 15.0;
+        // llama.cpp's fudge factor.
+        put_f16(out, 0, d * 1.125);
+        let id = 1.0 / d;
+        for ib in 0..8 {
+            let mut l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 7) as u16;
+            if shifts[ib] == -1 {
+                l |= 8;
+            }
+            qh[ib] |= l << 12;
+        }
+    }
+    for (o, h) in out[34..50].chunks_exact_mut(2).zip(qh) {
+        o.copy_from_slice(&h.to_le_bytes());
+    }
+}
