@@ -48,9 +48,14 @@ pub fn dequantize_row(t: QuantType, bytes: &[u8], out: &mut [f32]) {
     assert_eq!(out.len() % be, 0);
     assert!(bytes.len() >= out.len() / be * bb);
     #[cfg(target_arch = "x86_64")]
-    if matches!(byte_dot_isa(), ByteDotIsa::Avx2 | ByteDotIsa::Vnni) && !t.is_lattice() {
+    if matches!(byte_dot_isa(), ByteDotIsa::Avx2 | ByteDotIsa::Vnni) {
         // SAFETY: AVX2, FMA and F16C were detected (`byte_dot_isa`); lengths checked above.
-        unsafe { super::x86::dequantize_row_avx2(t, bytes, out) };
+        unsafe {
+            match t.is_lattice() {
+                true => super::x86_iq::dequantize_row_avx2(t, bytes, out),
+                false => super::x86::dequantize_row_avx2(t, bytes, out),
+            }
+        }
         return;
     }
     dequantize_row_plain(t, bytes, out)

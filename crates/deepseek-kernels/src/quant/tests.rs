@@ -167,6 +167,14 @@ fn simd_dequantization_equals_plain() {
             }
         }
     }
+    // The lattice types on random valid blocks (every index, sign pattern and scale).
+    for t in QuantType::LATTICE {
+        let bytes = random_lattice_rows(t, 1, QK_K * 4, 40 + t.ggml_type() as u64);
+        let (mut a, mut b) = (vec![0.0; QK_K * 4], vec![0.0; QK_K * 4]);
+        dequantize_row(t, &bytes, &mut a);
+        dequantize_row_plain(t, &bytes, &mut b);
+        assert_eq!(a, b, "{t:?}");
+    }
 }
 
 #[test]

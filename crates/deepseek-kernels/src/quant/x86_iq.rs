@@ -308,3 +308,46 @@ unsafe fn dot_rows<B: ByteDot, const T: usize>(
         t => unreachable!("{} is not a lattice i-quant", t.name()),
     }
 }
+
+/// One lattice-type row to f32 (the prefill GEMMs' panels): each 32-value chunk as for the
+/// dot products, its signed values widened and scaled per 16.
+#[inline(always)]
+unsafe fn dequantize_kind<const KIND: u8>(bb: usize, w: &[u8], out: &mut [f32]) {
+    for (sb, o) in out.chunks_exact_mut(QK_K).enumerate() {
+        let b = w.as_ptr().add(sb * bb);
+        let d = super_scale::<KIND>(b);
+        for ib in 0..8 {
+            let c = chunk::<KIND>(b, ib);
+            let v = _mm256_sign_epi8(c.mag, c.sign);
+            let halves = [_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v)];
+            for (h, (half, s)) in halves.into_iter().zip([c.scales.0, c.scales.1]).enumerate() {
+                let f = _mm256_set1_ps(d * s as f32);
+                for (e, part) in [half, _mm_unpackhi_epi64(half, half)]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let x = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(part));
+                    let at = o.as_mut_ptr().add(32 * ib + 16 * h + 8 * e);
+                    _mm256_storeu_ps(at, _mm256_mul_ps(x, f));
+                }
+            }
+        }
+    }
+}
+
+/// [`super::dequant::dequantize_row_plain`] for the lattice types on AVX2 (the same values).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
+    assert!(out.len().is_multiple_of(QK_K) && w.len() >= t.row_bytes(out.len()));
+    let bb = t.block_bytes();
+    match t {
+        QuantType::IQ2XXS => dequantize_kind::<IQ2XXS>(bb, w, out),
+        QuantType::IQ2XS => dequantize_kind::<IQ2XS>(bb, w, out),
+        QuantType::IQ2S => dequantize_kind::<IQ2S>(bb, w, out),
+        QuantType::IQ3XXS => dequantize_kind::<IQ3XXS>(bb, w, out),
+        QuantType::IQ3S => dequantize_kind::<IQ3S>(bb, w, out),
+        QuantType::IQ1S => dequantize_kind::<IQ1S>(bb, w, out),
+        QuantType::IQ1M => dequantize_kind::<IQ1M>(bb, w, out),
+        t => unreachable!("{} is not a lattice i-quant", t.name()),
+    }
+}
