@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The lattice i-quants `deepseek quantize` writes (IQ1_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S)
+# The lattice i-quants `deepseek quantize` writes (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS,
+# IQ3_S)
 # against llama-quantize's presets of the same tensor type (IQ2_S's is llama.cpp's IQ2_M), on
 # the bundled model with one importance matrix (`deepseek imatrix` over the repo's Python
 # scripts, 40 chunks of 512 tokens) given to both: the tensor types of the two files (the
@@ -19,7 +20,7 @@ BIN="$WORK/llama.cpp/build/bin"
 cat scripts/*.py > "$WORK/iq-calib.txt"
 "$DS" imatrix --text "$WORK/iq-calib.txt" --chunks 40 -o "$WORK/iq-im.gguf" >/dev/null
 "$DS" quantize -t f32 -o "$WORK/nano-f32.gguf" >/dev/null
-for T in IQ1_S IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S; do
+for T in IQ1_S IQ1_M IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S; do
   t=$(echo "$T" | tr 'A-Z' 'a-z')
   PRESET=$T; [ "$T" = IQ2_S ] && PRESET=IQ2_M
   "$DS" quantize -t "$t" --imatrix "$WORK/iq-im.gguf" -o "$WORK/nano-$t-ours.gguf" 2>/dev/null

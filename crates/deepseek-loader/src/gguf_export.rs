@@ -75,7 +75,6 @@ impl ExportType {
                 // (with the mix `quantize --type iq2_s` writes).
                 QuantType::IQ2S => 29,
                 QuantType::IQ1S => 24,
-                // Never written (`ExportType::parse` refuses it); llama.cpp's own number.
                 QuantType::IQ1M => 31,
             },
         }

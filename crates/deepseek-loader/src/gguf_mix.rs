@@ -1,5 +1,5 @@
 //! The per-tensor type mixes of llama.cpp's 1–3-bit presets (`llama-quantize … IQ1_S`,
-//! `IQ2_XXS`, `IQ2_XS`, `IQ2_M` (of IQ2_S tensors), `IQ3_XXS`, `IQ3_S`; `llama_tensor_get_type` in llama-quant.cpp), so that
+//! `IQ1_M`, `IQ2_XXS`, `IQ2_XS`, `IQ2_M` (of IQ2_S tensors), `IQ3_XXS`, `IQ3_S`; `llama_tensor_get_type` in llama-quant.cpp), so that
 //! `quantize --type iq2_xxs` writes the file llama-quantize would: the output matrix, the token
 //! embeddings, attention's value matrices and the first eighth of the `ffn_down` matrices get
 //! more bits, the rest the named type. Tensors are matched by their GGUF names as llama.cpp
@@ -68,7 +68,7 @@ pub fn preset_types(target: QuantType, names: &[&str], m: MixModel) -> Vec<Optio
     use Category as C;
     use QuantType::*;
     // llama.cpp's "IQ2 group" of file types (IQ2_XXS, IQ2_XS, IQ2_S; also IQ1_S/M and IQ2_M).
-    let iq2 = matches!(target, IQ1S | IQ2XXS | IQ2XS | IQ2S);
+    let iq2 = matches!(target, IQ1S | IQ1M | IQ2XXS | IQ2XS | IQ2S);
     // Their 2.5-bit member takes IQ3_S where the others take Q2_K.
     let low = if target == IQ2S { IQ3S } else { Q2K };
     let mut ffn_down_seen = 0;
@@ -76,9 +76,9 @@ pub fn preset_types(target: QuantType, names: &[&str], m: MixModel) -> Vec<Optio
         .iter()
         .map(|&name| {
             let t = match (target, category(name)) {
-                (IQ1S | IQ2XXS | IQ2XS | IQ2S | IQ3XXS, C::Output) => Some(Q5K),
+                (IQ1S | IQ1M | IQ2XXS | IQ2XS | IQ2S | IQ3XXS, C::Output) => Some(Q5K),
                 (IQ3S, C::Output) => Some(Q6K),
-                (IQ1S | IQ2XXS | IQ2XS, C::TokenEmbd) => Some(Q2K),
+                (IQ1S | IQ1M | IQ2XXS | IQ2XS, C::TokenEmbd) => Some(Q2K),
                 (IQ2S | IQ3XXS, C::TokenEmbd) => Some(IQ3S),
                 (_, C::AttnV) if iq2 => Some(if m.gqa >= 4 || m.experts >= 4 {
                     Q4K
@@ -92,7 +92,7 @@ pub fn preset_types(target: QuantType, names: &[&str], m: MixModel) -> Vec<Optio
                 }
                 (_, C::AttnOutput) if iq2 && m.experts == 8 => Some(Q5K),
                 (IQ2S, C::AttnOutput) => Some(IQ3S),
-                (IQ1S, C::AttnOutput) => Some(IQ2XXS),
+                (IQ1S | IQ1M, C::AttnOutput) => Some(IQ2XXS),
                 (IQ3XXS, C::AttnV) => Some(if m.gqa >= 4 {
                     Q4K
                 } else if m.imatrix {

@@ -22,7 +22,7 @@ pub struct Args {
     #[command(flatten)]
     model: ModelArg,
     /// Weight type: q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, iq4_xs, iq4_nl, iq3_s, iq3_xxs, iq2_s,
-    /// iq2_xs, iq2_xxs, iq1_s, q5_1, q5_0, q4_1, q4_0, bf16, f16 or f32. Rows that are not a whole
+    /// iq2_xs, iq2_xxs, iq1_m, iq1_s, q5_1, q5_0, q4_1, q4_0, bf16, f16 or f32. Rows that are not a whole
     /// number of 256-value blocks fall back as llama.cpp's do: q8_0 for q6_k, q5_1 for q5_k,
     /// q5_0 for q4_k, q4_0 for q3_k and q2_k, iq4_nl for iq4_xs and the iq1-iq3 types; norms
     /// and the router stay f32. The iq1-iq3 types get the per-tensor mix of llama-quantize's
@@ -69,7 +69,7 @@ fn parse_size(s: &str) -> Result<usize, String> {
 pub fn run(a: Args) -> Result<()> {
     let target = ExportType::parse(&a.ty).with_context(|| {
         format!(
-            "--type `{}` is not one of q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, iq4_xs, iq4_nl, iq3_s, iq3_xxs, iq2_s, iq2_xs, iq2_xxs, iq1_s, q5_1, q5_0, q4_1, q4_0, bf16, f16, f32{}",
+            "--type `{}` is not one of q8_0, q6_k, q5_k, q4_k, q3_k, q2_k, iq4_xs, iq4_nl, iq3_s, iq3_xxs, iq2_s, iq2_xs, iq2_xxs, iq1_m, iq1_s, q5_1, q5_0, q4_1, q4_0, bf16, f16, f32{}",
             a.ty,
             if deepseek_kernels::QuantType::from_name(&a.ty).is_some() {
                 " (this engine reads that i-quant but does not write it)"

@@ -85,8 +85,9 @@ impl QuantType {
     }
 
     /// The lattice types `quantize` writes ([`super::iq_quantize`]).
-    pub const LATTICE_WRITTEN: [QuantType; 6] = [
+    pub const LATTICE_WRITTEN: [QuantType; 7] = [
         QuantType::IQ1S,
+        QuantType::IQ1M,
         QuantType::IQ2XXS,
         QuantType::IQ2XS,
         QuantType::IQ2S,

@@ -606,6 +606,7 @@ pub fn quantize_row_lattice(t: QuantType, x: &[f32], imatrix: Option<&[f32]>, ou
             }
             QuantType::IQ2S => quantize_iq2s_block(xb, qw, ob),
             QuantType::IQ3S => quantize_iq3s_block(xb, qw, ob),
+            QuantType::IQ1M => super::iq1_quantize::quantize_iq1m_block(xb, qw, ob),
             QuantType::IQ1S => super::iq1_quantize::quantize_iq1s_block(
                 xb,
                 qw.expect("IQ1_S needs an importance matrix"),

@@ -94,7 +94,7 @@ pub fn quantize_row(t: QuantType, x: &[f32], out: &mut [u8]) {
                 super::iq4_quantize::quantize_row_iq4(t, xb, None, ob)
             }
             // Weighted by x² without an importance matrix, as llama.cpp does.
-            QuantType::IQ3XXS | QuantType::IQ2S | QuantType::IQ3S => {
+            QuantType::IQ3XXS | QuantType::IQ2S | QuantType::IQ3S | QuantType::IQ1M => {
                 super::iq_quantize::quantize_row_lattice(t, xb, None, ob)
             }
             t => unreachable!(

@@ -470,7 +470,7 @@ fn dequantized(t: QuantType, q: &[u8]) -> Vec<f32> {
     out
 }
 
-/// IQ1_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL and IQ4_XS blocks are byte-identical
+/// Blocks of every i-quant type (IQ1_S … IQ4_XS) are byte-identical
 /// to llama.cpp's quantizers on the same rows and importances (tests/fixtures/quant/
 /// iq_write.json, scripts/make_iq_write_vectors.py), and decode near their input.
 #[test]
@@ -490,6 +490,8 @@ fn i_quant_quantization_is_byte_identical_to_llama_cpp() {
     let cols = v["cols"].as_u64().unwrap() as usize;
     for (key, t, weighted) in [
         ("IQ1_S", QuantType::IQ1S, true),
+        ("IQ1_M", QuantType::IQ1M, true),
+        ("IQ1_M_plain", QuantType::IQ1M, false),
         ("IQ2_XXS", QuantType::IQ2XXS, true),
         ("IQ2_XS", QuantType::IQ2XS, true),
         ("IQ2_S", QuantType::IQ2S, true),
