@@ -147,6 +147,10 @@ impl<'a> Act<'a> {
                 layout: repack::Layout::K16x8(_),
                 ..
             } => Some(QuantizedActivations::per_super_block_sums16(x, w.cols)),
+            // The lattice kernels likewise (llama.cpp's Q8_K activations for these types).
+            MatrixData::Quant { ty, .. } if ty.is_lattice() => {
+                Some(QuantizedActivations::per_super_block(x, w.cols))
+            }
             MatrixData::Quant { .. } | MatrixData::Grouped { .. } => {
                 Some(QuantizedActivations::new(x, w.cols))
             }

@@ -20,12 +20,12 @@ pub fn dot_rows<const T: usize>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the features were detected at run time; row lengths checked above.
         ByteDotIsa::Vnni if t.is_lattice() => unsafe {
-            super::x86_iq::dot_rows_vnni::<T>(t, w, &acts)
+            super::x86_iq::dot_rows_vnni::<T>(t, w, &acts, a.scale_block == super::format::QK_K)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         ByteDotIsa::Avx2 if t.is_lattice() => unsafe {
-            super::x86_iq::dot_rows_avx2::<T>(t, w, &acts)
+            super::x86_iq::dot_rows_avx2::<T>(t, w, &acts, a.scale_block == super::format::QK_K)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the features were detected at run time; row lengths checked above.

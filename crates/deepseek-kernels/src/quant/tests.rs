@@ -417,48 +417,55 @@ fn importance_weighted_quantization_lowers_the_weighted_error() {
 fn lattice_dot_matches_reference_on_every_isa() {
     let cols = QK_K * 4;
     let x = rand_vec(cols * 3, 31);
-    let a = QuantizedActivations::new(&x, cols);
-    for t in QuantType::LATTICE {
-        let q = random_lattice_rows(t, 1, cols, 7 + t.ggml_type() as u64);
-        for row in 0..3 {
-            let (ad, s, aq) = a.row(row);
-            let xq: Vec<f32> = (0..cols).map(|i| ad[i / QK] * aq[i] as f32).collect();
-            let want = dot_row_reference(t, &q, &xq);
-            let mut got = vec![("plain", dot_row_generic(t, &q, ad, s, aq))];
-            #[cfg(target_arch = "x86_64")]
-            {
-                let acts = [a.row(row)];
-                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
-                    got.push(("avx2", unsafe {
-                        super::x86_iq::dot_rows_avx2::<1>(t, &q, &acts)[0]
+    // Both activation forms: the integer-summing kernels take one scale per super-block.
+    for (a, sb) in [
+        (QuantizedActivations::new(&x, cols), false),
+        (QuantizedActivations::per_super_block(&x, cols), true),
+    ] {
+        for t in QuantType::LATTICE {
+            let q = random_lattice_rows(t, 1, cols, 7 + t.ggml_type() as u64);
+            for row in 0..3 {
+                let (ad, s, aq) = a.row(row);
+                let xq: Vec<f32> = (0..cols).map(|i| ad[i / QK] * aq[i] as f32).collect();
+                let want = dot_row_reference(t, &q, &xq);
+                let mut got = vec![("plain", dot_row_generic(t, &q, ad, s, aq))];
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let acts = [a.row(row)];
+                    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c") {
+                        got.push(("avx2", unsafe {
+                            super::x86_iq::dot_rows_avx2::<1>(t, &q, &acts, sb)[0]
+                        }));
+                    }
+                    if is_x86_feature_detected!("avx512vnni")
+                        && is_x86_feature_detected!("avx512vl")
+                    {
+                        got.push(("vnni", unsafe {
+                            super::x86_iq::dot_rows_vnni::<1>(t, &q, &acts, sb)[0]
+                        }));
+                    }
+                }
+                #[cfg(target_arch = "aarch64")]
+                if std::arch::is_aarch64_feature_detected!("dotprod") {
+                    let acts = [a.row(row)];
+                    got.push(("neon", unsafe {
+                        super::neon::dot_rows::<1>(t, &q, &acts)[0]
                     }));
                 }
-                if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
-                    got.push(("vnni", unsafe {
-                        super::x86_iq::dot_rows_vnni::<1>(t, &q, &acts)[0]
-                    }));
+                // Three rows at once (batched decode) give each row's own product.
+                let three = dot_rows::<3>(t, &q, &a, 0);
+                got.push(("batched", three[row]));
+                let scale: f32 = dequantized(t, &q)
+                    .iter()
+                    .zip(&xq)
+                    .map(|(w, x)| (w * x).abs())
+                    .sum();
+                for (isa, g) in got {
+                    assert!(
+                        (g - want).abs() <= 1e-5 * scale,
+                        "{t:?} {isa} row {row} (per super-block {sb}): {g} vs {want}"
+                    );
                 }
-            }
-            #[cfg(target_arch = "aarch64")]
-            if std::arch::is_aarch64_feature_detected!("dotprod") {
-                let acts = [a.row(row)];
-                got.push(("neon", unsafe {
-                    super::neon::dot_rows::<1>(t, &q, &acts)[0]
-                }));
-            }
-            // Three rows at once (batched decode) give each row's own product.
-            let three = dot_rows::<3>(t, &q, &a, 0);
-            got.push(("batched", three[row]));
-            let scale: f32 = dequantized(t, &q)
-                .iter()
-                .zip(&xq)
-                .map(|(w, x)| (w * x).abs())
-                .sum();
-            for (isa, g) in got {
-                assert!(
-                    (g - want).abs() <= 1e-5 * scale,
-                    "{t:?} {isa} row {row}: {g} vs {want}"
-                );
             }
         }
     }

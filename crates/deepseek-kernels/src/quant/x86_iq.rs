@@ -234,9 +234,11 @@ unsafe fn chunk<const KIND: u8>(b: *const u8, ib: usize) -> Chunk {
     }
 }
 
-/// `Σ w·a` of one lattice-type row against `T` activation rows, `KIND` the type.
+/// `Σ w·a` of one lattice-type row against `T` activation rows, `KIND` the type. `SB`: the
+/// activations have one scale per super-block (llama.cpp's Q8_K form), so each super-block is
+/// summed in integers, the chunks' scales applied as integers, and converted once.
 #[inline(always)]
-unsafe fn dot_rows_kind<B: ByteDot, const T: usize, const KIND: u8>(
+unsafe fn dot_rows_kind<B: ByteDot, const T: usize, const KIND: u8, const SB: bool>(
     bb: usize,
     w: &[u8],
     acts: &[ActRow; T],
@@ -249,21 +251,38 @@ unsafe fn dot_rows_kind<B: ByteDot, const T: usize, const KIND: u8>(
         _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(4 * bb) as *const i8);
         _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(4 * bb + 64) as *const i8);
         let d = super_scale::<KIND>(b);
+        let mut isum = [[_mm256_setzero_si256(); 2]; T];
         // Chunks in pairs, each with its own accumulator: indexed by constants, the
         // accumulators stay in registers (a loop index put them on the stack: 5% slower decode).
         for ib in (0..8).step_by(2) {
             let pair = [chunk::<KIND>(b, ib), chunk::<KIND>(b, ib + 1)];
             for (h, c) in pair.iter().enumerate() {
-                let (s0, s1) = (c.scales.0 as f32, c.scales.1 as f32);
+                let (s0, s1) = c.scales;
+                let si = _mm256_set_m128i(_mm_set1_epi32(s1), _mm_set1_epi32(s0));
                 for (k, a) in acts.iter().enumerate() {
                     let ab = sb * (QK_K / 32) + ib + h;
                     let av = _mm256_sign_epi8(load_a(a, ab), c.sign);
                     // Magnitudes ≤ 62 and |a| ≤ 127: AVX2's pairwise i16 sums cannot saturate.
                     let p = B::dot(_mm256_setzero_si256(), c.mag, av);
-                    let f = d * *a.0.get_unchecked(ab);
-                    let sv = _mm256_set_m128(_mm_set1_ps(f * s1), _mm_set1_ps(f * s0));
-                    let ch = &mut acc[k][h];
-                    *ch = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sv, *ch);
+                    if SB {
+                        // ≤ 4·62·127 per lane, times a scale ≤ 31, eight chunks: within i32.
+                        let is = &mut isum[k][h];
+                        *is = _mm256_add_epi32(*is, _mm256_mullo_epi32(p, si));
+                    } else {
+                        let f = d * *a.0.get_unchecked(ab);
+                        let sv =
+                            _mm256_set_m128(_mm_set1_ps(f * s1 as f32), _mm_set1_ps(f * s0 as f32));
+                        let ch = &mut acc[k][h];
+                        *ch = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sv, *ch);
+                    }
+                }
+            }
+        }
+        if SB {
+            for (k, a) in acts.iter().enumerate() {
+                let f = _mm256_set1_ps(d * *a.0.get_unchecked(sb * (QK_K / 32)));
+                for h in 0..2 {
+                    acc[k][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[k][h]), f, acc[k][h]);
                 }
             }
         }
@@ -276,8 +295,12 @@ pub unsafe fn dot_rows_vnni<const T: usize>(
     t: QuantType,
     w: &[u8],
     acts: &[ActRow; T],
+    per_super_block: bool,
 ) -> [f32; T] {
-    dot_rows::<Vnni, T>(t, w, acts)
+    match per_super_block {
+        true => dot_rows::<Vnni, T, true>(t, w, acts),
+        false => dot_rows::<Vnni, T, false>(t, w, acts),
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -285,26 +308,31 @@ pub unsafe fn dot_rows_avx2<const T: usize>(
     t: QuantType,
     w: &[u8],
     acts: &[ActRow; T],
+    per_super_block: bool,
 ) -> [f32; T] {
-    dot_rows::<Avx2, T>(t, w, acts)
+    match per_super_block {
+        true => dot_rows::<Avx2, T, true>(t, w, acts),
+        false => dot_rows::<Avx2, T, false>(t, w, acts),
+    }
 }
 
-/// `Σ w·a` of one lattice-type weight row against `T` activation rows.
+/// `Σ w·a` of one lattice-type weight row against `T` activation rows (`SB`: one activation
+/// scale per super-block).
 #[inline(always)]
-unsafe fn dot_rows<B: ByteDot, const T: usize>(
+unsafe fn dot_rows<B: ByteDot, const T: usize, const SB: bool>(
     t: QuantType,
     w: &[u8],
     acts: &[ActRow; T],
 ) -> [f32; T] {
     let bb = t.block_bytes();
     match t {
-        QuantType::IQ2XXS => dot_rows_kind::<B, T, IQ2XXS>(bb, w, acts),
-        QuantType::IQ2XS => dot_rows_kind::<B, T, IQ2XS>(bb, w, acts),
-        QuantType::IQ2S => dot_rows_kind::<B, T, IQ2S>(bb, w, acts),
-        QuantType::IQ3XXS => dot_rows_kind::<B, T, IQ3XXS>(bb, w, acts),
-        QuantType::IQ3S => dot_rows_kind::<B, T, IQ3S>(bb, w, acts),
-        QuantType::IQ1S => dot_rows_kind::<B, T, IQ1S>(bb, w, acts),
-        QuantType::IQ1M => dot_rows_kind::<B, T, IQ1M>(bb, w, acts),
+        QuantType::IQ2XXS => dot_rows_kind::<B, T, IQ2XXS, SB>(bb, w, acts),
+        QuantType::IQ2XS => dot_rows_kind::<B, T, IQ2XS, SB>(bb, w, acts),
+        QuantType::IQ2S => dot_rows_kind::<B, T, IQ2S, SB>(bb, w, acts),
+        QuantType::IQ3XXS => dot_rows_kind::<B, T, IQ3XXS, SB>(bb, w, acts),
+        QuantType::IQ3S => dot_rows_kind::<B, T, IQ3S, SB>(bb, w, acts),
+        QuantType::IQ1S => dot_rows_kind::<B, T, IQ1S, SB>(bb, w, acts),
+        QuantType::IQ1M => dot_rows_kind::<B, T, IQ1M, SB>(bb, w, acts),
         t => unreachable!("{} is not a lattice i-quant", t.name()),
     }
 }
