@@ -810,7 +810,8 @@ impl ExportPlan {
                         |task| {
                             let (mut row, mut buf, mut part) =
                                 (vec![0.0f32; m.cols], vec![], vec![]);
-                            for &r in rows.chunks(ROWS_PER_TASK).nth(task).expect("task") {
+                            let mine = &rows[task * ROWS_PER_TASK..];
+                            for &r in &mine[..ROWS_PER_TASK.min(mine.len())] {
                                 m.row_f32(r, &mut row);
                                 put_row(spec.ggml_type, &row, imp, &mut part, &mut buf)
                                     .expect("writing to memory");

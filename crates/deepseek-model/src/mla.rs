@@ -283,14 +283,15 @@ impl MlaAttention {
             d.v_head_dim,
         );
         let (qk, width) = (nope + rdim, lora + rdim);
-        let kv_b = format!("{}.kv_b_proj.weight", self.prefix);
+        // Names only when an observer (an importance matrix) looks: decode takes this path.
+        let kv_b = || format!("{}.kv_b_proj.weight", self.prefix);
         if let Some(o) = obs {
             let q_nope: Vec<f32> = q
                 .chunks_exact(qk)
                 .flat_map(|r| &r[..nope])
                 .copied()
                 .collect();
-            o.observe(&kv_b_half_name(&kv_b, "k_b"), &q_nope, n);
+            o.observe(&kv_b_half_name(&kv_b(), "k_b"), &q_nope, n);
         }
 
         // absorbed_q[t, h] = [W_UK[h]ᵀ q_nope[t, h] | q_pe[t, h]]; heads in parallel, each one
@@ -349,7 +350,7 @@ impl MlaAttention {
         }
 
         if let Some(o) = obs {
-            o.observe(&kv_b_half_name(&kv_b, "v_b"), &latent_out, n);
+            o.observe(&kv_b_half_name(&kv_b(), "v_b"), &latent_out, n);
         }
         // Back from latent space: out[t, h] = W_UV[h] · latent_out[t, h], heads in parallel.
         let per_head = per_head_par(&latent_out, n, h, lora, lora, vdim, |hh, lat, v| {

@@ -63,6 +63,34 @@ fn best_neighbour(
         .expect("IQ1_S: no grid point scores below f32::MAX (non-finite input)")
 }
 
+/// The indices of `xb` in ascending order of value (a stable sort, as glibc's qsort of these
+/// pairs is).
+fn ascending<const N: usize>(xb: &[f32]) -> [usize; N] {
+    let mut idx: [usize; N] = std::array::from_fn(|j| j);
+    idx.sort_by(|&a, &b| {
+        xb[a]
+            .partial_cmp(&xb[b])
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    idx
+}
+
+/// Level indices from a split of the sorted values: the first `i1` get 0, up to `i2` 1, the
+/// rest 2.
+fn split_levels<const N: usize>(idx: &[usize; N], i1: usize, i2: usize) -> [i8; N] {
+    let mut l = [0i8; N];
+    for (j, &i) in idx.iter().enumerate() {
+        l[i] = if j < i1 {
+            0
+        } else if j < i2 {
+            1
+        } else {
+            2
+        };
+    }
+    l
+}
+
 /// One super-block of IQ1_S (importances required).
 pub(crate) fn quantize_iq1s_block(x: &[f32], qw: &[f32], out: &mut [u8]) {
     let lat = lattice();
@@ -81,13 +109,7 @@ pub(crate) fn quantize_iq1s_block(x: &[f32], qw: &[f32], out: &mut [u8]) {
         if max < 1e-12 {
             continue;
         }
-        // Sorted ascending (a stable sort, as glibc's qsort of these pairs is).
-        let mut idx: [usize; BS] = std::array::from_fn(|j| j);
-        idx.sort_by(|&a, &b| {
-            xb[a]
-                .partial_cmp(&xb[b])
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
+        let idx = ascending::<BS>(xb);
         let (mut sumx, mut sumw) = ([0.0f32; BS + 1], [0.0f32; BS + 1]);
         for j in 0..BS {
             let i = idx[j];
@@ -116,16 +138,7 @@ pub(crate) fn quantize_iq1s_block(x: &[f32], qw: &[f32], out: &mut [u8]) {
         let (Some(i1), Some(i2)) = (besti1, besti2) else {
             continue;
         };
-        let mut l = [0i8; BS];
-        for (j, &i) in idx.iter().enumerate() {
-            l[i] = if j < i1 {
-                0
-            } else if j < i2 {
-                1
-            } else {
-                2
-            };
-        }
+        let mut l = split_levels(&idx, i1, i2);
         if scale < 0.0 {
             l = l.map(|v| 2 - v);
             scale = -scale;
@@ -232,12 +245,7 @@ pub(crate) fn quantize_iq1m_block(x: &[f32], qw: Option<&[f32]>, out: &mut [u8])
         if max < 1e-7 {
             continue;
         }
-        let mut idx: [usize; BS] = std::array::from_fn(|j| j);
-        idx.sort_by(|&a, &b| {
-            xb[a]
-                .partial_cmp(&xb[b])
-                .unwrap_or(std::cmp::Ordering::Equal)
-        });
+        let idx = ascending::<BS>(xb);
         let (mut px, mut pw) = ([[0.0f32; BS + 1]; 2], [[0.0f32; BS + 1]; 2]);
         for j in 0..BS {
             let i = idx[j];
@@ -290,16 +298,7 @@ pub(crate) fn quantize_iq1m_block(x: &[f32], qw: Option<&[f32]>, out: &mut [u8])
         let Some((i1, i2, mut best_k)) = best else {
             continue;
         };
-        let mut l = [0i8; BS];
-        for (j, &i) in idx.iter().enumerate() {
-            l[i] = if j < i1 {
-                0
-            } else if j < i2 {
-                1
-            } else {
-                2
-            };
-        }
+        let mut l = split_levels(&idx, i1, i2);
         if scale < 0.0 {
             l = l.map(|v| 2 - v);
             scale = -scale;

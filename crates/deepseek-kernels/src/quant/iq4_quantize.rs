@@ -6,6 +6,7 @@
 //! super-block's `d` and rounds the values again to the stored scales.
 
 use super::format::{put_f16, QuantType, IQ4_LEVELS, QK, QK_K};
+use super::lattice::nearest_int;
 
 /// Candidate steps either side of `max / -127` (llama.cpp's `ntry`).
 const NTRY: i32 = 7;
@@ -33,11 +34,6 @@ fn best_index(x: f32) -> usize {
     } else {
         mu
     }
-}
-
-/// ggml's `nearest_int`: round half to even through the float's mantissa.
-fn nearest_int(v: f32) -> i32 {
-    ((v + 12582912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
 /// One IQ4_NL block (`QK` values) or IQ4_XS super-block (`QK_K`), `qw` the importances.

@@ -123,8 +123,11 @@ fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], w: &[f32]) -> f32 {
 
 /// Magnitudes of 32 values and their 7-bit sign patterns per 8: where a group has an odd
 /// count of negatives, the value of least `w · x²` is taken with the wrong sign.
-fn signs_and_magnitudes(xb: &[f32], w: &[f32], xval: &mut [f32; 32]) -> [u8; 4] {
+fn signs_and_magnitudes(xb: &[f32], w: &[f32], xval: &mut [f32]) -> [u8; 4] {
     std::array::from_fn(|k| {
+        if 8 * k >= xb.len() {
+            return 0;
+        }
         let (mut flips, mut s) = (0, 0u8);
         for i in 0..8 {
             let v = xb[8 * k + i];
@@ -152,9 +155,9 @@ fn signs_and_magnitudes(xb: &[f32], w: &[f32], xval: &mut [f32; 32]) -> [u8; 4] 
 }
 
 /// Σ w·x·q and Σ w·q² for odd levels `q = 2l + 1`.
-fn fit_sums(xval: &[f32; 32], w: &[f32; 32], l: &[i8; 32]) -> (f32, f32) {
+fn fit_sums(xval: &[f32], w: &[f32], l: &[i8]) -> (f32, f32) {
     let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
-    for i in 0..32 {
+    for i in 0..xval.len() {
         let q = (2 * l[i] + 1) as f32;
         sumqx += w[i] * xval[i] * q;
         sumq2 += w[i] * q * q;
@@ -162,31 +165,43 @@ fn fit_sums(xval: &[f32; 32], w: &[f32; 32], l: &[i8; 32]) -> (f32, f32) {
     (sumqx, sumq2)
 }
 
-/// Rounds the groups of `xval` at inverse scale `id` to level indices (0..kmax), each group
-/// off the grid replaced by its best neighbour at `scale`. Returns which groups were on it.
-fn round_groups(
+/// Rounds group `k` of `xval` at inverse scale `id` to level indices (0..kmax), replaced by
+/// its best neighbour at `scale` if off the grid. Returns whether it was on it.
+#[allow(clippy::too_many_arguments)]
+fn round_group(
     lat: &Lattice,
-    xval: &[f32; 32],
-    waux: &[f32; 32],
+    xval: &[f32],
+    waux: &[f32],
     id: f32,
     scale: f32,
     kmax: i32,
-    l: &mut [i8; 32],
-) -> [bool; 8] {
-    let dim = lat.dim;
-    let mut on_grid = [true; 8];
-    for k in 0..32 / dim {
-        let g = k * dim..(k + 1) * dim;
-        for i in g.clone() {
-            l[i] = nearest_int(0.5 * (id * xval[i] - 1.0)).clamp(0, kmax - 1) as i8;
-        }
-        let e = lat.lookup(&l[g.clone()]);
-        if e < 0 {
-            on_grid[k] = false;
-            lat.best_neighbour(e, &xval[g.clone()], &waux[g.clone()], scale, &mut l[g]);
-        }
+    k: usize,
+    l: &mut [i8],
+) -> bool {
+    let g = k * lat.dim..(k + 1) * lat.dim;
+    for i in g.clone() {
+        l[i] = nearest_int(0.5 * (id * xval[i] - 1.0)).clamp(0, kmax - 1) as i8;
     }
-    on_grid
+    let e = lat.lookup(&l[g.clone()]);
+    if e < 0 {
+        lat.best_neighbour(e, &xval[g.clone()], &waux[g.clone()], scale, &mut l[g]);
+    }
+    e >= 0
+}
+
+/// [`round_group`] for every group of `xval`.
+fn round_groups(
+    lat: &Lattice,
+    xval: &[f32],
+    waux: &[f32],
+    id: f32,
+    scale: f32,
+    kmax: i32,
+    l: &mut [i8],
+) {
+    for k in 0..xval.len() / lat.dim {
+        round_group(lat, xval, waux, id, scale, kmax, k, l);
+    }
 }
 
 /// The scale search IQ2_XS, IQ2_S and IQ3_S share: for `is` in `-steps..=steps`, candidate
@@ -206,29 +221,12 @@ fn search_scale(
     waux: &[f32],
     l: &mut [i8],
 ) -> f32 {
-    let (n, dim) = (xval.len(), lat.dim);
+    let n = xval.len();
     let max = xval.iter().fold(xval[0], |m, &v| m.max(v));
-    let sums = |l: &[i8]| {
-        let (mut sumqx, mut sumq2) = (0.0f32, 0.0f32);
-        for i in 0..n {
-            let q = (2 * l[i] + 1) as f32;
-            sumqx += w[i] * xval[i] * q;
-            sumq2 += w[i] * q * q;
-        }
-        (sumqx, sumq2)
+    let round = |id: f32, scale: f32, k: usize, l: &mut [i8]| {
+        round_group(lat, xval, waux, id, scale, kmax, k, l)
     };
-    let round = |id: f32, scale: f32, k: usize, l: &mut [i8]| -> bool {
-        let g = k * dim..(k + 1) * dim;
-        for i in g.clone() {
-            l[i] = nearest_int(0.5 * (id * xval[i] - 1.0)).clamp(0, kmax - 1) as i8;
-        }
-        let e = lat.lookup(&l[g.clone()]);
-        if e < 0 {
-            lat.best_neighbour(e, &xval[g.clone()], &waux[g.clone()], scale, &mut l[g]);
-        }
-        e >= 0
-    };
-    let groups = n / dim;
+    let groups = n / lat.dim;
     let mut best = 0.0f32;
     let mut scale = max / (2 * kmax - 1) as f32;
     let mut on_grid = [on_grid0; 8];
@@ -239,7 +237,7 @@ fn search_scale(
         for (k, o) in on.iter_mut().enumerate().take(groups) {
             *o = round(id, 1.0 / id, k, &mut laux[..n]);
         }
-        let (sumqx, sumq2) = sums(&laux[..n]);
+        let (sumqx, sumq2) = fit_sums(xval, w, &laux[..n]);
         if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
             scale = sumqx / sumq2;
             best = scale * sumqx;
@@ -254,7 +252,7 @@ fn search_scale(
                 round(id, scale, k, l);
             }
         }
-        let (sumqx, sumq2) = sums(l);
+        let (sumqx, sumq2) = fit_sums(xval, w, l);
         if sumq2 > 0.0 {
             scale = sumqx / sumq2;
         }
@@ -290,16 +288,12 @@ fn quantize_iq2xs_block(x: &[f32], qw: &[f32], out: &mut [u8]) {
     let mut max_scale = 0.0f32;
     for ib in 0..16 {
         let xb = &x[16 * ib..16 * ib + 16];
-        let mut w = [0.0f32; 32];
-        for i in 0..16 {
-            w[i] = qw[16 * ib + i] * (sigma2 + xb[i] * xb[i]).sqrt();
-        }
+        let w: [f32; 16] =
+            std::array::from_fn(|i| qw[16 * ib + i] * (sigma2 + xb[i] * xb[i]).sqrt());
         let waux = w.map(f32::sqrt);
-        let mut xval = [0.0f32; 32];
-        let mut xb32 = [0.0f32; 32];
-        xb32[..16].copy_from_slice(xb);
-        let signs = signs_and_magnitudes(&xb32, &w, &mut xval);
-        let max = xval[..16].iter().fold(xval[0], |m, &v| m.max(v));
+        let mut xval = [0.0f32; 16];
+        let signs = signs_and_magnitudes(xb, &w, &mut xval);
+        let max = xval.iter().fold(xval[0], |m, &v| m.max(v));
         if max < 1e-15 {
             continue;
         }
