@@ -43,6 +43,11 @@ target/py-serve/bin/python scripts/test_cache_dir.py
 # The chat page at `/` in a real browser (skipped, saying so, where Chromium cannot be installed).
 scripts/test_browser.sh
 
+# Expert parallelism over MPI: fixture parity under mpirun -np 2 and -np 4, and the server
+# tests with the server under mpirun -np 2 (skipped, saying so, where Open MPI cannot be
+# installed).
+scripts/test_mpi.sh
+
 # The file and request parsers under libFuzzer, briefly (skipped, saying so, where there is no
 # nightly toolchain).
 scripts/fuzz.sh 20 --if-available

@@ -8,6 +8,8 @@ use deepseek_engine::{ChatTemplate, Tokenizer};
 use deepseek_loader::hf_cache::{self, ModelId};
 use deepseek_model::Model;
 
+use crate::expert_parallel::Cluster;
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
 pub enum CacheType {
     #[default]
@@ -27,13 +29,17 @@ impl CacheType {
 }
 
 /// What the global flags set for the commands that load a model, passed to each explicitly.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Settings {
     /// `--cache-type`: how caches store rows.
     pub cache: CacheType,
     /// `--bf16-activations`, `DEEPSEEK_BF16_ACTIVATIONS`, `DEEPSEEK_EXACT_ACTIVATIONS`: how
     /// activations meet the weights.
     pub precision: deepseek_kernels::Precision,
+    /// `--expert-parallel`: the ranks the routed experts are split across (this is rank 0).
+    pub experts: Option<Arc<Cluster>>,
+    /// `--expert-placement`: which rank holds which routed expert.
+    pub expert_placement: deepseek_model::expert_parallel::PlacementPolicy,
 }
 
 /// The model bundled in the repo, used when --model is not given.
@@ -107,7 +113,7 @@ impl ModelArg {
 
 /// Loads the model at `dir` (a progress bar on a terminal), its cache rows stored as `cache`
 /// (the global `--cache-type`).
-pub fn load_model(dir: &Path, s: Settings) -> Result<Arc<Model>> {
+pub fn load_model(dir: &Path, s: &Settings) -> Result<Arc<Model>> {
     let config = dir.join("config.json");
     if deepseek_loader::gguf_path(dir)?.is_none() && !config.exists() {
         bail!(
@@ -128,10 +134,27 @@ pub fn load_model(dir: &Path, s: Settings) -> Result<Arc<Model>> {
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let model = Model::load(dir, &mut |done, total| {
+    let mut progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
-    })
+    };
+    let model = match &s.experts {
+        None => Model::load(dir, &mut progress),
+        Some(cluster) => {
+            let (config, store) = deepseek_loader::open_checkpoint(dir)
+                .with_context(|| format!("loading {}", dir.display()))?;
+            let ep = cluster.leader(&config)?;
+            let model = Model::from_store_with_experts(config, &store, &mut progress, ep)
+                .with_context(|| format!("loading {}", dir.display()))?;
+            if let Some(ep) = model.expert_parallel() {
+                ep.check_followers(model.weights_fingerprint)
+                    .map_err(|e| anyhow::anyhow!("--expert-parallel: {e}"))?;
+                let held = ep.placement().experts_of(0).len();
+                tracing::info!(ranks = ep.ranks(), held, "expert parallel");
+            }
+            Ok(model)
+        }
+    }
     .with_context(|| format!("loading {}", dir.display()))?;
     bar.finish_and_clear();
     Ok(Arc::new(model.with_precision(s.precision)))

@@ -2,6 +2,7 @@
 
 mod commands;
 mod common;
+mod expert_parallel;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,17 @@ struct Cli {
     /// it has no effect.
     #[arg(long, global = true)]
     bf16_activations: bool,
+    /// Split the routed experts across the ranks of an MPI job: `mpirun -np N deepseek
+    /// --expert-parallel COMMAND …` (a build with `--features mpi`). Rank 0 runs the command
+    /// and holds attention, dense layers, shared experts, the cache and its share of the
+    /// experts; every other rank loads only its experts and runs them on the tokens routed to
+    /// them, one sum per MoE layer bringing their output back. For models bigger than one
+    /// machine's memory (EXPERT_PARALLEL.md).
+    #[arg(long, global = true)]
+    expert_parallel: bool,
+    /// Which rank holds which routed expert under --expert-parallel (`info --ranks N` shows it).
+    #[arg(long, global = true, value_enum, default_value = "contiguous")]
+    expert_placement: expert_parallel::Placement,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,6 +92,27 @@ enum Command {
     Quantize(commands::quantize::Args),
     /// Measure an importance matrix over a text (llama.cpp's imatrix file), for quantizing.
     Imatrix(commands::imatrix::Args),
+}
+
+impl Command {
+    /// The model a command runs, for the other ranks of --expert-parallel to load their
+    /// experts of; an error for commands it does not apply to.
+    fn expert_parallel_model(&self) -> Result<&common::ModelArg, String> {
+        match self {
+            Command::Info(a) => Ok(&a.model),
+            Command::Forward(a) => Ok(&a.model),
+            Command::Generate(a) => Ok(&a.model),
+            Command::Chat(a) => Ok(&a.model),
+            Command::Bench(a) => Ok(&a.model),
+            Command::Serve(a) => Ok(&a.model),
+            Command::Eval(a) => Ok(&a.model),
+            Command::Imatrix(_) => Err("--expert-parallel: `imatrix` must see every expert's inputs; run it in one process".into()),
+            Command::Tokenize(_)
+            | Command::Template(_)
+            | Command::Synth(_)
+            | Command::Quantize(_) => Err("--expert-parallel: this command runs no model; leave the flag (and mpirun) out".into()),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -130,14 +163,54 @@ fn main() -> ExitCode {
     }
     deepseek_kernels::threads::init(cli.threads);
     let tuning = deepseek_kernels::Precision::from_tuning(deepseek_kernels::tuning::get());
-    let settings = common::Settings {
+    let mut settings = common::Settings {
         cache: cli.cache_type,
         precision: deepseek_kernels::Precision {
             bf16_activations: cli.bf16_activations || tuning.bf16_activations,
             exact_activations: tuning.exact_activations,
         },
+        experts: None,
+        expert_placement: cli.expert_placement.policy(),
     };
-    let result = std::panic::catch_unwind(|| match cli.command {
+    // Kept to the end of `main`: dropping it leaves the MPI job.
+    let mut _mpi = None;
+    if cli.expert_parallel {
+        let cluster = match expert_parallel::start(cli.expert_placement) {
+            Ok((cluster, guard)) => {
+                _mpi = Some(guard);
+                cluster
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let model = match cli.command.expert_parallel_model() {
+            Ok(m) => m,
+            Err(e) => {
+                if cluster.rank() == 0 {
+                    eprintln!("error: {e}");
+                }
+                return ExitCode::from(2);
+            }
+        };
+        if cluster.rank() != 0 {
+            let rank = cluster.rank();
+            return match model
+                .dir()
+                .and_then(|d| cluster.follow(&d, settings.precision))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: rank {rank}: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        settings.experts = Some(std::sync::Arc::new(cluster));
+    }
+    let cluster = settings.experts.clone();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match cli.command {
         Command::Info(a) => commands::info::run(a, settings),
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Template(a) => commands::template::run(a),
@@ -150,7 +223,10 @@ fn main() -> ExitCode {
         Command::Imatrix(a) => commands::imatrix::run(a, settings),
         Command::Serve(a) => commands::serve::run(a, settings),
         Command::Eval(a) => commands::eval::run(a, settings),
-    });
+    }));
+    if let Some(c) = cluster {
+        c.finish();
+    }
     match result {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {

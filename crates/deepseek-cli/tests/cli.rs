@@ -931,3 +931,39 @@ fn imatrix_files_feed_quantize() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("text.py"));
     std::fs::remove_dir_all(&tmp).ok();
 }
+
+#[test]
+fn info_ranks_shows_each_ranks_experts_and_refuses_more_ranks_than_experts() {
+    // The bundled model: 8 routed experts.
+    let out = deepseek(&["info", "--ranks", "3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "rank 0: 3 routed experts (0-2)",
+        "rank 1: 3 routed experts (3-5)",
+        "rank 2: 2 routed experts (6-7)",
+        "rank 0 also holds everything else",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    let out = deepseek(&["--expert-placement", "round-robin", "info", "--ranks", "3"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rank 1: 3 routed experts (1,4,7)"));
+    let out = deepseek(&["info", "--ranks", "9"]);
+    assert_usage_error(&out, "9 ranks for 8 routed experts");
+}
+
+/// Without the `mpi` feature (the default build) the flag says how to get it; commands that
+/// run no model refuse it in any build.
+#[test]
+fn expert_parallel_without_mpi_says_how_to_build_it() {
+    if cfg!(feature = "mpi") {
+        return;
+    }
+    let out = deepseek(&["--expert-parallel", "generate", "--prompt", "x"]);
+    assert_usage_error(&out, "built without MPI");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--features mpi"));
+}

@@ -7,6 +7,7 @@ use deepseek_kernels::{Matrix, Precision};
 use deepseek_loader::{AttentionKind, LoadError, ModelConfig, WeightStore};
 
 use crate::batch::BatchLayout;
+use crate::expert_parallel::ExpertParallel;
 use crate::llama_attention::LlamaAttention;
 use crate::mla::{AttentionPath, MlaAttention};
 use crate::mlp::Mlp;
@@ -43,12 +44,20 @@ pub struct LayerContext<'a, 'b> {
     pub precision: Precision,
     /// Sees every matrix product's input (`deepseek imatrix`); None in inference.
     pub observer: Option<&'a dyn MatmulObserver>,
+    /// The other ranks' routed experts, under expert parallelism.
+    pub experts: Option<&'a ExpertParallel>,
 }
 
 impl DecoderLayer {
     /// Layer `i` of the checkpoint: `model.layers.{i}` (also the index a multi-token-prediction
-    /// block has after the main stack, which decides whether its feed-forward is MoE).
-    pub fn load(w: &WeightStore, c: &ModelConfig, i: usize) -> Result<Self, LoadError> {
+    /// block has after the main stack, which decides whether its feed-forward is MoE), with
+    /// only this rank's routed experts under expert parallelism (`ep`).
+    pub fn load(
+        w: &WeightStore,
+        c: &ModelConfig,
+        i: usize,
+        ep: Option<&ExpertParallel>,
+    ) -> Result<Self, LoadError> {
         let p = format!("model.layers.{i}");
         let hid = c.hidden_size;
         let self_attn = match &c.attention {
@@ -60,9 +69,7 @@ impl DecoderLayer {
             }
         };
         let mlp = match &c.moe {
-            Some(m) if m.is_moe_layer(i) => {
-                FeedForward::Moe(Moe::load(w, c, m, &format!("{p}.mlp"))?)
-            }
+            Some(m) if m.is_moe_layer(i) => FeedForward::Moe(Moe::load(w, c, m, i, ep)?),
             _ => FeedForward::Dense(Mlp::load(w, &format!("{p}.mlp"), hid, c.intermediate_size)?),
         };
         Ok(DecoderLayer {
@@ -126,7 +133,7 @@ impl DecoderLayer {
                 }
             }
             FeedForward::Moe(m) => {
-                let routing = m.forward(&h, n, &mut o, p, cx.observer);
+                let routing = m.forward(&h, n, &mut o, p, cx.observer, cx.experts);
                 if let Some(tr) = trace {
                     tr.router_logits.push(m.router.logits(&h, n, p));
                     tr.routing.push(routing);
@@ -148,7 +155,7 @@ impl DecoderLayer {
             FeedForward::Moe(moe) => {
                 let share = moe.router.top_k() as f64 / moe.experts.len() as f64;
                 f(moe.router.weight(), 1.0);
-                for e in &moe.experts {
+                for e in moe.experts.iter().flatten() {
                     e.matrices().into_iter().for_each(|m| f(m, share));
                 }
                 if let Some(s) = &moe.shared_experts {

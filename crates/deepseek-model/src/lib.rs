@@ -7,12 +7,14 @@
 //! - [`rope`]: RoPE and YaRN tables.
 //! - [`layer`]: one decoder layer (attention, then dense MLP or MoE).
 //! - [`mtp`]: DeepSeek-V3's multi-token-prediction module (speculative drafts).
+//! - [`expert_parallel`]: the routed experts split across processes (MPI ranks).
 //! - [`observe`]: what a step shows of its matrix products (importance matrices).
 //! - [`model`]: the decoder stack and the batched forward step.
 //!
 //! Math lives in `deepseek-kernels`; the cache lives in `deepseek-cache`.
 
 pub mod batch;
+pub mod expert_parallel;
 pub mod layer;
 pub mod llama_attention;
 pub mod mla;

@@ -1,6 +1,7 @@
 //! The decoder stack: embeddings → layers (attention + dense MLP or MoE) → norm → lm_head.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use deepseek_cache::{BlockPool, CacheDtype, CacheError, CacheShape, SequenceCache};
 use deepseek_kernels::ops::rms_norm;
@@ -8,6 +9,7 @@ use deepseek_kernels::{matmul, Matrix, Precision};
 use deepseek_loader::{LoadError, ModelConfig, WeightStore};
 
 use crate::batch::BatchLayout;
+use crate::expert_parallel::ExpertParallel;
 use crate::layer::{DecoderLayer, LayerContext};
 use crate::mla::AttentionPath;
 use crate::mtp::MtpModule;
@@ -45,6 +47,9 @@ pub struct Model {
     precision: Precision,
     /// The weights' identity ([`WeightStore::fingerprint`]).
     pub weights_fingerprint: [u8; 32],
+    /// Where the routed experts live when they are split across processes (rank 0's view);
+    /// None when this process holds them all.
+    expert_parallel: Option<Arc<ExpertParallel>>,
 }
 
 /// Which attention path prefill uses (decode steps of one token always use the absorbed one).
@@ -84,6 +89,17 @@ impl Model {
         w: &WeightStore,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self, LoadError> {
+        Self::from_store_with_experts(config, w, progress, None)
+    }
+
+    /// [`Model::from_store`] for rank 0 of expert parallelism: only the routed experts `ep`
+    /// places here are loaded, and every MoE layer asks the other ranks for the rest.
+    pub fn from_store_with_experts(
+        config: ModelConfig,
+        w: &WeightStore,
+        progress: &mut dyn FnMut(usize, usize),
+        ep: Option<Arc<ExpertParallel>>,
+    ) -> Result<Self, LoadError> {
         let c = &config;
         let (v, hid) = (c.vocab_size, c.hidden_size);
         let embed_tokens = w.matrix("model.embed_tokens.weight", v, hid)?;
@@ -112,10 +128,10 @@ impl Model {
         }
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
-            layers.push(DecoderLayer::load(w, c, i)?);
+            layers.push(DecoderLayer::load(w, c, i, ep.as_deref())?);
             progress(i + 1, c.num_hidden_layers);
         }
-        let mtp = MtpModule::load(w, c)?;
+        let mtp = MtpModule::load(w, c, ep.as_deref())?;
         let lm_head = if w.contains("lm_head.weight") || !c.tie_word_embeddings {
             w.matrix("lm_head.weight", v, hid)?
         } else {
@@ -131,6 +147,7 @@ impl Model {
             config,
             precision: Precision::default(),
             weights_fingerprint: w.fingerprint(),
+            expert_parallel: ep,
         })
     }
 
@@ -143,6 +160,11 @@ impl Model {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// The expert-parallel group this model's MoE layers exchange with, on rank 0.
+    pub fn expert_parallel(&self) -> Option<&ExpertParallel> {
+        self.expert_parallel.as_deref()
     }
 
     /// What a cache block's rows depend on: the weights, the configuration (RoPE scaling
@@ -208,6 +230,26 @@ impl Model {
             b += mtp.other_bytes();
         }
         b
+    }
+
+    /// Bytes of each routed expert, by expert id, summed over the MoE layers (the
+    /// multi-token-prediction block's too): what the rank holding that id holds of it under
+    /// expert parallelism. Empty for a dense model.
+    pub fn routed_expert_bytes(&self) -> Vec<usize> {
+        let blocks = self
+            .layers
+            .iter()
+            .chain(self.mtp.as_ref().map(|m| &m.block));
+        let mut bytes = vec![];
+        for l in blocks {
+            if let crate::layer::FeedForward::Moe(moe) = &l.mlp {
+                bytes.resize(moe.experts.len(), 0);
+                for (b, e) in bytes.iter_mut().zip(&moe.experts) {
+                    *b += e.as_ref().map_or(0, |e| e.weight_bytes());
+                }
+            }
+        }
+        bytes
     }
 
     /// Every weight matrix of the main stack except the embeddings, with the share of tokens
@@ -405,6 +447,7 @@ impl Model {
             path,
             precision: self.precision,
             observer,
+            experts: self.expert_parallel.as_deref(),
         };
         for (li, layer) in self.layers.iter().enumerate() {
             layer.forward(&mut x, li, &cx, pool, c.rms_norm_eps, trace.as_deref_mut());
@@ -521,6 +564,7 @@ impl Model {
                 path,
                 precision: self.precision,
                 observer,
+                experts: self.expert_parallel.as_deref(),
             };
             mtp.run_block(&mut x, &cx, pool, c.rms_norm_eps);
             let normed = mtp.head_norm(&x, c.rms_norm_eps);

@@ -21,6 +21,7 @@ use deepseek_kernels::ops::rms_norm;
 use deepseek_kernels::{matmul, Matrix, Precision};
 use deepseek_loader::{LoadError, ModelConfig, WeightStore};
 
+use crate::expert_parallel::ExpertParallel;
 use crate::layer::{DecoderLayer, LayerContext};
 use crate::observe::{show, MatmulObserver};
 
@@ -31,7 +32,7 @@ pub struct MtpModule {
     hnorm: Vec<f32>,
     /// `[hidden, 2 · hidden]`: columns `[embedding half | hidden-state half]`.
     eh_proj: Matrix,
-    block: DecoderLayer,
+    pub(crate) block: DecoderLayer,
     head_norm: Vec<f32>,
     /// `shared_head.head` where the checkpoint keeps its own copy.
     head: Option<Matrix>,
@@ -42,7 +43,12 @@ pub struct MtpModule {
 impl MtpModule {
     /// The first multi-token-prediction module, when the config announces one and the
     /// checkpoint holds it (quantized files often leave it out: then there is none).
-    pub fn load(w: &WeightStore, c: &ModelConfig) -> Result<Option<Self>, LoadError> {
+    /// Under expert parallelism (`ep`) its block holds only this rank's routed experts.
+    pub fn load(
+        w: &WeightStore,
+        c: &ModelConfig,
+        ep: Option<&ExpertParallel>,
+    ) -> Result<Option<Self>, LoadError> {
         let l = c.num_hidden_layers;
         let p = format!("model.layers.{l}");
         if c.num_nextn_predict_layers == 0 || !w.contains(&format!("{p}.eh_proj.weight")) {
@@ -60,7 +66,7 @@ impl MtpModule {
             enorm: w.vector(&format!("{p}.enorm.weight"), hid)?,
             hnorm: w.vector(&format!("{p}.hnorm.weight"), hid)?,
             eh_proj: w.matrix(&format!("{p}.eh_proj.weight"), hid, 2 * hid)?,
-            block: DecoderLayer::load(w, c, l)?,
+            block: DecoderLayer::load(w, c, l, ep)?,
             head_norm: w.vector(&format!("{p}.shared_head.norm.weight"), hid)?,
             head: optional(format!("{p}.shared_head.head.weight"))?,
             layer: l,

@@ -15,7 +15,7 @@ use crate::common::{load_model, ModelArg, Settings};
   deepseek bench -p 0 -n 64 --verify 2 --json   # + speculative verify steps")]
 pub struct Args {
     #[command(flatten)]
-    model: ModelArg,
+    pub model: ModelArg,
     /// Prompt tokens for the prefill test (0 skips it).
     #[arg(short = 'p', long, default_value_t = 512)]
     prompt: usize,
@@ -86,7 +86,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         let (_, store) = deepseek_loader::open_checkpoint(&dir)?;
         (store.main_dtype(), store.total_bytes())
     };
-    let model = load_model(&dir, s)?;
+    let model = load_model(&dir, &s)?;
     let c = &model.config;
     if a.prompt > c.max_position_embeddings {
         bail!(
@@ -242,7 +242,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
     let rss = peak_rss_bytes().filter(|_| peak_is_ours);
     let cache_bytes = (a.prompt.max(a.depth + a.gen + 1)) * shape.bytes_per_token();
     let drafted = match &a.draft_prompt {
-        Some(path) if a.gen > 0 => Some(draft_run(&model, &dir, path, &a, s)?),
+        Some(path) if a.gen > 0 => Some(draft_run(&model, &dir, path, &a, s.clone())?),
         _ => None,
     };
     let v = json!({

@@ -14,7 +14,7 @@ use crate::common::{chat_template, load_model, maybe_tokenizer, ModelArg, Settin
   deepseek chat --model V2-Lite-Chat.Q4_K_M.gguf --temperature 0.7 --top-p 0.95")]
 pub struct Args {
     #[command(flatten)]
-    model: ModelArg,
+    pub model: ModelArg,
     /// A system prompt for the conversation.
     #[arg(long)]
     system: Option<String>,
@@ -30,7 +30,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
     };
     let template = chat_template(&tok, &dir)?;
     let gen =
-        Generator::new(load_model(&dir, s)?, Some(tok.clone())).with_cache_dtype(s.cache.dtype());
+        Generator::new(load_model(&dir, &s)?, Some(tok.clone())).with_cache_dtype(s.cache.dtype());
     let mut messages = vec![];
     if let Some(s) = &a.system {
         messages.push(json!({"role": "system", "content": s}));

@@ -35,7 +35,7 @@ pub struct Args {
     #[arg(value_enum)]
     bench: Bench,
     #[command(flatten)]
-    model: ModelArg,
+    pub model: ModelArg,
     /// Score only N items (MMLU: spread over subjects, one per subject first).
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
@@ -109,7 +109,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         );
     }
 
-    let model = load_model(&dir, s)?;
+    let model = load_model(&dir, &s)?;
     let tok =
         Arc::new(load_tokenizer(&dir).with_context(|| {
             format!("{}: evaluation needs the model's tokenizer", dir.display())

@@ -21,7 +21,7 @@ enum Mode {
       --mode decode --out decode.safetensors")]
 pub struct Args {
     #[command(flatten)]
-    model: ModelArg,
+    pub model: ModelArg,
     /// Token ids, e.g. 0,5,7.
     #[arg(long, value_name = "IDS")]
     token_ids: String,
@@ -33,7 +33,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args, s: Settings) -> Result<()> {
-    let model = load_model(&a.model.dir()?, s)?;
+    let model = load_model(&a.model.dir()?, &s)?;
     let ids = parse_token_ids(&a.token_ids, model.config.vocab_size)?;
     let mut pool = model.new_cache_pool(ids.len(), s.cache.dtype());
     let mut cache = Default::default();

@@ -111,7 +111,7 @@ impl SamplingArgs {
       --prompt \"$(cat edit-request.txt)\" --draft lookup   # speculative")]
 pub struct Args {
     #[command(flatten)]
-    model: ModelArg,
+    pub model: ModelArg,
     /// Text to continue (BOS is added when the tokenizer says so).
     #[arg(
         long,
@@ -138,7 +138,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
     let opts = a.sampling.options()?;
     let dir = a.model.dir()?;
     let tokenizer = maybe_tokenizer(&dir)?;
-    let model = load_model(&dir, s)?;
+    let model = load_model(&dir, &s)?;
     let prompt = match (&a.prompt, &a.token_ids) {
         (_, Some(ids)) => parse_token_ids(ids, model.config.vocab_size)?,
         (Some(text), None) => match (&tokenizer, &a.suffix) {

@@ -39,7 +39,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
     let text =
         std::fs::read_to_string(&a.text).with_context(|| format!("--text {}", a.text.display()))?;
     let dir = a.model.dir()?;
-    let model = load_model(&dir, s)?;
+    let model = load_model(&dir, &s)?;
     if a.chunk > model.config.max_position_embeddings {
         bail!(
             "--chunk {} exceeds the model's context of {} tokens",

@@ -7,18 +7,55 @@ use crate::common::{load_model, ModelArg, Settings};
 #[command(after_help = "Examples:
   deepseek info                                        # the bundled model
   deepseek info --model deepseek-ai/DeepSeek-V2-Lite --json
-  deepseek info --model DeepSeek-V2-Lite-Chat.Q4_K_M.gguf")]
+  deepseek info --model DeepSeek-V2-Lite-Chat.Q4_K_M.gguf
+  deepseek info --ranks 4     # memory per rank under --expert-parallel")]
 pub struct Args {
     #[command(flatten)]
-    model: ModelArg,
+    pub model: ModelArg,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also show how --expert-parallel over N ranks would place the routed experts (by
+    /// --expert-placement) and what each rank would hold.
+    #[arg(long, value_name = "N")]
+    ranks: Option<usize>,
+}
+
+/// Under --expert-parallel over `ranks`: each rank's routed experts and the bytes it holds
+/// (rank 0 also everything that is not a routed expert).
+fn placement_report(
+    model: &deepseek_model::Model,
+    ranks: usize,
+    policy: deepseek_model::expert_parallel::PlacementPolicy,
+) -> Result<serde_json::Value> {
+    use deepseek_model::expert_parallel::ExpertPlacement;
+    let Some(m) = &model.config.moe else {
+        anyhow::bail!("--ranks: this model has no routed experts to place (it is dense)");
+    };
+    let p = ExpertPlacement::new(m, ranks, policy).map_err(|e| anyhow::anyhow!("--ranks: {e}"))?;
+    let expert_bytes = model.routed_expert_bytes();
+    let rest = model.held_weight_bytes() - expert_bytes.iter().sum::<usize>();
+    let per_rank: Vec<serde_json::Value> = (0..ranks)
+        .map(|r| {
+            let experts = p.experts_of(r);
+            let held = experts.iter().map(|&e| expert_bytes[e]).sum::<usize>()
+                + if r == 0 { rest } else { 0 };
+            json!({"rank": r, "experts": experts, "bytes": held})
+        })
+        .collect();
+    Ok(json!({
+        "ranks": ranks,
+        "policy": format!("{policy:?}"),
+        "max_ranks_per_token": p.max_ranks_per_token(m),
+        "per_rank": per_rank,
+        "rest_bytes": rest,
+        "lines": p.report(m, &expert_bytes),
+    }))
 }
 
 pub fn run(a: Args, s: Settings) -> Result<()> {
     let dir = a.model.dir()?;
-    let model = load_model(&dir, s)?;
+    let model = load_model(&dir, &s)?;
     let c = &model.config;
     let (total, active) = model.parameter_counts();
     let (_, store) = deepseek_loader::open_checkpoint(&dir)?;
@@ -70,6 +107,14 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         "isa": deepseek_kernels::tier::active().name(),
         "host_isa_tiers": deepseek_kernels::tier::host_tiers().iter().map(|t| t.name()).collect::<Vec<_>>(),
     });
+    let placement = match a.ranks {
+        Some(n) => Some(placement_report(&model, n, s.expert_placement)?),
+        None => None,
+    };
+    let mut v = v;
+    if let Some(p) = &placement {
+        v["expert_placement"] = p.clone();
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -123,6 +168,21 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
             shape.layers
         );
         println!("context          {} tokens", c.max_position_embeddings);
+        if let Some(p) = &placement {
+            println!(
+                "expert parallel  {} ranks, {} placement: a token's routed experts on at most {} ranks",
+                p["ranks"], s.expert_placement.name(), p["max_ranks_per_token"]
+            );
+            for line in p["lines"].as_array().into_iter().flatten() {
+                println!("  {}", line.as_str().unwrap_or_default());
+            }
+            println!(
+                "  rank 0 also holds everything else: {} (attention, dense layers, shared experts, embeddings, lm_head)",
+                deepseek_model::expert_parallel::placement::human_bytes(
+                    p["rest_bytes"].as_u64().unwrap_or(0) as usize
+                )
+            );
+        }
         println!("kernels          {}", crate::common::tier_line(s));
     }
     Ok(())

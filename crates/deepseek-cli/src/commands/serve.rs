@@ -27,7 +27,7 @@ Examples:
 )]
 pub struct Args {
     #[command(flatten)]
-    model: ModelArg,
+    pub model: ModelArg,
     /// Address to listen on (0.0.0.0 to accept other machines).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -119,7 +119,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let dir = a.model.dir()?;
-    let model = load_model(&dir, s)?;
+    let model = load_model(&dir, &s)?;
     let tok =
         Arc::new(load_tokenizer(&dir).with_context(|| {
             format!("{}: the server needs the model's tokenizer", dir.display())

@@ -1,0 +1,224 @@
+//! Which process (rank) holds each routed expert.
+//!
+//! Contiguous ranges by default, cut at V2/V3's expert-group boundaries where the groups divide
+//! among the ranks: group-limited routing sends a token to at most `topk_group` groups, so with
+//! whole groups per rank a token's experts live on at most `topk_group` ranks. Round-robin
+//! (expert `e` on rank `e mod N`) spreads every group over all ranks instead, which evens the
+//! load when experts of one group are popular together, at the cost of every token meeting
+//! every rank.
+
+use deepseek_loader::MoeConfig;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PlacementPolicy {
+    /// Contiguous ranges of experts, whole expert groups per rank where they divide evenly.
+    #[default]
+    Contiguous,
+    /// Expert `e` on rank `e mod ranks`.
+    RoundRobin,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpertPlacement {
+    ranks: usize,
+    /// The rank of each routed expert.
+    owner: Vec<usize>,
+    policy: PlacementPolicy,
+}
+
+impl PlacementPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            PlacementPolicy::Contiguous => "contiguous",
+            PlacementPolicy::RoundRobin => "round-robin",
+        }
+    }
+}
+
+impl ExpertPlacement {
+    /// The routed experts of `m` over `ranks` processes. An error (one line, naming the
+    /// counts) when there are more ranks than experts: a rank with no expert has no part.
+    pub fn new(m: &MoeConfig, ranks: usize, policy: PlacementPolicy) -> Result<Self, String> {
+        let e = m.n_routed_experts;
+        if ranks == 0 || ranks > e {
+            return Err(format!(
+                "{ranks} ranks for {e} routed experts: expert parallelism needs 1 to {e} ranks (each holds at least one expert)"
+            ));
+        }
+        let owner = match policy {
+            PlacementPolicy::RoundRobin => (0..e).map(|x| x % ranks).collect(),
+            PlacementPolicy::Contiguous => {
+                let groups = m.n_group.max(1);
+                if groups >= ranks && e.is_multiple_of(groups) {
+                    // Whole groups per rank, the groups shared out as evenly as they go.
+                    let per_group = e / groups;
+                    (0..e).map(|x| (x / per_group) * ranks / groups).collect()
+                } else {
+                    (0..e).map(|x| x * ranks / e).collect()
+                }
+            }
+        };
+        Ok(ExpertPlacement {
+            ranks,
+            owner,
+            policy,
+        })
+    }
+
+    pub fn ranks(&self) -> usize {
+        self.ranks
+    }
+
+    pub fn policy(&self) -> PlacementPolicy {
+        self.policy
+    }
+
+    /// The rank holding routed expert `e`.
+    pub fn owner(&self, e: usize) -> usize {
+        self.owner[e]
+    }
+
+    /// The routed experts rank `rank` holds, in order.
+    pub fn experts_of(&self, rank: usize) -> Vec<usize> {
+        (0..self.owner.len())
+            .filter(|&e| self.owner[e] == rank)
+            .collect()
+    }
+
+    /// The most ranks one token's routed experts can live on: `k` experts on at most `k`
+    /// ranks, and under group-limited routing at most the ranks of `topk_group` groups.
+    pub fn max_ranks_per_token(&self, m: &MoeConfig) -> usize {
+        let k = m.num_experts_per_tok.min(self.ranks);
+        let groups = m.n_group.max(1);
+        if groups <= 1 || m.topk_group >= groups || !m.n_routed_experts.is_multiple_of(groups) {
+            return k;
+        }
+        let per_group = m.n_routed_experts / groups;
+        let mut ranks_of_group: Vec<usize> = (0..groups)
+            .map(|g| {
+                let mut r: Vec<usize> = (g * per_group..(g + 1) * per_group)
+                    .map(|e| self.owner[e])
+                    .collect();
+                r.sort_unstable();
+                r.dedup();
+                r.len()
+            })
+            .collect();
+        ranks_of_group.sort_unstable_by(|a, b| b.cmp(a));
+        k.min(ranks_of_group[..m.topk_group].iter().sum())
+    }
+
+    /// One line per rank: its experts (as ranges), their groups, and the bytes they hold
+    /// (`expert_bytes[e]` for expert `e`, all layers together).
+    pub fn report(&self, m: &MoeConfig, expert_bytes: &[usize]) -> Vec<String> {
+        let groups = m.n_group.max(1);
+        let per_group = m.n_routed_experts / groups;
+        (0..self.ranks)
+            .map(|r| {
+                let experts = self.experts_of(r);
+                let mut gs: Vec<usize> = experts.iter().map(|&e| e / per_group.max(1)).collect();
+                gs.dedup();
+                let group_note = if groups > 1 {
+                    format!(", groups {}", ranges(&gs))
+                } else {
+                    String::new()
+                };
+                let bytes: usize = experts.iter().map(|&e| expert_bytes[e]).sum();
+                format!(
+                    "rank {r}: {} routed experts ({}){group_note}, {}",
+                    experts.len(),
+                    ranges(&experts),
+                    human_bytes(bytes)
+                )
+            })
+            .collect()
+    }
+}
+
+/// `1.25 GiB`, or `12.5 MiB` below a GiB.
+pub fn human_bytes(b: usize) -> String {
+    match b >= 1 << 30 {
+        true => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        false => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+    }
+}
+
+/// `0-3,8,10-11`: sorted numbers as ranges.
+pub fn ranges(v: &[usize]) -> String {
+    let mut out: Vec<String> = vec![];
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        out.push(match j > i {
+            true => format!("{}-{}", v[i], v[j]),
+            false => v[i].to_string(),
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deepseek_loader::{ScoringFunc, TopkMethod};
+
+    fn moe(e: usize, groups: usize, topk_group: usize, k: usize) -> MoeConfig {
+        MoeConfig {
+            n_routed_experts: e,
+            n_shared_experts: 2,
+            num_experts_per_tok: k,
+            moe_intermediate_size: 8,
+            first_k_dense_replace: 1,
+            moe_layer_freq: 1,
+            n_group: groups,
+            topk_group,
+            topk_method: TopkMethod::GroupLimitedGreedy,
+            scoring_func: ScoringFunc::Softmax,
+            norm_topk_prob: false,
+            routed_scaling_factor: 1.0,
+        }
+    }
+
+    #[test]
+    fn every_expert_has_one_owner_and_every_rank_some() {
+        for (e, g, ranks) in [(160, 8, 3), (64, 1, 4), (16, 4, 2), (160, 8, 16), (7, 1, 7)] {
+            for policy in [PlacementPolicy::Contiguous, PlacementPolicy::RoundRobin] {
+                let p = ExpertPlacement::new(&moe(e, g, 1, 6), ranks, policy).unwrap();
+                let mut all: Vec<usize> = (0..ranks).flat_map(|r| p.experts_of(r)).collect();
+                all.sort_unstable();
+                assert_eq!(
+                    all,
+                    (0..e).collect::<Vec<_>>(),
+                    "{e} {g} {ranks} {policy:?}"
+                );
+                assert!((0..ranks).all(|r| !p.experts_of(r).is_empty()));
+            }
+        }
+        assert!(ExpertPlacement::new(&moe(4, 1, 1, 2), 5, PlacementPolicy::Contiguous).is_err());
+    }
+
+    #[test]
+    fn contiguous_placement_keeps_groups_whole_and_bounds_the_ranks_a_token_meets() {
+        // DeepSeek-V2: 160 experts in 8 groups of 20, 6 chosen from at most 3 groups.
+        let v2 = moe(160, 8, 3, 6);
+        let p = ExpertPlacement::new(&v2, 4, PlacementPolicy::Contiguous).unwrap();
+        assert_eq!(p.experts_of(1), (40..80).collect::<Vec<_>>());
+        assert_eq!(p.max_ranks_per_token(&v2), 3);
+        // 3 ranks: groups 3/3/2, still never split.
+        let p3 = ExpertPlacement::new(&v2, 3, PlacementPolicy::Contiguous).unwrap();
+        for g in 0..8 {
+            let owners: Vec<usize> = (g * 20..(g + 1) * 20).map(|e| p3.owner(e)).collect();
+            assert!(owners.iter().all(|&o| o == owners[0]), "group {g} split");
+        }
+        let rr = ExpertPlacement::new(&v2, 4, PlacementPolicy::RoundRobin).unwrap();
+        assert_eq!(rr.max_ranks_per_token(&v2), 4);
+        assert_eq!(
+            p.report(&v2, &[1 << 20; 160])[1],
+            "rank 1: 40 routed experts (40-79), groups 2-3, 40.0 MiB"
+        );
+    }
+}
