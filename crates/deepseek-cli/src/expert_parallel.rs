@@ -87,7 +87,16 @@ impl Cluster {
         drop(store);
         tracing::info!(rank, held_bytes = shard.held_bytes(), "serving experts");
         deepseek_kernels::threads::on_pool(|| serve_experts(&shard, &ep, precision))
-            .map_err(anyhow::Error::msg)
+            .map_err(anyhow::Error::msg)?;
+        let peak_rss_mib = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .map(|kb| kb / 1024);
+        tracing::info!(rank, ?peak_rss_mib, "experts served");
+        Ok(())
     }
 
     /// Rank 0, when its command is done: lets the followers go.

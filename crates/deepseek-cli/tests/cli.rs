@@ -934,8 +934,9 @@ fn imatrix_files_feed_quantize() {
 
 #[test]
 fn info_ranks_shows_each_ranks_experts_and_refuses_more_ranks_than_experts() {
-    // The bundled model: 8 routed experts.
-    let out = deepseek(&["info", "--ranks", "3"]);
+    // The bundled model: 8 routed experts, 2 a token, 1 shared expert (rank 0's): rank 0
+    // takes a quarter of them, so both ranks run 1.5 experts' worth a token.
+    let out = deepseek(&["info", "--ranks", "2"]);
     assert!(
         out.status.success(),
         "{}",
@@ -943,13 +944,14 @@ fn info_ranks_shows_each_ranks_experts_and_refuses_more_ranks_than_experts() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     for line in [
-        "rank 0: 3 routed experts (0-2)",
-        "rank 1: 3 routed experts (3-5)",
-        "rank 2: 2 routed experts (6-7)",
+        "rank 0: 2 routed experts (0-1)",
+        "rank 1: 6 routed experts (2-7)",
         "rank 0 also holds everything else",
     ] {
         assert!(text.contains(line), "no {line:?} in:\n{text}");
     }
+    let out = deepseek(&["info", "--ranks", "3"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rank 0: no routed experts"));
     let out = deepseek(&["--expert-placement", "round-robin", "info", "--ranks", "3"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("rank 1: 3 routed experts (1,4,7)"));
     let out = deepseek(&["info", "--ranks", "9"]);

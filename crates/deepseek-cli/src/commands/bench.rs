@@ -145,6 +145,8 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
     let bytes_per_token = model.active_weight_bytes() + a.depth * shape.bytes_per_token();
     let mut decode = vec![];
     let mut verify = vec![];
+    // Under --expert-parallel: what the decode steps exchanged with the other ranks.
+    let mut exchanged = deepseek_model::expert_parallel::ExchangeStats::default();
     let first = rand_token();
     let depth_toks: Vec<u32> = (0..a.depth).map(|_| rand_token()).collect();
     if a.gen > 0 {
@@ -177,6 +179,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
             fill_depth(&mut pool, &mut cache)?;
             let mut tok = first;
             let mut toks = vec![tok];
+            let ep_before = model.expert_parallel().map(|e| e.stats());
             let t = Instant::now();
             for _ in 0..a.gen {
                 let logits = model.forward(
@@ -193,6 +196,13 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
                 toks.push(tok);
             }
             decode.push(a.gen as f64 / t.elapsed().as_secs_f64());
+            if let (Some(ep), Some(before)) = (model.expert_parallel(), ep_before) {
+                let d = ep.stats().since(before);
+                exchanged.layers += d.layers;
+                exchanged.bytes_sent += d.bytes_sent;
+                exchanged.bytes_reduced += d.bytes_reduced;
+                exchanged.seconds += d.seconds;
+            }
             if let Some(k) = a.verify {
                 // The same tokens again, K+1 a step, as a verify step whose drafts all pass.
                 pool.release(&mut cache);
@@ -245,7 +255,19 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         Some(path) if a.gen > 0 => Some(draft_run(&model, &dir, path, &a, s.clone())?),
         _ => None,
     };
+    let decoded = (a.gen * a.repetitions).max(1) as f64;
+    let expert_parallel = model.expert_parallel().map(|ep| {
+        json!({
+            "ranks": ep.ranks(),
+            "placement": ep.placement().policy().name(),
+            "moe_layers_per_token": exchanged.layers as f64 / decoded,
+            "bytes_broadcast_per_token": exchanged.bytes_sent as f64 / decoded,
+            "bytes_reduced_per_token": exchanged.bytes_reduced as f64 / decoded,
+            "exchange_s_per_token": exchanged.seconds / decoded,
+        })
+    });
     let v = json!({
+        "expert_parallel": expert_parallel,
         "model": dir.display().to_string(), "dtype": dtype, "threads": threads, "isa": deepseek_kernels::tier::active().name(), "host_isa": deepseek_kernels::tier::host().name(), "amx": deepseek_kernels::amx::available(), "bf16_activations": s.precision.rounds_bf16(), "exact_activations": s.precision.exact_activations, "tuning_overrides": deepseek_kernels::tuning::get().overrides(),
         "prompt_tokens": a.prompt, "gen_tokens": a.gen, "depth": a.depth, "repetitions": a.repetitions,
         "prefill_tok_s": pp, "prefill_tok_s_min": pp_min, "prefill_tok_s_max": pp_max,
@@ -288,6 +310,19 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
                 bytes_per_token as f64 / 1e9,
                 100.0 * gbs * 1e9 / bw
             );
+            if let Some(ep) = &expert_parallel {
+                let per_token_ms = ep["exchange_s_per_token"].as_f64().unwrap_or(0.0) * 1e3;
+                println!(
+                    "experts      {} ranks ({}): {:.0} MoE layers a token, {:.1} KB broadcast + {:.1} KB reduced; \
+                     rank 0 waits {per_token_ms:.2} ms a token in the exchanges ({:.0}% of decode)",
+                    ep["ranks"],
+                    ep["placement"].as_str().unwrap_or_default(),
+                    ep["moe_layers_per_token"].as_f64().unwrap_or(0.0),
+                    ep["bytes_broadcast_per_token"].as_f64().unwrap_or(0.0) / 1e3,
+                    ep["bytes_reduced_per_token"].as_f64().unwrap_or(0.0) / 1e3,
+                    per_token_ms * tg / 10.0
+                );
+            }
             if verify_k > 0 {
                 println!(
                     "verify       {verify_k} drafts a step, all accepted: {vt:.2} tok/s  [{vt_min:.2} – {vt_max:.2}]; \

@@ -66,6 +66,18 @@ pub struct ExchangeStats {
     pub seconds: f64,
 }
 
+impl ExchangeStats {
+    /// What happened between `before` and this.
+    pub fn since(self, before: ExchangeStats) -> ExchangeStats {
+        ExchangeStats {
+            layers: self.layers - before.layers,
+            bytes_sent: self.bytes_sent - before.bytes_sent,
+            bytes_reduced: self.bytes_reduced - before.bytes_reduced,
+            seconds: self.seconds - before.seconds,
+        }
+    }
+}
+
 /// The header every exchange starts with: `[op, layer, tokens, k]` as little-endian u64.
 const HEADER_BYTES: usize = 32;
 const OP_STOP: u64 = 0;

@@ -37,7 +37,8 @@ impl PlacementPolicy {
 
 impl ExpertPlacement {
     /// The routed experts of `m` over `ranks` processes. An error (one line, naming the
-    /// counts) when there are more ranks than experts: a rank with no expert has no part.
+    /// counts) when there are more ranks than experts: a follower with no expert has no part
+    /// (rank 0 may hold none: it runs the shared experts).
     pub fn new(m: &MoeConfig, ranks: usize, policy: PlacementPolicy) -> Result<Self, String> {
         let e = m.n_routed_experts;
         if ranks == 0 || ranks > e {
@@ -49,13 +50,16 @@ impl ExpertPlacement {
             PlacementPolicy::RoundRobin => (0..e).map(|x| x % ranks).collect(),
             PlacementPolicy::Contiguous => {
                 let groups = m.n_group.max(1);
-                if groups >= ranks && e.is_multiple_of(groups) {
-                    // Whole groups per rank, the groups shared out as evenly as they go.
-                    let per_group = e / groups;
-                    (0..e).map(|x| (x / per_group) * ranks / groups).collect()
-                } else {
-                    (0..e).map(|x| x * ranks / e).collect()
-                }
+                // Whole groups per rank where there are enough of them, else single experts.
+                let units = match groups > 1 && groups >= ranks && e.is_multiple_of(groups) {
+                    true => groups,
+                    false => e,
+                };
+                let bounds = balanced_bounds(units, &shares(m, ranks));
+                let per_unit = e / units;
+                (0..e)
+                    .map(|x| bounds.iter().rposition(|&b| b <= x / per_unit).unwrap())
+                    .collect()
             }
         };
         Ok(ExpertPlacement {
@@ -123,6 +127,9 @@ impl ExpertPlacement {
                 } else {
                     String::new()
                 };
+                if experts.is_empty() {
+                    return format!("rank {r}: no routed experts");
+                }
                 let bytes: usize = experts.iter().map(|&e| expert_bytes[e]).sum();
                 format!(
                     "rank {r}: {} routed experts ({}){group_note}, {}",
@@ -133,6 +140,45 @@ impl ExpertPlacement {
             })
             .collect()
     }
+}
+
+/// Each rank's share of the routed experts under contiguous placement, so that each rank's
+/// expected expert work per token is the same: a token runs `k` routed experts and rank 0 also
+/// runs the shared ones (`S` routed experts' worth), so rank 0 takes `S / k` less than an even
+/// share (none at all when that is more than it would have), and the followers split the rest.
+fn shares(m: &MoeConfig, ranks: usize) -> Vec<f64> {
+    if ranks == 1 {
+        return vec![1.0];
+    }
+    let (k, shared) = (
+        m.num_experts_per_tok.max(1) as f64,
+        m.n_shared_experts as f64,
+    );
+    let follower = (1.0 + shared / k) / ranks as f64;
+    let leader = 1.0 - (ranks - 1) as f64 * follower;
+    if leader <= 0.0 {
+        let mut s = vec![1.0 / (ranks - 1) as f64; ranks];
+        s[0] = 0.0;
+        return s;
+    }
+    let mut s = vec![follower; ranks];
+    s[0] = leader;
+    s
+}
+
+/// The first unit of each rank: `units` split by `shares` in order, rank 0 possibly empty,
+/// every other rank at least one unit.
+fn balanced_bounds(units: usize, shares: &[f64]) -> Vec<usize> {
+    let ranks = shares.len();
+    let mut bounds = vec![0; ranks];
+    let mut cumulative = 0.0;
+    for r in 1..ranks {
+        cumulative += shares[r - 1];
+        let lowest = if r == 1 { 0 } else { bounds[r - 1] + 1 };
+        let highest = units - (ranks - r);
+        bounds[r] = ((units as f64 * cumulative).round() as usize).clamp(lowest, highest);
+    }
+    bounds
 }
 
 /// `1.25 GiB`, or `12.5 MiB` below a GiB.
@@ -184,7 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn every_expert_has_one_owner_and_every_rank_some() {
+    fn every_expert_has_one_owner_and_every_follower_some() {
         for (e, g, ranks) in [(160, 8, 3), (64, 1, 4), (16, 4, 2), (160, 8, 16), (7, 1, 7)] {
             for policy in [PlacementPolicy::Contiguous, PlacementPolicy::RoundRobin] {
                 let p = ExpertPlacement::new(&moe(e, g, 1, 6), ranks, policy).unwrap();
@@ -195,30 +241,43 @@ mod tests {
                     (0..e).collect::<Vec<_>>(),
                     "{e} {g} {ranks} {policy:?}"
                 );
-                assert!((0..ranks).all(|r| !p.experts_of(r).is_empty()));
+                assert!((1..ranks).all(|r| !p.experts_of(r).is_empty()));
             }
         }
         assert!(ExpertPlacement::new(&moe(4, 1, 1, 2), 5, PlacementPolicy::Contiguous).is_err());
     }
 
     #[test]
+    fn contiguous_placement_evens_the_work_counting_the_shared_experts_as_rank_0s() {
+        // 64 experts, 6 a token, 2 shared experts' worth on rank 0 (V2-Lite): over two ranks
+        // rank 0 takes a third, so each rank runs 4 experts' worth a token on average.
+        let lite = moe(64, 1, 1, 6);
+        let p = ExpertPlacement::new(&lite, 2, PlacementPolicy::Contiguous).unwrap();
+        assert_eq!(p.experts_of(0), (0..21).collect::<Vec<_>>());
+        // Over four, the shared experts are already more than an even share: rank 0 holds none.
+        let p = ExpertPlacement::new(&lite, 4, PlacementPolicy::Contiguous).unwrap();
+        assert!(p.experts_of(0).is_empty());
+        assert_eq!(p.experts_of(2), (21..43).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn contiguous_placement_keeps_groups_whole_and_bounds_the_ranks_a_token_meets() {
         // DeepSeek-V2: 160 experts in 8 groups of 20, 6 chosen from at most 3 groups.
         let v2 = moe(160, 8, 3, 6);
-        let p = ExpertPlacement::new(&v2, 4, PlacementPolicy::Contiguous).unwrap();
-        assert_eq!(p.experts_of(1), (40..80).collect::<Vec<_>>());
-        assert_eq!(p.max_ranks_per_token(&v2), 3);
-        // 3 ranks: groups 3/3/2, still never split.
-        let p3 = ExpertPlacement::new(&v2, 3, PlacementPolicy::Contiguous).unwrap();
-        for g in 0..8 {
-            let owners: Vec<usize> = (g * 20..(g + 1) * 20).map(|e| p3.owner(e)).collect();
-            assert!(owners.iter().all(|&o| o == owners[0]), "group {g} split");
+        for ranks in [2, 3, 4, 8] {
+            let p = ExpertPlacement::new(&v2, ranks, PlacementPolicy::Contiguous).unwrap();
+            for g in 0..8 {
+                let owners: Vec<usize> = (g * 20..(g + 1) * 20).map(|e| p.owner(e)).collect();
+                assert!(owners.iter().all(|&o| o == owners[0]), "group {g} split");
+            }
+            assert!(p.max_ranks_per_token(&v2) <= 3);
         }
-        let rr = ExpertPlacement::new(&v2, 4, PlacementPolicy::RoundRobin).unwrap();
-        assert_eq!(rr.max_ranks_per_token(&v2), 4);
+        let p = ExpertPlacement::new(&v2, 4, PlacementPolicy::Contiguous).unwrap();
         assert_eq!(
             p.report(&v2, &[1 << 20; 160])[1],
-            "rank 1: 40 routed experts (40-79), groups 2-3, 40.0 MiB"
+            "rank 1: 60 routed experts (0-59), groups 0-2, 60.0 MiB"
         );
+        let rr = ExpertPlacement::new(&v2, 4, PlacementPolicy::RoundRobin).unwrap();
+        assert_eq!(rr.max_ranks_per_token(&v2), 4);
     }
 }
