@@ -181,8 +181,14 @@ mod mpi_link {
             self.ranks
         }
 
-        fn broadcast(&self, buf: &mut [u8]) {
-            self.world.process_at_rank(0).broadcast_into(buf);
+        fn send_to_followers(&self, msg: &[u8]) {
+            for r in 1..self.ranks {
+                self.world.process_at_rank(r as i32).send(msg);
+            }
+        }
+
+        fn receive_from_leader(&self) -> Vec<u8> {
+            self.world.process_at_rank(0).receive_vec::<u8>().0
         }
 
         fn reduce_sum(&self, buf: &mut [f32]) {

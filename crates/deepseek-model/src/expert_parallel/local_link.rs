@@ -1,32 +1,39 @@
 //! Ranks as threads of one process: the [`ExpertLink`] the tests use, so expert parallelism is
 //! checked by `cargo test` without MPI.
 
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Barrier, Mutex};
 
 use super::ExpertLink;
 
 struct Shared {
     barrier: Barrier,
-    broadcast: Mutex<Vec<u8>>,
+    /// Rank 0's channel to each follower (index 0 unused).
+    to_follower: Vec<Mutex<Sender<Vec<u8>>>>,
     parts: Mutex<Vec<Vec<f32>>>,
 }
 
 pub struct LocalLink {
     rank: usize,
     shared: Arc<Shared>,
+    inbox: Mutex<Receiver<Vec<u8>>>,
 }
 
 /// `ranks` linked ranks, one per thread that will use it.
 pub fn local_links(ranks: usize) -> Vec<LocalLink> {
+    let (senders, inboxes): (Vec<_>, Vec<_>) = (0..ranks).map(|_| channel()).unzip();
     let shared = Arc::new(Shared {
         barrier: Barrier::new(ranks),
-        broadcast: Mutex::new(vec![]),
+        to_follower: senders.into_iter().map(Mutex::new).collect(),
         parts: Mutex::new(vec![vec![]; ranks]),
     });
-    (0..ranks)
-        .map(|rank| LocalLink {
+    inboxes
+        .into_iter()
+        .enumerate()
+        .map(|(rank, inbox)| LocalLink {
             rank,
             shared: shared.clone(),
+            inbox: Mutex::new(inbox),
         })
         .collect()
 }
@@ -37,19 +44,24 @@ impl ExpertLink for LocalLink {
     }
 
     fn ranks(&self) -> usize {
-        self.shared.parts.lock().unwrap().len()
+        self.shared.to_follower.len()
     }
 
-    fn broadcast(&self, buf: &mut [u8]) {
-        let s = &self.shared;
-        if self.rank == 0 {
-            *s.broadcast.lock().unwrap() = buf.to_vec();
+    fn send_to_followers(&self, msg: &[u8]) {
+        for to in &self.shared.to_follower[1..] {
+            to.lock()
+                .unwrap()
+                .send(msg.to_vec())
+                .expect("a follower is listening");
         }
-        s.barrier.wait();
-        if self.rank != 0 {
-            buf.copy_from_slice(&s.broadcast.lock().unwrap());
-        }
-        s.barrier.wait();
+    }
+
+    fn receive_from_leader(&self) -> Vec<u8> {
+        self.inbox
+            .lock()
+            .unwrap()
+            .recv()
+            .expect("rank 0 is running")
     }
 
     fn reduce_sum(&self, buf: &mut [f32]) {

@@ -4,8 +4,9 @@
 //! Rank 0 (the leader) holds the attention, the dense layers, the shared experts, the cache and
 //! its own share of the routed experts, and runs every command as a single process would. At
 //! each MoE layer it routes the step's tokens, sends the normed hidden states and the routing
-//! decisions to the other ranks (one broadcast), runs its own experts and the shared ones while
-//! they run theirs, and one sum over the ranks (a reduce) brings the layer's output back. The
+//! decisions to the other ranks (one message to each), runs its own experts and the shared ones
+//! while they run theirs, and one sum over the ranks (a reduce) brings the layer's output back:
+//! two network latencies per MoE layer. The
 //! other ranks (followers) hold only their routed experts and answer layer after layer
 //! ([`worker::serve_experts`]) until the leader says stop.
 //!
@@ -27,14 +28,16 @@ pub use placement::{ExpertPlacement, PlacementPolicy};
 
 use crate::router::Routing;
 
-/// What expert parallelism needs from the transport between the ranks. Calls are collective:
-/// every rank makes the same calls in the same order, one at a time.
+/// What expert parallelism needs from the transport between the ranks, one call at a time.
 pub trait ExpertLink: Send + Sync {
     fn rank(&self) -> usize;
     fn ranks(&self) -> usize;
-    /// Rank 0's `buf` into every other rank's (all pass buffers of the same length).
-    fn broadcast(&self, buf: &mut [u8]);
-    /// The element-wise sum of every rank's `buf` into rank 0's (the others' is left as is).
+    /// Rank 0: `msg` to every other rank, one message each (messages arrive in order).
+    fn send_to_followers(&self, msg: &[u8]);
+    /// A follower: the next message from rank 0, whatever its length.
+    fn receive_from_leader(&self) -> Vec<u8>;
+    /// Collective: the element-wise sum of every rank's `buf` into rank 0's (the others' is
+    /// left as is).
     fn reduce_sum(&self, buf: &mut [f32]);
 }
 
@@ -56,8 +59,8 @@ struct Stats {
     exchange_ns: AtomicU64,
 }
 
-/// [`ExpertParallel::stats`]: MoE layers exchanged, bytes broadcast and reduced per rank, and
-/// the wall time rank 0 spent in the broadcasts and waiting in the reduces.
+/// [`ExpertParallel::stats`]: MoE layers exchanged, bytes sent to each follower and reduced
+/// per rank, and the wall time rank 0 spent sending and waiting in the reduces.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ExchangeStats {
     pub layers: u64,
@@ -132,21 +135,19 @@ impl ExpertParallel {
         let t0 = Instant::now();
         let k = routing.first().map_or(0, |r| r.experts.len());
         assert!(routing.iter().all(|r| r.experts.len() == k));
-        let mut header = encode_header(OP_LAYER, layer, n, k);
-        self.link.broadcast(&mut header);
-        let mut payload = Vec::with_capacity(4 * (x.len() + 2 * n * k));
-        payload.extend(x.iter().flat_map(|v| v.to_le_bytes()));
+        let mut msg = Vec::with_capacity(HEADER_BYTES + 4 * (x.len() + 2 * n * k));
+        msg.extend(encode_header(OP_LAYER, layer, n, k));
+        msg.extend(x.iter().flat_map(|v| v.to_le_bytes()));
         for r in routing {
-            payload.extend(r.weights.iter().flat_map(|w| w.to_le_bytes()));
+            msg.extend(r.weights.iter().flat_map(|w| w.to_le_bytes()));
         }
         for r in routing {
-            payload.extend(r.experts.iter().flat_map(|&e| (e as u32).to_le_bytes()));
+            msg.extend(r.experts.iter().flat_map(|&e| (e as u32).to_le_bytes()));
         }
-        self.link.broadcast(&mut payload);
+        self.link.send_to_followers(&msg);
         let s = &self.stats;
         s.layers.fetch_add(1, Relaxed);
-        s.bytes_sent
-            .fetch_add((HEADER_BYTES + payload.len()) as u64, Relaxed);
+        s.bytes_sent.fetch_add(msg.len() as u64, Relaxed);
         s.exchange_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
     }
@@ -171,9 +172,9 @@ impl ExpertParallel {
         if self.ranks() == 1 {
             return Ok(());
         }
-        self.link.broadcast(&mut encode_header(OP_CHECK, 0, 0, 0));
-        let mut mine = check_message(fingerprint, &self.placement);
-        self.link.broadcast(&mut mine);
+        let mut msg = encode_header(OP_CHECK, 0, 0, 0).to_vec();
+        msg.extend(check_message(fingerprint, &self.placement));
+        self.link.send_to_followers(&msg);
         let mut differ = [0.0f32];
         self.link.reduce_sum(&mut differ);
         match differ[0] as usize {
@@ -198,7 +199,7 @@ impl ExpertParallel {
 /// loaded (a command that failed before loading one still has followers waiting).
 pub fn stop_followers(link: &dyn ExpertLink) {
     if link.rank() == 0 && link.ranks() > 1 {
-        link.broadcast(&mut encode_header(OP_STOP, 0, 0, 0));
+        link.send_to_followers(&encode_header(OP_STOP, 0, 0, 0));
     }
 }
 
@@ -225,6 +226,10 @@ fn encode_header(op: u64, layer: usize, n: usize, k: usize) -> [u8; HEADER_BYTES
     h
 }
 
-fn decode_header(h: &[u8; HEADER_BYTES]) -> [u64; 4] {
-    std::array::from_fn(|i| u64::from_le_bytes(h[8 * i..8 * i + 8].try_into().unwrap()))
+/// A message's header and the rest; None when it is shorter than a header.
+fn decode_header(msg: &[u8]) -> Option<([u64; 4], &[u8])> {
+    let (h, rest) = msg.split_at_checked(HEADER_BYTES)?;
+    let header =
+        std::array::from_fn(|i| u64::from_le_bytes(h[8 * i..8 * i + 8].try_into().unwrap()));
+    Some((header, rest))
 }

@@ -4,9 +4,7 @@
 use deepseek_kernels::Precision;
 use deepseek_loader::{LoadError, ModelConfig, WeightStore};
 
-use super::{
-    check_message, decode_header, ExpertParallel, HEADER_BYTES, OP_CHECK, OP_LAYER, OP_STOP,
-};
+use super::{check_message, decode_header, ExpertParallel, OP_CHECK, OP_LAYER, OP_STOP};
 use crate::mlp::Mlp;
 use crate::moe::{load_routed_experts, run_experts};
 
@@ -77,9 +75,8 @@ impl ExpertShard {
 
 /// A follower with no experts to hold (a dense model): waits for rank 0 to say stop.
 pub fn wait_for_stop(link: &dyn super::ExpertLink) -> Result<(), String> {
-    let mut header = [0u8; HEADER_BYTES];
-    link.broadcast(&mut header);
-    match decode_header(&header)[0] {
+    let msg = link.receive_from_leader();
+    match decode_header(&msg).map_or(u64::MAX, |(h, _)| h[0]) {
         OP_STOP => Ok(()),
         op => Err(format!(
             "rank {}: rank 0 sent message {op} for a model with no routed experts here (do all ranks load the same model?)",
@@ -94,16 +91,19 @@ pub fn wait_for_stop(link: &dyn super::ExpertLink) -> Result<(), String> {
 pub fn serve_experts(shard: &ExpertShard, ep: &ExpertParallel, p: Precision) -> Result<(), String> {
     let hid = shard.hidden;
     loop {
-        let mut header = [0u8; HEADER_BYTES];
-        ep.link.broadcast(&mut header);
-        let [op, layer, n, k] = decode_header(&header);
+        let msg = ep.link.receive_from_leader();
+        let Some(([op, layer, n, k], body)) = decode_header(&msg) else {
+            return Err(format!(
+                "rank {}: a message of {} bytes from rank 0 is shorter than a header",
+                ep.rank(),
+                msg.len()
+            ));
+        };
         match op {
             OP_STOP => return Ok(()),
             OP_LAYER => {}
             OP_CHECK => {
-                let mut theirs = [0u8; 64];
-                ep.link.broadcast(&mut theirs);
-                let same = theirs == check_message(shard.fingerprint, &ep.placement);
+                let same = body == check_message(shard.fingerprint, &ep.placement);
                 ep.reduce(&mut [f32::from(u8::from(!same))]);
                 if !same {
                     return Err(format!(
@@ -121,9 +121,15 @@ pub fn serve_experts(shard: &ExpertShard, ep: &ExpertParallel, p: Precision) -> 
             }
         }
         let (layer, n, k) = (layer as usize, n as usize, k as usize);
-        let mut payload = vec![0u8; 4 * (n * hid + 2 * n * k)];
-        ep.link.broadcast(&mut payload);
-        let words: Vec<[u8; 4]> = payload
+        if body.len() != 4 * (n * hid + 2 * n * k) {
+            return Err(format!(
+                "rank {}: rank 0 sent {} bytes for {n} tokens of MoE layer {layer}; a hidden size of {hid} takes {} (do all ranks load the same model?)",
+                ep.rank(),
+                body.len(),
+                4 * (n * hid + 2 * n * k)
+            ));
+        }
+        let words: Vec<[u8; 4]> = body
             .chunks_exact(4)
             .map(|c| c.try_into().unwrap())
             .collect();
