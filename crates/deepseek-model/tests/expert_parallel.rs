@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use deepseek_model::expert_parallel::local_link::local_links;
 use deepseek_model::expert_parallel::worker::{serve_experts, ExpertShard};
-use deepseek_model::expert_parallel::{ExpertParallel, ExpertPlacement, PlacementPolicy};
+use deepseek_model::expert_parallel::{
+    ExpertLink, ExpertParallel, ExpertPlacement, PlacementPolicy,
+};
 use deepseek_model::{CacheDtype, LogitsFor, Model, MtpStep, PrefillPath, SeqStep};
 
 /// The bound for f32 logits: the ranks' partial sums add in another order.
@@ -228,4 +230,78 @@ fn ranks_that_place_the_experts_otherwise_are_refused_by_name() {
     assert!(err.contains("1 of the 1 other ranks"), "{err}");
     let err = follower.join().unwrap().unwrap_err();
     assert!(err.contains("rank 1"), "{err}");
+}
+
+/// [`local_links`] whose followers round their partial sums to bf16 before the reduce: what a
+/// bf16 wire would carry (rank 0's own part stays f32).
+struct Bf16Partials(deepseek_model::expert_parallel::local_link::LocalLink);
+
+impl ExpertLink for Bf16Partials {
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn ranks(&self) -> usize {
+        self.0.ranks()
+    }
+    fn send_to_followers(&self, msg: &[u8]) {
+        self.0.send_to_followers(msg)
+    }
+    fn receive_from_leader(&self) -> Vec<u8> {
+        self.0.receive_from_leader()
+    }
+    fn reduce_sum(&self, buf: &mut [f32]) {
+        if self.rank() != 0 {
+            for v in buf.iter_mut() {
+                *v = half::bf16::from_f32(*v).to_f32();
+            }
+        }
+        self.0.reduce_sum(buf)
+    }
+}
+
+/// What reducing in bf16 would cost (half the bytes on the wire): measured, with a bound.
+#[test]
+fn bf16_partial_sums_move_the_logits_by_the_rounding_only() {
+    let mut worst = 0.0f32;
+    for dir in moe_dirs() {
+        let model = Model::load(&dir, &mut |_, _| {}).unwrap();
+        let want = run(&model, PrefillPath::Decompressed);
+        let (config, _) = deepseek_loader::open_checkpoint(&dir).unwrap();
+        let placement =
+            ExpertPlacement::new(config.moe.as_ref().unwrap(), 2, PlacementPolicy::Contiguous)
+                .unwrap();
+        let mut links = local_links(2).into_iter().map(Bf16Partials);
+        let leader: Arc<ExpertParallel> = Arc::new(ExpertParallel::new(
+            Arc::new(links.next().unwrap()),
+            placement.clone(),
+        ));
+        let link = links.next().unwrap();
+        let d2 = dir.clone();
+        let follower = std::thread::spawn(move || {
+            let ep = ExpertParallel::new(Arc::new(link), placement);
+            let (c, w) = deepseek_loader::open_checkpoint(&d2).unwrap();
+            let shard = ExpertShard::load(&w, &c, &ep, &mut |_, _| {}).unwrap();
+            serve_experts(&shard, &ep, Default::default())
+        });
+        let (c, w) = deepseek_loader::open_checkpoint(&dir).unwrap();
+        let m =
+            Model::from_store_with_experts(c, &w, &mut |_, _| {}, Some(leader.clone())).unwrap();
+        let got = run(&m, PrefillPath::Decompressed);
+        leader.stop();
+        follower.join().unwrap().unwrap();
+        let scale = want.prefill.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let d = max_abs_diff(&got.prefill, &want.prefill) / scale.max(1.0);
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        eprintln!(
+            "{name}: bf16 partial sums: prefill logits within {d:.2e} of their largest; greedy tokens {}",
+            if got.tokens == want.tokens { "the same" } else { "differ" }
+        );
+        worst = worst.max(d);
+        assert!(
+            d < 2e-2,
+            "{name}: bf16 partials moved the logits by {d} of their scale"
+        );
+        assert_ne!(d, 0.0, "{name}: the rounding must show");
+    }
+    eprintln!("bf16 partial sums: largest logit change {worst:.2e} of the logits' scale");
 }
