@@ -14,10 +14,14 @@ use deepseek_model::expert_parallel::{
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
 pub enum Placement {
-    /// Contiguous ranges of experts, whole expert groups per rank where they divide evenly
-    /// (a token then meets at most `topk_group` ranks).
+    /// Contiguous ranges sized so every rank has the same expert work per token (rank 0 runs
+    /// the shared experts, so it holds fewer routed ones), whole expert groups per rank where
+    /// they share out nearly as evenly (a token then meets at most `topk_group` ranks).
     #[default]
     Contiguous,
+    /// Contiguous ranges of the same number of experts on every rank: memory even, rank 0
+    /// busier (decode waits for it).
+    Even,
     /// Expert e on rank e mod N: every group spread over every rank.
     RoundRobin,
 }
@@ -26,6 +30,7 @@ impl Placement {
     pub fn policy(self) -> PlacementPolicy {
         match self {
             Placement::Contiguous => PlacementPolicy::Contiguous,
+            Placement::Even => PlacementPolicy::Even,
             Placement::RoundRobin => PlacementPolicy::RoundRobin,
         }
     }

@@ -189,6 +189,7 @@ fn expert_parallel_logits_equal_the_single_process() {
             for (ranks, policy) in [
                 (2, PlacementPolicy::Contiguous),
                 (3, PlacementPolicy::Contiguous),
+                (3, PlacementPolicy::Even),
                 (4, PlacementPolicy::RoundRobin),
             ] {
                 let got = with_expert_parallel(&dir, ranks, policy, |m| run(m, path));

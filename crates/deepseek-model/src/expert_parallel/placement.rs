@@ -1,8 +1,11 @@
 //! Which process (rank) holds each routed expert.
 //!
-//! Contiguous ranges by default, cut at V2/V3's expert-group boundaries where the groups divide
-//! among the ranks: group-limited routing sends a token to at most `topk_group` groups, so with
-//! whole groups per rank a token's experts live on at most `topk_group` ranks. Round-robin
+//! Contiguous ranges by default, sized so that every rank has the same expected expert work per
+//! token (rank 0 also runs the shared experts, so it takes fewer routed ones), and cut at
+//! V2/V3's expert-group boundaries where the groups share out nearly as evenly: group-limited
+//! routing sends a token to at most `topk_group` groups, so with whole groups per rank a
+//! token's experts live on at most `topk_group` ranks. `Even` gives every rank the same number
+//! of experts instead (memory even, rank 0 busier). Round-robin
 //! (expert `e` on rank `e mod N`) spreads every group over all ranks instead, which evens the
 //! load when experts of one group are popular together, at the cost of every token meeting
 //! every rank.
@@ -11,9 +14,12 @@ use deepseek_loader::MoeConfig;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PlacementPolicy {
-    /// Contiguous ranges of experts, whole expert groups per rank where they divide evenly.
+    /// Contiguous ranges of experts, the work per token even (rank 0's shared experts
+    /// counted), whole expert groups per rank where they share out nearly as evenly.
     #[default]
     Contiguous,
+    /// Contiguous ranges with the same number of experts on every rank.
+    Even,
     /// Expert `e` on rank `e mod ranks`.
     RoundRobin,
 }
@@ -30,6 +36,7 @@ impl PlacementPolicy {
     pub fn name(self) -> &'static str {
         match self {
             PlacementPolicy::Contiguous => "contiguous",
+            PlacementPolicy::Even => "even",
             PlacementPolicy::RoundRobin => "round-robin",
         }
     }
@@ -48,18 +55,34 @@ impl ExpertPlacement {
         }
         let owner = match policy {
             PlacementPolicy::RoundRobin => (0..e).map(|x| x % ranks).collect(),
-            PlacementPolicy::Contiguous => {
-                let groups = m.n_group.max(1);
-                // Whole groups per rank where there are enough of them, else single experts.
-                let units = match groups > 1 && groups >= ranks && e.is_multiple_of(groups) {
-                    true => groups,
-                    false => e,
+            PlacementPolicy::Contiguous | PlacementPolicy::Even => {
+                let shares = match policy {
+                    PlacementPolicy::Even => vec![1.0 / ranks as f64; ranks],
+                    _ => shares(m, ranks),
                 };
-                let bounds = balanced_bounds(units, &shares(m, ranks));
-                let per_unit = e / units;
-                (0..e)
-                    .map(|x| bounds.iter().rposition(|&b| b <= x / per_unit).unwrap())
-                    .collect()
+                let by_expert = contiguous_owners(e, 1, &shares);
+                let groups = m.n_group.max(1);
+                // Whole groups per rank where they share out nearly as evenly as single
+                // experts do (the largest rank at most 10% over): a token then meets at most
+                // `topk_group` ranks. Eight groups over seven followers would leave one rank
+                // twice the others' experts, so there the experts are split one by one.
+                if groups > 1 && groups >= ranks && e.is_multiple_of(groups) {
+                    let by_group = contiguous_owners(e, e / groups, &shares);
+                    let largest = |o: &[usize]| {
+                        (0..ranks)
+                            .map(|r| o.iter().filter(|&&x| x == r).count())
+                            .max()
+                            .unwrap_or(0)
+                    };
+                    if largest(&by_group) * 10 <= largest(&by_expert) * 11 {
+                        return Ok(ExpertPlacement {
+                            ranks,
+                            owner: by_group,
+                            policy,
+                        });
+                    }
+                }
+                by_expert
             }
         };
         Ok(ExpertPlacement {
@@ -166,6 +189,15 @@ fn shares(m: &MoeConfig, ranks: usize) -> Vec<f64> {
     s
 }
 
+/// The owner of each of `e` experts, cut into contiguous units of `unit` experts shared out
+/// by `shares`.
+fn contiguous_owners(e: usize, unit: usize, shares: &[f64]) -> Vec<usize> {
+    let bounds = balanced_bounds(e / unit, shares);
+    (0..e)
+        .map(|x| bounds.iter().rposition(|&b| b <= x / unit).unwrap())
+        .collect()
+}
+
 /// The first unit of each rank: `units` split by `shares` in order, rank 0 possibly empty,
 /// every other rank at least one unit.
 fn balanced_bounds(units: usize, shares: &[f64]) -> Vec<usize> {
@@ -232,7 +264,11 @@ mod tests {
     #[test]
     fn every_expert_has_one_owner_and_every_follower_some() {
         for (e, g, ranks) in [(160, 8, 3), (64, 1, 4), (16, 4, 2), (160, 8, 16), (7, 1, 7)] {
-            for policy in [PlacementPolicy::Contiguous, PlacementPolicy::RoundRobin] {
+            for policy in [
+                PlacementPolicy::Contiguous,
+                PlacementPolicy::Even,
+                PlacementPolicy::RoundRobin,
+            ] {
                 let p = ExpertPlacement::new(&moe(e, g, 1, 6), ranks, policy).unwrap();
                 let mut all: Vec<usize> = (0..ranks).flat_map(|r| p.experts_of(r)).collect();
                 all.sort_unstable();
@@ -258,24 +294,35 @@ mod tests {
         let p = ExpertPlacement::new(&lite, 4, PlacementPolicy::Contiguous).unwrap();
         assert!(p.experts_of(0).is_empty());
         assert_eq!(p.experts_of(2), (21..43).collect::<Vec<_>>());
+        // Even: the same count everywhere.
+        let p = ExpertPlacement::new(&lite, 4, PlacementPolicy::Even).unwrap();
+        assert!((0..4).all(|r| p.experts_of(r).len() == 16));
     }
 
     #[test]
     fn contiguous_placement_keeps_groups_whole_and_bounds_the_ranks_a_token_meets() {
         // DeepSeek-V2: 160 experts in 8 groups of 20, 6 chosen from at most 3 groups.
         let v2 = moe(160, 8, 3, 6);
-        for ranks in [2, 3, 4, 8] {
-            let p = ExpertPlacement::new(&v2, ranks, PlacementPolicy::Contiguous).unwrap();
-            for g in 0..8 {
-                let owners: Vec<usize> = (g * 20..(g + 1) * 20).map(|e| p.owner(e)).collect();
-                assert!(owners.iter().all(|&o| o == owners[0]), "group {g} split");
-            }
-            assert!(p.max_ranks_per_token(&v2) <= 3);
+        let p = ExpertPlacement::new(&v2, 2, PlacementPolicy::Contiguous).unwrap();
+        for g in 0..8 {
+            let owners: Vec<usize> = (g * 20..(g + 1) * 20).map(|e| p.owner(e)).collect();
+            assert!(owners.iter().all(|&o| o == owners[0]), "group {g} split");
         }
-        let p = ExpertPlacement::new(&v2, 4, PlacementPolicy::Contiguous).unwrap();
         assert_eq!(
-            p.report(&v2, &[1 << 20; 160])[1],
-            "rank 1: 60 routed experts (0-59), groups 0-2, 60.0 MiB"
+            p.report(&v2, &[1 << 20; 160]),
+            [
+                "rank 0: 60 routed experts (0-59), groups 0-2, 60.0 MiB",
+                "rank 1: 100 routed experts (60-159), groups 3-7, 100.0 MiB"
+            ]
+        );
+        // Eight groups over seven followers (rank 0 runs the shared experts): whole groups
+        // would give one rank 40 experts, so they are split one by one, 22 or 23 each.
+        let p = ExpertPlacement::new(&v2, 8, PlacementPolicy::Contiguous).unwrap();
+        let counts: Vec<usize> = (0..8).map(|r| p.experts_of(r).len()).collect();
+        assert_eq!(counts[0], 0);
+        assert!(
+            counts[1..].iter().all(|&c| c == 22 || c == 23),
+            "{counts:?}"
         );
         let rr = ExpertPlacement::new(&v2, 4, PlacementPolicy::RoundRobin).unwrap();
         assert_eq!(rr.max_ranks_per_token(&v2), 4);
