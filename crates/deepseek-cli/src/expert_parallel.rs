@@ -145,7 +145,6 @@ pub fn start(_: Placement) -> Result<(Cluster, Box<dyn std::any::Any>)> {
 mod mpi_link {
     use anyhow::{bail, Result};
     use deepseek_model::expert_parallel::ExpertLink;
-    use mpi::collective::SystemOperation;
     use mpi::environment::Universe;
     use mpi::topology::SimpleCommunicator;
     use mpi::traits::*;
@@ -186,24 +185,15 @@ mod mpi_link {
             self.ranks
         }
 
-        fn send_to_followers(&self, msg: &[u8]) {
-            for r in 1..self.ranks {
-                self.world.process_at_rank(r as i32).send(msg);
-            }
+        fn send(&self, to: usize, msg: &[u8]) {
+            self.world.process_at_rank(to as i32).send(msg);
         }
 
-        fn receive_from_leader(&self) -> Vec<u8> {
-            self.world.process_at_rank(0).receive_vec::<u8>().0
-        }
-
-        fn reduce_sum(&self, buf: &mut [f32]) {
-            let root = self.world.process_at_rank(0);
-            if self.rank == 0 {
-                let mine = buf.to_vec();
-                root.reduce_into_root(&mine[..], buf, SystemOperation::sum());
-            } else {
-                root.reduce_into(&buf[..], SystemOperation::sum());
-            }
+        fn receive(&self, from: usize) -> Vec<u8> {
+            self.world
+                .process_at_rank(from as i32)
+                .receive_vec::<u8>()
+                .0
         }
     }
 }

@@ -92,8 +92,8 @@ impl Moe {
 
     /// `x`: normalised `[n, hidden]` → `out` `[n, hidden]`. Returns the routing decisions.
     /// `obs` sees the router's input and each expert's, over the tokens routed to it. Under
-    /// expert parallelism (`ep`, on rank 0) the other ranks run their experts meanwhile and one
-    /// sum brings their part in.
+    /// expert parallelism (`ep`, on rank 0) the other ranks run their experts on the tokens
+    /// routed to them meanwhile, and their sums are added in.
     pub fn forward(
         &self,
         x: &[f32],
@@ -105,10 +105,9 @@ impl Moe {
     ) -> Vec<Routing> {
         let routing = self.router.route_tokens(x, n, p);
         show(obs, &self.prefix, "gate", x, n);
-        let ep = ep.filter(|ep| ep.ranks() > 1);
-        if let Some(ep) = ep {
-            ep.send_layer(self.layer, x, n, &routing);
-        }
+        let dispatched = ep
+            .filter(|ep| ep.ranks() > 1)
+            .map(|ep| (ep, ep.dispatch(self.layer, x, n, &routing)));
         // Group (token, weight) by expert.
         let mut by_expert: Vec<Vec<(usize, f32)>> = vec![vec![]; self.experts.len()];
         for (t, r) in routing.iter().enumerate() {
@@ -126,8 +125,12 @@ impl Moe {
             p,
             obs,
         );
-        if let Some(ep) = ep {
-            ep.reduce(out);
+        if let Some((ep, d)) = dispatched {
+            // A follower that answers out of turn has lost step with this process: nothing
+            // after it can be trusted.
+            if let Err(e) = ep.combine(d, out) {
+                panic!("expert parallelism: {e}");
+            }
         }
         routing
     }

@@ -197,11 +197,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
             }
             decode.push(a.gen as f64 / t.elapsed().as_secs_f64());
             if let (Some(ep), Some(before)) = (model.expert_parallel(), ep_before) {
-                let d = ep.stats().since(before);
-                exchanged.layers += d.layers;
-                exchanged.bytes_sent += d.bytes_sent;
-                exchanged.bytes_reduced += d.bytes_reduced;
-                exchanged.seconds += d.seconds;
+                exchanged += ep.stats().since(before);
             }
             if let Some(k) = a.verify {
                 // The same tokens again, K+1 a step, as a verify step whose drafts all pass.
@@ -261,8 +257,9 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
             "ranks": ep.ranks(),
             "placement": ep.placement().policy().name(),
             "moe_layers_per_token": exchanged.layers as f64 / decoded,
-            "bytes_broadcast_per_token": exchanged.bytes_sent as f64 / decoded,
-            "bytes_reduced_per_token": exchanged.bytes_reduced as f64 / decoded,
+            "messages_per_token": exchanged.messages as f64 / decoded,
+            "bytes_sent_per_token": exchanged.bytes_sent as f64 / decoded,
+            "bytes_received_per_token": exchanged.bytes_received as f64 / decoded,
             "exchange_s_per_token": exchanged.seconds / decoded,
         })
     });
@@ -313,13 +310,14 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
             if let Some(ep) = &expert_parallel {
                 let per_token_ms = ep["exchange_s_per_token"].as_f64().unwrap_or(0.0) * 1e3;
                 println!(
-                    "experts      {} ranks ({}): {:.0} MoE layers a token, {:.1} KB broadcast + {:.1} KB reduced; \
-                     rank 0 waits {per_token_ms:.2} ms a token in the exchanges ({:.0}% of decode)",
+                    "experts      {} ranks ({}): a token's {:.0} MoE layers send {:.1} messages to the other ranks, \
+                     {:.1} KB out and {:.1} KB back; rank 0 waits {per_token_ms:.2} ms a token for them ({:.0}% of decode)",
                     ep["ranks"],
                     ep["placement"].as_str().unwrap_or_default(),
                     ep["moe_layers_per_token"].as_f64().unwrap_or(0.0),
-                    ep["bytes_broadcast_per_token"].as_f64().unwrap_or(0.0) / 1e3,
-                    ep["bytes_reduced_per_token"].as_f64().unwrap_or(0.0) / 1e3,
+                    ep["messages_per_token"].as_f64().unwrap_or(0.0),
+                    ep["bytes_sent_per_token"].as_f64().unwrap_or(0.0) / 1e3,
+                    ep["bytes_received_per_token"].as_f64().unwrap_or(0.0) / 1e3,
                     per_token_ms * tg / 10.0
                 );
             }

@@ -3,17 +3,19 @@
 //!
 //! Rank 0 (the leader) holds the attention, the dense layers, the shared experts, the cache and
 //! its own share of the routed experts, and runs every command as a single process would. At
-//! each MoE layer it routes the step's tokens, sends the normed hidden states and the routing
-//! decisions to the other ranks (one message to each), runs its own experts and the shared ones
-//! while they run theirs, and one sum over the ranks (a reduce) brings the layer's output back:
-//! two network latencies per MoE layer. The
-//! other ranks (followers) hold only their routed experts and answer layer after layer
-//! ([`worker::serve_experts`]) until the leader says stop.
+//! each MoE layer it routes the step's tokens and sends each other rank (follower) holding a
+//! chosen expert one message: the normed hidden states of the tokens routed to it, with their
+//! experts and weights there (dispatch). It runs its own experts and the shared ones meanwhile,
+//! then takes one message back from each of those ranks, their experts' weighted sum for each
+//! of those tokens, and adds them in rank order (combine): two network latencies per MoE layer,
+//! only the ranks a step's tokens chose, and each rank sees only its tokens' rows. Followers
+//! hold only their routed experts and answer ([`worker::serve_experts`]) until rank 0 says
+//! stop.
 //!
 //! Only the MoE block knows of this: the scheduler, the cache and prefix reuse, the server,
 //! speculative decoding run on rank 0 unchanged, and the followers need no cache at all. The
-//! transport is a trait ([`ExpertLink`]): MPI in the CLI (its `mpi` feature), threads in one
-//! process for the tests ([`local_link`]). `EXPERT_PARALLEL.md` has the design and the numbers
+//! transport is a trait ([`ExpertLink`]): MPI in the CLI (its `mpi` feature), channels between
+//! threads for the tests ([`local_link`]). `EXPERT_PARALLEL.md` has the design and the numbers
 //! for real clusters.
 
 pub mod local_link;
@@ -28,17 +30,15 @@ pub use placement::{ExpertPlacement, PlacementPolicy};
 
 use crate::router::Routing;
 
-/// What expert parallelism needs from the transport between the ranks, one call at a time.
+/// What expert parallelism needs from the transport between the ranks: ordered messages
+/// between rank 0 and each other rank, one call at a time per process.
 pub trait ExpertLink: Send + Sync {
     fn rank(&self) -> usize;
     fn ranks(&self) -> usize;
-    /// Rank 0: `msg` to every other rank, one message each (messages arrive in order).
-    fn send_to_followers(&self, msg: &[u8]);
-    /// A follower: the next message from rank 0, whatever its length.
-    fn receive_from_leader(&self) -> Vec<u8>;
-    /// Collective: the element-wise sum of every rank's `buf` into rank 0's (the others' is
-    /// left as is).
-    fn reduce_sum(&self, buf: &mut [f32]);
+    /// `msg` to rank `to` (arriving after the earlier messages to it).
+    fn send(&self, to: usize, msg: &[u8]);
+    /// The next message from rank `from`, whatever its length.
+    fn receive(&self, from: usize) -> Vec<u8>;
 }
 
 /// This process's part in expert parallelism: the link to the others and which rank holds
@@ -54,19 +54,32 @@ pub struct ExpertParallel {
 #[derive(Default)]
 struct Stats {
     layers: AtomicU64,
+    messages: AtomicU64,
     bytes_sent: AtomicU64,
-    bytes_reduced: AtomicU64,
+    bytes_received: AtomicU64,
     exchange_ns: AtomicU64,
 }
 
-/// [`ExpertParallel::stats`]: MoE layers exchanged, bytes sent to each follower and reduced
-/// per rank, and the wall time rank 0 spent sending and waiting in the reduces.
+/// [`ExpertParallel::stats`], on rank 0: MoE layers exchanged, messages sent (one per follower
+/// a layer's tokens chose; as many come back), bytes sent and received in all, and the wall
+/// time rank 0 spent sending and waiting for answers.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ExchangeStats {
     pub layers: u64,
+    pub messages: u64,
     pub bytes_sent: u64,
-    pub bytes_reduced: u64,
+    pub bytes_received: u64,
     pub seconds: f64,
+}
+
+impl std::ops::AddAssign for ExchangeStats {
+    fn add_assign(&mut self, o: ExchangeStats) {
+        self.layers += o.layers;
+        self.messages += o.messages;
+        self.bytes_sent += o.bytes_sent;
+        self.bytes_received += o.bytes_received;
+        self.seconds += o.seconds;
+    }
 }
 
 impl ExchangeStats {
@@ -74,14 +87,23 @@ impl ExchangeStats {
     pub fn since(self, before: ExchangeStats) -> ExchangeStats {
         ExchangeStats {
             layers: self.layers - before.layers,
+            messages: self.messages - before.messages,
             bytes_sent: self.bytes_sent - before.bytes_sent,
-            bytes_reduced: self.bytes_reduced - before.bytes_reduced,
+            bytes_received: self.bytes_received - before.bytes_received,
             seconds: self.seconds - before.seconds,
         }
     }
 }
 
-/// The header every exchange starts with: `[op, layer, tokens, k]` as little-endian u64.
+/// What [`ExpertParallel::dispatch`] sent: each rank's tokens, in the order of their rows.
+pub struct Dispatch {
+    layer: usize,
+    hidden: usize,
+    tokens: Vec<Vec<usize>>,
+}
+
+/// The header every message from rank 0 starts with: `[op, layer, tokens, pairs]` as
+/// little-endian u64.
 const HEADER_BYTES: usize = 32;
 const OP_STOP: u64 = 0;
 const OP_LAYER: u64 = 1;
@@ -123,46 +145,100 @@ impl ExpertParallel {
         let s = &self.stats;
         ExchangeStats {
             layers: s.layers.load(Relaxed),
+            messages: s.messages.load(Relaxed),
             bytes_sent: s.bytes_sent.load(Relaxed),
-            bytes_reduced: s.bytes_reduced.load(Relaxed),
+            bytes_received: s.bytes_received.load(Relaxed),
             seconds: s.exchange_ns.load(Relaxed) as f64 * 1e-9,
         }
     }
 
-    /// Rank 0: sends MoE layer `layer`'s input `x` (`[n, hidden]`, normed) and each token's
-    /// routing to the other ranks.
-    pub fn send_layer(&self, layer: usize, x: &[f32], n: usize, routing: &[Routing]) {
+    /// Rank 0, dispatch: sends every follower holding an expert that `routing` chose for a
+    /// token of MoE layer `layer` the rows of `x` (`[n, hidden]`, normed) of those tokens, with
+    /// their experts and weights there. [`ExpertParallel::combine`] takes the answers.
+    pub fn dispatch(&self, layer: usize, x: &[f32], n: usize, routing: &[Routing]) -> Dispatch {
         let t0 = Instant::now();
-        let k = routing.first().map_or(0, |r| r.experts.len());
-        assert!(routing.iter().all(|r| r.experts.len() == k));
-        let mut msg = Vec::with_capacity(HEADER_BYTES + 4 * (x.len() + 2 * n * k));
-        msg.extend(encode_header(OP_LAYER, layer, n, k));
-        msg.extend(x.iter().flat_map(|v| v.to_le_bytes()));
-        for r in routing {
-            msg.extend(r.weights.iter().flat_map(|w| w.to_le_bytes()));
+        let hid = x.len() / n.max(1);
+        // Per rank: its tokens, and (index among them, expert, weight) for each choice.
+        let mut tokens: Vec<Vec<usize>> = vec![vec![]; self.ranks()];
+        let mut pairs: Vec<Vec<(u32, u32, f32)>> = vec![vec![]; self.ranks()];
+        for (t, r) in routing.iter().enumerate() {
+            for (&e, &w) in r.experts.iter().zip(&r.weights) {
+                let to = self.placement.owner(e);
+                if to == 0 {
+                    continue;
+                }
+                if tokens[to].last() != Some(&t) {
+                    tokens[to].push(t);
+                }
+                pairs[to].push(((tokens[to].len() - 1) as u32, e as u32, w));
+            }
         }
-        for r in routing {
-            msg.extend(r.experts.iter().flat_map(|&e| (e as u32).to_le_bytes()));
-        }
-        self.link.send_to_followers(&msg);
         let s = &self.stats;
+        for to in 1..self.ranks() {
+            if tokens[to].is_empty() {
+                continue;
+            }
+            let (m, p) = (tokens[to].len(), pairs[to].len());
+            let mut msg = Vec::with_capacity(HEADER_BYTES + 4 * (m * hid + 3 * p));
+            msg.extend(encode_header(OP_LAYER, layer, m, p));
+            for &t in &tokens[to] {
+                msg.extend(
+                    x[t * hid..(t + 1) * hid]
+                        .iter()
+                        .flat_map(|v| v.to_le_bytes()),
+                );
+            }
+            for &(i, e, w) in &pairs[to] {
+                msg.extend(i.to_le_bytes());
+                msg.extend(e.to_le_bytes());
+                msg.extend(w.to_le_bytes());
+            }
+            self.link.send(to, &msg);
+            s.messages.fetch_add(1, Relaxed);
+            s.bytes_sent.fetch_add(msg.len() as u64, Relaxed);
+        }
         s.layers.fetch_add(1, Relaxed);
-        s.bytes_sent.fetch_add(msg.len() as u64, Relaxed);
         s.exchange_ns
             .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+        Dispatch {
+            layer,
+            hidden: hid,
+            tokens,
+        }
     }
 
-    /// Every rank: adds the other ranks' sums of their experts into `out` (rank 0's result;
-    /// the followers' `out` is their own part).
-    pub fn reduce(&self, out: &mut [f32]) {
+    /// Rank 0, combine: adds each dispatched follower's answer (its experts' weighted sum for
+    /// each of its tokens) into `out` (`[n, hidden]`), in rank order.
+    pub fn combine(&self, dispatch: Dispatch, out: &mut [f32]) -> Result<(), String> {
         let t0 = Instant::now();
-        self.link.reduce_sum(out);
-        if self.rank() == 0 {
-            let s = &self.stats;
-            s.bytes_reduced.fetch_add(4 * out.len() as u64, Relaxed);
-            s.exchange_ns
-                .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+        let hid = dispatch.hidden;
+        for (from, tokens) in dispatch.tokens.iter().enumerate().skip(1) {
+            if tokens.is_empty() {
+                continue;
+            }
+            let msg = self.link.receive(from);
+            self.stats
+                .bytes_received
+                .fetch_add(msg.len() as u64, Relaxed);
+            if msg.len() != 4 * hid * tokens.len() {
+                return Err(format!(
+                    "rank {from} answered MoE layer {} with {} bytes for {} tokens of {hid} values",
+                    dispatch.layer,
+                    msg.len(),
+                    tokens.len()
+                ));
+            }
+            for (&t, part) in tokens.iter().zip(msg.chunks_exact(4 * hid)) {
+                let row = &mut out[t * hid..(t + 1) * hid];
+                for (o, b) in row.iter_mut().zip(part.chunks_exact(4)) {
+                    *o += f32::from_le_bytes(b.try_into().unwrap());
+                }
+            }
         }
+        self.stats
+            .exchange_ns
+            .fetch_add(t0.elapsed().as_nanos() as u64, Relaxed);
+        Ok(())
     }
 
     /// Rank 0: asks every follower whether it loaded the same weights (`fingerprint`,
@@ -174,10 +250,13 @@ impl ExpertParallel {
         }
         let mut msg = encode_header(OP_CHECK, 0, 0, 0).to_vec();
         msg.extend(check_message(fingerprint, &self.placement));
-        self.link.send_to_followers(&msg);
-        let mut differ = [0.0f32];
-        self.link.reduce_sum(&mut differ);
-        match differ[0] as usize {
+        for to in 1..self.ranks() {
+            self.link.send(to, &msg);
+        }
+        let differ = (1..self.ranks())
+            .filter(|&from| self.link.receive(from) != [1])
+            .count();
+        match differ {
             0 => Ok(()),
             n => Err(format!(
                 "{n} of the {} other ranks loaded other weights or placed the experts otherwise: start every rank with the same --model and --expert-placement",
@@ -198,8 +277,10 @@ impl ExpertParallel {
 /// Rank 0: tells the followers on `link` there is no more work, whether or not a model was
 /// loaded (a command that failed before loading one still has followers waiting).
 pub fn stop_followers(link: &dyn ExpertLink) {
-    if link.rank() == 0 && link.ranks() > 1 {
-        link.send_to_followers(&encode_header(OP_STOP, 0, 0, 0));
+    if link.rank() == 0 {
+        for to in 1..link.ranks() {
+            link.send(to, &encode_header(OP_STOP, 0, 0, 0));
+        }
     }
 }
 

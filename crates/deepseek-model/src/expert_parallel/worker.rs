@@ -75,7 +75,7 @@ impl ExpertShard {
 
 /// A follower with no experts to hold (a dense model): waits for rank 0 to say stop.
 pub fn wait_for_stop(link: &dyn super::ExpertLink) -> Result<(), String> {
-    let msg = link.receive_from_leader();
+    let msg = link.receive(0);
     match decode_header(&msg).map_or(u64::MAX, |(h, _)| h[0]) {
         OP_STOP => Ok(()),
         op => Err(format!(
@@ -90,12 +90,13 @@ pub fn wait_for_stop(link: &dyn super::ExpertLink) -> Result<(), String> {
 /// (another model on rank 0).
 pub fn serve_experts(shard: &ExpertShard, ep: &ExpertParallel, p: Precision) -> Result<(), String> {
     let hid = shard.hidden;
+    let rank = ep.rank();
+    let other_model = "(do all ranks load the same model?)";
     loop {
-        let msg = ep.link.receive_from_leader();
-        let Some(([op, layer, n, k], body)) = decode_header(&msg) else {
+        let msg = ep.link.receive(0);
+        let Some(([op, layer, m, pairs], body)) = decode_header(&msg) else {
             return Err(format!(
-                "rank {}: a message of {} bytes from rank 0 is shorter than a header",
-                ep.rank(),
+                "rank {rank}: a message of {} bytes from rank 0 is shorter than a header",
                 msg.len()
             ));
         };
@@ -104,63 +105,49 @@ pub fn serve_experts(shard: &ExpertShard, ep: &ExpertParallel, p: Precision) -> 
             OP_LAYER => {}
             OP_CHECK => {
                 let same = body == check_message(shard.fingerprint, &ep.placement);
-                ep.reduce(&mut [f32::from(u8::from(!same))]);
+                ep.link.send(0, &[u8::from(same)]);
                 if !same {
                     return Err(format!(
-                        "rank {}: rank 0 loaded other weights or placed the experts otherwise",
-                        ep.rank()
+                        "rank {rank}: rank 0 loaded other weights or placed the experts otherwise"
                     ));
                 }
                 continue;
             }
-            _ => {
-                return Err(format!(
-                    "rank {}: unknown message {op} from rank 0",
-                    ep.rank()
-                ))
-            }
+            _ => return Err(format!("rank {rank}: unknown message {op} from rank 0")),
         }
-        let (layer, n, k) = (layer as usize, n as usize, k as usize);
-        if body.len() != 4 * (n * hid + 2 * n * k) {
+        let (layer, m, pairs) = (layer as usize, m as usize, pairs as usize);
+        if body.len() != 4 * (m * hid + 3 * pairs) {
             return Err(format!(
-                "rank {}: rank 0 sent {} bytes for {n} tokens of MoE layer {layer}; a hidden size of {hid} takes {} (do all ranks load the same model?)",
-                ep.rank(),
+                "rank {rank}: rank 0 sent {} bytes for {m} tokens of MoE layer {layer}; a hidden size of {hid} takes {} {other_model}",
                 body.len(),
-                4 * (n * hid + 2 * n * k)
+                4 * (m * hid + 3 * pairs)
             ));
         }
-        let words: Vec<[u8; 4]> = body
-            .chunks_exact(4)
-            .map(|c| c.try_into().unwrap())
-            .collect();
-        let x: Vec<f32> = words[..n * hid]
-            .iter()
-            .map(|&b| f32::from_le_bytes(b))
-            .collect();
-        let weights = &words[n * hid..n * hid + n * k];
-        let ids = &words[n * hid + n * k..];
         let Some(Some(experts)) = shard.layers.get(layer) else {
             return Err(format!(
-                "rank {}: rank 0 sent MoE layer {layer}, which is not a MoE layer of the model here (do all ranks load the same model?)",
-                ep.rank()
+                "rank {rank}: rank 0 sent MoE layer {layer}, which is not a MoE layer of the model here {other_model}"
             ));
         };
+        let word = |i: usize| -> [u8; 4] { body[4 * i..4 * i + 4].try_into().unwrap() };
+        let x: Vec<f32> = (0..m * hid).map(|i| f32::from_le_bytes(word(i))).collect();
         let mut by_expert: Vec<Vec<(usize, f32)>> = vec![vec![]; experts.len()];
-        for t in 0..n {
-            for j in 0..k {
-                let e = u32::from_le_bytes(ids[t * k + j]) as usize;
-                let Some(slot) = by_expert.get_mut(e) else {
+        for j in 0..pairs {
+            let at = m * hid + 3 * j;
+            let t = u32::from_le_bytes(word(at)) as usize;
+            let e = u32::from_le_bytes(word(at + 1)) as usize;
+            let w = f32::from_le_bytes(word(at + 2));
+            match (by_expert.get_mut(e), experts.get(e)) {
+                (Some(slot), Some(Some(_))) if t < m => slot.push((t, w)),
+                _ => {
                     return Err(format!(
-                        "rank {}: rank 0 routed a token to expert {e} of layer {layer}, which has {} (do all ranks load the same model?)",
-                        ep.rank(),
-                        experts.len()
-                    ));
-                };
-                slot.push((t, f32::from_le_bytes(weights[t * k + j])));
+                        "rank {rank}: rank 0 routed a token to expert {e} of layer {layer}, which is not held here {other_model}"
+                    ))
+                }
             }
         }
-        let mut out = vec![0.0; n * hid];
-        run_experts(experts, None, &by_expert, &x, n, &mut out, p, None);
-        ep.reduce(&mut out);
+        let mut out = vec![0.0; m * hid];
+        run_experts(experts, None, &by_expert, &x, m, &mut out, p, None);
+        let answer: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
+        ep.link.send(0, &answer);
     }
 }
