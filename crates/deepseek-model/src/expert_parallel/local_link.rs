@@ -6,17 +6,20 @@ use std::sync::{Arc, Mutex};
 
 use super::ExpertLink;
 
-/// A channel for every ordered pair of ranks: `senders[from][to]`, `inboxes[to][from]`.
+type Outbox = Mutex<Sender<Vec<u8>>>;
+type Inbox = Mutex<Receiver<Vec<u8>>>;
+
+/// A channel for every ordered pair of ranks: `senders[from][to]`, `inbox[from]` of each rank.
 pub struct LocalLink {
     rank: usize,
-    senders: Arc<Vec<Vec<Mutex<Sender<Vec<u8>>>>>>,
-    inbox: Vec<Mutex<Receiver<Vec<u8>>>>,
+    senders: Arc<Vec<Vec<Outbox>>>,
+    inbox: Vec<Inbox>,
 }
 
 /// `ranks` linked ranks, one per thread that will use it.
 pub fn local_links(ranks: usize) -> Vec<LocalLink> {
-    let mut senders: Vec<Vec<Mutex<Sender<Vec<u8>>>>> = (0..ranks).map(|_| vec![]).collect();
-    let mut inboxes: Vec<Vec<Mutex<Receiver<Vec<u8>>>>> = (0..ranks).map(|_| vec![]).collect();
+    let mut senders: Vec<Vec<Outbox>> = (0..ranks).map(|_| vec![]).collect();
+    let mut inboxes: Vec<Vec<Inbox>> = (0..ranks).map(|_| vec![]).collect();
     for from in senders.iter_mut() {
         for inbox in inboxes.iter_mut() {
             let (tx, rx) = channel();
