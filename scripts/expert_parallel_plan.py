@@ -11,6 +11,7 @@ usage: scripts/expert_parallel_plan.py [--config config.json] [--ranks 2 4 8] [-
 """
 import argparse
 import json
+import math
 
 # DeepSeek-V2 (236B) as published (config.json of deepseek-ai/DeepSeek-V2).
 V2 = {
@@ -100,11 +101,19 @@ def main():
             other = max(per[1:]) / e * p["routed"] * gb
             print(f"| {bits:g} | {ranks} | {r0:.0f} | {other:.0f} | {total * gb:.0f} |")
     h, k = c["hidden_size"], c["num_experts_per_tok"]
-    send = 32 + 4 * h + 8 * k
-    print(f"\nwire, per token and MoE layer: {send / 1e3:.1f} KB to each follower, "
-          f"{4 * h / 1e3:.1f} KB back from each (reduce); {p['moe_layers']} MoE layers: "
-          f"{p['moe_layers'] * (send + 4 * h) / 1e6:.2f} MB a token per follower, "
-          f"2 x {p['moe_layers']} latencies")
+    print("\nwire, per decoded token (batch 1), placement as above:")
+    print("| ranks | followers a token meets (uniform routing) | KB out a MoE layer | KB back | "
+          f"MB a token ({p['moe_layers']} MoE layers) |")
+    print("|---|---|---|---|---|")
+    for ranks in a.ranks:
+        per = experts_per_rank(c, ranks, a.even)
+        # Expected followers holding at least one of k experts drawn without replacement.
+        met = sum(1 - math.comb(e - n, k) / math.comb(e, k) for n in per[1:])
+        out = met * (32 + 4 * h) + 12 * k * (1 - per[0] / e)
+        back = met * 4 * h
+        print(f"| {ranks} | {met:.2f} | {out / 1e3:.1f} | {back / 1e3:.1f} | "
+              f"{p['moe_layers'] * (out + back) / 1e6:.2f} |")
+    print(f"latency: 2 per MoE layer (dispatch, answers), {2 * p['moe_layers']} a token, whatever the ranks")
     active_routed = p["moe_layers"] * k * p["expert"]
     print(f"read per decoded token: attention {p['attention'] / 1e9:.2f}B, shared experts "
           f"{p['shared'] / 1e9:.2f}B, dense + lm_head {(p['dense'] + p['embed_head'] / 2) / 1e9:.2f}B "
