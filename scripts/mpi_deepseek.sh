@@ -11,14 +11,18 @@ case "$1" in
 esac
 mpirun --oversubscribe --bind-to none -np "${DEEPSEEK_RANKS:-2}" "$BIN" --expert-parallel "$@" &
 job=$!
+# Rank 0 among mpirun's children (read from /proc, so no procps is needed).
 rank0() {
-  for p in $(pgrep -P "$job"); do
-    if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=0'; then
-      echo "$p"
+  for stat in /proc/[0-9]*/stat; do
+    read -r pid _ _ ppid _ <"$stat" 2>/dev/null || continue
+    [ "$ppid" = "$job" ] || continue
+    if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=0'; then
+      echo "$pid"
     fi
   done
 }
-trap 'kill -TERM $(rank0) 2>/dev/null' TERM INT
+# Where rank 0 is not a child here (ranks started by Open MPI's daemons), mpirun gets it.
+trap 'r0=$(rank0); kill -TERM "${r0:-$job}" 2>/dev/null' TERM INT
 while :; do
   wait "$job"
   code=$?
