@@ -103,6 +103,14 @@ def main():
             print(f"ok  {d.name}: {len(setups)} setups, prefill/decode logits and greedy tokens equal")
     print(f"expert parallelism: {len(dirs)} checkpoints, largest logit difference {worst:.2g} (bound {TOL})")
 
+    # More ranks than the bundled model's 8 experts: one line naming the counts, a prompt exit.
+    r = subprocess.run(MPIRUN + ["9", str(BIN), "--expert-parallel", "--threads", "1", "generate",
+                                 "--prompt", "def f(", "-n", "2"],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode == 0 or "9 ranks for 8 routed experts" not in r.stderr:
+        sys.exit(f"FAILED: mpirun -np 9 on 8 experts: exit {r.returncode}\n{r.stderr[-2000:]}")
+    print("ok  more ranks than experts: refused, naming the counts")
+
 
 if __name__ == "__main__":
     main()

@@ -202,7 +202,9 @@ fn main() -> ExitCode {
             {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: rank {rank}: {e:#}");
+                    // One write, so the ranks' lines do not interleave mid-line.
+                    let line = format!("error: rank {rank}: {e:#}\n");
+                    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
                     ExitCode::from(2)
                 }
             };
