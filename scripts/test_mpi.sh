@@ -21,6 +21,7 @@ if ! have_mpi; then
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo -n"
   pkgs="libopenmpi-dev openmpi-bin libclang-dev"
+  export DEBIAN_FRONTEND=noninteractive
   { $sudo_cmd apt-get install -y -q $pkgs >/dev/null 2>&1 ||
     { $sudo_cmd apt-get update -q >/dev/null 2>&1 &&
       $sudo_cmd apt-get install -y -q $pkgs >/dev/null 2>&1; }; } ||
