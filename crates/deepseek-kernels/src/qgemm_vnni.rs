@@ -25,7 +25,7 @@
 
 use std::cell::RefCell;
 
-use crate::quant::{QuantType, QuantizedActivations, QK};
+use crate::quant::{QuantType, QuantizedActivations, QK, QK_K};
 use crate::repack::{Layout, GROUP};
 
 /// Rows of a panel: the 16 f32 lanes of one register.
@@ -223,9 +223,68 @@ pub fn gemm_rows(
     });
 }
 
+/// Whether `ty`'s super-blocks unpack to int8 values with one scale per 32 (the lattice types
+/// whose two 16-value scales are always equal): their panels take the values as they are,
+/// exactly, rather than dequantized and requantized (which was half of an IQ2_XXS file's
+/// prefill).
+fn unpacks_to_panel(ty: QuantType) -> bool {
+    matches!(
+        ty,
+        QuantType::IQ2XXS | QuantType::IQ3XXS | QuantType::IQ3S | QuantType::IQ1S
+    )
+}
+
+/// Unpacks `count` rows of lattice type `ty` (at `data`, `rb` bytes apart) into `q` (16 rows of
+/// `cols` int8, rows past `count` zero) and the panel's scales and mins (`w = scale·(q + 128) −
+/// 128·scale`, the Q8_0 panel's form).
+fn unpack_rows(
+    ty: QuantType,
+    data: &[u8],
+    rb: usize,
+    count: usize,
+    cols: usize,
+    q: &mut [i8],
+    p: &mut Panel,
+) {
+    let bb = ty.block_bytes();
+    let nb = cols / QK;
+    let mut scales = vec![0.0f32; nb];
+    let mut k = crate::quant::KBlock::new();
+    for r in 0..PANEL_ROWS {
+        let row = &mut q[r * cols..(r + 1) * cols];
+        if r >= count {
+            row.fill(0);
+            scales.fill(0.0);
+        } else {
+            let w = &data[r * rb..][..rb];
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the panels run on VNNI CPUs, which have AVX2 and F16C; `w` is one row
+            // of `cols` values and `scales` has one entry per 32.
+            let done = unsafe { crate::quant::x86_iq::unpack_row_avx2(ty, w, row, &mut scales) };
+            #[cfg(not(target_arch = "x86_64"))]
+            let done = false;
+            if !done {
+                for (sb, out) in row.chunks_exact_mut(QK_K).enumerate() {
+                    crate::quant::unpack_k(ty, &w[sb * bb..][..bb], &mut k);
+                    out.copy_from_slice(&k.q);
+                    for sub in 0..QK_K / QK {
+                        scales[sb * 8 + sub] = k.d * k.scales16[2 * sub] as f32;
+                    }
+                }
+            }
+        }
+        for (blk, &scale) in scales.iter().enumerate() {
+            p.scale[blk * PANEL_ROWS + r] = scale;
+            p.min[blk * PANEL_ROWS + r] = 128.0 * scale;
+        }
+    }
+}
+
 /// [`gemm_rows`] for `nr` plain rows of `ty` (`ty.row_bytes(cols)` bytes each, any count): each
 /// 16-row panel is dequantized and requantized to 8 bits with a scale per 32 values (the
-/// Q8_0 panel's form) once per call, then meets every token on the same kernel. The
+/// Q8_0 panel's form) once per call, then meets every token on the same kernel. The lattice
+/// types with one scale per 32 values are unpacked into that form as they are, exactly
+/// ([`unpacks_to_panel`]). The
 /// requantization adds an error of at most a 254th of each block's largest weight, small beside
 /// these formats' own (Q6_K's step is a 63rd of its block's range, Q5_K's a 31st); decode keeps
 /// the exact rows (`quant::dot_rows`).
@@ -261,7 +320,10 @@ pub fn gemm_rows_plain(
         "VNNI GEMM: output too short"
     );
     let nb = cols / QK;
-    let mut rows = vec![0.0f32; PANEL_ROWS * cols];
+    let direct = unpacks_to_panel(ty);
+    let mut rows = vec![0.0f32; if direct { 0 } else { PANEL_ROWS * cols }];
+    // The panel's 16 rows as int8, before they are laid out for the kernel.
+    let mut panel_q = vec![0i8; PANEL_ROWS * cols];
     PANEL.with(|cell| {
         let p = &mut *cell.borrow_mut();
         p.q.resize(nb * BLOCK_BYTES, 0);
@@ -269,28 +331,36 @@ pub fn gemm_rows_plain(
         p.min.resize(nb * PANEL_ROWS, 0.0);
         for r0 in (0..nr).step_by(PANEL_ROWS) {
             let count = (nr - r0).min(PANEL_ROWS);
-            for (r, row) in rows.chunks_exact_mut(cols).enumerate() {
-                if r < count {
-                    crate::quant::dequantize_row(ty, &data[(r0 + r) * rb..][..rb], row);
-                } else {
-                    row.fill(0.0);
-                }
-            }
-            let w8 = QuantizedActivations::new(&rows, cols);
-            for r in 0..PANEL_ROWS {
-                let (d, _, qs) = w8.row(r);
-                for blk in 0..nb {
-                    p.scale[blk * PANEL_ROWS + r] = d[blk];
-                    p.min[blk * PANEL_ROWS + r] = 128.0 * d[blk];
-                    for step in 0..8 {
-                        let src = &qs[blk * QK + 4 * step..][..4];
-                        let dst = &mut p.q[blk * BLOCK_BYTES + 64 * step + 4 * r..][..4];
-                        for (o, &v) in dst.iter_mut().zip(src) {
-                            *o = (v as u8) ^ 0x80;
-                        }
+            let qs: &[i8] = if direct {
+                unpack_rows(ty, &data[r0 * rb..], rb, count, cols, &mut panel_q, p);
+                &panel_q
+            } else {
+                for (r, row) in rows.chunks_exact_mut(cols).enumerate() {
+                    if r < count {
+                        crate::quant::dequantize_row(ty, &data[(r0 + r) * rb..][..rb], row);
+                    } else {
+                        row.fill(0.0);
                     }
                 }
-            }
+                let w8 = QuantizedActivations::new(&rows, cols);
+                for r in 0..PANEL_ROWS {
+                    let (d, _, _) = w8.row(r);
+                    for (blk, &d) in d.iter().enumerate().take(nb) {
+                        p.scale[blk * PANEL_ROWS + r] = d;
+                        p.min[blk * PANEL_ROWS + r] = 128.0 * d;
+                    }
+                }
+                panel_q.copy_from_slice(&w8.qs);
+                &panel_q
+            };
+            // The bytes into `[block][step][row][4]`, sign bits flipped (`+ 128`): a byte at a
+            // time this took a quarter of a lattice file's prefill.
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: VNNI (`available`) implies AVX-512 F; `w8` holds 16 rows of `cols`
+            // bytes and the panel `nb` blocks.
+            unsafe {
+                x86::panel_bytes(qs, cols, nb, &mut p.q)
+            };
             #[cfg(target_arch = "x86_64")]
             // SAFETY: VNNI is present (`available`); the panel holds `nb` blocks, every token
             // row of `q` is `cols` long and `out` holds `n` rows of `ld` from column `r0`
@@ -353,6 +423,30 @@ mod x86 {
             dst.add(64) as *mut _,
             _mm512_permutex2var_epi32(a, idx(ODD), b),
         );
+    }
+
+    /// The 16 rows of int8 `qs` (`cols` each) as panel bytes `[block][step][row][4]`, each
+    /// byte + 128: one gather of a dword from each row per step.
+    ///
+    /// # Safety
+    /// AVX-512 F; `qs` holds 16 rows of `cols` ≥ `32 · nb` bytes, `dst` `nb` blocks.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn panel_bytes(qs: &[i8], cols: usize, nb: usize, dst: &mut [u8]) {
+        assert!(qs.len() >= PANEL_ROWS * cols && cols >= nb * QK);
+        assert!(dst.len() >= nb * BLOCK_BYTES && cols <= i32::MAX as usize / PANEL_ROWS);
+        let rows = _mm512_mullo_epi32(
+            _mm512_set1_epi32(cols as i32),
+            idx([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]),
+        );
+        let flip = _mm512_set1_epi32(0x8080_8080u32 as i32);
+        for blk in 0..nb {
+            for step in 0..8 {
+                let base = qs.as_ptr().add(blk * QK + 4 * step) as *const i32;
+                let v = _mm512_i32gather_epi32::<1>(rows, base);
+                let out = dst.as_mut_ptr().add(blk * BLOCK_BYTES + 64 * step);
+                _mm512_storeu_si512(out as *mut _, _mm512_xor_si512(v, flip));
+            }
+        }
     }
 
     /// Unpacks groups `g0` (rows 0–7) and `g1` (rows 8–15) of `layout` into `p`.
@@ -632,6 +726,56 @@ mod tests {
 
     /// Plain rows requantized per panel: exactly the f64 sums of the requantized weights and the
     /// quantized activations, on ragged rows (partial panels) and tokens.
+    #[test]
+    fn lattice_rows_go_into_panels_exactly() {
+        if !available() {
+            eprintln!("512-bit VNNI not available here: skipped");
+            return;
+        }
+        let cols = 512;
+        for ty in [
+            QuantType::IQ2XXS,
+            QuantType::IQ3XXS,
+            QuantType::IQ3S,
+            QuantType::IQ1S,
+        ] {
+            assert!(unpacks_to_panel(ty));
+            for &(rows, n) in &[(13, 9), (16, 12), (40, 29)] {
+                let rb = ty.row_bytes(cols);
+                let data = crate::quant::tests::random_lattice_rows(ty, rows, cols, rows as u64);
+                let mut wf = vec![0.0f32; rows * cols];
+                for r in 0..rows {
+                    dequantize_row(ty, &data[r * rb..][..rb], &mut wf[r * cols..][..cols]);
+                }
+                let x: Vec<f32> = (0..n * cols)
+                    .map(|i| ((i * 7919) % 1999) as f32 / 999.5 - 1.0)
+                    .collect();
+                let q = QuantizedActivations::per_super_block(&x, cols);
+                let act = Activations::for_plain(ty, &q, n).expect("VNNI panels");
+                let ld = rows + 1;
+                let mut out = vec![f32::NAN; n * ld];
+                gemm_rows_plain(ty, &data, cols, rows, &q, &act, &mut out, ld);
+                for r in 0..rows {
+                    for t in 0..n {
+                        let (dx, _, qx) = q.row(t);
+                        let term =
+                            |c: usize| wf[r * cols + c] as f64 * dx[c / QK] as f64 * qx[c] as f64;
+                        let want: f64 = (0..cols).map(term).sum();
+                        let mag: f64 = (0..cols).map(|c| term(c).abs()).sum();
+                        let got = out[t * ld + r] as f64;
+                        assert!(
+                            (got - want).abs() <= 2e-6 * mag + 1e-6,
+                            "{ty:?} {rows} rows n={n} row {r} token {t}: {got} vs {want}"
+                        );
+                    }
+                }
+                for t in 0..n {
+                    assert!(out[t * ld + rows].is_nan(), "{ty:?}: wrote past the rows");
+                }
+            }
+        }
+    }
+
     #[test]
     fn plain_rows_match_their_requantized_reference() {
         if !available() {

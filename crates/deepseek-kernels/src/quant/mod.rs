@@ -27,7 +27,7 @@ pub mod weighted;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
-mod x86_iq;
+pub(crate) mod x86_iq;
 
 #[cfg(test)]
 pub(crate) mod tests;

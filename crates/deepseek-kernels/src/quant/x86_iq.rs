@@ -363,6 +363,48 @@ unsafe fn dequantize_kind<const KIND: u8>(bb: usize, w: &[u8], out: &mut [f32]) 
     }
 }
 
+/// One row of a lattice type whose chunks have one scale per 32 values (IQ2_XXS, IQ3_XXS,
+/// IQ3_S, IQ1_S) as int8 values `q` and a float scale per 32 (`scales`), value = scale · q
+/// exactly: the VNNI prefill panels' form.
+#[inline(always)]
+unsafe fn unpack_kind<const KIND: u8>(bb: usize, w: &[u8], q: &mut [i8], scales: &mut [f32]) {
+    for (sb, (o, sc)) in q
+        .chunks_exact_mut(QK_K)
+        .zip(scales.chunks_exact_mut(8))
+        .enumerate()
+    {
+        let b = w.as_ptr().add(sb * bb);
+        let d = super_scale::<KIND>(b);
+        for (ib, s) in sc.iter_mut().enumerate() {
+            let c = chunk::<KIND>(b, ib);
+            debug_assert_eq!(c.scales.0, c.scales.1);
+            let v = _mm256_sign_epi8(c.mag, c.sign);
+            _mm256_storeu_si256(o.as_mut_ptr().add(32 * ib) as *mut __m256i, v);
+            *s = d * c.scales.0 as f32;
+        }
+    }
+}
+
+/// [`unpack_kind`] for `t`; false (nothing written) for the lattice types with a scale per 16.
+///
+/// # Safety
+/// AVX2 and F16C; `w` holds the row of `q.len()` values (a multiple of 256), `scales` one
+/// entry per 32 of them.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn unpack_row_avx2(t: QuantType, w: &[u8], q: &mut [i8], scales: &mut [f32]) -> bool {
+    assert!(q.len().is_multiple_of(QK_K) && w.len() >= t.row_bytes(q.len()));
+    assert!(scales.len() >= q.len() / 32);
+    let bb = t.block_bytes();
+    match t {
+        QuantType::IQ2XXS => unpack_kind::<IQ2XXS>(bb, w, q, scales),
+        QuantType::IQ3XXS => unpack_kind::<IQ3XXS>(bb, w, q, scales),
+        QuantType::IQ3S => unpack_kind::<IQ3S>(bb, w, q, scales),
+        QuantType::IQ1S => unpack_kind::<IQ1S>(bb, w, q, scales),
+        _ => return false,
+    }
+    true
+}
+
 /// [`super::dequant::dequantize_row_plain`] for the lattice types on AVX2 (the same values).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dequantize_row_avx2(t: QuantType, w: &[u8], out: &mut [f32]) {
