@@ -25,7 +25,7 @@
 
 use std::cell::RefCell;
 
-use crate::quant::{QuantType, QuantizedActivations, QK, QK_K};
+use crate::quant::{QuantType, QuantizedActivations, QK};
 use crate::repack::{Layout, GROUP};
 
 /// Rows of a panel: the 16 f32 lanes of one register.
@@ -223,15 +223,11 @@ pub fn gemm_rows(
     });
 }
 
-/// Whether `ty`'s super-blocks unpack to int8 values with one scale per 32 (the lattice types
-/// whose two 16-value scales are always equal): their panels take the values as they are,
-/// exactly, rather than dequantized and requantized (which was half of an IQ2_XXS file's
-/// prefill).
+/// Whether `ty`'s rows go into panels unpacked rather than dequantized and requantized (which
+/// was half of an IQ2_XXS file's prefill): the lattice types, exactly where a 32-value chunk
+/// has one scale ([`crate::quant::x86_iq::unpack_row_avx2`]).
 fn unpacks_to_panel(ty: QuantType) -> bool {
-    matches!(
-        ty,
-        QuantType::IQ2XXS | QuantType::IQ3XXS | QuantType::IQ3S | QuantType::IQ1S
-    )
+    cfg!(target_arch = "x86_64") && ty.is_lattice()
 }
 
 /// Unpacks `count` rows of lattice type `ty` (at `data`, `rb` bytes apart) into `q` (16 rows of
@@ -246,32 +242,19 @@ fn unpack_rows(
     q: &mut [i8],
     p: &mut Panel,
 ) {
-    let bb = ty.block_bytes();
-    let nb = cols / QK;
-    let mut scales = vec![0.0f32; nb];
-    let mut k = crate::quant::KBlock::new();
+    let mut scales = vec![0.0f32; cols / QK];
     for r in 0..PANEL_ROWS {
         let row = &mut q[r * cols..(r + 1) * cols];
         if r >= count {
             row.fill(0);
             scales.fill(0.0);
         } else {
-            let w = &data[r * rb..][..rb];
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the panels run on VNNI CPUs, which have AVX2 and F16C; `w` is one row
-            // of `cols` values and `scales` has one entry per 32.
-            let done = unsafe { crate::quant::x86_iq::unpack_row_avx2(ty, w, row, &mut scales) };
-            #[cfg(not(target_arch = "x86_64"))]
-            let done = false;
-            if !done {
-                for (sb, out) in row.chunks_exact_mut(QK_K).enumerate() {
-                    crate::quant::unpack_k(ty, &w[sb * bb..][..bb], &mut k);
-                    out.copy_from_slice(&k.q);
-                    for sub in 0..QK_K / QK {
-                        scales[sb * 8 + sub] = k.d * k.scales16[2 * sub] as f32;
-                    }
-                }
-            }
+            // SAFETY: the panels run on VNNI CPUs, which have AVX2 and F16C; the row holds
+            // `cols` values and `scales` has one entry per 32.
+            unsafe {
+                crate::quant::x86_iq::unpack_row_avx2(ty, &data[r * rb..][..rb], row, &mut scales)
+            };
         }
         for (blk, &scale) in scales.iter().enumerate() {
             p.scale[blk * PANEL_ROWS + r] = scale;
@@ -657,7 +640,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::dequantize_row;
+    use crate::quant::{dequantize_row, QK_K};
     use crate::repack;
 
     #[test]
@@ -727,26 +710,43 @@ mod tests {
     /// Plain rows requantized per panel: exactly the f64 sums of the requantized weights and the
     /// quantized activations, on ragged rows (partial panels) and tokens.
     #[test]
-    fn lattice_rows_go_into_panels_exactly() {
+    fn lattice_rows_go_into_panels_as_unpacked() {
         if !available() {
             eprintln!("512-bit VNNI not available here: skipped");
             return;
         }
         let cols = 512;
-        for ty in [
-            QuantType::IQ2XXS,
-            QuantType::IQ3XXS,
-            QuantType::IQ3S,
-            QuantType::IQ1S,
-        ] {
+        for ty in QuantType::LATTICE {
             assert!(unpacks_to_panel(ty));
-            for &(rows, n) in &[(13, 9), (16, 12), (40, 29)] {
-                let rb = ty.row_bytes(cols);
-                let data = crate::quant::tests::random_lattice_rows(ty, rows, cols, rows as u64);
-                let mut wf = vec![0.0f32; rows * cols];
-                for r in 0..rows {
-                    dequantize_row(ty, &data[r * rb..][..rb], &mut wf[r * cols..][..cols]);
+            // A chunk with two scales (IQ2_XS, IQ2_S, IQ1_M) is rounded to 8 bits against its
+            // largest value: the reference rounds the plain unpacking the same way.
+            let rb = ty.row_bytes(cols);
+            let data = crate::quant::tests::random_lattice_rows(ty, 40, cols, 40);
+            let mut wf = vec![0.0f32; 40 * cols];
+            let mut k = crate::quant::KBlock::new();
+            for r in 0..40 {
+                for sb in 0..cols / QK_K {
+                    let bb = ty.block_bytes();
+                    crate::quant::unpack_k(ty, &data[r * rb + sb * bb..][..bb], &mut k);
+                    for c in 0..QK_K / QK {
+                        let (s0, s1) = (k.scales16[2 * c] as i32, k.scales16[2 * c + 1] as i32);
+                        let v: Vec<i32> = (0..QK)
+                            .map(|i| k.q[c * QK + i] as i32 * if i < 16 { s0 } else { s1 })
+                            .collect();
+                        let m = v.iter().map(|x| x.abs()).max().unwrap();
+                        let out = &mut wf[r * cols + sb * QK_K + c * QK..][..QK];
+                        for (o, &x) in out.iter_mut().zip(&v) {
+                            *o = if s0 == s1 || m == 0 {
+                                k.d * x as f32
+                            } else {
+                                let q8 = (x as f32 * (127.0 / m as f32)).round_ties_even();
+                                k.d * m as f32 / 127.0 * q8
+                            };
+                        }
+                    }
                 }
+            }
+            for &(rows, n) in &[(13, 9), (16, 12), (40, 29)] {
                 let x: Vec<f32> = (0..n * cols)
                     .map(|i| ((i * 7919) % 1999) as f32 / 999.5 - 1.0)
                     .collect();

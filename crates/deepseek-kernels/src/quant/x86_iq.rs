@@ -363,9 +363,12 @@ unsafe fn dequantize_kind<const KIND: u8>(bb: usize, w: &[u8], out: &mut [f32]) 
     }
 }
 
-/// One row of a lattice type whose chunks have one scale per 32 values (IQ2_XXS, IQ3_XXS,
-/// IQ3_S, IQ1_S) as int8 values `q` and a float scale per 32 (`scales`), value = scale · q
-/// exactly: the VNNI prefill panels' form.
+/// One lattice-type row as int8 values `q` and a float scale per 32 values (`scales`), the
+/// VNNI prefill panels' form. A chunk whose two 16-value scales are equal (always so for
+/// IQ2_XXS, IQ3_XXS, IQ3_S and IQ1_S) goes in exactly, value = scale · q; one with two scales
+/// (IQ2_XS, IQ2_S, IQ1_M) is scaled in 16-bit integers and rounded back to 8 bits against its
+/// largest value, as requantizing its dequantized values would (an error of at most a 254th
+/// of that value).
 #[inline(always)]
 unsafe fn unpack_kind<const KIND: u8>(bb: usize, w: &[u8], q: &mut [i8], scales: &mut [f32]) {
     for (sb, (o, sc)) in q
@@ -377,32 +380,70 @@ unsafe fn unpack_kind<const KIND: u8>(bb: usize, w: &[u8], q: &mut [i8], scales:
         let d = super_scale::<KIND>(b);
         for (ib, s) in sc.iter_mut().enumerate() {
             let c = chunk::<KIND>(b, ib);
-            debug_assert_eq!(c.scales.0, c.scales.1);
             let v = _mm256_sign_epi8(c.mag, c.sign);
-            _mm256_storeu_si256(o.as_mut_ptr().add(32 * ib) as *mut __m256i, v);
-            *s = d * c.scales.0 as f32;
+            let at = o.as_mut_ptr().add(32 * ib) as *mut __m256i;
+            if c.scales.0 == c.scales.1 {
+                _mm256_storeu_si256(at, v);
+                *s = d * c.scales.0 as f32;
+                continue;
+            }
+            // Each half times its scale, in 16 bits (|grid| · scale < 2^15).
+            let lo = _mm256_mullo_epi16(
+                _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)),
+                _mm256_set1_epi16(c.scales.0 as i16),
+            );
+            let hi = _mm256_mullo_epi16(
+                _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(v)),
+                _mm256_set1_epi16(c.scales.1 as i16),
+            );
+            let amax = _mm256_max_epi16(_mm256_abs_epi16(lo), _mm256_abs_epi16(hi));
+            let mut lanes = [0i16; 16];
+            _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, amax);
+            let m = lanes.iter().copied().max().unwrap_or(0);
+            if m == 0 {
+                _mm256_storeu_si256(at, _mm256_setzero_si256());
+                *s = 0.0;
+                continue;
+            }
+            let f = _mm256_set1_ps(127.0 / m as f32);
+            let round = |x: __m256i| _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_cvtepi32_ps(x), f));
+            let i32s = |x: __m256i| {
+                (
+                    round(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(x))),
+                    round(_mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(x))),
+                )
+            };
+            let ((a, b2), (c2, d2)) = (i32s(lo), i32s(hi));
+            // Pack 32-bit lanes back to bytes in order (packs work within 128-bit lanes).
+            let w16 = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(a, b2));
+            let x16 = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32(c2, d2));
+            let bytes = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi16(w16, x16));
+            _mm256_storeu_si256(at, bytes);
+            *s = d * m as f32 / 127.0;
         }
     }
 }
 
-/// [`unpack_kind`] for `t`; false (nothing written) for the lattice types with a scale per 16.
+/// [`unpack_kind`] for lattice type `t`.
 ///
 /// # Safety
 /// AVX2 and F16C; `w` holds the row of `q.len()` values (a multiple of 256), `scales` one
 /// entry per 32 of them.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn unpack_row_avx2(t: QuantType, w: &[u8], q: &mut [i8], scales: &mut [f32]) -> bool {
+pub unsafe fn unpack_row_avx2(t: QuantType, w: &[u8], q: &mut [i8], scales: &mut [f32]) {
     assert!(q.len().is_multiple_of(QK_K) && w.len() >= t.row_bytes(q.len()));
     assert!(scales.len() >= q.len() / 32);
     let bb = t.block_bytes();
     match t {
         QuantType::IQ2XXS => unpack_kind::<IQ2XXS>(bb, w, q, scales),
+        QuantType::IQ2XS => unpack_kind::<IQ2XS>(bb, w, q, scales),
+        QuantType::IQ2S => unpack_kind::<IQ2S>(bb, w, q, scales),
         QuantType::IQ3XXS => unpack_kind::<IQ3XXS>(bb, w, q, scales),
         QuantType::IQ3S => unpack_kind::<IQ3S>(bb, w, q, scales),
         QuantType::IQ1S => unpack_kind::<IQ1S>(bb, w, q, scales),
-        _ => return false,
+        QuantType::IQ1M => unpack_kind::<IQ1M>(bb, w, q, scales),
+        t => unreachable!("{} is not a lattice i-quant", t.name()),
     }
-    true
 }
 
 /// [`super::dequant::dequantize_row_plain`] for the lattice types on AVX2 (the same values).
