@@ -709,6 +709,44 @@ mod tests {
 
     /// Plain rows requantized per panel: exactly the f64 sums of the requantized weights and the
     /// quantized activations, on ragged rows (partial panels) and tokens.
+    /// Runs [`gemm_rows_plain`] on the first `rows` rows of `data` (`ty`) for a few row and
+    /// token counts, against `w`: the weights as the panels should hold them, `[40, cols]`,
+    /// with activations made by `acts`.
+    fn check_plain_panels(
+        ty: QuantType,
+        data: &[u8],
+        w: &[f64],
+        cols: usize,
+        acts: fn(&[f32], usize) -> QuantizedActivations,
+    ) {
+        for &(rows, n) in &[(13, 9), (16, 12), (40, 29)] {
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 7919) % 1999) as f32 / 999.5 - 1.0)
+                .collect();
+            let q = acts(&x, cols);
+            let act = Activations::for_plain(ty, &q, n).expect("VNNI panels");
+            let ld = rows + 1;
+            let mut out = vec![f32::NAN; n * ld];
+            gemm_rows_plain(ty, data, cols, rows, &q, &act, &mut out, ld);
+            for r in 0..rows {
+                for t in 0..n {
+                    let (dx, _, qx) = q.row(t);
+                    let term = |c: usize| w[r * cols + c] * dx[c / QK] as f64 * qx[c] as f64;
+                    let want: f64 = (0..cols).map(term).sum();
+                    let mag: f64 = (0..cols).map(|c| term(c).abs()).sum();
+                    let got = out[t * ld + r] as f64;
+                    assert!(
+                        (got - want).abs() <= 2e-6 * mag + 1e-6,
+                        "{ty:?} {rows} rows n={n} row {r} token {t}: {got} vs {want}"
+                    );
+                }
+            }
+            for t in 0..n {
+                assert!(out[t * ld + rows].is_nan(), "{ty:?}: wrote past the rows");
+            }
+        }
+    }
+
     #[test]
     fn lattice_rows_go_into_panels_as_unpacked() {
         if !available() {
@@ -720,13 +758,12 @@ mod tests {
             assert!(unpacks_to_panel(ty));
             // A chunk with two scales (IQ2_XS, IQ2_S, IQ1_M) is rounded to 8 bits against its
             // largest value: the reference rounds the plain unpacking the same way.
-            let rb = ty.row_bytes(cols);
+            let (rb, bb) = (ty.row_bytes(cols), ty.block_bytes());
             let data = crate::quant::tests::random_lattice_rows(ty, 40, cols, 40);
-            let mut wf = vec![0.0f32; 40 * cols];
+            let mut w = vec![0.0f64; 40 * cols];
             let mut k = crate::quant::KBlock::new();
             for r in 0..40 {
                 for sb in 0..cols / QK_K {
-                    let bb = ty.block_bytes();
                     crate::quant::unpack_k(ty, &data[r * rb + sb * bb..][..bb], &mut k);
                     for c in 0..QK_K / QK {
                         let (s0, s1) = (k.scales16[2 * c] as i32, k.scales16[2 * c + 1] as i32);
@@ -734,45 +771,19 @@ mod tests {
                             .map(|i| k.q[c * QK + i] as i32 * if i < 16 { s0 } else { s1 })
                             .collect();
                         let m = v.iter().map(|x| x.abs()).max().unwrap();
-                        let out = &mut wf[r * cols + sb * QK_K + c * QK..][..QK];
+                        let out = &mut w[r * cols + sb * QK_K + c * QK..][..QK];
                         for (o, &x) in out.iter_mut().zip(&v) {
                             *o = if s0 == s1 || m == 0 {
-                                k.d * x as f32
+                                (k.d * x as f32) as f64
                             } else {
                                 let q8 = (x as f32 * (127.0 / m as f32)).round_ties_even();
-                                k.d * m as f32 / 127.0 * q8
+                                (k.d * m as f32 / 127.0 * q8) as f64
                             };
                         }
                     }
                 }
             }
-            for &(rows, n) in &[(13, 9), (16, 12), (40, 29)] {
-                let x: Vec<f32> = (0..n * cols)
-                    .map(|i| ((i * 7919) % 1999) as f32 / 999.5 - 1.0)
-                    .collect();
-                let q = QuantizedActivations::per_super_block(&x, cols);
-                let act = Activations::for_plain(ty, &q, n).expect("VNNI panels");
-                let ld = rows + 1;
-                let mut out = vec![f32::NAN; n * ld];
-                gemm_rows_plain(ty, &data, cols, rows, &q, &act, &mut out, ld);
-                for r in 0..rows {
-                    for t in 0..n {
-                        let (dx, _, qx) = q.row(t);
-                        let term =
-                            |c: usize| wf[r * cols + c] as f64 * dx[c / QK] as f64 * qx[c] as f64;
-                        let want: f64 = (0..cols).map(term).sum();
-                        let mag: f64 = (0..cols).map(|c| term(c).abs()).sum();
-                        let got = out[t * ld + r] as f64;
-                        assert!(
-                            (got - want).abs() <= 2e-6 * mag + 1e-6,
-                            "{ty:?} {rows} rows n={n} row {r} token {t}: {got} vs {want}"
-                        );
-                    }
-                }
-                for t in 0..n {
-                    assert!(out[t * ld + rows].is_nan(), "{ty:?}: wrote past the rows");
-                }
-            }
+            check_plain_panels(ty, &data, &w, cols, QuantizedActivations::per_super_block);
         }
     }
 
@@ -782,7 +793,7 @@ mod tests {
             eprintln!("512-bit VNNI not available here: skipped");
             return;
         }
-        let cols = 512;
+        let (cols, rows) = (512, 40);
         for ty in [
             QuantType::Q6K,
             QuantType::Q5K,
@@ -790,48 +801,26 @@ mod tests {
             QuantType::IQ4XS,
             QuantType::Q5_1,
         ] {
-            for &(rows, n) in &[(13, 9), (16, 12), (40, 29)] {
-                let rb = ty.row_bytes(cols);
-                let mut data = vec![0u8; rows * rb];
-                let mut wf = vec![0.0f32; rows * cols];
-                for (r, o) in data.chunks_mut(rb).enumerate() {
-                    let w: Vec<f32> = (0..cols)
-                        .map(|c| {
-                            ((((r * cols + c) * 2654435761) >> 7) % 2001) as f32 / 1000.0 - 1.0
-                        })
-                        .collect();
-                    crate::quant::quantize_row(ty, &w, o);
-                    dequantize_row(ty, o, &mut wf[r * cols..(r + 1) * cols]);
-                }
-                let w8 = QuantizedActivations::new(&wf, cols);
-                let x: Vec<f32> = (0..n * cols)
-                    .map(|i| ((i * 7919) % 1999) as f32 / 999.5 - 1.0)
+            let rb = ty.row_bytes(cols);
+            let mut data = vec![0u8; rows * rb];
+            let mut wf = vec![0.0f32; rows * cols];
+            for (r, o) in data.chunks_mut(rb).enumerate() {
+                let w: Vec<f32> = (0..cols)
+                    .map(|c| ((((r * cols + c) * 2654435761) >> 7) % 2001) as f32 / 1000.0 - 1.0)
                     .collect();
-                let q = QuantizedActivations::new(&x, cols);
-                let act = Activations::for_plain(ty, &q, n).expect("VNNI panels");
-                let ld = rows + 1;
-                let mut out = vec![f32::NAN; n * ld];
-                gemm_rows_plain(ty, &data, cols, rows, &q, &act, &mut out, ld);
-                for r in 0..rows {
-                    let (dw, _, qw) = w8.row(r);
-                    for t in 0..n {
-                        let (dx, _, qx) = q.row(t);
-                        let term = |c: usize| {
-                            dw[c / QK] as f64 * qw[c] as f64 * dx[c / QK] as f64 * qx[c] as f64
-                        };
-                        let want: f64 = (0..cols).map(term).sum();
-                        let mag: f64 = (0..cols).map(|c| term(c).abs()).sum();
-                        let got = out[t * ld + r] as f64;
-                        assert!(
-                            (got - want).abs() <= 2e-6 * mag + 1e-6,
-                            "{ty:?} {rows} rows n={n} row {r} token {t}: {got} vs {want}"
-                        );
-                    }
-                }
-                for t in 0..n {
-                    assert!(out[t * ld + rows].is_nan(), "{ty:?}: wrote past the rows");
+                crate::quant::quantize_row(ty, &w, o);
+                dequantize_row(ty, o, &mut wf[r * cols..(r + 1) * cols]);
+            }
+            // The panels hold the dequantized rows requantized to 8 bits per 32 values.
+            let w8 = QuantizedActivations::new(&wf, cols);
+            let mut w = vec![0.0f64; rows * cols];
+            for (r, row) in w.chunks_exact_mut(cols).enumerate() {
+                let (dw, _, qw) = w8.row(r);
+                for (c, o) in row.iter_mut().enumerate() {
+                    *o = dw[c / QK] as f64 * qw[c] as f64;
                 }
             }
+            check_plain_panels(ty, &data, &w, cols, QuantizedActivations::new);
         }
     }
 }
