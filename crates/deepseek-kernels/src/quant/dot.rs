@@ -19,6 +19,13 @@ pub fn dot_rows<const T: usize>(
     match byte_dot_isa() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the features were detected at run time; row lengths checked above.
+        ByteDotIsa::Vnni
+            if a.scale_block == super::format::QK_K
+                && super::x86_iq_vbmi::handles(t)
+                && super::x86_iq_vbmi::available() =>
+        unsafe { super::x86_iq_vbmi::dot_rows::<T>(t, w, &acts) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
         ByteDotIsa::Vnni if t.is_lattice() => unsafe {
             super::x86_iq::dot_rows_vnni::<T>(t, w, &acts, a.scale_block == super::format::QK_K)
         },

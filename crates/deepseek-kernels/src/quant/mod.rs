@@ -28,6 +28,8 @@ pub mod weighted;
 mod x86;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86_iq;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86_iq_vbmi;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -444,6 +444,15 @@ fn lattice_dot_matches_reference_on_every_isa() {
                             super::x86_iq::dot_rows_vnni::<1>(t, &q, &acts, sb)[0]
                         }));
                     }
+                    if sb && super::x86_iq_vbmi::available() && super::x86_iq_vbmi::handles(t) {
+                        got.push(("vbmi", unsafe {
+                            super::x86_iq_vbmi::dot_rows::<1>(t, &q, &acts)[0]
+                        }));
+                        let three: [_; 3] = std::array::from_fn(|k| a.row(k));
+                        got.push(("vbmi batched", unsafe {
+                            super::x86_iq_vbmi::dot_rows::<3>(t, &q, &three)[row]
+                        }));
+                    }
                 }
                 #[cfg(target_arch = "aarch64")]
                 if std::arch::is_aarch64_feature_detected!("dotprod") {

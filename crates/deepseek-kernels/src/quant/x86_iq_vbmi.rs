@@ -1,0 +1,303 @@
+//! Decode dot products of IQ2_XXS and IQ3_XXS with AVX-512 VBMI: a whole super-block's grid
+//! lookups and sign patterns in a few byte permutes instead of one scalar load per 8 values.
+//!
+//! [`super::x86_iq`] builds each 32-value chunk from eight 64-bit table loads and eight inserts
+//! (llama.cpp's scheme); that is ~30 instructions per 32 values and, at 2–3 bits a weight, it
+//! is what decode waits on. Here, per 256 values:
+//! - each grid row is stored as a code of 2 bits (IQ2_XXS, levels 8/25/43) or 3 bits (IQ3_XXS,
+//!   levels 4…62) per value: 256 codes of 16 bits, held as two 256-byte tables (low and high
+//!   bytes), so one `vpermi2b` pair looks up 64 grid indices at once;
+//! - `vpmultishiftqb` cuts each code into one byte per value and `vpermb` maps those to the
+//!   levels, 64 values per instruction;
+//! - the 7-bit sign indices are cut out by `vpmultishiftqb` too, looked up in llama.cpp's
+//!   128-entry `ksigns` table by one `vpermi2b`, and `vpshufbitqmb` turns 64 of their bits
+//!   into a mask register that negates the activations where the weight is negative.
+//!
+//! The products are `vpdpbusd` (unsigned magnitudes × signed activations) and each 32-value
+//! chunk's odd integer scale is applied in integers, with the activations' one scale per
+//! super-block (llama.cpp's Q8_K form) applied once. The values are those of
+//! [`super::iq::unpack`]; the tests compare all three x86 forms against the dequantized rows.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use super::format::{QuantType, QK_K};
+use super::iq_tables::{IQ2XXS_GRID, IQ3XXS_GRID, KSIGNS};
+use super::x86::{f16, ActRow};
+
+/// Whether this CPU has what these kernels need (VBMI's byte permutes and BITALG's bit gather beside VNNI): Ice Lake,
+/// Sapphire Rapids, AMD Zen 4 and later; not Skylake-SP, Cascade Lake or Cooper Lake.
+pub fn available() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        is_x86_feature_detected!("avx512vbmi")
+            && is_x86_feature_detected!("avx512bitalg")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+/// The types these kernels decode.
+pub fn handles(t: QuantType) -> bool {
+    matches!(t, QuantType::IQ2XXS | QuantType::IQ3XXS)
+}
+
+#[repr(C, align(64))]
+struct Bytes<const N: usize>([u8; N]);
+
+const LEVELS2: [i8; 3] = [8, 25, 43];
+const LEVELS3: [i8; 8] = [4, 12, 20, 28, 36, 44, 52, 62];
+
+const fn level(levels: &[i8], v: i8) -> u16 {
+    let mut i = 0;
+    while i < levels.len() {
+        if levels[i] == v {
+            return i as u16;
+        }
+        i += 1;
+    }
+    panic!("a grid value outside the type's levels")
+}
+
+/// Each grid row as a code of `BITS` bits per value (value `j` at bit `BITS·j`): the low bytes
+/// in 0..256, the high bytes in 256..512.
+const fn codes<const W: usize, const BITS: usize>(
+    grid: &[[i8; W]; 256],
+    levels: &[i8],
+) -> Bytes<512> {
+    let mut out = [0u8; 512];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = 0u16;
+        let mut j = 0;
+        while j < W {
+            c |= level(levels, grid[i][j]) << (BITS * j);
+            j += 1;
+        }
+        out[i] = c as u8;
+        out[256 + i] = (c >> 8) as u8;
+        i += 1;
+    }
+    Bytes(out)
+}
+
+static CODES2: Bytes<512> = codes::<8, 2>(&IQ2XXS_GRID, &LEVELS2);
+static CODES3: Bytes<512> = codes::<4, 3>(&IQ3XXS_GRID, &LEVELS3);
+static KSIGNS64: Bytes<128> = Bytes(KSIGNS);
+
+/// A `vpermb` table of 64 entries: entry `i` is the level of code `i mod levels.len()`
+/// rounded up to a power of two (`vpmultishiftqb` leaves the next values' bits above).
+const fn level_lut(levels: &[i8], mask: usize) -> Bytes<64> {
+    let mut out = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        let k = i & mask;
+        out[i] = if k < levels.len() { levels[k] as u8 } else { 0 };
+        i += 1;
+    }
+    Bytes(out)
+}
+
+static LUT2: Bytes<64> = level_lut(&LEVELS2, 3);
+static LUT3: Bytes<64> = level_lut(&LEVELS3, 7);
+
+/// The sign bytes transposed once per super-block: in the looked-up vector, 64-bit lane `c`
+/// holds chunk `c`'s four sign bytes (one per 8 values) in bytes 0..4; afterwards lane `e`
+/// holds, in byte `p`, the sign byte of the `e`-th 8 values of pair `p` (chunks 2p, 2p + 1).
+static SIGN_TRANSPOSE: Bytes<64> = {
+    let mut out = [0u8; 64];
+    let mut e = 0;
+    while e < 8 {
+        let mut p = 0;
+        while p < 4 {
+            out[8 * e + p] = (16 * p + (e / 4) * 8 + e % 4) as u8;
+            p += 1;
+        }
+        e += 1;
+    }
+    Bytes(out)
+};
+
+/// Per pair `p`: `vpshufbitqmb` takes bit `j` of byte `p` of lane `e` as mask bit `8e + j`,
+/// the sign of value `8e + j` of the pair.
+static SIGN_BITS: [Bytes<64>; 4] = {
+    let mut out = [const { Bytes([0u8; 64]) }; 4];
+    let mut p = 0;
+    while p < 4 {
+        let mut i = 0;
+        while i < 64 {
+            out[p].0[i] = (8 * p + i % 8) as u8;
+            i += 1;
+        }
+        p += 1;
+    }
+    out
+};
+
+/// IQ2_XXS: per pair, 64-bit lane `e` gets group `e`'s code (low byte from the first table
+/// operand, high byte from the second).
+static CODE_BYTES2: [Bytes<64>; 4] = {
+    let mut out = [const { Bytes([0u8; 64]) }; 4];
+    let mut p = 0;
+    while p < 4 {
+        let mut e = 0;
+        while e < 8 {
+            let pos = (16 * p + (e / 4) * 8 + e % 4) as u8;
+            out[p].0[8 * e] = pos;
+            out[p].0[8 * e + 1] = 64 + pos;
+            e += 1;
+        }
+        p += 1;
+    }
+    out
+};
+
+/// IQ3_XXS: per pair, 32-bit lane `e` gets code `16p + e` (4 values each).
+static CODE_BYTES3: [Bytes<64>; 4] = {
+    let mut out = [const { Bytes([0u8; 64]) }; 4];
+    let mut p = 0;
+    while p < 4 {
+        let mut e = 0;
+        while e < 16 {
+            out[p].0[4 * e] = (16 * p + e) as u8;
+            out[p].0[4 * e + 1] = (64 + 16 * p + e) as u8;
+            e += 1;
+        }
+        p += 1;
+    }
+    out
+};
+
+#[inline(always)]
+unsafe fn load<const N: usize>(b: &Bytes<N>, at: usize) -> __m512i {
+    _mm512_load_si512(b.0.as_ptr().add(at) as *const _)
+}
+
+/// 64 bytes from a 256-byte table, indexed by every byte of `idx`.
+#[inline(always)]
+unsafe fn lookup256(t: &[__m512i; 4], idx: __m512i, top: __mmask64) -> __m512i {
+    let lo = _mm512_permutex2var_epi8(t[0], idx, t[1]);
+    let hi = _mm512_permutex2var_epi8(t[2], idx, t[3]);
+    _mm512_mask_blend_epi8(top, lo, hi)
+}
+
+const IQ2XXS: u8 = 0;
+const IQ3XXS: u8 = 1;
+
+/// `Σ w·a` of one IQ2_XXS or IQ3_XXS row against `T` activation rows with one scale per
+/// super-block.
+#[inline(always)]
+unsafe fn dot_rows_kind<const T: usize, const KIND: u8>(
+    bb: usize,
+    w: &[u8],
+    acts: &[ActRow; T],
+) -> [f32; T] {
+    let codes = if KIND == IQ2XXS { &CODES2 } else { &CODES3 };
+    let lo = [
+        load(codes, 0),
+        load(codes, 64),
+        load(codes, 128),
+        load(codes, 192),
+    ];
+    let hi = [
+        load(codes, 256),
+        load(codes, 320),
+        load(codes, 384),
+        load(codes, 448),
+    ];
+    let (ks0, ks1) = (load(&KSIGNS64, 0), load(&KSIGNS64, 64));
+    let lut = load(if KIND == IQ2XXS { &LUT2 } else { &LUT3 }, 0);
+    // Bit offsets of each value's code within its 64-bit lane (two IQ3_XXS groups per lane).
+    let cut_values = if KIND == IQ2XXS {
+        _mm512_set1_epi64(0x0E0C_0A08_0604_0200)
+    } else {
+        _mm512_set1_epi64(0x2926_2320_0906_0300)
+    };
+    // The four 7-bit sign indices of a chunk's 32-bit word (bits 0, 7, 14, 21) into bytes
+    // 0..4 of its lane.
+    let cut_signs = _mm512_set1_epi64(0x150E_0700);
+    let mut acc = [_mm512_setzero_ps(); T];
+    let base = w.as_ptr();
+    for sb in 0..w.len() / bb {
+        let b = base.add(sb * bb);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(4 * bb) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(4 * bb + 64) as *const i8);
+        // `words`: 64-bit lane c holds chunk c's 32-bit sign-and-scale word (upper half for
+        // IQ2_XXS, whose lanes hold the chunk's four grid indices below it); `idx`: the grid
+        // indices, looked up in every byte.
+        let (d, idx, words) = if KIND == IQ2XXS {
+            let q = _mm512_loadu_si512(b.add(2) as *const _);
+            (f16(b) / 8.0, q, _mm512_srli_epi64(q, 32))
+        } else {
+            let q = _mm512_loadu_si512(b.add(2) as *const _);
+            let aux = _mm256_loadu_si256(b.add(66) as *const _);
+            (f16(b) / 4.0, q, _mm512_cvtepu32_epi64(aux))
+        };
+        let top = _mm512_movepi8_mask(idx);
+        let code_lo = lookup256(&lo, idx, top);
+        let code_hi = lookup256(&hi, idx, top);
+        let sign_idx = _mm512_multishift_epi64_epi8(cut_signs, words);
+        // vpermi2b reads 7 index bits: the bit above each sign index is ignored.
+        let signs = _mm512_permutexvar_epi8(
+            load(&SIGN_TRANSPOSE, 0),
+            _mm512_permutex2var_epi8(ks0, sign_idx, ks1),
+        );
+        // Each chunk's odd scale 2s + 1 in the low 32 bits of its lane.
+        let sc = _mm512_or_si512(
+            _mm512_slli_epi64(_mm512_srli_epi64(words, 28), 1),
+            _mm512_set1_epi64(1),
+        );
+        let mut isum = [_mm512_setzero_si512(); T];
+        for p in 0..4 {
+            let code_bytes = if KIND == IQ2XXS {
+                load(&CODE_BYTES2[p], 0)
+            } else {
+                load(&CODE_BYTES3[p], 0)
+            };
+            let code = _mm512_permutex2var_epi8(code_lo, code_bytes, code_hi);
+            let mag = _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(cut_values, code), lut);
+            let neg = _mm512_bitshuffle_epi64_mask(signs, load(&SIGN_BITS[p], 0));
+            // Lanes 0..8 take chunk 2p's scale, 8..16 chunk 2p + 1's.
+            let scale = _mm512_permutexvar_epi32(
+                _mm512_mask_blend_epi32(
+                    0xFF00,
+                    _mm512_set1_epi32(4 * p as i32),
+                    _mm512_set1_epi32(4 * p as i32 + 2),
+                ),
+                sc,
+            );
+            for (k, a) in acts.iter().enumerate() {
+                let av = _mm512_loadu_si512(a.2.as_ptr().add(sb * QK_K + 64 * p) as *const _);
+                let av = _mm512_mask_sub_epi8(av, neg, _mm512_setzero_si512(), av);
+                // |prod| ≤ 4·62·127 < 2^15: its low 16 bits times the scale (high 16 bits
+                // zero) is the whole product, added by one vpdpwssd; eight chunks of at most
+                // 31 times that stay within i32.
+                let prod = _mm512_dpbusd_epi32(_mm512_setzero_si512(), mag, av);
+                isum[k] = _mm512_dpwssd_epi32(isum[k], prod, scale);
+            }
+        }
+        for (k, a) in acts.iter().enumerate() {
+            let f = _mm512_set1_ps(d * *a.0.get_unchecked(sb * (QK_K / 32)));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), f, acc[k]);
+        }
+    }
+    std::array::from_fn(|k| _mm512_reduce_add_ps(acc[k]))
+}
+
+/// `Σ w·a` of one IQ2_XXS or IQ3_XXS weight row against `T` activation rows quantized with one
+/// scale per super-block. Needs [`available`] and a type [`handles`] takes.
+#[target_feature(
+    enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg"
+)]
+pub unsafe fn dot_rows<const T: usize>(t: QuantType, w: &[u8], acts: &[ActRow; T]) -> [f32; T] {
+    let bb = t.block_bytes();
+    match t {
+        QuantType::IQ2XXS => dot_rows_kind::<T, IQ2XXS>(bb, w, acts),
+        QuantType::IQ3XXS => dot_rows_kind::<T, IQ3XXS>(bb, w, acts),
+        t => unreachable!("{} has no VBMI kernel", t.name()),
+    }
+}
