@@ -117,6 +117,20 @@ impl<'a> Act<'a> {
             }
             _ => None,
         };
+        // The layouts with decode kernels only, with enough tokens, on 512-bit VNNI: their
+        // groups unpacked back into rows for the VNNI GEMM's panels (plain rows take them so).
+        let decode_layout_vnni = match w.data {
+            MatrixData::Grouped { layout, .. }
+                if layout.avx2_decode_only()
+                    && n >= decode_layout_gemm_min_tokens(layout)
+                    && !p.exact_activations
+                    && qgemm_vnni::available()
+                    && n >= qgemm_vnni::min_tokens() =>
+            {
+                Some(layout.plain())
+            }
+            _ => None,
+        };
         // Plain (not repacked) block formats, and the layouts with decode kernels only, with
         // enough tokens, on AVX2: dequantized panels through the f32 GEMM instead of integer
         // dot products.
@@ -124,7 +138,8 @@ impl<'a> Act<'a> {
             MatrixData::Grouped { layout, .. }
                 if layout.avx2_decode_only()
                     && n >= decode_layout_gemm_min_tokens(layout)
-                    && !p.exact_activations =>
+                    && !p.exact_activations
+                    && decode_layout_vnni.is_none() =>
             {
                 gemm::TokensMajor::new(x, n, w.cols)
             }
@@ -135,6 +150,7 @@ impl<'a> Act<'a> {
         };
         let q = match w.data {
             _ if p.exact_activations || bf16.is_some() || quant_tokens.is_some() => None,
+            _ if decode_layout_vnni.is_some() => Some(QuantizedActivations::new(x, w.cols)),
             // The Q4_Kx8 and Q5_Kx8 kernels sum each super-block in integers: one scale per
             // 256 values.
             MatrixData::Grouped {
@@ -179,6 +195,9 @@ impl<'a> Act<'a> {
             _ => None,
         };
         let vnni = match (&w.data, &q) {
+            (MatrixData::Grouped { .. }, Some(q)) if decode_layout_vnni.is_some() => {
+                qgemm_vnni::Activations::for_plain(decode_layout_vnni.expect("checked"), q, n)
+            }
             (MatrixData::Grouped { layout, .. }, Some(q)) => {
                 qgemm_vnni::Activations::new(*layout, q, n)
             }
@@ -244,6 +263,20 @@ fn rows_kernel(w: &Matrix, r0: usize, nr: usize, act: &Act, n: usize, out: &mut 
         MatrixData::Grouped { layout, data } if act.bf16.is_some() => {
             let act = act.bf16.as_ref().expect("checked");
             amx::grouped::gemm_rows(*layout, data.as_slice(), w.cols, r0, nr, act, out, ld);
+        }
+        MatrixData::Grouped { layout, data } if act.vnni.is_some() && layout.avx2_decode_only() => {
+            // The group's rows back in their plain blocks, for the plain rows' VNNI panels.
+            let (q, vnni) = (
+                act.q.as_ref().expect("checked"),
+                act.vnni.as_ref().expect("checked"),
+            );
+            let plain = layout.plain();
+            let rb = plain.row_bytes(w.cols);
+            let mut rows = vec![0u8; nr * rb];
+            for (r, row) in rows.chunks_exact_mut(rb).enumerate() {
+                layout.unpack_row(data.as_slice(), w.cols, r0 + r, row);
+            }
+            qgemm_vnni::gemm_rows_plain(plain, &rows, w.cols, nr, q, vnni, out, ld);
         }
         MatrixData::Grouped { layout, data } if act.vnni.is_some() => {
             let (q, vnni) = (
@@ -739,7 +772,7 @@ mod tests {
                         | QuantType::IQ4XS
                         | QuantType::Q5_1
                 ) && rows % 8 == 0
-                    && repack::k16_repack_supported()
+                    && repack::k16_repack_supported(ty)
                 {
                     assert!(matches!(
                         packed.data,

@@ -148,8 +148,9 @@ impl Matrix {
     /// (see [`crate::repack`]; Q4_K where the CPU has AVX2 or 512-bit VNNI), and so are Q5_0
     /// and Q4_0 (as Q5_0, exactly) on the same CPUs; elsewhere Q5_0 and Q4_0 become Q8_0 first
     /// (exactly: same scale, the offset values fit in a byte), trading bytes for the fast
-    /// kernel. On AVX2 without VNNI, Q5_K, Q6_K, Q3_K, Q2_K, IQ4_NL, IQ4_XS and Q5_1 are
-    /// repacked too ([`repack::Layout::avx2_decode_only`]). Everything else is returned as it is.
+    /// kernel. Q5_K, Q6_K, Q3_K, Q2_K, IQ4_NL, IQ4_XS and Q5_1 are repacked too
+    /// ([`repack::Layout::avx2_decode_only`]) on x86 with AVX2, but Q6_K not with 512-bit VNNI
+    /// ([`repack::k16_repack_supported`]). Everything else is returned as it is.
     pub fn repacked(self) -> Matrix {
         self.repacked_in_chunks(REPACK_CHUNK_BYTES)
     }
@@ -162,19 +163,20 @@ impl Matrix {
             return self;
         }
         let (rows, cols) = (self.rows, self.cols);
+        let decode_repack = repack::k16_repack_supported(*ty);
         let layout = match ty {
             QuantType::Q5_0 | QuantType::Q4_0 if repack::k_and_q5_repack_supported() => {
                 repack::Layout::Q5_0x8
             }
             QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q5_0 => repack::Layout::Q8_0x8,
             QuantType::Q4K if repack::k_and_q5_repack_supported() => repack::Layout::Q4Kx8,
-            QuantType::Q6K if repack::k16_repack_supported() => repack::Layout::K16x8(K16::Q6K),
-            QuantType::Q3K if repack::k16_repack_supported() => repack::Layout::K16x8(K16::Q3K),
-            QuantType::Q2K if repack::k16_repack_supported() => repack::Layout::K16x8(K16::Q2K),
-            QuantType::Q5K if repack::k16_repack_supported() => repack::Layout::Q5Kx8,
-            QuantType::IQ4NL if repack::k16_repack_supported() => repack::Layout::IQ4x8(Iq4::NL),
-            QuantType::IQ4XS if repack::k16_repack_supported() => repack::Layout::IQ4x8(Iq4::XS),
-            QuantType::Q5_1 if repack::k16_repack_supported() => repack::Layout::Q5_1x8,
+            QuantType::Q6K if decode_repack => repack::Layout::K16x8(K16::Q6K),
+            QuantType::Q3K if decode_repack => repack::Layout::K16x8(K16::Q3K),
+            QuantType::Q2K if decode_repack => repack::Layout::K16x8(K16::Q2K),
+            QuantType::Q5K if decode_repack => repack::Layout::Q5Kx8,
+            QuantType::IQ4NL if decode_repack => repack::Layout::IQ4x8(Iq4::NL),
+            QuantType::IQ4XS if decode_repack => repack::Layout::IQ4x8(Iq4::XS),
+            QuantType::Q5_1 if decode_repack => repack::Layout::Q5_1x8,
             _ => return self,
         };
         // A few MB of rows at a time, each slice's mapped pages dropped right after it is

@@ -61,17 +61,43 @@ pub fn k_and_q5_repack_supported() -> bool {
     }
 }
 
-/// Whether Q5_K, Q6_K, Q3_K, Q2_K, IQ4_NL, IQ4_XS and Q5_1 weights are repacked
-/// ([`Layout::avx2_decode_only`]) on this CPU: where
-/// the AVX2 kernel is the best there is (AVX2 without 512-bit VNNI, whose machines keep the
-/// plain rows and their VNNI dot products).
-pub fn k16_repack_supported() -> bool {
+/// Whether the 8-row kernels of the layouts with decode kernels only
+/// ([`Layout::avx2_decode_only`]: Q5_K, Q6_K, Q3_K, Q2_K, IQ4_NL, IQ4_XS and Q5_1) run on this
+/// CPU: x86 with AVX2, 512-bit VNNI machines included.
+pub fn k16_kernels_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        crate::quant::byte_dot_isa() == crate::quant::ByteDotIsa::Avx2
+        use crate::quant::ByteDotIsa;
+        matches!(
+            crate::quant::byte_dot_isa(),
+            ByteDotIsa::Avx2 | ByteDotIsa::Vnni
+        )
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
+        false
+    }
+}
+
+/// Whether weights of `ty` (one of the seven above) are repacked on this CPU. With AVX2 alone,
+/// all seven. With 512-bit VNNI all but Q6_K: `examples/gemv_speed` (2 threads, 32768 x 2048,
+/// Zen 4) ran the 8-row kernels at 1.4-3.5x the plain rows' VNNI dot products for one token
+/// (Q5_K 79 vs 57 GFLOP/s, IQ4_NL 140 vs 92, Q2_K 151 vs 42) and 1.3-2.5x for four, but Q6_K at
+/// 0.9x for one. Their prefill is not given up: with enough tokens the groups are unpacked
+/// back into rows for the VNNI GEMM's panels (`matmul`).
+pub fn k16_repack_supported(ty: QuantType) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::quant::ByteDotIsa;
+        match crate::quant::byte_dot_isa() {
+            ByteDotIsa::Avx2 => true,
+            ByteDotIsa::Vnni => ty != QuantType::Q6K,
+            _ => false,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ty;
         false
     }
 }

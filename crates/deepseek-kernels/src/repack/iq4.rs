@@ -130,7 +130,7 @@ pub fn dot_group<const T: usize>(
         assert!(a.2.len() >= cols && a.0.len() >= cols / QK);
     }
     #[cfg(target_arch = "x86_64")]
-    if super::group::k16_repack_supported() {
+    if super::group::k16_kernels_available() {
         let nb = cols / kind.cols();
         // SAFETY: AVX2, FMA and F16C detected at run time; lengths checked above.
         return unsafe {

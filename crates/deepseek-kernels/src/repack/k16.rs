@@ -162,7 +162,7 @@ pub fn dot_group<const T: usize>(
         );
     }
     #[cfg(target_arch = "x86_64")]
-    if super::group::k16_repack_supported() {
+    if super::group::k16_kernels_available() {
         let nsb = cols / QK_K;
         // SAFETY: AVX2, FMA and F16C detected at run time; lengths checked above.
         return unsafe {

@@ -408,7 +408,7 @@ pub fn dot_group_q5k<const T: usize>(
 ) -> [[f32; 8]; T] {
     check_lengths(group, q5k_group_bytes(cols), cols, acts);
     #[cfg(target_arch = "x86_64")]
-    if super::group::k16_repack_supported() {
+    if super::group::k16_kernels_available() {
         // SAFETY: AVX2, FMA and F16C detected at run time; lengths checked above.
         return unsafe {
             x86_q4k_avx2::dot_group_q4k_avx2::<T, true>(group, cols / crate::quant::QK_K, acts)

@@ -11,7 +11,9 @@ pub mod q5_0;
 pub mod q5_1;
 pub mod q8_0;
 
-pub use group::{k16_repack_supported, k_and_q5_repack_supported, ActRow, GROUP};
+pub use group::{
+    k16_kernels_available, k16_repack_supported, k_and_q5_repack_supported, ActRow, GROUP,
+};
 pub use iq4::Iq4;
 pub use k16::K16;
 pub use k4::{

@@ -67,7 +67,7 @@ pub fn dot_group<const T: usize>(group: &[u8], cols: usize, acts: &[ActRow; T]) 
         assert!(a.2.len() >= cols && a.0.len() >= cols / QK && a.1.len() >= cols / QK);
     }
     #[cfg(target_arch = "x86_64")]
-    if super::group::k16_repack_supported() {
+    if super::group::k16_kernels_available() {
         // SAFETY: AVX2, FMA and F16C detected at run time; lengths checked above.
         return unsafe { x86::dot_group_avx2::<T>(group, cols / QK, acts) };
     }
