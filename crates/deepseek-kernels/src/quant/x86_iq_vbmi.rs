@@ -1,12 +1,12 @@
-//! Decode dot products of IQ2_XXS and IQ3_XXS with AVX-512 VBMI: a whole super-block's grid
+//! Decode dot products of IQ2_XXS, IQ3_XXS and IQ3_S with AVX-512 VBMI: a whole super-block's grid
 //! lookups and sign patterns in a few byte permutes instead of one scalar load per 8 values.
 //!
 //! [`super::x86_iq`] builds each 32-value chunk from eight 64-bit table loads and eight inserts
 //! (llama.cpp's scheme); that is ~30 instructions per 32 values and, at 2–3 bits a weight, it
 //! is what decode waits on. Here, per 256 values:
 //! - each grid row is stored as a code of 2 bits (IQ2_XXS, levels 8/25/43) or 3 bits (IQ3_XXS,
-//!   levels 4…62) per value: 256 codes of 16 bits, held as two 256-byte tables (low and high
-//!   bytes), so one `vpermi2b` pair looks up 64 grid indices at once;
+//!   levels 4…62; IQ3_S, 1…15) per value: 256 (IQ3_S: 512) codes of 16 bits, held as tables of
+//!   their low and high bytes, so one `vpermi2b` pair looks up 64 grid indices at once;
 //! - `vpmultishiftqb` cuts each code into one byte per value and `vpermb` maps those to the
 //!   levels, 64 values per instruction;
 //! - the 7-bit sign indices are cut out by `vpmultishiftqb` too, looked up in llama.cpp's
@@ -24,7 +24,7 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::format::{QuantType, QK_K};
-use super::iq_tables::{IQ2XXS_GRID, IQ3XXS_GRID, KSIGNS};
+use super::iq_tables::{IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS};
 use super::x86::{f16, ActRow};
 
 /// Whether this CPU has what these kernels need (VBMI's byte permutes and BITALG's bit gather beside VNNI): Ice Lake,
@@ -43,7 +43,7 @@ pub fn available() -> bool {
 
 /// The types these kernels decode.
 pub fn handles(t: QuantType) -> bool {
-    matches!(t, QuantType::IQ2XXS | QuantType::IQ3XXS)
+    matches!(t, QuantType::IQ2XXS | QuantType::IQ3XXS | QuantType::IQ3S)
 }
 
 #[repr(C, align(64))]
@@ -51,6 +51,7 @@ struct Bytes<const N: usize>([u8; N]);
 
 const LEVELS2: [i8; 3] = [8, 25, 43];
 const LEVELS3: [i8; 8] = [4, 12, 20, 28, 36, 44, 52, 62];
+const LEVELS3S: [i8; 8] = [1, 3, 5, 7, 9, 11, 13, 15];
 
 const fn level(levels: &[i8], v: i8) -> u16 {
     let mut i = 0;
@@ -64,14 +65,15 @@ const fn level(levels: &[i8], v: i8) -> u16 {
 }
 
 /// Each grid row as a code of `BITS` bits per value (value `j` at bit `BITS·j`): the low bytes
-/// in 0..256, the high bytes in 256..512.
-const fn codes<const W: usize, const BITS: usize>(
-    grid: &[[i8; W]; 256],
+/// in `0..N`, the high bytes in `N..2N` (`OUT` = 2N).
+const fn codes<const W: usize, const BITS: usize, const N: usize, const OUT: usize>(
+    grid: &[[i8; W]; N],
     levels: &[i8],
-) -> Bytes<512> {
-    let mut out = [0u8; 512];
+) -> Bytes<OUT> {
+    assert!(OUT == 2 * N);
+    let mut out = [0u8; OUT];
     let mut i = 0;
-    while i < 256 {
+    while i < N {
         let mut c = 0u16;
         let mut j = 0;
         while j < W {
@@ -79,14 +81,15 @@ const fn codes<const W: usize, const BITS: usize>(
             j += 1;
         }
         out[i] = c as u8;
-        out[256 + i] = (c >> 8) as u8;
+        out[N + i] = (c >> 8) as u8;
         i += 1;
     }
     Bytes(out)
 }
 
-static CODES2: Bytes<512> = codes::<8, 2>(&IQ2XXS_GRID, &LEVELS2);
-static CODES3: Bytes<512> = codes::<4, 3>(&IQ3XXS_GRID, &LEVELS3);
+static CODES2: Bytes<512> = codes::<8, 2, 256, 512>(&IQ2XXS_GRID, &LEVELS2);
+static CODES3: Bytes<512> = codes::<4, 3, 256, 512>(&IQ3XXS_GRID, &LEVELS3);
+static CODES3S: Bytes<1024> = codes::<4, 3, 512, 1024>(&IQ3S_GRID, &LEVELS3S);
 static KSIGNS64: Bytes<128> = Bytes(KSIGNS);
 
 /// A `vpermb` table of 64 entries: entry `i` is the level of code `i mod levels.len()`
@@ -104,6 +107,7 @@ const fn level_lut(levels: &[i8], mask: usize) -> Bytes<64> {
 
 static LUT2: Bytes<64> = level_lut(&LEVELS2, 3);
 static LUT3: Bytes<64> = level_lut(&LEVELS3, 7);
+static LUT3S: Bytes<64> = level_lut(&LEVELS3S, 7);
 
 /// The sign bytes transposed once per super-block: in the looked-up vector, 64-bit lane `c`
 /// holds chunk `c`'s four sign bytes (one per 8 values) in bytes 0..4; afterwards lane `e`
@@ -288,7 +292,66 @@ unsafe fn dot_rows_kind<const T: usize, const KIND: u8>(
     std::array::from_fn(|k| _mm512_reduce_add_ps(acc[k]))
 }
 
-/// `Σ w·a` of one IQ2_XXS or IQ3_XXS weight row against `T` activation rows quantized with one
+/// IQ3_S: 9-bit grid indices (the ninth bits in `qh`, one byte per 8 indices: a mask
+/// register that picks between two 256-entry lookups) and explicit sign bits (64 of them are
+/// the negation mask of 64 values as they are).
+#[inline(always)]
+unsafe fn dot_rows_iq3s<const T: usize>(bb: usize, w: &[u8], acts: &[ActRow; T]) -> [f32; T] {
+    let table = |plane: usize, half: usize| {
+        let at = 512 * plane + 256 * half;
+        [
+            load(&CODES3S, at),
+            load(&CODES3S, at + 64),
+            load(&CODES3S, at + 128),
+            load(&CODES3S, at + 192),
+        ]
+    };
+    let (lo0, lo1, hi0, hi1) = (table(0, 0), table(0, 1), table(1, 0), table(1, 1));
+    let lut = load(&LUT3S, 0);
+    let cut_values = _mm512_set1_epi64(0x2926_2320_0906_0300);
+    let mut acc = [_mm512_setzero_ps(); T];
+    let base = w.as_ptr();
+    for sb in 0..w.len() / bb {
+        let b = base.add(sb * bb);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(4 * bb) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(4 * bb + 64) as *const i8);
+        let (qs, qh, signs, scales) = (b.add(2), b.add(66), b.add(74), b.add(106));
+        let idx = _mm512_loadu_si512(qs as *const _);
+        let top = _mm512_movepi8_mask(idx);
+        let ninth = _cvtu64_mask64((qh as *const u64).read_unaligned());
+        let code_lo =
+            _mm512_mask_blend_epi8(ninth, lookup256(&lo0, idx, top), lookup256(&lo1, idx, top));
+        let code_hi =
+            _mm512_mask_blend_epi8(ninth, lookup256(&hi0, idx, top), lookup256(&hi1, idx, top));
+        let mut isum = [_mm512_setzero_si512(); T];
+        for p in 0..4 {
+            let code = _mm512_permutex2var_epi8(code_lo, load(&CODE_BYTES3[p], 0), code_hi);
+            let mag = _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(cut_values, code), lut);
+            let neg = _cvtu64_mask64((signs.add(8 * p) as *const u64).read_unaligned());
+            // A 4-bit scale per 32 values, two to a byte: lanes 0..8 take chunk 2p's.
+            let s = *scales.add(p) as i32;
+            let scale = _mm512_mask_blend_epi32(
+                0xFF00,
+                _mm512_set1_epi32(2 * (s & 15) + 1),
+                _mm512_set1_epi32(2 * (s >> 4) + 1),
+            );
+            for (k, a) in acts.iter().enumerate() {
+                let av = _mm512_loadu_si512(a.2.as_ptr().add(sb * QK_K + 64 * p) as *const _);
+                let av = _mm512_mask_sub_epi8(av, neg, _mm512_setzero_si512(), av);
+                // |prod| ≤ 4·15·127: one vpdpwssd applies the scale, as above.
+                let prod = _mm512_dpbusd_epi32(_mm512_setzero_si512(), mag, av);
+                isum[k] = _mm512_dpwssd_epi32(isum[k], prod, scale);
+            }
+        }
+        for (k, a) in acts.iter().enumerate() {
+            let f = _mm512_set1_ps(f16(b) * *a.0.get_unchecked(sb * (QK_K / 32)));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), f, acc[k]);
+        }
+    }
+    std::array::from_fn(|k| _mm512_reduce_add_ps(acc[k]))
+}
+
+/// `Σ w·a` of one IQ2_XXS, IQ3_XXS or IQ3_S weight row against `T` activation rows quantized with one
 /// scale per super-block. Needs [`available`] and a type [`handles`] takes.
 #[target_feature(
     enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg"
@@ -298,6 +361,7 @@ pub unsafe fn dot_rows<const T: usize>(t: QuantType, w: &[u8], acts: &[ActRow; T
     match t {
         QuantType::IQ2XXS => dot_rows_kind::<T, IQ2XXS>(bb, w, acts),
         QuantType::IQ3XXS => dot_rows_kind::<T, IQ3XXS>(bb, w, acts),
+        QuantType::IQ3S => dot_rows_iq3s::<T>(bb, w, acts),
         t => unreachable!("{} has no VBMI kernel", t.name()),
     }
 }
