@@ -324,8 +324,8 @@ unsafe fn dot_rows_iq3s<const T: usize>(bb: usize, w: &[u8], acts: &[ActRow; T])
         let code_hi =
             _mm512_mask_blend_epi8(ninth, lookup256(&hi0, idx, top), lookup256(&hi1, idx, top));
         let mut isum = [_mm512_setzero_si512(); T];
-        for p in 0..4 {
-            let code = _mm512_permutex2var_epi8(code_lo, load(&CODE_BYTES3[p], 0), code_hi);
+        for (p, code_bytes) in CODE_BYTES3.iter().enumerate() {
+            let code = _mm512_permutex2var_epi8(code_lo, load(code_bytes, 0), code_hi);
             let mag = _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(cut_values, code), lut);
             let neg = _cvtu64_mask64((signs.add(8 * p) as *const u64).read_unaligned());
             // A 4-bit scale per 32 values, two to a byte: lanes 0..8 take chunk 2p's.
