@@ -24,7 +24,7 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::format::{QuantType, QK_K};
-use super::iq_tables::{IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS};
+use super::iq_tables::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS};
 use super::x86::{f16, ActRow};
 
 /// Whether this CPU has what these kernels need (VBMI's byte permutes and BITALG's bit gather beside VNNI): Ice Lake,
@@ -38,12 +38,20 @@ pub fn available() -> bool {
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("f16c")
+            && is_x86_feature_detected!("bmi2")
     })
 }
 
 /// The types these kernels decode.
 pub fn handles(t: QuantType) -> bool {
-    matches!(t, QuantType::IQ2XXS | QuantType::IQ3XXS | QuantType::IQ3S)
+    matches!(
+        t,
+        QuantType::IQ2XXS
+            | QuantType::IQ2XS
+            | QuantType::IQ2S
+            | QuantType::IQ3XXS
+            | QuantType::IQ3S
+    )
 }
 
 #[repr(C, align(64))]
@@ -90,6 +98,8 @@ const fn codes<const W: usize, const BITS: usize, const N: usize, const OUT: usi
 static CODES2: Bytes<512> = codes::<8, 2, 256, 512>(&IQ2XXS_GRID, &LEVELS2);
 static CODES3: Bytes<512> = codes::<4, 3, 256, 512>(&IQ3XXS_GRID, &LEVELS3);
 static CODES3S: Bytes<1024> = codes::<4, 3, 512, 1024>(&IQ3S_GRID, &LEVELS3S);
+static CODES2XS: Bytes<1024> = codes::<8, 2, 512, 1024>(&IQ2XS_GRID, &LEVELS2);
+static CODES2S: Bytes<2048> = codes::<8, 2, 1024, 2048>(&IQ2S_GRID, &LEVELS2);
 static KSIGNS64: Bytes<128> = Bytes(KSIGNS);
 
 /// A `vpermb` table of 64 entries: entry `i` is the level of code `i mod levels.len()`
@@ -170,6 +180,59 @@ static CODE_BYTES3: [Bytes<64>; 4] = {
             out[p].0[4 * e] = (16 * p + e) as u8;
             out[p].0[4 * e + 1] = (64 + 16 * p + e) as u8;
             e += 1;
+        }
+        p += 1;
+    }
+    out
+};
+
+/// IQ2_XS and IQ2_S: per pair, 64-bit lane `e` gets the code of group `8p + e`, whose grid
+/// index is byte `2(8p + e)` (IQ2_XS: the low byte of its 16-bit word) or `8p + e` (IQ2_S).
+const fn code_bytes_by_group(stride: usize) -> [Bytes<64>; 4] {
+    let mut out = [const { Bytes([0u8; 64]) }; 4];
+    let mut p = 0;
+    while p < 4 {
+        let mut e = 0;
+        while e < 8 {
+            let pos = (stride * (8 * p + e)) as u8;
+            out[p].0[8 * e] = pos;
+            out[p].0[8 * e + 1] = 64 + pos;
+            e += 1;
+        }
+        p += 1;
+    }
+    out
+}
+
+static CODE_BYTES2XS: [Bytes<64>; 4] = code_bytes_by_group(2);
+static CODE_BYTES2S: [Bytes<64>; 4] = code_bytes_by_group(1);
+
+/// IQ2_XS: the looked-up sign bytes (group `i`'s at byte `2i`) transposed as
+/// [`SIGN_TRANSPOSE`] does: lane `e`, byte `p` = group `8p + e`.
+static SIGN_TRANSPOSE2XS: Bytes<64> = {
+    let mut out = [0u8; 64];
+    let mut e = 0;
+    while e < 8 {
+        let mut p = 0;
+        while p < 4 {
+            out[8 * e + p] = (2 * (8 * p + e)) as u8;
+            p += 1;
+        }
+        e += 1;
+    }
+    Bytes(out)
+};
+
+/// Per pair `p`: 32-bit lane `l` (values `4l..4l+4` of the pair) takes scale nibble
+/// `4p + l/4` (one per 16 values) into its low byte; the other bytes are zeroed by the mask.
+static SCALE16_BYTES: [Bytes<64>; 4] = {
+    let mut out = [const { Bytes([0u8; 64]) }; 4];
+    let mut p = 0;
+    while p < 4 {
+        let mut l = 0;
+        while l < 16 {
+            out[p].0[4 * l] = (4 * p + l / 4) as u8;
+            l += 1;
         }
         p += 1;
     }
@@ -297,16 +360,8 @@ unsafe fn dot_rows_kind<const T: usize, const KIND: u8>(
 /// the negation mask of 64 values as they are).
 #[inline(always)]
 unsafe fn dot_rows_iq3s<const T: usize>(bb: usize, w: &[u8], acts: &[ActRow; T]) -> [f32; T] {
-    let table = |plane: usize, half: usize| {
-        let at = 512 * plane + 256 * half;
-        [
-            load(&CODES3S, at),
-            load(&CODES3S, at + 64),
-            load(&CODES3S, at + 128),
-            load(&CODES3S, at + 192),
-        ]
-    };
-    let (lo0, lo1, hi0, hi1) = (table(0, 0), table(0, 1), table(1, 0), table(1, 1));
+    let (lo, hi) = (CODES3S.0.as_ptr(), CODES3S.0.as_ptr().add(512));
+    let (lo0, lo1, hi0, hi1) = (table(lo, 0), table(lo, 1), table(hi, 0), table(hi, 1));
     let lut = load(&LUT3S, 0);
     let cut_values = _mm512_set1_epi64(0x2926_2320_0906_0300);
     let mut acc = [_mm512_setzero_ps(); T];
@@ -351,10 +406,142 @@ unsafe fn dot_rows_iq3s<const T: usize>(bb: usize, w: &[u8], acts: &[ActRow; T])
     std::array::from_fn(|k| _mm512_reduce_add_ps(acc[k]))
 }
 
-/// `Σ w·a` of one IQ2_XXS, IQ3_XXS or IQ3_S weight row against `T` activation rows quantized with one
+const IQ2XS: u8 = 2;
+const IQ2S: u8 = 3;
+
+/// The 64 bytes of table `t` (entries `256t..256t + 256`) of a code byte plane at `at`.
+#[inline(always)]
+unsafe fn table(at: *const u8, t: usize) -> [__m512i; 4] {
+    let at = at.add(256 * t);
+    [
+        _mm512_loadu_si512(at as *const _),
+        _mm512_loadu_si512(at.add(64) as *const _),
+        _mm512_loadu_si512(at.add(128) as *const _),
+        _mm512_loadu_si512(at.add(192) as *const _),
+    ]
+}
+
+/// One byte plane of the codes of a super-block's grid indices `q` (IQ2_XS: 16-bit words,
+/// the ninth bit in each high byte; IQ2_S: bytes, two high bits each in `qh`).
+#[inline(always)]
+unsafe fn code_plane<const KIND: u8>(
+    at: *const u8,
+    q: __m512i,
+    top: __mmask64,
+    qh: u64,
+) -> __m512i {
+    if KIND == IQ2XS {
+        // Bit 8 of each word's index, at its low byte's lane.
+        let ninth = _mm512_test_epi8_mask(_mm512_srli_epi16(q, 8), _mm512_set1_epi8(1));
+        _mm512_mask_blend_epi8(
+            ninth,
+            lookup256(&table(at, 0), q, top),
+            lookup256(&table(at, 1), q, top),
+        )
+    } else {
+        // Two high bits per index, four indices to a byte of qh.
+        let b8 = _cvtu64_mask64(_pext_u64(qh, 0x5555_5555_5555_5555));
+        let b9 = _cvtu64_mask64(_pext_u64(qh, 0xAAAA_AAAA_AAAA_AAAA));
+        let low = _mm512_mask_blend_epi8(
+            b8,
+            lookup256(&table(at, 0), q, top),
+            lookup256(&table(at, 1), q, top),
+        );
+        let high = _mm512_mask_blend_epi8(
+            b8,
+            lookup256(&table(at, 2), q, top),
+            lookup256(&table(at, 3), q, top),
+        );
+        _mm512_mask_blend_epi8(b9, low, high)
+    }
+}
+
+/// IQ2_XS (9-bit grid indices and 7-bit sign indices in 16-bit words) and IQ2_S (10-bit
+/// indices, their two high bits in `qh`, and explicit sign bits): a 4-bit scale per 16 values.
+#[inline(always)]
+unsafe fn dot_rows_two_scales<const T: usize, const KIND: u8>(
+    bb: usize,
+    w: &[u8],
+    acts: &[ActRow; T],
+) -> [f32; T] {
+    let (codes, entries) = if KIND == IQ2XS {
+        (&CODES2XS.0[..], 512)
+    } else {
+        (&CODES2S.0[..], 1024)
+    };
+    let (ks0, ks1) = (load(&KSIGNS64, 0), load(&KSIGNS64, 64));
+    let lut = load(&LUT2, 0);
+    let cut_values = _mm512_set1_epi64(0x0E0C_0A08_0604_0200);
+    let scales_at = if KIND == IQ2XS { 66 } else { 74 };
+    let mut acc = [_mm512_setzero_ps(); T];
+    let base = w.as_ptr();
+    for sb in 0..w.len() / bb {
+        let b = base.add(sb * bb);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(4 * bb) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(4 * bb + 64) as *const i8);
+        let q = _mm512_loadu_si512(b.add(2) as *const _);
+        let top = _mm512_movepi8_mask(q);
+        let qh = (b.add(66) as *const u64).read_unaligned();
+        // (Not closures: a closure does not inherit the target features, and its intrinsics
+        // would be calls.)
+        let code_lo = code_plane::<KIND>(codes.as_ptr(), q, top, qh);
+        let code_hi = code_plane::<KIND>(codes.as_ptr().add(entries), q, top, qh);
+        // IQ2_XS: each word's top 7 bits index ksigns; transposed for vpshufbitqmb.
+        let signs = if KIND == IQ2XS {
+            _mm512_permutexvar_epi8(
+                load(&SIGN_TRANSPOSE2XS, 0),
+                _mm512_permutex2var_epi8(ks0, _mm512_srli_epi16(q, 9), ks1),
+            )
+        } else {
+            _mm512_setzero_si512()
+        };
+        // The 16 scale nibbles in order, as odd scales 2s + 1.
+        let nib = (b.add(scales_at) as *const u64).read_unaligned();
+        let nib = _mm_unpacklo_epi8(
+            _mm_cvtsi64_si128((nib & 0x0F0F_0F0F_0F0F_0F0F) as i64),
+            _mm_cvtsi64_si128((nib >> 4 & 0x0F0F_0F0F_0F0F_0F0F) as i64),
+        );
+        let odd = _mm512_zextsi128_si512(_mm_add_epi8(_mm_add_epi8(nib, nib), _mm_set1_epi8(1)));
+        let mut isum = [_mm512_setzero_si512(); T];
+        for p in 0..4 {
+            let code_bytes = if KIND == IQ2XS {
+                &CODE_BYTES2XS[p]
+            } else {
+                &CODE_BYTES2S[p]
+            };
+            let code = _mm512_permutex2var_epi8(code_lo, load(code_bytes, 0), code_hi);
+            let mag = _mm512_permutexvar_epi8(_mm512_multishift_epi64_epi8(cut_values, code), lut);
+            let neg = if KIND == IQ2XS {
+                _mm512_bitshuffle_epi64_mask(signs, load(&SIGN_BITS[p], 0))
+            } else {
+                _cvtu64_mask64((b.add(34 + 8 * p) as *const u64).read_unaligned())
+            };
+            let scale = _mm512_maskz_permutexvar_epi8(
+                0x1111_1111_1111_1111,
+                load(&SCALE16_BYTES[p], 0),
+                odd,
+            );
+            for (k, a) in acts.iter().enumerate() {
+                let av = _mm512_loadu_si512(a.2.as_ptr().add(sb * QK_K + 64 * p) as *const _);
+                let av = _mm512_mask_sub_epi8(av, neg, _mm512_setzero_si512(), av);
+                // |prod| ≤ 4·43·127: one vpdpwssd applies the scale, as above.
+                let prod = _mm512_dpbusd_epi32(_mm512_setzero_si512(), mag, av);
+                isum[k] = _mm512_dpwssd_epi32(isum[k], prod, scale);
+            }
+        }
+        let d = f16(b) / 8.0;
+        for (k, a) in acts.iter().enumerate() {
+            let f = _mm512_set1_ps(d * *a.0.get_unchecked(sb * (QK_K / 32)));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[k]), f, acc[k]);
+        }
+    }
+    std::array::from_fn(|k| _mm512_reduce_add_ps(acc[k]))
+}
+
+/// `Σ w·a` of one IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS or IQ3_S weight row against `T` activation rows quantized with one
 /// scale per super-block. Needs [`available`] and a type [`handles`] takes.
 #[target_feature(
-    enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg"
+    enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512bitalg,bmi2"
 )]
 pub unsafe fn dot_rows<const T: usize>(t: QuantType, w: &[u8], acts: &[ActRow; T]) -> [f32; T] {
     let bb = t.block_bytes();
@@ -362,6 +549,8 @@ pub unsafe fn dot_rows<const T: usize>(t: QuantType, w: &[u8], acts: &[ActRow; T
         QuantType::IQ2XXS => dot_rows_kind::<T, IQ2XXS>(bb, w, acts),
         QuantType::IQ3XXS => dot_rows_kind::<T, IQ3XXS>(bb, w, acts),
         QuantType::IQ3S => dot_rows_iq3s::<T>(bb, w, acts),
+        QuantType::IQ2XS => dot_rows_two_scales::<T, IQ2XS>(bb, w, acts),
+        QuantType::IQ2S => dot_rows_two_scales::<T, IQ2S>(bb, w, acts),
         t => unreachable!("{} has no VBMI kernel", t.name()),
     }
 }
