@@ -4,8 +4,8 @@
 # against llama-quantize's presets of the same tensor type (IQ2_S's is llama.cpp's IQ2_M), on
 # the bundled model with one importance matrix (`deepseek imatrix` over the repo's Python
 # scripts, 40 chunks of 512 tokens) given to both: the tensor types of the two files (the
-# preset mixes), the bytes of every tensor both wrote in an i-quant type (the K-quant and
-# 32-wide ones use our own searches), the mean KL divergence of each file's next-token
+# preset mixes), the bytes of every tensor both wrote in the same type (i-quant, K-quant and
+# 32-wide blocks all use llama.cpp's searches), the mean KL divergence of each file's next-token
 # distribution from the bf16 model's over the model card's first 1000 tokens
 # (scripts/quant_logit_error.py), and llama.cpp's greedy text on our file beside ours.
 # llama.cpp is built by scripts/build_llamacpp.sh in WORK.  Usage: scripts/check_iq_write.sh [WORK]
@@ -34,11 +34,14 @@ b = {t.name: t for t in gguf.GGUFReader(sys.argv[2]).tensors}
 want = sys.argv[3]
 types = [(n, t.tensor_type.name, b[n].tensor_type.name) for n, t in a.items()
          if t.tensor_type != b[n].tensor_type]
-iq = [n for n, t in a.items() if t.tensor_type.name.startswith("IQ") and t.tensor_type == b[n].tensor_type]
-equal = sum(np.array_equal(np.asarray(a[n].data), np.asarray(b[n].data)) for n in iq)
+same = [n for n, t in a.items() if t.tensor_type == b[n].tensor_type]
+equal = [n for n in same if np.array_equal(np.asarray(a[n].data), np.asarray(b[n].data))]
+iq = [n for n in same if a[n].tensor_type.name.startswith("IQ")]
 print(f"{want}: {len(a)} tensors, types differ in {len(types)} {types[:2]}; "
-      f"{equal} of the {len(iq)} i-quant tensors byte-identical")
-if types or equal != len(iq):
+      f"{len(equal)} of the {len(same)} tensors of the same type byte-identical "
+      f"({sum(n in equal for n in iq)} of {len(iq)} i-quant); differing: "
+      f"{[n for n in same if n not in equal][:4]}")
+if types or len(equal) != len(same):
     sys.exit(f"{want}: our file differs from llama-quantize's")
 PY
   for WHO in ours theirs; do

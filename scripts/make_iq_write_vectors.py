@@ -1,8 +1,9 @@
 """Writes tests/fixtures/quant/iq_write.json: what llama.cpp's own quantizer (ggml_quantize_chunk
 in libggml-base, built from the llama-cpp-python sdist by scripts/build_llamacpp.sh) makes of a
-few rows for the i-quant types this engine writes with llama.cpp's searches (IQ1_S, IQ1_M,
-IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS), with an importance matrix and (all but IQ1_S,
-IQ2_XXS and IQ2_XS) without one. The Rust tests require our blocks to be byte-identical.
+few rows for the types this engine writes with llama.cpp's searches (IQ1_S, IQ1_M, IQ2_XXS,
+IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, Q2_K … Q6_K), with an importance matrix and
+(all but IQ1_S, IQ2_XXS and IQ2_XS) without one. The Rust tests require our blocks to be
+byte-identical.
 
     scripts/build_llamacpp.sh WORK
     WORK/venv/bin/python scripts/make_iq_write_vectors.py WORK
@@ -16,7 +17,8 @@ ggml.ggml_quantize_chunk.restype = ctypes.c_size_t
 ggml.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                                      ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
 TYPES = {"IQ1_S": (19, 50), "IQ1_M": (29, 56), "IQ2_XXS": (16, 66), "IQ2_XS": (17, 74), "IQ2_S": (22, 82), "IQ3_XXS": (18, 98),
-         "IQ3_S": (21, 110), "IQ4_NL": (20, 18), "IQ4_XS": (23, 136)}
+         "IQ3_S": (21, 110), "IQ4_NL": (20, 18), "IQ4_XS": (23, 136),
+         "Q2_K": (10, 84), "Q3_K": (11, 110), "Q4_K": (12, 144), "Q5_K": (13, 176), "Q6_K": (14, 210)}
 
 rng = np.random.default_rng(77)
 rows, cols = 3, 512

@@ -27,9 +27,8 @@ pub struct Args {
     /// q5_0 for q4_k, q4_0 for q3_k and q2_k, iq4_nl for iq4_xs and the iq1-iq3 types; norms
     /// and the router stay f32. The iq1-iq3 types get the per-tensor mix of llama-quantize's
     /// presets (output, embeddings, attention values and the first eighth of ffn_down at more
-    /// bits), the others every matrix at the type. The i-quants use llama.cpp's searches
-    /// (byte-identical blocks); the K-quant scales come from a plain min/max (or
-    /// two-candidate) fit unless --imatrix is given. iq2_xxs, iq2_xs and iq1_s need --imatrix
+    /// bits), the others every matrix at the type. Every type uses llama.cpp's searches, with
+    /// or without --imatrix (byte-identical blocks). iq2_xxs, iq2_xs and iq1_s need --imatrix
     /// (as llama-quantize does).
     #[arg(long = "type", short = 't', value_name = "TYPE")]
     ty: String,

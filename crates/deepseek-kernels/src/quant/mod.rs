@@ -17,6 +17,7 @@ pub mod iq4_quantize;
 pub mod iq_quantize;
 mod iq_tables;
 pub(crate) mod isa;
+mod k_search;
 mod lattice;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;

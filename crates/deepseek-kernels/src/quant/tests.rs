@@ -490,7 +490,7 @@ fn dequantized(t: QuantType, q: &[u8]) -> Vec<f32> {
 /// to llama.cpp's quantizers on the same rows and importances (tests/fixtures/quant/
 /// iq_write.json, scripts/make_iq_write_vectors.py), and decode near their input.
 #[test]
-fn i_quant_quantization_is_byte_identical_to_llama_cpp() {
+fn quantization_with_llama_cpps_searches_is_byte_identical_to_llama_cpp() {
     let p = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/fixtures/quant/iq_write.json"
@@ -520,6 +520,16 @@ fn i_quant_quantization_is_byte_identical_to_llama_cpp() {
         ("IQ4_NL_plain", QuantType::IQ4NL, false),
         ("IQ4_XS", QuantType::IQ4XS, true),
         ("IQ4_XS_plain", QuantType::IQ4XS, false),
+        ("Q2_K", QuantType::Q2K, true),
+        ("Q2_K_plain", QuantType::Q2K, false),
+        ("Q3_K", QuantType::Q3K, true),
+        ("Q3_K_plain", QuantType::Q3K, false),
+        ("Q4_K", QuantType::Q4K, true),
+        ("Q4_K_plain", QuantType::Q4K, false),
+        ("Q5_K", QuantType::Q5K, true),
+        ("Q5_K_plain", QuantType::Q5K, false),
+        ("Q6_K", QuantType::Q6K, true),
+        ("Q6_K_plain", QuantType::Q6K, false),
     ] {
         let want = hex(v[key].as_str().unwrap());
         let rb = t.row_bytes(cols);
