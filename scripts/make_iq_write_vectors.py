@@ -1,7 +1,7 @@
 """Writes tests/fixtures/quant/iq_write.json: what llama.cpp's own quantizer (ggml_quantize_chunk
 in libggml-base, built from the llama-cpp-python sdist by scripts/build_llamacpp.sh) makes of a
 few rows for the types this engine writes with llama.cpp's searches (IQ1_S, IQ1_M, IQ2_XXS,
-IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, Q2_K … Q6_K), with an importance matrix and
+IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS, Q2_K … Q6_K, Q4_0 … Q5_1), with an importance matrix and
 (all but IQ1_S, IQ2_XXS and IQ2_XS) without one. The Rust tests require our blocks to be
 byte-identical.
 
@@ -18,7 +18,8 @@ ggml.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_voi
                                      ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
 TYPES = {"IQ1_S": (19, 50), "IQ1_M": (29, 56), "IQ2_XXS": (16, 66), "IQ2_XS": (17, 74), "IQ2_S": (22, 82), "IQ3_XXS": (18, 98),
          "IQ3_S": (21, 110), "IQ4_NL": (20, 18), "IQ4_XS": (23, 136),
-         "Q2_K": (10, 84), "Q3_K": (11, 110), "Q4_K": (12, 144), "Q5_K": (13, 176), "Q6_K": (14, 210)}
+         "Q2_K": (10, 84), "Q3_K": (11, 110), "Q4_K": (12, 144), "Q5_K": (13, 176), "Q6_K": (14, 210),
+         "Q4_0": (2, 18), "Q4_1": (3, 20), "Q5_0": (6, 22), "Q5_1": (7, 24)}
 
 rng = np.random.default_rng(77)
 rows, cols = 3, 512
@@ -37,7 +38,7 @@ for name, (tid, bb) in TYPES.items():
     for weighted in (True, False):
         if name in ("IQ1_S", "IQ2_XXS", "IQ2_XS") and not weighted:
             continue  # llama.cpp asserts without an importance matrix
-        per = 32 if name == "IQ4_NL" else 256
+        per = 32 if name in ("IQ4_NL", "Q4_0", "Q4_1", "Q5_0", "Q5_1") else 256
         dst = np.zeros(rows * cols // per * bb, dtype=np.uint8)
         n = ggml.ggml_quantize_chunk(tid, x.ctypes.data, dst.ctypes.data, 0, rows, cols,
                                      imatrix.ctypes.data if weighted else None)

@@ -1,5 +1,7 @@
 //! llama.cpp's K-quant searches (`ggml-quants.c`), ported so that our Q2_K … Q6_K blocks are
-//! byte-identical to llama-quantize's, with and without an importance matrix.
+//! byte-identical to llama-quantize's, with and without an importance matrix; and the same
+//! searches as llama.cpp uses them for Q4_0, Q4_1, Q5_0 and Q5_1 given an importance matrix
+//! (without one those round as its reference quantizers do, in [`super::quantize`]).
 //!
 //! Q3_K and Q6_K (signed, no min) search each 16 values' scale with `make_q3_quants` /
 //! `make_qx_quants`: 19 scales around the largest value's, each refit by least squares
@@ -648,4 +650,62 @@ pub(crate) fn quantize_q6k(x: &[f32], qw: Option<&[f32]>, out: &mut [u8]) {
         *o = s as u8;
     }
     rest[16..18].copy_from_slice(&d.0.to_le_bytes());
+}
+
+/// A Q4_0, Q4_1, Q5_0 or Q5_1 row weighted by `qw` (llama.cpp's `quantize_row_q*_impl`): per
+/// 32 values `make_qx_quants` (signed) or `make_qkx3_quants` (with a min), weights
+/// `qw · sqrt(σ² + x²)` with σ² the whole row's mean square.
+pub(crate) fn quantize_row_32_weighted(
+    t: super::format::QuantType,
+    x: &[f32],
+    qw: &[f32],
+    out: &mut [u8],
+) {
+    use super::format::QuantType::*;
+    let sum_x2 = x.iter().fold(0.0f32, |s, v| s + v * v);
+    let sigma2 = sum_x2 / x.len() as f32;
+    let bb = t.block_bytes();
+    for ((xb, wb), ob) in x
+        .chunks_exact(32)
+        .zip(qw.chunks_exact(32))
+        .zip(out.chunks_exact_mut(bb))
+    {
+        let w: [f32; 32] = std::array::from_fn(|j| wb[j] * (sigma2 + xb[j] * xb[j]).sqrt());
+        let mut l = [0u8; 32];
+        let (d, m) = match t {
+            Q4_0 | Q5_0 => {
+                let mut li = [0i8; 32];
+                let d = make_qx_quants(if t == Q4_0 { 8 } else { 16 }, xb, &mut li, Some(&w));
+                l = li.map(|v| v as u8);
+                (d, None)
+            }
+            Q4_1 | Q5_1 => {
+                let nmax = if t == Q4_1 { 15 } else { 31 };
+                let (d, the_min) = make_qkx_quants(nmax, xb, &w, &mut l, -0.9, 0.05, 36, false);
+                (d, Some(-the_min))
+            }
+            t => unreachable!(
+                "{} is not a 32-value format with a weighted search",
+                t.name()
+            ),
+        };
+        ob[0..2].copy_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
+        let mut at = 2;
+        if let Some(m) = m {
+            ob[2..4].copy_from_slice(&f16::from_f32(m).to_bits().to_le_bytes());
+            at = 4;
+        }
+        if matches!(t, Q5_0 | Q5_1) {
+            let mut qh = 0u32;
+            for j in 0..16 {
+                qh |= ((l[j] as u32 & 0x10) >> 4) << j;
+                qh |= ((l[j + 16] as u32 & 0x10) >> 4) << (j + 16);
+            }
+            ob[at..at + 4].copy_from_slice(&qh.to_le_bytes());
+            at += 4;
+        }
+        for j in 0..16 {
+            ob[at + j] = (l[j] & 0x0F) | (l[j + 16] & 0x0F) << 4;
+        }
+    }
 }

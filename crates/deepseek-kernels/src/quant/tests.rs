@@ -486,7 +486,7 @@ fn dequantized(t: QuantType, q: &[u8]) -> Vec<f32> {
     out
 }
 
-/// Blocks of every i-quant type (IQ1_S … IQ4_XS) are byte-identical
+/// Blocks of every i-quant type (IQ1_S … IQ4_XS), K-quant and 32-value type are byte-identical
 /// to llama.cpp's quantizers on the same rows and importances (tests/fixtures/quant/
 /// iq_write.json, scripts/make_iq_write_vectors.py), and decode near their input.
 #[test]
@@ -530,6 +530,14 @@ fn quantization_with_llama_cpps_searches_is_byte_identical_to_llama_cpp() {
         ("Q5_K_plain", QuantType::Q5K, false),
         ("Q6_K", QuantType::Q6K, true),
         ("Q6_K_plain", QuantType::Q6K, false),
+        ("Q4_0", QuantType::Q4_0, true),
+        ("Q4_0_plain", QuantType::Q4_0, false),
+        ("Q4_1", QuantType::Q4_1, true),
+        ("Q4_1_plain", QuantType::Q4_1, false),
+        ("Q5_0", QuantType::Q5_0, true),
+        ("Q5_0_plain", QuantType::Q5_0, false),
+        ("Q5_1", QuantType::Q5_1, true),
+        ("Q5_1_plain", QuantType::Q5_1, false),
     ] {
         let want = hex(v[key].as_str().unwrap());
         let rb = t.row_bytes(cols);

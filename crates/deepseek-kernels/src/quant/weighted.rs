@@ -3,7 +3,8 @@
 //! square over a text), so the scales fit the columns that matter. Every type that takes the
 //! weights uses llama.cpp's own search for them (byte-identical blocks): the K-quants in
 //! [`super::k_search`], the lattice i-quants in [`super::iq_quantize`], IQ4_NL/IQ4_XS in
-//! [`super::iq4_quantize`]; the 32-wide formats ignore the weights, as llama.cpp's do.
+//! [`super::iq4_quantize`], Q4_0/Q4_1/Q5_0/Q5_1 in [`super::k_search`] too; Q8_0 ignores them,
+//! as llama.cpp's does.
 
 use super::format::{QuantType, QK_K};
 use super::quantize::quantize_row;
@@ -17,10 +18,15 @@ pub fn quantize_row_weighted(t: QuantType, x: &[f32], imatrix: Option<&[f32]>, o
     if matches!(t, IQ4NL | IQ4XS) {
         return super::iq4_quantize::quantize_row_iq4(t, x, imatrix, out);
     }
-    let Some(im) = imatrix.filter(|_| matches!(t, Q2K | Q3K | Q4K | Q5K | Q6K)) else {
+    let Some(im) =
+        imatrix.filter(|_| matches!(t, Q2K | Q3K | Q4K | Q5K | Q6K | Q4_0 | Q4_1 | Q5_0 | Q5_1))
+    else {
         return quantize_row(t, x, out);
     };
     assert_eq!(im.len(), x.len(), "one importance per column");
+    if matches!(t, Q4_0 | Q4_1 | Q5_0 | Q5_1) {
+        return super::k_search::quantize_row_32_weighted(t, x, im, out);
+    }
     let bb = t.block_bytes();
     let blocks = x.chunks_exact(QK_K).zip(im.chunks_exact(QK_K));
     for ((xb, ib), ob) in blocks.zip(out.chunks_exact_mut(bb)) {
