@@ -49,8 +49,8 @@ fn iq3xxs_lattice() -> &'static Lattice {
 }
 
 /// ggml's `make_qp_quants`: a non-negative scale for `x ≥ 0` with levels 0..=nmax, searched
-/// around `nmax / max` then refined value by value.
-fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], w: &[f32]) -> f32 {
+/// around `nmax / max` then refined value by value. Also the K-quants' scale and min codes.
+pub(crate) fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], w: &[f32]) -> f32 {
     let max = x.iter().fold(0.0f32, |m, &v| m.max(v));
     if max < 1e-15 {
         l.fill(0);

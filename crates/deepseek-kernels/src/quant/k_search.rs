@@ -23,6 +23,7 @@
 use half::f16;
 
 use super::format::QK_K;
+use super::iq_quantize::make_qp_quants;
 use super::lattice::nearest_int;
 
 /// `make_qkx2_quants` / `make_qkx3_quants` (identical once weights are given): codes in `l`,
@@ -110,82 +111,6 @@ fn make_qkx_quants(
         }
     }
     (scale, -min)
-}
-
-/// `make_qp_quants`: codes `l` in 0..=nmax for the non-negative `x` (a super-block's scales or
-/// mins), searched for least `qw`-weighted error; returns their scale.
-fn make_qp_quants(nmax: i32, x: &[f32], l: &mut [u8], qw: &[f32]) -> f32 {
-    let n = x.len();
-    let max = x.iter().fold(0.0f32, |m, &v| m.max(v));
-    if max < 1e-15 {
-        l[..n].fill(0);
-        return 0.0;
-    }
-    let mut iscale = nmax as f32 / max;
-    for i in 0..n {
-        l[i] = nearest_int(iscale * x[i]) as u8;
-    }
-    let scale = 1.0 / iscale;
-    let mut best_mse = 0.0f32;
-    for i in 0..n {
-        let diff = x[i] - scale * l[i] as f32;
-        best_mse += qw[i] * diff * diff;
-    }
-    for is in -4..=4 {
-        if is == 0 {
-            continue;
-        }
-        let iscale_is = (0.1 * is as f32 + nmax as f32) / max;
-        let scale_is = 1.0 / iscale_is;
-        let mut mse = 0.0f32;
-        for i in 0..n {
-            let q = nearest_int(iscale_is * x[i]).min(nmax);
-            let diff = x[i] - scale_is * q as f32;
-            mse += qw[i] * diff * diff;
-        }
-        if mse < best_mse {
-            best_mse = mse;
-            iscale = iscale_is;
-        }
-    }
-    let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
-    for i in 0..n {
-        let q = nearest_int(iscale * x[i]).min(nmax);
-        l[i] = q as u8;
-        let w = qw[i];
-        sumlx += w * x[i] * q as f32;
-        suml2 += w * q as f32 * q as f32;
-    }
-    for _ in 0..5 {
-        let mut changed = 0;
-        for i in 0..n {
-            let w = qw[i];
-            let li = l[i] as i32;
-            let mut slx = sumlx - w * x[i] * li as f32;
-            let mut sl2 = suml2 - w * li as f32 * li as f32;
-            if slx > 0.0 && sl2 > 0.0 {
-                let new_l = nearest_int(x[i] * sl2 / slx).min(nmax);
-                if new_l != li {
-                    slx += w * x[i] * new_l as f32;
-                    sl2 += w * new_l as f32 * new_l as f32;
-                    if slx * slx * suml2 > sumlx * sumlx * sl2 {
-                        l[i] = new_l as u8;
-                        sumlx = slx;
-                        suml2 = sl2;
-                        changed += 1;
-                    }
-                }
-            }
-        }
-        if changed == 0 {
-            break;
-        }
-    }
-    if suml2 > 0.0 {
-        sumlx / suml2
-    } else {
-        0.0
-    }
 }
 
 fn f16_round(v: f32) -> (u16, f32) {
@@ -411,10 +336,9 @@ impl MaxC for f32 {
     }
 }
 
-/// `make_qx_quants` with `rmse_type` 1: signed codes `l` in `0..2·nmax` (offset by `nmax`) and
-/// their scale, searched over 19 reciprocal scales, weights `qw` or else `x²`.
-fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], qw: Option<&[f32]>) -> f32 {
-    let n = x.len();
+/// The value of largest magnitude (the first of equals), or none when all are (nearly) zero:
+/// where the signed searches start.
+fn signed_max(x: &[f32]) -> Option<f32> {
     let (mut max, mut amax) = (0.0f32, 0.0f32);
     for &v in x {
         if v.abs() > amax {
@@ -422,10 +346,17 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], qw: Option<&[f32]>) -> f32
             max = v;
         }
     }
-    if amax < 1e-15 {
+    (amax >= 1e-15).then_some(max)
+}
+
+/// `make_qx_quants` with `rmse_type` 1: signed codes `l` in `0..2·nmax` (offset by `nmax`) and
+/// their scale, searched over 19 reciprocal scales, weights `qw` or else `x²`.
+fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], qw: Option<&[f32]>) -> f32 {
+    let n = x.len();
+    let Some(max) = signed_max(x) else {
         l[..n].fill(0);
         return 0.0;
-    }
+    };
     let weight = |i: usize| qw.map_or(x[i] * x[i], |w| w[i]);
     let code = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
     let mut iscale = -(nmax as f32) / max;
@@ -466,17 +397,10 @@ fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8], qw: Option<&[f32]>) -> f32
 /// fit (weights `x²`) improved value by value for up to five passes.
 fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
     let n = x.len();
-    let (mut max, mut amax) = (0.0f32, 0.0f32);
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    if amax < 1e-15 {
+    let Some(max) = signed_max(x) else {
         l[..n].fill(0);
         return 0.0;
-    }
+    };
     let iscale = -(nmax as f32) / max;
     let (mut sumlx, mut suml2) = (0.0f32, 0.0f32);
     for i in 0..n {

@@ -27,8 +27,9 @@ use super::format::{QuantType, QK_K};
 use super::iq_tables::{IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS};
 use super::x86::{f16, ActRow};
 
-/// Whether this CPU has what these kernels need (VBMI's byte permutes and BITALG's bit gather beside VNNI): Ice Lake,
-/// Sapphire Rapids, AMD Zen 4 and later; not Skylake-SP, Cascade Lake or Cooper Lake.
+/// Whether this CPU has what these kernels need (VBMI's byte permutes and BITALG's bit gather
+/// beside VNNI): Ice Lake, Sapphire Rapids, AMD Zen 4 and later; not Skylake-SP, Cascade Lake
+/// or Cooper Lake.
 pub fn available() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
@@ -119,22 +120,58 @@ static LUT2: Bytes<64> = level_lut(&LEVELS2, 3);
 static LUT3: Bytes<64> = level_lut(&LEVELS3, 7);
 static LUT3S: Bytes<64> = level_lut(&LEVELS3S, 7);
 
-/// The sign bytes transposed once per super-block: in the looked-up vector, 64-bit lane `c`
-/// holds chunk `c`'s four sign bytes (one per 8 values) in bytes 0..4; afterwards lane `e`
-/// holds, in byte `p`, the sign byte of the `e`-th 8 values of pair `p` (chunks 2p, 2p + 1).
-static SIGN_TRANSPOSE: Bytes<64> = {
+/// Where the byte of 8-value group `g` (its grid index, or its looked-up sign byte) sits in a
+/// super-block vector: [`CHUNKS`] (IQ2_XXS, IQ3_XXS: 64-bit lane `c` holds chunk `c`'s four
+/// groups in bytes 0..4), [`WORDS`] (IQ2_XS: the low byte of the group's 16-bit word) or
+/// [`BYTES`] (IQ2_S: one byte per group).
+const CHUNKS: usize = 0;
+const WORDS: usize = 1;
+const BYTES: usize = 2;
+
+const fn group_pos(layout: usize, g: usize) -> usize {
+    match layout {
+        CHUNKS => 8 * (g / 4) + g % 4,
+        WORDS => 2 * g,
+        _ => g,
+    }
+}
+
+/// Per pair `p` of 32-value chunks, 64-bit lane `e` gets the code of group `8p + e` (low byte
+/// from the first table operand, high byte from the second).
+const fn code_bytes_by_group(layout: usize) -> [Bytes<64>; 4] {
+    let mut out = [const { Bytes([0u8; 64]) }; 4];
+    let mut p = 0;
+    while p < 4 {
+        let mut e = 0;
+        while e < 8 {
+            let pos = group_pos(layout, 8 * p + e) as u8;
+            out[p].0[8 * e] = pos;
+            out[p].0[8 * e + 1] = 64 + pos;
+            e += 1;
+        }
+        p += 1;
+    }
+    out
+}
+
+/// The looked-up sign bytes transposed once per super-block: lane `e`, byte `p` = the sign
+/// byte of group `8p + e`, for `vpshufbitqmb` ([`SIGN_BITS`]).
+const fn sign_transpose(layout: usize) -> Bytes<64> {
     let mut out = [0u8; 64];
     let mut e = 0;
     while e < 8 {
         let mut p = 0;
         while p < 4 {
-            out[8 * e + p] = (16 * p + (e / 4) * 8 + e % 4) as u8;
+            out[8 * e + p] = group_pos(layout, 8 * p + e) as u8;
             p += 1;
         }
         e += 1;
     }
     Bytes(out)
-};
+}
+
+/// IQ2_XXS's and IQ3_XXS's.
+static SIGN_TRANSPOSE: Bytes<64> = sign_transpose(CHUNKS);
 
 /// Per pair `p`: `vpshufbitqmb` takes bit `j` of byte `p` of lane `e` as mask bit `8e + j`,
 /// the sign of value `8e + j` of the pair.
@@ -152,23 +189,8 @@ static SIGN_BITS: [Bytes<64>; 4] = {
     out
 };
 
-/// IQ2_XXS: per pair, 64-bit lane `e` gets group `e`'s code (low byte from the first table
-/// operand, high byte from the second).
-static CODE_BYTES2: [Bytes<64>; 4] = {
-    let mut out = [const { Bytes([0u8; 64]) }; 4];
-    let mut p = 0;
-    while p < 4 {
-        let mut e = 0;
-        while e < 8 {
-            let pos = (16 * p + (e / 4) * 8 + e % 4) as u8;
-            out[p].0[8 * e] = pos;
-            out[p].0[8 * e + 1] = 64 + pos;
-            e += 1;
-        }
-        p += 1;
-    }
-    out
-};
+/// IQ2_XXS's.
+static CODE_BYTES2: [Bytes<64>; 4] = code_bytes_by_group(CHUNKS);
 
 /// IQ3_XXS: per pair, 32-bit lane `e` gets code `16p + e` (4 values each).
 static CODE_BYTES3: [Bytes<64>; 4] = {
@@ -186,42 +208,10 @@ static CODE_BYTES3: [Bytes<64>; 4] = {
     out
 };
 
-/// IQ2_XS and IQ2_S: per pair, 64-bit lane `e` gets the code of group `8p + e`, whose grid
-/// index is byte `2(8p + e)` (IQ2_XS: the low byte of its 16-bit word) or `8p + e` (IQ2_S).
-const fn code_bytes_by_group(stride: usize) -> [Bytes<64>; 4] {
-    let mut out = [const { Bytes([0u8; 64]) }; 4];
-    let mut p = 0;
-    while p < 4 {
-        let mut e = 0;
-        while e < 8 {
-            let pos = (stride * (8 * p + e)) as u8;
-            out[p].0[8 * e] = pos;
-            out[p].0[8 * e + 1] = 64 + pos;
-            e += 1;
-        }
-        p += 1;
-    }
-    out
-}
+static CODE_BYTES2XS: [Bytes<64>; 4] = code_bytes_by_group(WORDS);
+static CODE_BYTES2S: [Bytes<64>; 4] = code_bytes_by_group(BYTES);
 
-static CODE_BYTES2XS: [Bytes<64>; 4] = code_bytes_by_group(2);
-static CODE_BYTES2S: [Bytes<64>; 4] = code_bytes_by_group(1);
-
-/// IQ2_XS: the looked-up sign bytes (group `i`'s at byte `2i`) transposed as
-/// [`SIGN_TRANSPOSE`] does: lane `e`, byte `p` = group `8p + e`.
-static SIGN_TRANSPOSE2XS: Bytes<64> = {
-    let mut out = [0u8; 64];
-    let mut e = 0;
-    while e < 8 {
-        let mut p = 0;
-        while p < 4 {
-            out[8 * e + p] = (2 * (8 * p + e)) as u8;
-            p += 1;
-        }
-        e += 1;
-    }
-    Bytes(out)
-};
+static SIGN_TRANSPOSE2XS: Bytes<64> = sign_transpose(WORDS);
 
 /// Per pair `p`: 32-bit lane `l` (values `4l..4l+4` of the pair) takes scale nibble
 /// `4p + l/4` (one per 16 values) into its low byte; the other bytes are zeroed by the mask.
