@@ -81,9 +81,10 @@ pub fn k16_kernels_available() -> bool {
 
 /// Whether weights of `ty` (one of the seven above) are repacked on this CPU. With AVX2 alone,
 /// all seven. With 512-bit VNNI all but Q6_K: `examples/gemv_speed` (2 threads, 32768 x 2048,
-/// Zen 4) ran the 8-row kernels at 1.4-3.5x the plain rows' VNNI dot products for one token
-/// (Q5_K 79 vs 57 GFLOP/s, IQ4_NL 140 vs 92, Q2_K 151 vs 42) and 1.3-2.5x for four, but Q6_K at
-/// 0.9x for one. Their prefill is not given up: with enough tokens the groups are unpacked
+/// Zen 4; the plain rows' side on the commit before this rule, whose VNNI CPUs kept them) ran
+/// the 8-row kernels at 1.4-3.5x the plain rows' VNNI dot products for one token (Q5_K 79 vs
+/// 57 GFLOP/s, IQ4_NL 140 vs 92, Q2_K 151 vs 42) and 1.3-2.5x for four; Q6_K, still plain here,
+/// at 0.9x for one. Their prefill is not given up: with enough tokens the groups are unpacked
 /// back into rows for the VNNI GEMM's panels (`matmul`).
 pub fn k16_repack_supported(ty: QuantType) -> bool {
     #[cfg(target_arch = "x86_64")]
