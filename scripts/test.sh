@@ -18,7 +18,15 @@ fi
 if rustup component list --installed 2>/dev/null | grep -q clippy; then
   cargo clippy --release --workspace --all-targets --locked -- -D warnings
 fi
-cargo test --release --workspace --locked
+# DEEPSEEK_REQUIRE_EMULATION: the CUDA kernels' tests must run in their CPU emulation here (g++).
+DEEPSEEK_REQUIRE_EMULATION=1 cargo test --release --workspace --locked
+
+# The CUDA kernels without a GPU: PyPI's NVRTC 13.0 (the compiler the GPU path loads at run time)
+# compiles them for sm_80 and sm_90, and ptxas assembles the PTX as the driver would.
+python3 scripts/fetch_cuda_tools.py
+DEEPSEEK_REQUIRE_NVRTC=1 DEEPSEEK_PTXAS="$PWD/target/cuda-tools/bin/ptxas" \
+  LD_LIBRARY_PATH="$PWD/target/cuda-tools/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+  cargo test --release --locked -p deepseek-cuda --test nvrtc
 
 # The NEON kernels and the fixture parity on AArch64, under QEMU (skipped, saying so, where the
 # cross toolchain cannot be installed).

@@ -1,0 +1,166 @@
+//! One NVIDIA GPU: its context and stream (cudarc, driver loaded at run time), the kernels
+//! compiled for it by NVRTC, and device memory. Opening it says in one line what is missing on a
+//! machine without a driver, a GPU, NVRTC or cuBLAS.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::{result, CudaContext, CudaFunction, CudaStream, DevicePtr};
+
+use crate::error::CudaError;
+use crate::launch::{Buffer, Launch, Owner};
+use crate::source;
+
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    functions: HashMap<&'static str, CudaFunction>,
+    /// What the driver calls it (`NVIDIA H200`).
+    pub name: String,
+    /// Compute capability (9, 0 for Hopper).
+    pub capability: (i32, i32),
+    pub memory_bytes: usize,
+}
+
+/// Which of the libraries the GPU needs are missing here, as the error opening would give, or
+/// None when all load (a GPU may still be absent).
+pub fn missing_library() -> Option<CudaError> {
+    // SAFETY: each call only looks a library up by name.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Some(CudaError::NoDriver {
+            library: "libcuda.so.1",
+        });
+    }
+    if !source::nvrtc_available() {
+        return Some(CudaError::NoLibrary {
+            library: "libnvrtc.so.13",
+            what: "NVRTC, which compiles the kernels",
+            pip: "nvidia-cuda-nvrtc==13.0.*",
+        });
+    }
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Some(CudaError::NoLibrary {
+            library: "libcublas.so.13",
+            what: "cuBLAS, for the matrix products",
+            pip: "nvidia-cublas==13.0.*",
+        });
+    }
+    None
+}
+
+impl Gpu {
+    /// Opens GPU `ordinal` and compiles the kernels for it.
+    pub fn open(ordinal: usize) -> Result<Gpu, CudaError> {
+        if let Some(e) = missing_library() {
+            return Err(e);
+        }
+        let count = CudaContext::device_count()? as usize;
+        if ordinal >= count {
+            return Err(CudaError::NoSuchGpu { ordinal, count });
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let capability = ctx.compute_capability()?;
+        let ptx = source::compile(&format!("sm_{}{}", capability.0, capability.1))?;
+        let module = ctx.load_module(ptx)?;
+        let mut functions = HashMap::new();
+        for k in source::KERNELS {
+            let f = module
+                .load_function(k)
+                .map_err(|_| CudaError::NoKernel(k.into()))?;
+            functions.insert(k, f);
+        }
+        Ok(Gpu {
+            name: ctx.name()?,
+            memory_bytes: ctx.total_mem()?,
+            stream: ctx.default_stream(),
+            ctx,
+            functions,
+            capability,
+        })
+    }
+
+    /// The stream every launch and copy goes on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+}
+
+impl Launch for Gpu {
+    fn launch(
+        &self,
+        kernel: &'static str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        args: &mut [*mut c_void],
+    ) -> Result<(), CudaError> {
+        let f = self
+            .functions
+            .get(kernel)
+            .ok_or_else(|| CudaError::NoKernel(kernel.into()))?;
+        self.ctx.bind_to_thread()?;
+        // SAFETY: `args` point at values of the kernel's parameter types, in order (the launch
+        // code in ops.rs is written against the kernel's signature and tested in emulation).
+        unsafe {
+            result::launch_kernel(
+                f.cu_function(),
+                grid,
+                block,
+                0,
+                self.stream.cu_stream(),
+                args,
+            )
+        }?;
+        Ok(())
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<Buffer, CudaError> {
+        let slice = self.stream.alloc_zeros::<u8>(bytes.max(1))?;
+        let (ptr, _sync) = slice.device_ptr(&self.stream);
+        drop(_sync);
+        Ok(Buffer {
+            ptr,
+            bytes,
+            _owner: Owner::Gpu(slice),
+        })
+    }
+
+    fn upload_bytes(&self, dst: &Buffer, src: &[u8]) -> Result<(), CudaError> {
+        if src.len() > dst.bytes {
+            return Err(CudaError::Unsupported(format!(
+                "upload of {} bytes into a buffer of {}",
+                src.len(),
+                dst.bytes
+            )));
+        }
+        self.ctx.bind_to_thread()?;
+        // SAFETY: dst holds at least src.len() bytes; synchronised before `src` can go away.
+        unsafe { result::memcpy_htod_async(dst.ptr, src, self.stream.cu_stream()) }?;
+        self.stream.synchronize()?;
+        Ok(())
+    }
+
+    fn download_bytes(&self, src: &Buffer, dst: &mut [u8]) -> Result<(), CudaError> {
+        if dst.len() > src.bytes {
+            return Err(CudaError::Unsupported(format!(
+                "download of {} bytes from a buffer of {}",
+                dst.len(),
+                src.bytes
+            )));
+        }
+        self.ctx.bind_to_thread()?;
+        // SAFETY: src holds at least dst.len() bytes; synchronised before returning.
+        unsafe { result::memcpy_dtoh_async(dst, src.ptr, self.stream.cu_stream()) }?;
+        self.stream.synchronize()?;
+        Ok(())
+    }
+
+    fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize()?;
+        Ok(())
+    }
+}
