@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::error::CudaError;
-use crate::launch::{Buffer, Launch, Owner};
+use crate::launch::{Buffer, Dtype, Gemm, Launch, Owner};
 use crate::source;
 
 const HEADER: &str = include_str!("../emulate/cuda_emulation.h");
@@ -74,7 +74,49 @@ fn build(dir: &Path, lib: &Path) -> Result<(), CudaError> {
     std::fs::rename(&partial, lib).map_err(io)
 }
 
+/// Element `i` of a device array of `dtype` at `p` (a host address here), as f32.
+///
+/// # Safety
+/// `p` must address at least `i + 1` elements of `dtype`.
+unsafe fn load(p: u64, dtype: Dtype, i: usize) -> f32 {
+    match dtype {
+        Dtype::F32 => *(p as *const f32).add(i),
+        Dtype::Bf16 => f32::from_bits((*(p as *const u16).add(i) as u32) << 16),
+    }
+}
+
 impl Launch for Emulator {
+    /// Plain loops, summing in f32 in k order.
+    fn gemm(&self, g: &Gemm, a: u64, b: u64, c: u64) -> Result<(), CudaError> {
+        for p in 0..g.batch {
+            let (a, b) = (
+                a + (p * g.stride_a * g.dtype.bytes()) as u64,
+                b + (p * g.stride_b * g.dtype.bytes()) as u64,
+            );
+            let c = (c as *mut f32).wrapping_add(p * g.stride_c);
+            for i in 0..g.m {
+                for j in 0..g.n {
+                    let mut acc = 0.0f32;
+                    for kk in 0..g.k {
+                        let bi = if g.b_transposed {
+                            j * g.ldb + kk
+                        } else {
+                            kk * g.ldb + j
+                        };
+                        // SAFETY: the caller's buffers hold the matrices `g` describes.
+                        acc += unsafe { load(a, g.dtype, i * g.lda + kk) * load(b, g.dtype, bi) };
+                    }
+                    // SAFETY: as above, for C.
+                    unsafe {
+                        let o = c.add(i * g.ldc + j);
+                        *o = if g.accumulate { *o + acc } else { acc };
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn launch(
         &self,
         kernel: &'static str,

@@ -9,12 +9,13 @@ use std::sync::Arc;
 use cudarc::driver::{result, CudaContext, CudaFunction, CudaStream, DevicePtr};
 
 use crate::error::CudaError;
-use crate::launch::{Buffer, Launch, Owner};
+use crate::launch::{Buffer, Dtype, Gemm, Launch, Owner};
 use crate::source;
 
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    blas: cudarc::cublas::CudaBlas,
     functions: HashMap<&'static str, CudaFunction>,
     /// What the driver calls it (`NVIDIA H200`).
     pub name: String,
@@ -70,10 +71,14 @@ impl Gpu {
                 .map_err(|_| CudaError::NoKernel(k.into()))?;
             functions.insert(k, f);
         }
+        let stream = ctx.default_stream();
+        let blas = cudarc::cublas::CudaBlas::new(stream.clone())
+            .map_err(|e| CudaError::Blas(format!("{e:?}")))?;
         Ok(Gpu {
             name: ctx.name()?,
             memory_bytes: ctx.total_mem()?,
-            stream: ctx.default_stream(),
+            stream,
+            blas,
             ctx,
             functions,
             capability,
@@ -91,6 +96,51 @@ impl Gpu {
 }
 
 impl Launch for Gpu {
+    /// cuBLAS, column-major: the row-major `C = A · B'` is `Cᵀ = B'ᵀ · Aᵀ`, so B goes first.
+    fn gemm(&self, g: &Gemm, a: u64, b: u64, c: u64) -> Result<(), CudaError> {
+        use cudarc::cublas::sys::{cublasComputeType_t, cublasOperation_t, cudaDataType};
+        let ty = match g.dtype {
+            Dtype::F32 => cudaDataType::CUDA_R_32F,
+            Dtype::Bf16 => cudaDataType::CUDA_R_16BF,
+        };
+        let op_b = if g.b_transposed {
+            cublasOperation_t::CUBLAS_OP_T
+        } else {
+            cublasOperation_t::CUBLAS_OP_N
+        };
+        let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the buffers hold the matrices `g` describes; alpha/beta outlive the call.
+        unsafe {
+            cudarc::cublas::result::gemm_strided_batched_ex(
+                *self.blas.handle(),
+                op_b,
+                cublasOperation_t::CUBLAS_OP_N,
+                g.n as i32,
+                g.m as i32,
+                g.k as i32,
+                (&alpha as *const f32).cast(),
+                b as *const c_void,
+                ty,
+                g.ldb as i32,
+                g.stride_b as i64,
+                a as *const c_void,
+                ty,
+                g.lda as i32,
+                g.stride_a as i64,
+                (&beta as *const f32).cast(),
+                c as *mut c_void,
+                cudaDataType::CUDA_R_32F,
+                g.ldc as i32,
+                g.stride_c as i64,
+                g.batch as i32,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cudarc::cublas::sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| CudaError::Blas(format!("{e:?} for {g:?}")))
+    }
+
     fn launch(
         &self,
         kernel: &'static str,

@@ -50,8 +50,69 @@ pub fn as_bytes<T: Pod>(v: &[T]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
 }
 
+/// Element type of matrices and tables on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F32,
+    Bf16,
+}
+
+impl Dtype {
+    pub fn bytes(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::Bf16 => 2,
+        }
+    }
+}
+
+/// A (batched) product of row-major matrices: for each of `batch` problems,
+/// `C[m×n] (+)= A[m×k] · B'` with `B' = Bᵀ` when `b_transposed` (B stored `[n][k]`, as weights are
+/// stored `[out][in]`), else `B' = B` (stored `[k][n]`). A and B are `dtype`, C is f32, sums in
+/// f32 (no TF32). Leading dimensions and per-problem strides are in elements.
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub dtype: Dtype,
+    pub b_transposed: bool,
+    pub lda: usize,
+    pub ldb: usize,
+    pub ldc: usize,
+    pub batch: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+    pub accumulate: bool,
+}
+
+impl Gemm {
+    /// `C[m×n] = A[m×k] · Wᵀ` for a weight `W[n][k]`, all contiguous: the linear layer.
+    pub fn linear(m: usize, n: usize, k: usize, dtype: Dtype) -> Gemm {
+        Gemm {
+            m,
+            n,
+            k,
+            dtype,
+            b_transposed: true,
+            lda: k,
+            ldb: k,
+            ldc: n,
+            batch: 1,
+            stride_a: 0,
+            stride_b: 0,
+            stride_c: 0,
+            accumulate: false,
+        }
+    }
+}
+
 /// A place kernels run, and the memory they run on.
 pub trait Launch {
+    /// Runs the matrix product `g` on `a`, `b`, `c` (cuBLAS on the GPU).
+    fn gemm(&self, g: &Gemm, a: u64, b: u64, c: u64) -> Result<(), CudaError>;
+
     /// Runs `kernel` on a `grid` of `block`-thread blocks; `args` points at each argument's value,
     /// in the kernel's parameter order and types (a device pointer is a `u64`).
     fn launch(

@@ -4,6 +4,7 @@
 //! elements.
 
 use crate::error::CudaError;
+pub use crate::launch::Dtype;
 use crate::launch::{Args, Launch};
 
 type Result<T> = std::result::Result<T, CudaError>;
@@ -84,13 +85,6 @@ pub fn silu_mul(l: &dyn Launch, gate_up: u64, out: u64, cols: usize, rows: usize
         256,
         args,
     )
-}
-
-/// Element type of a weight table on the GPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dtype {
-    F32,
-    Bf16,
 }
 
 /// `out[t] = table[ids[t]]` as f32.
@@ -229,12 +223,13 @@ pub fn route_topk(
     run(l, "route_topk", (tokens.div_ceil(64), 1, 1), 64, args)
 }
 
-/// `out[s] = W[ids[s]] · x(s)` for `slots` slots: bf16 weights `[experts][rows][cols]`, x per
-/// slot (`x_per_slot`) or per token (slot / top_k). `ids` 0: a dense GEMV with expert 0.
+/// `out[s] = W[ids[s]] · x(s)` for `slots` slots: weights `[experts][rows][cols]` of `dtype`,
+/// x per slot (`x_per_slot`) or per token (slot / top_k). `ids` 0: a dense GEMV with expert 0.
 #[allow(clippy::too_many_arguments)]
-pub fn moe_gemv_bf16(
+pub fn moe_gemv(
     l: &dyn Launch,
     w: u64,
+    dtype: Dtype,
     x: u64,
     ids: u64,
     out: u64,
@@ -253,7 +248,11 @@ pub fn moe_gemv_bf16(
         .arg(cols as i32)
         .arg(top_k as i32)
         .arg(x_per_slot as i32);
-    run(l, "moe_gemv_bf16", (rows.div_ceil(8), slots, 1), 256, args)
+    let kernel = match dtype {
+        Dtype::F32 => "moe_gemv_f32",
+        Dtype::Bf16 => "moe_gemv_bf16",
+    };
+    run(l, kernel, (rows.div_ceil(8), slots, 1), 256, args)
 }
 
 /// `out[t] (+)= Σ_k weights[t, k] · y[t·top_k + k]`.

@@ -17,7 +17,7 @@ pub const FILES: [(&str, &str); 7] = [
 ];
 
 /// Every kernel (`__global__` function) of [`FILES`], which [`crate::gpu::Gpu`] loads.
-pub const KERNELS: [&str; 14] = [
+pub const KERNELS: [&str; 15] = [
     "rms_norm_f32",
     "add_f32",
     "silu_mul_f32",
@@ -27,6 +27,7 @@ pub const KERNELS: [&str; 14] = [
     "rope_f32",
     "route_topk",
     "moe_gemv_bf16",
+    "moe_gemv_f32",
     "moe_combine_f32",
     "argmax_rows",
     "mla_append_rows",

@@ -338,24 +338,33 @@ fn expert_gemv_reads_each_slots_expert_and_input() {
     let mut rng = StdRng::seed_from_u64(5);
     for (name, l) in places() {
         let l = l.as_ref();
-        // cols 264: the 8-wide loads plus a tail; cols 70: not 16-byte aligned, scalar only.
-        for cols in [264, 70] {
+        // bf16 with cols 264: the 8-wide loads plus a tail; bf16 with cols 70: not 16-byte
+        // aligned, scalar only; f32.
+        for (dtype, cols) in [(Dtype::Bf16, 264), (Dtype::Bf16, 70), (Dtype::F32, 70)] {
             let (experts, rows, tokens, top_k) = (3, 37, 2, 2);
             let w: Vec<f32> = rand_vec(&mut rng, experts * rows * cols);
             let w16: Vec<u16> = w.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
-            let wq: Vec<f32> = w16.iter().map(|&b| bf16::from_bits(b).to_f32()).collect();
+            let (wb, wq) = match dtype {
+                Dtype::Bf16 => (
+                    upload(l, &w16).unwrap(),
+                    w16.iter().map(|&b| bf16::from_bits(b).to_f32()).collect(),
+                ),
+                Dtype::F32 => (upload(l, &w).unwrap(), w.clone()),
+            };
             let ids = [2i32, 0, 1, 2];
             let x_tok = rand_vec(&mut rng, tokens * cols);
             let x_slot = rand_vec(&mut rng, tokens * top_k * cols);
-            let (wb, ib) = (upload(l, &w16).unwrap(), upload(l, &ids).unwrap());
+            let ib = upload(l, &ids).unwrap();
+            let what = format!("{name} moe_gemv {dtype:?} cols={cols}");
             for per_slot in [false, true] {
                 let x = if per_slot { &x_slot } else { &x_tok };
                 let xb = upload(l, x).unwrap();
                 let ob = l.alloc(tokens * top_k * rows * 4).unwrap();
                 let slots = tokens * top_k;
-                ops::moe_gemv_bf16(
+                ops::moe_gemv(
                     l,
                     wb.ptr(),
+                    dtype,
                     xb.ptr(),
                     ib.ptr(),
                     ob.ptr(),
@@ -384,19 +393,15 @@ fn expert_gemv_reads_each_slots_expert_and_input() {
                             .sum::<f64>() as f32;
                     }
                 }
-                close(
-                    &format!("{name} moe_gemv cols={cols} per_slot={per_slot}"),
-                    &got,
-                    &want,
-                    1e-4,
-                );
+                close(&format!("{what} per_slot={per_slot}"), &got, &want, 1e-4);
             }
             // ids = null: a dense GEMV over expert 0.
             let xb = upload(l, &x_tok).unwrap();
             let ob = l.alloc(tokens * rows * 4).unwrap();
-            ops::moe_gemv_bf16(
+            ops::moe_gemv(
                 l,
                 wb.ptr(),
+                dtype,
                 xb.ptr(),
                 0,
                 ob.ptr(),
@@ -418,7 +423,7 @@ fn expert_gemv_reads_each_slots_expert_and_input() {
                         .sum::<f64>() as f32
                 })
                 .collect();
-            close(&format!("{name} dense gemv cols={cols}"), &got, &want, 1e-4);
+            close(&format!("{what} dense"), &got, &want, 1e-4);
         }
         // combine, overwriting and accumulating
         let (tokens, top_k, cols) = (3, 4, 20);
@@ -610,5 +615,103 @@ fn split_length_fills_the_gpu_and_stays_a_multiple_of_eight() {
     assert_eq!(MlaDecode::split_len(128, 64, 1000, 264), 1000);
     for ctx in [1, 7, 100, 4097] {
         assert_eq!(MlaDecode::split_len(16, 2, ctx, 264) % 8, 0);
+    }
+}
+
+#[test]
+fn gemm_computes_linear_layers_and_strided_per_head_products() {
+    use deepseek_cuda::launch::Gemm;
+    let mut rng = StdRng::seed_from_u64(8);
+    let round = |v: &[f32]| -> (Vec<u16>, Vec<f32>) {
+        let b: Vec<u16> = v.iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
+        let f = b.iter().map(|&x| bf16::from_bits(x).to_f32()).collect();
+        (b, f)
+    };
+    for (name, l) in places() {
+        let l = l.as_ref();
+        // A linear layer, f32 and bf16, overwriting and accumulating.
+        let (m, n, k) = (5, 7, 33);
+        let (a, w) = (rand_vec(&mut rng, m * k), rand_vec(&mut rng, n * k));
+        let c0 = rand_vec(&mut rng, m * n);
+        for dtype in [Dtype::F32, Dtype::Bf16] {
+            for accumulate in [false, true] {
+                let (ab, wb, af, wf) = match dtype {
+                    Dtype::F32 => (
+                        upload(l, &a).unwrap(),
+                        upload(l, &w).unwrap(),
+                        a.clone(),
+                        w.clone(),
+                    ),
+                    Dtype::Bf16 => {
+                        let ((a16, af), (w16, wf)) = (round(&a), round(&w));
+                        (upload(l, &a16).unwrap(), upload(l, &w16).unwrap(), af, wf)
+                    }
+                };
+                let cb = upload(l, &c0).unwrap();
+                let g = Gemm {
+                    accumulate,
+                    ..Gemm::linear(m, n, k, dtype)
+                };
+                l.gemm(&g, ab.ptr(), wb.ptr(), cb.ptr()).unwrap();
+                let want: Vec<f32> = (0..m * n)
+                    .map(|ij| {
+                        let (i, j) = (ij / n, ij % n);
+                        let dot: f64 = (0..k)
+                            .map(|kk| af[i * k + kk] as f64 * wf[j * k + kk] as f64)
+                            .sum();
+                        dot as f32 + if accumulate { c0[ij] } else { 0.0 }
+                    })
+                    .collect();
+                let got = download(l, &cb, m * n).unwrap();
+                close(
+                    &format!("{name} gemm {dtype:?} accumulate={accumulate}"),
+                    &got,
+                    &want,
+                    1e-5,
+                );
+            }
+        }
+        // MLA's absorbed query: per head h, C[t, h, :] = A[t, h, :nope] · W_UK[h] (W_UK[h] stored
+        // [nope][lora], not transposed), A and C interleaved by head.
+        let (t, heads, nope, lora, a_row) = (3, 4, 6, 10, 4 * 9);
+        let a = rand_vec(&mut rng, t * a_row); // [t][h][nope + 3]: the nope part first
+        let w = rand_vec(&mut rng, heads * nope * lora);
+        let (ab, wb) = (upload(l, &a).unwrap(), upload(l, &w).unwrap());
+        let cb = l.alloc(t * heads * lora * 4).unwrap();
+        let g = Gemm {
+            m: t,
+            n: lora,
+            k: nope,
+            dtype: Dtype::F32,
+            b_transposed: false,
+            lda: a_row,
+            ldb: lora,
+            ldc: heads * lora,
+            batch: heads,
+            stride_a: 9,
+            stride_b: nope * lora,
+            stride_c: lora,
+            accumulate: false,
+        };
+        l.gemm(&g, ab.ptr(), wb.ptr(), cb.ptr()).unwrap();
+        let mut want = vec![0.0f32; t * heads * lora];
+        for ti in 0..t {
+            for h in 0..heads {
+                for c in 0..lora {
+                    want[(ti * heads + h) * lora + c] = (0..nope)
+                        .map(|i| {
+                            a[ti * a_row + h * 9 + i] as f64 * w[(h * nope + i) * lora + c] as f64
+                        })
+                        .sum::<f64>()
+                        as f32;
+                }
+            }
+        }
+        close(
+            &format!("{name} batched gemm"),
+            &download(l, &cb, want.len()).unwrap(),
+            &want,
+            1e-5,
+        );
     }
 }
