@@ -35,7 +35,7 @@ struct Entry {
 
 static const Entry kernels[] = {
     KERNEL(rms_norm_f32),      KERNEL(add_f32),          KERNEL(silu_mul_f32),
-    KERNEL(embed_rows_f32),    KERNEL(embed_rows_bf16),  KERNEL(f32_to_bf16_rows),
+    KERNEL(embed_rows_f32),    KERNEL(embed_rows_bf16),  KERNEL(f32_to_bf16_rows),  KERNEL(copy_rows_f32),
     KERNEL(rope_f32),          KERNEL(route_topk),       KERNEL(moe_gemv_bf16),
     KERNEL(moe_gemv_f32),
     KERNEL(moe_combine_f32),   KERNEL(argmax_rows),      KERNEL(mla_append_rows),

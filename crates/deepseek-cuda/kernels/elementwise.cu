@@ -54,3 +54,15 @@ extern "C" __global__ void f32_to_bf16_rows(const float* __restrict__ x, bf16_t*
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x)
         out[i] = f32_to_bf16(x[i]);
 }
+
+// dst[r * dst_stride + c] = src[r * src_stride + c] for r < rows, c < cols: moving a slice of
+// every row (MLA's q_pe into the absorbed query rows).
+extern "C" __global__ void copy_rows_f32(const float* __restrict__ src, float* __restrict__ dst, long rows,
+                                         int cols, int src_stride, int dst_stride) {
+    const long n = rows * cols;
+    for (long k = (long)blockIdx.x * blockDim.x + threadIdx.x; k < n; k += (long)gridDim.x * blockDim.x) {
+        const long r = k / cols;
+        const int c = (int)(k - r * cols);
+        dst[r * dst_stride + c] = src[r * src_stride + c];
+    }
+}

@@ -179,4 +179,8 @@ impl Launch for Emulator {
     fn synchronize(&self) -> Result<(), CudaError> {
         Ok(())
     }
+
+    fn multiprocessors(&self) -> usize {
+        1
+    }
 }

@@ -22,6 +22,7 @@ pub struct Gpu {
     /// Compute capability (9, 0 for Hopper).
     pub capability: (i32, i32),
     pub memory_bytes: usize,
+    multiprocessors: usize,
 }
 
 /// Which of the libraries the GPU needs are missing here, as the error opening would give, or
@@ -74,7 +75,11 @@ impl Gpu {
         let stream = ctx.default_stream();
         let blas = cudarc::cublas::CudaBlas::new(stream.clone())
             .map_err(|e| CudaError::Blas(format!("{e:?}")))?;
+        let multiprocessors = ctx.attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )? as usize;
         Ok(Gpu {
+            multiprocessors,
             name: ctx.name()?,
             memory_bytes: ctx.total_mem()?,
             stream,
@@ -212,5 +217,9 @@ impl Launch for Gpu {
     fn synchronize(&self) -> Result<(), CudaError> {
         self.stream.synchronize()?;
         Ok(())
+    }
+
+    fn multiprocessors(&self) -> usize {
+        self.multiprocessors
     }
 }

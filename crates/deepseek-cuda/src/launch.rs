@@ -132,6 +132,10 @@ pub trait Launch {
 
     /// Waits for every launch so far.
     fn synchronize(&self) -> Result<(), CudaError>;
+
+    /// Streaming multiprocessors: how many blocks run at once, for choosing how finely to split
+    /// work (the emulation is one).
+    fn multiprocessors(&self) -> usize;
 }
 
 /// `v` in a new device buffer.

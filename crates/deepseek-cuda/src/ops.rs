@@ -111,6 +111,32 @@ pub fn f32_to_bf16(l: &dyn Launch, x: u64, out: u64, n: usize) -> Result<()> {
     run(l, "f32_to_bf16_rows", (stride_blocks(n), 1, 1), 256, args)
 }
 
+/// Copies `cols` values of each of `rows` rows, `src_stride` and `dst_stride` apart.
+pub fn copy_rows(
+    l: &dyn Launch,
+    src: u64,
+    dst: u64,
+    rows: usize,
+    cols: usize,
+    src_stride: usize,
+    dst_stride: usize,
+) -> Result<()> {
+    let args = Args::new()
+        .ptr(src)
+        .ptr(dst)
+        .arg(rows as i64)
+        .arg(cols as i32)
+        .arg(src_stride as i32)
+        .arg(dst_stride as i32);
+    run(
+        l,
+        "copy_rows_f32",
+        (stride_blocks(rows * cols), 1, 1),
+        256,
+        args,
+    )
+}
+
 /// Where RoPE applies inside each token's row of heads, and how it pairs dimensions.
 #[derive(Clone, Copy, Debug)]
 pub struct RopeSlice {

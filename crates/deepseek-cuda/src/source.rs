@@ -17,13 +17,14 @@ pub const FILES: [(&str, &str); 7] = [
 ];
 
 /// Every kernel (`__global__` function) of [`FILES`], which [`crate::gpu::Gpu`] loads.
-pub const KERNELS: [&str; 15] = [
+pub const KERNELS: [&str; 16] = [
     "rms_norm_f32",
     "add_f32",
     "silu_mul_f32",
     "embed_rows_f32",
     "embed_rows_bf16",
     "f32_to_bf16_rows",
+    "copy_rows_f32",
     "rope_f32",
     "route_topk",
     "moe_gemv_bf16",

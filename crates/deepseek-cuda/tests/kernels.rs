@@ -145,6 +145,32 @@ fn elementwise_kernels_match_plain_loops() {
             let got = download(l, &ob, ids.len() * cols).unwrap();
             close(&format!("{name} embed {dtype:?}"), &got, &want, 0.0);
         }
+        // a slice of every row, strided
+        let (rows, src_stride, dst_stride, cols) = (5, 12, 9, 4);
+        let src = rand_vec(&mut rng, rows * src_stride);
+        let dst0 = rand_vec(&mut rng, rows * dst_stride);
+        let (sb, db) = (upload(l, &src).unwrap(), upload(l, &dst0).unwrap());
+        ops::copy_rows(
+            l,
+            sb.at::<f32>(8),
+            db.at::<f32>(5),
+            rows,
+            cols,
+            src_stride,
+            dst_stride,
+        )
+        .unwrap();
+        let mut want = dst0.clone();
+        for r in 0..rows {
+            want[r * dst_stride + 5..r * dst_stride + 9]
+                .copy_from_slice(&src[r * src_stride + 8..r * src_stride + 12]);
+        }
+        close(
+            &format!("{name} copy_rows"),
+            &download(l, &db, want.len()).unwrap(),
+            &want,
+            0.0,
+        );
         // f32 -> bf16, ties and specials included
         let mut x = rand_vec(&mut rng, 300);
         x.extend([
