@@ -10,11 +10,13 @@
 //! - [`expert_parallel`]: the routed experts split across processes (MPI ranks).
 //! - [`observe`]: what a step shows of its matrix products (importance matrices).
 //! - [`model`]: the decoder stack and the batched forward step.
+//! - [`gpu_model`]: the same stack on a GPU (deepseek-cuda's kernels), or their CPU emulation.
 //!
 //! Math lives in `deepseek-kernels`; the cache lives in `deepseek-cache`.
 
 pub mod batch;
 pub mod expert_parallel;
+pub mod gpu_model;
 pub mod layer;
 pub mod llama_attention;
 pub mod mla;

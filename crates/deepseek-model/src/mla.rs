@@ -27,7 +27,7 @@ use crate::rope::{mla_softmax_scale, Rope};
 use deepseek_loader::imatrix::kv_b_half_name;
 
 /// DeepSeek's q_a_layernorm and kv_a_layernorm use the RMSNorm default, not config.rms_norm_eps.
-const LATENT_NORM_EPS: f32 = 1e-6;
+pub(crate) const LATENT_NORM_EPS: f32 = 1e-6;
 
 /// Query tokens of one head attended together in decompressed prefill: enough to fill the
 /// score tiles and amortise each row load, few enough that the per-token tails stay short.
@@ -52,25 +52,25 @@ pub enum AttentionPath {
 
 pub struct MlaAttention {
     /// The checkpoint's prefix (`model.layers.3.self_attn`).
-    prefix: String,
-    dims: MlaConfig,
-    heads: usize,
-    q: QueryProjection,
-    kv_a_proj_with_mqa: Matrix,
-    kv_a_layernorm: Vec<f32>,
-    kv_b_proj: Matrix,
+    pub(crate) prefix: String,
+    pub(crate) dims: MlaConfig,
+    pub(crate) heads: usize,
+    pub(crate) q: QueryProjection,
+    pub(crate) kv_a_proj_with_mqa: Matrix,
+    pub(crate) kv_a_layernorm: Vec<f32>,
+    pub(crate) kv_b_proj: Matrix,
     /// Per head `W_UK[h]`: `[qk_nope_head_dim, kv_lora_rank]`, rows of `kv_b_proj` (shared
     /// storage); `absorbed_q = W_UKᵀ · q_nope` is read through it without a transposed copy.
-    w_uk: Vec<Matrix>,
+    pub(crate) w_uk: Vec<Matrix>,
     /// Per head `W_UV[h]`: `[v_head_dim, kv_lora_rank]`, rows of `kv_b_proj` (shared storage),
     /// or of the checkpoint's own `v_b_proj` when it has one.
-    w_uv: Vec<Matrix>,
+    pub(crate) w_uv: Vec<Matrix>,
     /// Per head `W_UK[h]ᵀ`: `[kv_lora_rank, qk_nope_head_dim]`, when the checkpoint stores the
     /// key half pre-transposed (llama.cpp's `attn_k_b`): the absorbed query is then an ordinary
     /// matmul, on the weights' own (possibly quantized) format.
-    w_uk_t: Option<Vec<Matrix>>,
-    o_proj: Matrix,
-    softmax_scale: f32,
+    pub(crate) w_uk_t: Option<Vec<Matrix>>,
+    pub(crate) o_proj: Matrix,
+    pub(crate) softmax_scale: f32,
 }
 
 impl MlaAttention {

@@ -77,6 +77,11 @@ pub struct SeqStep<'a> {
 }
 
 impl Model {
+    /// RoPE's frequencies and magnitude (YaRN included) for this model.
+    pub fn rope(&self) -> &Rope {
+        &self.rope
+    }
+
     /// Loads `path`: a Hugging Face folder (config.json + safetensors) or a GGUF file.
     /// `progress(done, total)` is called per layer.
     pub fn load(path: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<Self, LoadError> {

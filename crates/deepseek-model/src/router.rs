@@ -16,11 +16,11 @@ use deepseek_kernels::{matmul, Matrix, Precision};
 use deepseek_loader::{Family, LoadError, MoeConfig, ScoringFunc, TopkMethod, WeightStore};
 
 pub struct Router {
-    cfg: MoeConfig,
+    pub(crate) cfg: MoeConfig,
     family: Family,
     /// `[n_routed_experts, hidden]`, converted to f32 at load.
     weight: Matrix,
-    e_score_correction_bias: Option<Vec<f32>>,
+    pub(crate) e_score_correction_bias: Option<Vec<f32>>,
 }
 
 /// One token's routing decision, experts in the order top-k chose them.
@@ -120,18 +120,28 @@ impl Router {
         }
         let experts = top_k_indices(&choice, c.num_experts_per_tok);
         let mut weights: Vec<f32> = experts.iter().map(|&i| scores[i]).collect();
-        let normalise = c.num_experts_per_tok > 1 && c.norm_topk_prob;
+        let (normalise, scale) = self.weight_rule();
         if normalise {
             let denom: f32 = weights.iter().sum::<f32>() + 1e-20;
             weights.iter_mut().for_each(|w| *w /= denom);
         }
-        // DeepSeek-V2's code scales only when it does not normalise; V3 always scales.
-        if !normalise || self.family == Family::DeepseekV3 {
+        if scale {
             weights
                 .iter_mut()
                 .for_each(|w| *w *= c.routed_scaling_factor);
         }
         Routing { experts, weights }
+    }
+}
+
+impl Router {
+    /// Whether the chosen scores are normalised to sum 1, and whether they are then times
+    /// `routed_scaling_factor`: DeepSeek-V2's code scales only when it does not normalise; V3
+    /// always scales.
+    pub fn weight_rule(&self) -> (bool, bool) {
+        let c = &self.cfg;
+        let normalise = c.num_experts_per_tok > 1 && c.norm_topk_prob;
+        (normalise, !normalise || self.family == Family::DeepseekV3)
     }
 }
 

@@ -1,0 +1,213 @@
+//! The GPU path (`gpu_model`) against the Hugging Face references, on every MLA fixture: prefill
+//! logits, greedy decoding step by step, and several sequences in one step. Runs on each place
+//! the kernels can run here: their CPU emulation (wherever g++ builds it;
+//! `DEEPSEEK_REQUIRE_EMULATION=1` makes its absence a failure) and the GPU (where one opens;
+//! `DEEPSEEK_REQUIRE_GPU=1` makes its absence a failure; a visible SKIPPED line elsewhere).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use deepseek_cuda::emulate::Emulator;
+use deepseek_cuda::gpu::Gpu;
+use deepseek_cuda::Launch;
+use deepseek_loader::AttentionKind;
+use deepseek_model::gpu_model::{GpuModel, GpuPrecision, GpuSequence};
+use deepseek_model::{LogitsFor, Model};
+use safetensors::SafeTensors;
+
+const TOL: f32 = 1e-3;
+
+fn fixture_dirs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let shared = std::env::var_os("DEEPSEEK_SHARED_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("../shared/fixtures"));
+    let mut dirs = vec![];
+    for r in [root.join("tests/fixtures"), shared] {
+        let Ok(rd) = std::fs::read_dir(&r) else {
+            continue;
+        };
+        let mut v: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("reference.safetensors").exists())
+            .collect();
+        v.sort();
+        dirs.extend(v);
+    }
+    dirs
+}
+
+/// Makes a fresh launcher.
+type MakeLauncher = fn() -> Box<dyn Launch>;
+
+/// Where to run: (name, how to make its launcher).
+fn places() -> Vec<(&'static str, MakeLauncher)> {
+    let mut v: Vec<(&'static str, MakeLauncher)> = vec![];
+    match Emulator::new() {
+        Ok(_) => v.push(("emulation", || Box::new(Emulator::new().unwrap()))),
+        Err(e) if std::env::var("DEEPSEEK_REQUIRE_EMULATION").as_deref() == Ok("1") => {
+            panic!("DEEPSEEK_REQUIRE_EMULATION=1 but the CPU emulation is unavailable: {e}")
+        }
+        Err(e) => eprintln!("SKIPPED: the GPU model in CPU emulation: {e}"),
+    }
+    match Gpu::open(0) {
+        Ok(_) => v.push(("gpu", || Box::new(Gpu::open(0).unwrap()))),
+        Err(e) if std::env::var("DEEPSEEK_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("DEEPSEEK_REQUIRE_GPU=1 but no GPU opened: {e}")
+        }
+        Err(e) => eprintln!("SKIPPED: the GPU model on a GPU: {e}"),
+    }
+    v
+}
+
+struct Reference(HashMap<String, Vec<f32>>);
+
+impl Reference {
+    fn load(path: &Path) -> Reference {
+        let bytes = std::fs::read(path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut m = HashMap::new();
+        for (name, view) in st.tensors() {
+            let v: Vec<f32> = match view.dtype() {
+                safetensors::Dtype::F32 => view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                safetensors::Dtype::I32 => view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f32)
+                    .collect(),
+                safetensors::Dtype::I64 => view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
+                    .collect(),
+                _ => continue,
+            };
+            m.insert(name, v);
+        }
+        Reference(m)
+    }
+    fn ids(&self, k: &str) -> Option<Vec<u32>> {
+        self.0.get(k).map(|v| v.iter().map(|&x| x as u32).collect())
+    }
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Decode steps checked per prompt (the emulation is slow; the references hold 8).
+const STEPS: usize = 4;
+
+#[test]
+fn gpu_path_matches_the_reference_on_every_mla_fixture() {
+    let places = places();
+    let mut checked = 0;
+    for dir in fixture_dirs() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let model = Model::load(&dir, &mut |_, _| {}).unwrap();
+        if !matches!(model.config.attention, AttentionKind::Mla(_)) {
+            eprintln!("SKIPPED: {name}: Llama attention is not on the GPU path yet");
+            continue;
+        }
+        let r = Reference::load(&dir.join("reference.safetensors"));
+        let vocab = model.config.vocab_size;
+        let mut prompts: Vec<usize> =
+            r.0.keys()
+                .filter_map(|k| k.strip_prefix("prompt.")?.parse().ok())
+                .collect();
+        prompts.sort();
+        for (place, make) in &places {
+            let mut gm = GpuModel::upload(&model, make(), GpuPrecision::Exact, 16).unwrap();
+            for &i in &prompts {
+                let prompt = r.ids(&format!("prompt.{i}")).unwrap();
+                let what = format!("{place} {name} prompt {i}");
+                // Prefill: every position's logits.
+                let mut s = GpuSequence::default();
+                let got = gm
+                    .forward(&mut [(&mut s, &prompt)], LogitsFor::AllTokens)
+                    .unwrap();
+                let d = max_diff(&got, &r.0[&format!("logits.{i}")]);
+                assert!(d <= TOL, "{what}: prefill max |Δlogit| = {d}");
+                gm.release(&mut s);
+                // Greedy decoding, one token a step after a prefill that returns the last row.
+                let (Some(gen), Some(steps)) = (
+                    r.ids(&format!("generated.{i}")),
+                    r.0.get(&format!("gen_step_logits.{i}")),
+                ) else {
+                    continue;
+                };
+                let mut s = GpuSequence::default();
+                let mut logits = gm
+                    .forward(&mut [(&mut s, &prompt)], LogitsFor::LastToken)
+                    .unwrap();
+                for j in 0..STEPS.min(gen.len()) {
+                    let d = max_diff(&logits, &steps[j * vocab..(j + 1) * vocab]);
+                    assert!(d <= TOL, "{what}: decode step {j} max |Δlogit| = {d}");
+                    assert_eq!(argmax(&logits), gen[j], "{what}: greedy token {j}");
+                    logits = gm
+                        .forward(&mut [(&mut s, &gen[j..j + 1])], LogitsFor::LastToken)
+                        .unwrap();
+                }
+                gm.release(&mut s);
+            }
+            // Several sequences in one step: every prompt's prefill together, then one decode
+            // step of each, each sequence's logits as alone.
+            let all: Vec<Vec<u32>> = prompts
+                .iter()
+                .map(|&i| r.ids(&format!("prompt.{i}")).unwrap())
+                .collect();
+            let mut seqs: Vec<GpuSequence> = all.iter().map(|_| GpuSequence::default()).collect();
+            let mut steps: Vec<(&mut GpuSequence, &[u32])> = seqs
+                .iter_mut()
+                .zip(&all)
+                .map(|(s, p)| (s, &p[..]))
+                .collect();
+            let got = gm.forward(&mut steps, LogitsFor::LastToken).unwrap();
+            for (k, &i) in prompts.iter().enumerate() {
+                let want = &r.0[&format!("logits.{i}")];
+                let t = all[k].len();
+                let d = max_diff(
+                    &got[k * vocab..(k + 1) * vocab],
+                    &want[(t - 1) * vocab..t * vocab],
+                );
+                assert!(d <= TOL, "{place} {name}: batched prefill, prompt {i}: {d}");
+            }
+            let nexts: Vec<[u32; 1]> = prompts
+                .iter()
+                .map(|&i| [r.ids(&format!("generated.{i}")).map_or(0, |g| g[0])])
+                .collect();
+            let mut steps: Vec<(&mut GpuSequence, &[u32])> = seqs
+                .iter_mut()
+                .zip(&nexts)
+                .map(|(s, t)| (s, &t[..]))
+                .collect();
+            let got = gm.forward(&mut steps, LogitsFor::LastToken).unwrap();
+            for (k, &i) in prompts.iter().enumerate() {
+                if let Some(steps) = r.0.get(&format!("gen_step_logits.{i}")) {
+                    let d = max_diff(&got[k * vocab..(k + 1) * vocab], &steps[vocab..2 * vocab]);
+                    assert!(d <= TOL, "{place} {name}: batched decode, prompt {i}: {d}");
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(places.is_empty() || checked > 0, "no MLA fixture found");
+}
