@@ -40,6 +40,8 @@ pub struct Settings {
     pub experts: Option<Arc<Cluster>>,
     /// `--expert-placement`: which rank holds which routed expert.
     pub expert_placement: deepseek_model::expert_parallel::PlacementPolicy,
+    /// `--device`: where the model runs.
+    pub device: deepseek_cuda::Device,
 }
 
 /// The model bundled in the repo, used when --model is not given.

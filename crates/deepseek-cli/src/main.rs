@@ -62,6 +62,19 @@ struct Cli {
     /// Which rank holds which routed expert under --expert-parallel (`info --ranks N` shows it).
     #[arg(long, global = true, value_enum, default_value = "contiguous")]
     expert_placement: expert_parallel::Placement,
+    /// Where the model runs: cpu, cuda (the first NVIDIA GPU), cuda:N, or emulated (the CUDA
+    /// kernels in their CPU emulation: the GPU path's code without a GPU, very slow; for
+    /// tests). The GPU path runs DeepSeek-V2/V3-family models (MLA) under `bench` so far; the
+    /// other commands run on the CPU. The driver, NVRTC and cuBLAS (CUDA 13) are loaded at run
+    /// time; where one is missing the command says which and stops.
+    #[arg(
+        long,
+        global = true,
+        default_value = "cpu",
+        env = "DEEPSEEK_DEVICE",
+        value_name = "DEVICE"
+    )]
+    device: deepseek_cuda::Device,
     #[command(subcommand)]
     command: Command,
 }
@@ -163,6 +176,17 @@ fn main() -> ExitCode {
     }
     deepseek_kernels::threads::init(cli.threads);
     let tuning = deepseek_kernels::Precision::from_tuning(deepseek_kernels::tuning::get());
+    if cli.device != deepseek_cuda::Device::Cpu && !matches!(cli.command, Command::Bench(_)) {
+        eprintln!(
+            "error: --device {}: only `bench` runs on the GPU path so far; leave --device out to run this command on the CPU",
+            cli.device
+        );
+        return ExitCode::from(2);
+    }
+    if cli.device != deepseek_cuda::Device::Cpu && cli.expert_parallel {
+        eprintln!("error: --device {} with --expert-parallel: the GPU path holds every expert in one process", cli.device);
+        return ExitCode::from(2);
+    }
     let mut settings = common::Settings {
         cache: cli.cache_type,
         precision: deepseek_kernels::Precision {
@@ -171,6 +195,7 @@ fn main() -> ExitCode {
         },
         experts: None,
         expert_placement: cli.expert_placement.policy(),
+        device: cli.device,
     };
     // Kept to the end of `main`: dropping it leaves the MPI job.
     let mut _mpi = None;
@@ -220,6 +245,9 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate::run(a, settings),
         Command::Chat(a) => commands::chat::run(a, settings),
         Command::Synth(a) => commands::synth::run(a),
+        Command::Bench(a) if settings.device != deepseek_cuda::Device::Cpu => {
+            commands::bench_gpu::run(&a, &settings)
+        }
         Command::Bench(a) => commands::bench::run(a, settings),
         Command::Quantize(a) => commands::quantize::run(a),
         Command::Imatrix(a) => commands::imatrix::run(a, settings),

@@ -969,3 +969,39 @@ fn expert_parallel_without_mpi_says_how_to_build_it() {
     assert_usage_error(&out, "built without MPI");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--features mpi"));
 }
+
+#[test]
+fn device_flag_runs_bench_on_the_gpu_path_and_says_what_is_missing() {
+    // The GPU path's code on the kernels' CPU emulation: real numbers, no GPU needed.
+    let out = deepseek(&[
+        "--device", "emulated", "bench", "-p", "4", "-n", "2", "-r", "1", "--batch", "2", "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in ["prefill_tok_s", "decode_tok_s", "batch_decode_tok_s"] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    // Other commands stay on the CPU, saying so.
+    let out = deepseek(&["--device", "cuda", "generate", "--prompt", "x", "-n", "1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only `bench` runs on the GPU path"), "{err}");
+    // Without a driver: one line naming what is missing, exit 2.
+    if deepseek_cuda::gpu::missing_library().is_some() {
+        let out = deepseek(&["--device", "cuda:1", "bench", "-p", "4", "-n", "1"]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("error: --device cuda:1: ") && err.contains(".so"),
+            "{err}"
+        );
+    }
+    let out = deepseek(&["--device", "tpu", "bench"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cuda:N"));
+}

@@ -183,4 +183,8 @@ impl Launch for Emulator {
     fn multiprocessors(&self) -> usize {
         1
     }
+
+    fn describe(&self) -> String {
+        "the CUDA kernels in CPU emulation".into()
+    }
 }

@@ -222,4 +222,15 @@ impl Launch for Gpu {
     fn multiprocessors(&self) -> usize {
         self.multiprocessors
     }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}, sm_{}{}, {} SMs, {:.1} GiB",
+            self.name,
+            self.capability.0,
+            self.capability.1,
+            self.multiprocessors,
+            self.memory_bytes as f64 / (1u64 << 30) as f64
+        )
+    }
 }

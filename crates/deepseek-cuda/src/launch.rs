@@ -136,6 +136,9 @@ pub trait Launch {
     /// Streaming multiprocessors: how many blocks run at once, for choosing how finely to split
     /// work (the emulation is one).
     fn multiprocessors(&self) -> usize;
+
+    /// What it is, for reports (`NVIDIA H200, sm_90, 132 SMs, 139.8 GiB`).
+    fn describe(&self) -> String;
 }
 
 /// `v` in a new device buffer.

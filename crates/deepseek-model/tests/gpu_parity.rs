@@ -17,8 +17,16 @@ use safetensors::SafeTensors;
 
 const TOL: f32 = 1e-3;
 
+/// The repository: where this test was built, or `DEEPSEEK_REPO` (a test binary carried to a GPU
+/// machine runs in another checkout).
+fn repo() -> PathBuf {
+    std::env::var_os("DEEPSEEK_REPO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
+
 fn fixture_dirs() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = repo();
     let shared = std::env::var_os("DEEPSEEK_SHARED_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("../shared/fixtures"));
@@ -210,4 +218,60 @@ fn gpu_path_matches_the_reference_on_every_mla_fixture() {
         }
     }
     assert!(places.is_empty() || checked > 0, "no MLA fixture found");
+}
+
+#[test]
+fn gpu_path_matches_the_cpu_model_on_the_bundled_model() {
+    let dir = repo().join("models/deepseek-coder-nano");
+    let model = Model::load(&dir, &mut |_, _| {}).unwrap();
+    let prompt: Vec<u32> = (0..20)
+        .map(|i| (i * 37 + 11) % model.config.vocab_size as u32)
+        .collect();
+    let mut pool = model.new_cache_pool(64, deepseek_model::CacheDtype::F32);
+    let mut cache = Default::default();
+    let want = model
+        .forward(
+            &mut pool,
+            &mut [deepseek_model::SeqStep {
+                tokens: &prompt,
+                cache: &mut cache,
+            }],
+            LogitsFor::AllTokens,
+            deepseek_model::PrefillPath::Auto,
+            None,
+        )
+        .unwrap();
+    for (place, make) in places() {
+        let mut gm = GpuModel::upload(&model, make(), GpuPrecision::Exact, 4).unwrap();
+        let mut s = GpuSequence::default();
+        let got = gm
+            .forward(&mut [(&mut s, &prompt)], LogitsFor::AllTokens)
+            .unwrap();
+        let d = max_diff(&got, &want);
+        assert!(
+            d <= TOL,
+            "{place}: bundled model, max |Δlogit| against the CPU = {d}"
+        );
+        // bf16 weights and activations: the same greedy choice at every position, within the
+        // rounding's reach.
+        let mut gm = GpuModel::upload(&model, make(), GpuPrecision::Bf16, 4).unwrap();
+        let mut s = GpuSequence::default();
+        let got = gm
+            .forward(&mut [(&mut s, &prompt)], LogitsFor::AllTokens)
+            .unwrap();
+        let vocab = model.config.vocab_size;
+        let d = max_diff(&got, &want);
+        eprintln!("{place}: bundled model in bf16, max |Δlogit| against the CPU (f32) = {d}");
+        let same = (0..prompt.len())
+            .filter(|&t| {
+                argmax(&got[t * vocab..(t + 1) * vocab])
+                    == argmax(&want[t * vocab..(t + 1) * vocab])
+            })
+            .count();
+        assert!(
+            same + 1 >= prompt.len() && d < 0.5,
+            "{place}: bf16 path: {same}/{} greedy choices agree, max |Δlogit| {d}",
+            prompt.len()
+        );
+    }
 }

@@ -12,19 +12,20 @@ use crate::common::{load_model, ModelArg, Settings};
 #[command(after_help = "Examples:
   deepseek bench -p 512 -n 128                         # the bundled model
   deepseek bench --model DeepSeek-V2-Lite-Chat.Q4_K_M.gguf --depth 16384 -n 32
-  deepseek bench -p 0 -n 64 --verify 2 --json   # + speculative verify steps")]
+  deepseek bench -p 0 -n 64 --verify 2 --json   # + speculative verify steps
+  deepseek --device cuda bench -p 4096 -n 128 --batch 32   # on the GPU")]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArg,
     /// Prompt tokens for the prefill test (0 skips it).
     #[arg(short = 'p', long, default_value_t = 512)]
-    prompt: usize,
+    pub(crate) prompt: usize,
     /// Tokens to decode (0 skips it).
     #[arg(short = 'n', long, default_value_t = 128)]
-    gen: usize,
+    pub(crate) gen: usize,
     /// Context already in the cache before decoding starts.
     #[arg(long, default_value_t = 0)]
-    depth: usize,
+    pub(crate) depth: usize,
     /// How the depth context is made: `synthetic` writes random cache rows (fast; attention
     /// costs the same), `prefill` runs the model over random tokens.
     #[arg(long, default_value = "synthetic", value_parser = ["synthetic", "prefill"])]
@@ -45,10 +46,14 @@ pub struct Args {
     draft: crate::commands::generate::DraftArg,
     /// Repetitions; the median and spread are reported.
     #[arg(short = 'r', long, default_value_t = 3)]
-    repetitions: usize,
+    pub(crate) repetitions: usize,
+    /// Sequences decoding together in a second decode test (with --device cuda; each starts
+    /// at --depth).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub(crate) batch: usize,
     /// Print one JSON object.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// The process's peak resident set (Linux `VmHWM`), if known.
@@ -73,6 +78,9 @@ fn median_spread(v: &mut [f64]) -> (f64, f64, f64) {
 pub fn run(a: Args, s: Settings) -> Result<()> {
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
+    }
+    if a.batch != 1 {
+        bail!("--batch: the decode test of several sequences runs with --device cuda (on the CPU, `scripts/bench_serving.py` measures batched decode through the server)");
     }
     let dir = a.model.dir()?;
     let bw = deepseek_kernels::probe::read_bandwidth(1 << 30, 5);

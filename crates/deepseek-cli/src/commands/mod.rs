@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_gpu;
 pub mod chat;
 pub mod eval;
 pub mod forward;
