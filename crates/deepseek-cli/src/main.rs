@@ -1,4 +1,4 @@
-//! `deepseek`: run DeepSeek models on the CPU.
+//! `deepseek`: run DeepSeek models on the CPU (and, for `bench`, on an NVIDIA GPU).
 
 mod commands;
 mod common;
