@@ -48,8 +48,11 @@ extern "C" __global__ void mla_decode_partial(
         qs[i / row_w][i % row_w] = hh < heads ? q[((long)t * heads + hh) * row_w + i % row_w] : 0.0f;
     }
     float m = NEG_INF, l = 0.0f;
+    // Each lane owns latent columns lane + 32 j. The loops over j run to the constant bound
+    // (unrolled, so acc stays in registers) and skip columns past the latent.
     float acc[MLA_MAX_LORA_PER_LANE];
     const int per_lane = lora / 32;
+#pragma unroll
     for (int j = 0; j < MLA_MAX_LORA_PER_LANE; ++j) acc[j] = 0.0f;
 
     for (int r0 = start; r0 < end; r0 += MLA_TILE_ROWS) {
@@ -63,6 +66,7 @@ extern "C" __global__ void mla_decode_partial(
         __syncthreads();
         float s[MLA_TILE_ROWS];
         float tile_max = NEG_INF;
+#pragma unroll
         for (int i = 0; i < MLA_TILE_ROWS; ++i) {
             float d = 0.0f;
             if (i < rows)
@@ -74,17 +78,22 @@ extern "C" __global__ void mla_decode_partial(
         const float m_new = fmaxf(m, tile_max);
         const float corr = expf(m - m_new);  // m = -inf the first time: 0
         l *= corr;
-        for (int j = 0; j < per_lane; ++j) acc[j] *= corr;
+#pragma unroll
+        for (int j = 0; j < MLA_MAX_LORA_PER_LANE; ++j) acc[j] *= corr;
         for (int i = 0; i < rows; ++i) {
             const float p = expf(s[i] - m_new);
             l += p;
-            for (int j = 0; j < per_lane; ++j) acc[j] += p * tile[i][lane + 32 * j];
+#pragma unroll
+            for (int j = 0; j < MLA_MAX_LORA_PER_LANE; ++j)
+                if (j < per_lane) acc[j] += p * tile[i][lane + 32 * j];
         }
         m = m_new;
     }
     if (h < heads) {
         const long o = ((long)t * heads + h) * splits + split;
-        for (int j = 0; j < per_lane; ++j) part_out[o * lora + lane + 32 * j] = l > 0.0f ? acc[j] / l : 0.0f;
+#pragma unroll
+        for (int j = 0; j < MLA_MAX_LORA_PER_LANE; ++j)
+            if (j < per_lane) part_out[o * lora + lane + 32 * j] = l > 0.0f ? acc[j] / l : 0.0f;
         if (lane == 0) part_lse[o] = l > 0.0f ? m + logf(l) : NEG_INF;
     }
 }

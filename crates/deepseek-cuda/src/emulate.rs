@@ -162,17 +162,15 @@ impl Launch for Emulator {
         })
     }
 
-    fn upload_bytes(&self, dst: &Buffer, src: &[u8]) -> Result<(), CudaError> {
-        assert!(src.len() <= dst.bytes, "upload beyond the buffer");
-        // SAFETY: dst is a live host allocation of at least src.len() bytes.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.ptr as *mut u8, src.len()) };
+    fn upload_bytes(&self, dst: u64, src: &[u8]) -> Result<(), CudaError> {
+        // SAFETY: the caller gives a live host address with room for `src`.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) };
         Ok(())
     }
 
-    fn download_bytes(&self, src: &Buffer, dst: &mut [u8]) -> Result<(), CudaError> {
-        assert!(dst.len() <= src.bytes, "download beyond the buffer");
-        // SAFETY: src is a live host allocation of at least dst.len() bytes.
-        unsafe { std::ptr::copy_nonoverlapping(src.ptr as *const u8, dst.as_mut_ptr(), dst.len()) };
+    fn download_bytes(&self, src: u64, dst: &mut [u8]) -> Result<(), CudaError> {
+        // SAFETY: the caller gives a live host address holding dst.len() bytes.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) };
         Ok(())
     }
 

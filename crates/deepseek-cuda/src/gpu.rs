@@ -184,32 +184,20 @@ impl Launch for Gpu {
         })
     }
 
-    fn upload_bytes(&self, dst: &Buffer, src: &[u8]) -> Result<(), CudaError> {
-        if src.len() > dst.bytes {
-            return Err(CudaError::Unsupported(format!(
-                "upload of {} bytes into a buffer of {}",
-                src.len(),
-                dst.bytes
-            )));
-        }
+    fn upload_bytes(&self, dst: u64, src: &[u8]) -> Result<(), CudaError> {
         self.ctx.bind_to_thread()?;
-        // SAFETY: dst holds at least src.len() bytes; synchronised before `src` can go away.
-        unsafe { result::memcpy_htod_async(dst.ptr, src, self.stream.cu_stream()) }?;
+        // SAFETY: the caller gives an address with room for `src`; synchronised before `src`
+        // can go away.
+        unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }?;
         self.stream.synchronize()?;
         Ok(())
     }
 
-    fn download_bytes(&self, src: &Buffer, dst: &mut [u8]) -> Result<(), CudaError> {
-        if dst.len() > src.bytes {
-            return Err(CudaError::Unsupported(format!(
-                "download of {} bytes from a buffer of {}",
-                dst.len(),
-                src.bytes
-            )));
-        }
+    fn download_bytes(&self, src: u64, dst: &mut [u8]) -> Result<(), CudaError> {
         self.ctx.bind_to_thread()?;
-        // SAFETY: src holds at least dst.len() bytes; synchronised before returning.
-        unsafe { result::memcpy_dtoh_async(dst, src.ptr, self.stream.cu_stream()) }?;
+        // SAFETY: the caller gives an address holding dst.len() bytes; synchronised before
+        // returning.
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }?;
         self.stream.synchronize()?;
         Ok(())
     }

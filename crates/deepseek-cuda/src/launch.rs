@@ -126,9 +126,12 @@ pub trait Launch {
     /// `bytes` of zeroed device memory.
     fn alloc(&self, bytes: usize) -> Result<Buffer, CudaError>;
 
-    fn upload_bytes(&self, dst: &Buffer, src: &[u8]) -> Result<(), CudaError>;
+    /// Copies `src` to device address `dst`, which must have room for it (see [`upload`] for
+    /// the checked form); returns once the copy is done.
+    fn upload_bytes(&self, dst: u64, src: &[u8]) -> Result<(), CudaError>;
 
-    fn download_bytes(&self, src: &Buffer, dst: &mut [u8]) -> Result<(), CudaError>;
+    /// Copies `dst.len()` bytes from device address `src`; returns once they are here.
+    fn download_bytes(&self, src: u64, dst: &mut [u8]) -> Result<(), CudaError>;
 
     /// Waits for every launch so far.
     fn synchronize(&self) -> Result<(), CudaError>;
@@ -144,18 +147,29 @@ pub trait Launch {
 /// `v` in a new device buffer.
 pub fn upload<T: Pod>(l: &dyn Launch, v: &[T]) -> Result<Buffer, CudaError> {
     let b = l.alloc(std::mem::size_of_val(v).max(1))?;
-    l.upload_bytes(&b, as_bytes(v))?;
+    l.upload_bytes(b.ptr, as_bytes(v))?;
     Ok(b)
 }
 
 /// The first `n` values of `b`.
 pub fn download<T: Pod>(l: &dyn Launch, b: &Buffer, n: usize) -> Result<Vec<T>, CudaError> {
+    if n * std::mem::size_of::<T>() > b.bytes {
+        return Err(CudaError::Unsupported(format!(
+            "download of {n} values from a buffer of {} bytes",
+            b.bytes
+        )));
+    }
+    download_at(l, b.ptr, n)
+}
+
+/// `n` values from device address `p`.
+pub fn download_at<T: Pod>(l: &dyn Launch, p: u64, n: usize) -> Result<Vec<T>, CudaError> {
     let mut v = vec![T::default(); n];
     // SAFETY: Pod values; the byte view covers exactly `v`.
     let bytes = unsafe {
         std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(&v[..]))
     };
-    l.download_bytes(b, bytes)?;
+    l.download_bytes(p, bytes)?;
     Ok(v)
 }
 

@@ -567,7 +567,7 @@ fn mla_decode_on_a_paged_cache_matches_plain_attention_for_every_split() {
     for (name, l) in places() {
         let l = l.as_ref();
         let cache = l.alloc(cache_host.len() * 4).unwrap();
-        l.upload_bytes(&cache, deepseek_cuda::launch::as_bytes(&cache_host))
+        l.upload_bytes(cache.ptr(), deepseek_cuda::launch::as_bytes(&cache_host))
             .unwrap();
         let pc = PagedCache {
             ptr: cache.ptr(),

@@ -13,7 +13,9 @@
 //! a weight); [`GpuPrecision::Bf16`] stores every non-f32 checkpoint weight as bf16 and rounds
 //! activations to bf16 before each product, as PyTorch's bf16 inference does.
 
-use deepseek_cuda::launch::{download, upload, Buffer, Dtype, Gemm, Launch};
+use std::cell::RefCell;
+
+use deepseek_cuda::launch::{as_bytes, download_at, upload, Buffer, Dtype, Gemm, Launch, Pod};
 use deepseek_cuda::ops::{
     self, MlaDecode, PagedCache, RopeSlice, RouterRule, TopkMethod as GpuTopk,
 };
@@ -221,6 +223,46 @@ struct GpuLayer {
     ffn: GpuFfn,
 }
 
+/// Per-step scratch memory: one device buffer handed out in 256-byte-aligned pieces, reset
+/// every step and given back after each layer (a device allocation per intermediate and step
+/// would cost more than the kernels; the stream runs in order, so a piece is reused only by
+/// work queued after its last use). A step that needs more gets separate allocations, and the
+/// buffer grows to the step's peak for the next.
+#[derive(Default)]
+struct Scratch {
+    arena: Option<Buffer>,
+    used: usize,
+    peak: usize,
+    spilled: Vec<Buffer>,
+}
+
+impl Scratch {
+    fn take(&mut self, l: &dyn Launch, bytes: usize) -> Result<u64> {
+        let b = bytes.max(1).div_ceil(256) * 256;
+        self.used += b;
+        self.peak = self.peak.max(self.used);
+        if let Some(a) = self.arena.as_ref().filter(|a| self.used <= a.bytes()) {
+            return Ok(a.ptr() + (self.used - b) as u64);
+        }
+        let buf = l.alloc(b)?;
+        let p = buf.ptr();
+        self.spilled.push(buf);
+        Ok(p)
+    }
+
+    /// Starts a step (the last one's work is finished: its logits were copied back).
+    fn reset(&mut self, l: &dyn Launch) -> Result<()> {
+        if !self.spilled.is_empty() {
+            self.spilled.clear();
+            self.arena = None;
+            self.arena = Some(l.alloc(self.peak)?);
+        }
+        self.used = 0;
+        self.peak = 0;
+        Ok(())
+    }
+}
+
 /// A sequence's cache on the device: its blocks and how many rows are filled.
 #[derive(Debug, Default)]
 pub struct GpuSequence {
@@ -254,6 +296,7 @@ pub struct GpuModel {
     _cache: Buffer,
     cache_layout: PagedCache,
     free_blocks: Vec<i32>,
+    scratch: RefCell<Scratch>,
 }
 
 impl GpuModel {
@@ -277,11 +320,7 @@ impl GpuModel {
             let Attention::Mla(a) = &layer.self_attn else {
                 return Err(GpuModelError::Unsupported("a non-MLA layer".into()));
             };
-            if a.w_uk.len() != heads || a.w_uv.len() != heads {
-                return Err(GpuModelError::Unsupported(
-                    "per-head attention weights stored pre-transposed (GGUF attn_k_b)".into(),
-                ));
-            }
+            // Per head, from kv_b_proj (rebuilt at load for GGUF files) or GGUF's attn_v_b.
             let uk: Vec<&Matrix> = a.w_uk.iter().collect();
             let uv: Vec<&Matrix> = a.w_uv.iter().collect();
             let q = match &a.q {
@@ -343,6 +382,7 @@ impl GpuModel {
             },
             _cache: cache,
             free_blocks: (0..cache_blocks as i32).rev().collect(),
+            scratch: RefCell::default(),
             layers,
             cfg,
             mla,
@@ -366,6 +406,18 @@ impl GpuModel {
         s.len = 0;
     }
 
+    /// `bytes` of this step's scratch memory.
+    fn tmp(&self, bytes: usize) -> Result<u64> {
+        self.scratch.borrow_mut().take(self.l.as_ref(), bytes)
+    }
+
+    /// `v` copied into this step's scratch memory.
+    fn put<T: Pod>(&self, v: &[T]) -> Result<u64> {
+        let p = self.tmp(std::mem::size_of_val(v))?;
+        self.l.upload_bytes(p, as_bytes(v))?;
+        Ok(p)
+    }
+
     /// `C = x · Wᵀ` for `rows` rows of `x` (f32), into `out` (f32); bf16 weights meet a bf16
     /// copy of x.
     fn linear(&self, w: &Weight, x: u64, rows: usize, out: u64, accumulate: bool) -> Result<()> {
@@ -377,9 +429,9 @@ impl GpuModel {
         match w.dtype {
             Dtype::F32 => l.gemm(&g, x, w.buf.ptr(), out)?,
             Dtype::Bf16 => {
-                let xb = l.alloc(rows * w.cols * 2)?;
-                ops::f32_to_bf16(l, x, xb.ptr(), rows * w.cols)?;
-                l.gemm(&g, xb.ptr(), w.buf.ptr(), out)?;
+                let xb = self.tmp(rows * w.cols * 2)?;
+                ops::f32_to_bf16(l, x, xb, rows * w.cols)?;
+                l.gemm(&g, xb, w.buf.ptr(), out)?;
             }
         }
         Ok(())
@@ -396,9 +448,9 @@ impl GpuModel {
         match b.dtype {
             Dtype::F32 => l.gemm(&g, a, b.buf.ptr(), c)?,
             Dtype::Bf16 => {
-                let ab = l.alloc(a_len * 2)?;
-                ops::f32_to_bf16(l, a, ab.ptr(), a_len)?;
-                l.gemm(&g, ab.ptr(), b.buf.ptr(), c)?;
+                let ab = self.tmp(a_len * 2)?;
+                ops::f32_to_bf16(l, a, ab, a_len)?;
+                l.gemm(&g, ab, b.buf.ptr(), c)?;
             }
         }
         Ok(())
@@ -408,11 +460,11 @@ impl GpuModel {
     fn mlp(&self, m: &GpuMlp, h: u64, n: usize, out: u64, accumulate: bool) -> Result<()> {
         let l = self.l.as_ref();
         let inter = m.down.cols;
-        let gu = l.alloc(n * 2 * inter * 4)?;
-        self.linear(&m.gate_up, h, n, gu.ptr(), false)?;
-        let act = l.alloc(n * inter * 4)?;
-        ops::silu_mul(l, gu.ptr(), act.ptr(), inter, n)?;
-        self.linear(&m.down, act.ptr(), n, out, accumulate)
+        let gu = self.tmp(n * 2 * inter * 4)?;
+        self.linear(&m.gate_up, h, n, gu, false)?;
+        let act = self.tmp(n * inter * 4)?;
+        ops::silu_mul(l, gu, act, inter, n)?;
+        self.linear(&m.down, act, n, out, accumulate)
     }
 
     /// DeepSeekMoE on `n` rows of `h`, into `out`.
@@ -424,36 +476,36 @@ impl GpuModel {
             self.cfg.hidden_size,
             m.inter,
         );
-        let logits = l.alloc(n * e * 4)?;
-        self.linear(&m.router, h, n, logits.ptr(), false)?;
-        let (ids, weights) = (l.alloc(n * k * 4)?, l.alloc(n * k * 4)?);
+        let logits = self.tmp(n * e * 4)?;
+        self.linear(&m.router, h, n, logits, false)?;
+        let (ids, weights) = (self.tmp(n * k * 4)?, self.tmp(n * k * 4)?);
         let bias = m.bias.as_ref().map_or(0, |b| b.ptr());
-        ops::route_topk(l, logits.ptr(), bias, ids.ptr(), weights.ptr(), n, &m.rule)?;
+        ops::route_topk(l, logits, bias, ids, weights, n, &m.rule)?;
         let slots = n * k;
-        let gu = l.alloc(slots * 2 * inter * 4)?;
+        let gu = self.tmp(slots * 2 * inter * 4)?;
         ops::moe_gemv(
             l,
             m.gate_up.buf.ptr(),
             m.gate_up.dtype,
             h,
-            ids.ptr(),
-            gu.ptr(),
+            ids,
+            gu,
             slots,
             2 * inter,
             hidden,
             k,
             false,
         )?;
-        let act = l.alloc(slots * inter * 4)?;
-        ops::silu_mul(l, gu.ptr(), act.ptr(), inter, slots)?;
-        let y = l.alloc(slots * hidden * 4)?;
+        let act = self.tmp(slots * inter * 4)?;
+        ops::silu_mul(l, gu, act, inter, slots)?;
+        let y = self.tmp(slots * hidden * 4)?;
         ops::moe_gemv(
             l,
             m.down.buf.ptr(),
             m.down.dtype,
-            act.ptr(),
-            ids.ptr(),
-            y.ptr(),
+            act,
+            ids,
+            y,
             slots,
             hidden,
             inter,
@@ -463,16 +515,7 @@ impl GpuModel {
         if let Some(s) = &m.shared {
             self.mlp(s, h, n, out, false)?;
         }
-        ops::moe_combine(
-            l,
-            y.ptr(),
-            weights.ptr(),
-            out,
-            hidden,
-            n,
-            k,
-            m.shared.is_some(),
-        )?;
+        ops::moe_combine(l, y, weights, out, hidden, n, k, m.shared.is_some())?;
         Ok(())
     }
 
@@ -537,6 +580,7 @@ impl GpuModel {
             tables[si * max_blocks..si * max_blocks + s.blocks.len()].copy_from_slice(&s.blocks);
         }
         let max_ctx = *ctx_lens.iter().max().expect("n > 0") as usize;
+        self.scratch.borrow_mut().reset(self.l.as_ref())?;
         let logits = self.run(
             &ids, &positions, &slots, &token_seq, &ctx_lens, &tables, max_blocks, max_ctx, &last,
             logits_for,
@@ -572,23 +616,23 @@ impl GpuModel {
             m.v_head_dim,
         );
         let (qk, row_w) = (nope + rdim, lora + rdim);
-        let ids_b = upload(l, ids)?;
-        let pos_b = upload(l, positions)?;
-        let slots_b = upload(l, slots)?;
-        let seq_b = upload(l, token_seq)?;
-        let ctx_b = upload(l, ctx_lens)?;
-        let tables_b = upload(l, tables)?;
+        let ids_b = self.put(ids)?;
+        let pos_b = self.put(positions)?;
+        let slots_b = self.put(slots)?;
+        let seq_b = self.put(token_seq)?;
+        let ctx_b = self.put(ctx_lens)?;
+        let tables_b = self.put(tables)?;
 
-        let x = l.alloc(n * hidden * 4)?;
+        let x = self.tmp(n * hidden * 4)?;
         let e = &self.embed;
-        ops::embed_rows(l, e.buf.ptr(), e.dtype, ids_b.ptr(), x.ptr(), n, hidden)?;
-        let h = l.alloc(n * hidden * 4)?;
-        let o = l.alloc(n * hidden * 4)?;
-        let q = l.alloc(n * heads * qk * 4)?;
-        let kv = l.alloc(n * row_w * 4)?;
-        let q_full = l.alloc(n * heads * row_w * 4)?;
-        let latent = l.alloc(n * heads * lora * 4)?;
-        let attn = l.alloc(n * heads * vdim * 4)?;
+        ops::embed_rows(l, e.buf.ptr(), e.dtype, ids_b, x, n, hidden)?;
+        let h = self.tmp(n * hidden * 4)?;
+        let o = self.tmp(n * hidden * 4)?;
+        let q = self.tmp(n * heads * qk * 4)?;
+        let kv = self.tmp(n * row_w * 4)?;
+        let q_full = self.tmp(n * heads * row_w * 4)?;
+        let latent = self.tmp(n * heads * lora * 4)?;
+        let attn = self.tmp(n * heads * vdim * 4)?;
         let target_blocks = 2 * l.multiprocessors(); // two per multiprocessor fill the GPU
         let dec = MlaDecode {
             heads,
@@ -596,15 +640,17 @@ impl GpuModel {
             scale: 0.0,
             split_len: MlaDecode::split_len(heads, n, max_ctx, target_blocks),
         };
-        let ws = l.alloc(dec.workspace_len(n, max_ctx) * 4)?;
+        let ws = self.tmp(dec.workspace_len(n, max_ctx) * 4)?;
         let max_pos = self.cfg.max_position_embeddings;
         for (li, layer) in self.layers.iter().enumerate() {
+            // The layer's own temporaries are given back at its end.
+            let mark = self.scratch.borrow().used;
             let a = &layer.attn;
             ops::rms_norm(
                 l,
-                x.ptr(),
+                x,
                 layer.input_norm.ptr(),
-                h.ptr(),
+                h,
                 n,
                 hidden,
                 hidden,
@@ -612,31 +658,31 @@ impl GpuModel {
                 eps,
             )?;
             match &a.q {
-                GpuQuery::Direct(w) => self.linear(w, h.ptr(), n, q.ptr(), false)?,
+                GpuQuery::Direct(w) => self.linear(w, h, n, q, false)?,
                 GpuQuery::LowRank { a: wa, norm, b } => {
-                    let qa = l.alloc(n * wa.rows * 4)?;
-                    self.linear(wa, h.ptr(), n, qa.ptr(), false)?;
+                    let qa = self.tmp(n * wa.rows * 4)?;
+                    self.linear(wa, h, n, qa, false)?;
                     ops::rms_norm(
                         l,
-                        qa.ptr(),
+                        qa,
                         norm.ptr(),
-                        qa.ptr(),
+                        qa,
                         n,
                         wa.rows,
                         wa.rows,
                         wa.rows,
                         LATENT_NORM_EPS,
                     )?;
-                    self.linear(b, qa.ptr(), n, q.ptr(), false)?;
+                    self.linear(b, qa, n, q, false)?;
                 }
             }
             // Latent + RoPE key: normalised, rotated, into the cache.
-            self.linear(&a.kv_a, h.ptr(), n, kv.ptr(), false)?;
+            self.linear(&a.kv_a, h, n, kv, false)?;
             ops::rms_norm(
                 l,
-                kv.ptr(),
+                kv,
                 a.kv_a_norm.ptr(),
-                kv.ptr(),
+                kv,
                 n,
                 lora,
                 row_w,
@@ -653,11 +699,11 @@ impl GpuModel {
                         dim: rdim,
                         interleaved: true,
                     };
-                    ops::rope(l, ptr, self.rope_table.ptr(), max_pos, pos_b.ptr(), n, s)
+                    ops::rope(l, ptr, self.rope_table.ptr(), max_pos, pos_b, n, s)
                 };
-            rope(kv.ptr(), 1, row_w, row_w, lora)?;
-            rope(q.ptr(), heads, heads * qk, qk, nope)?;
-            ops::mla_append(l, kv.ptr(), &self.cache_layout, li, slots_b.ptr(), n)?;
+            rope(kv, 1, row_w, row_w, lora)?;
+            rope(q, heads, heads * qk, qk, nope)?;
+            ops::mla_append(l, kv, &self.cache_layout, li, slots_b, n)?;
             // Absorbed query per head: [W_UK[h]ᵀ q_nope | q_pe].
             let g = Gemm {
                 m: n,
@@ -674,11 +720,11 @@ impl GpuModel {
                 stride_c: row_w,
                 accumulate: false,
             };
-            self.batched(g, q.ptr(), n * heads * qk, &a.w_uk, q_full.ptr())?;
+            self.batched(g, q, n * heads * qk, &a.w_uk, q_full)?;
             ops::copy_rows(
                 l,
-                q.at::<f32>(nope),
-                q_full.at::<f32>(lora),
+                q + (nope * 4) as u64,
+                q_full + (lora * 4) as u64,
                 n * heads,
                 rdim,
                 qk,
@@ -691,17 +737,17 @@ impl GpuModel {
             ops::mla_decode(
                 l,
                 &dec,
-                q_full.ptr(),
+                q_full,
                 &self.cache_layout,
                 li,
-                tables_b.ptr(),
+                tables_b,
                 max_blocks,
-                seq_b.ptr(),
-                ctx_b.ptr(),
+                seq_b,
+                ctx_b,
                 n,
                 max_ctx,
-                ws.ptr(),
-                latent.ptr(),
+                ws,
+                latent,
             )?;
             // Back from latent space per head: W_UV[h] · latent.
             let g = Gemm {
@@ -719,13 +765,13 @@ impl GpuModel {
                 stride_c: vdim,
                 accumulate: false,
             };
-            self.batched(g, latent.ptr(), n * heads * lora, &a.w_uv, attn.ptr())?;
-            self.linear(&a.o_proj, attn.ptr(), n, x.ptr(), true)?;
+            self.batched(g, latent, n * heads * lora, &a.w_uv, attn)?;
+            self.linear(&a.o_proj, attn, n, x, true)?;
             ops::rms_norm(
                 l,
-                x.ptr(),
+                x,
                 layer.post_norm.ptr(),
-                h.ptr(),
+                h,
                 n,
                 hidden,
                 hidden,
@@ -733,24 +779,25 @@ impl GpuModel {
                 eps,
             )?;
             match &layer.ffn {
-                GpuFfn::Dense(mlp) => self.mlp(mlp, h.ptr(), n, x.ptr(), true)?,
+                GpuFfn::Dense(mlp) => self.mlp(mlp, h, n, x, true)?,
                 GpuFfn::Moe(moe) => {
-                    self.moe(moe, h.ptr(), n, o.ptr())?;
-                    ops::add(l, x.ptr(), o.ptr(), n * hidden)?;
+                    self.moe(moe, h, n, o)?;
+                    ops::add(l, x, o, n * hidden)?;
                 }
             }
+            self.scratch.borrow_mut().used = mark;
         }
         let rows = match logits_for {
             LogitsFor::AllTokens => n,
             LogitsFor::LastToken => last.len(),
         };
-        let normed = l.alloc(rows * hidden * 4)?;
+        let normed = self.tmp(rows * hidden * 4)?;
         match logits_for {
             LogitsFor::AllTokens => ops::rms_norm(
                 l,
-                x.ptr(),
+                x,
                 self.norm.ptr(),
-                normed.ptr(),
+                normed,
                 n,
                 hidden,
                 hidden,
@@ -759,22 +806,14 @@ impl GpuModel {
             )?,
             LogitsFor::LastToken => {
                 // Gather the last rows (an embedding lookup into x), then normalise them.
-                let last_b = upload(l, last)?;
-                let gathered = l.alloc(rows * hidden * 4)?;
-                ops::embed_rows(
-                    l,
-                    x.ptr(),
-                    Dtype::F32,
-                    last_b.ptr(),
-                    gathered.ptr(),
-                    rows,
-                    hidden,
-                )?;
+                let last_b = self.put(last)?;
+                let gathered = self.tmp(rows * hidden * 4)?;
+                ops::embed_rows(l, x, Dtype::F32, last_b, gathered, rows, hidden)?;
                 ops::rms_norm(
                     l,
-                    gathered.ptr(),
+                    gathered,
                     self.norm.ptr(),
-                    normed.ptr(),
+                    normed,
                     rows,
                     hidden,
                     hidden,
@@ -784,8 +823,8 @@ impl GpuModel {
             }
         }
         let vocab = self.cfg.vocab_size;
-        let logits = l.alloc(rows * vocab * 4)?;
-        self.linear(&self.lm_head, normed.ptr(), rows, logits.ptr(), false)?;
-        Ok(download(l, &logits, rows * vocab)?)
+        let logits = self.tmp(rows * vocab * 4)?;
+        self.linear(&self.lm_head, normed, rows, logits, false)?;
+        Ok(download_at(l, logits, rows * vocab)?)
     }
 }
