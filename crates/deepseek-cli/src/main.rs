@@ -64,8 +64,8 @@ struct Cli {
     expert_placement: expert_parallel::Placement,
     /// Where the model runs: cpu, cuda (the first NVIDIA GPU), cuda:N, or emulated (the CUDA
     /// kernels in their CPU emulation: the GPU path's code without a GPU, very slow; for
-    /// tests). The GPU path runs DeepSeek-V2/V3-family models (MLA) under `bench` so far; the
-    /// other commands run on the CPU. The driver, NVRTC and cuBLAS (CUDA 13) are loaded at run
+    /// tests). The GPU path runs every family under `bench` so far; the other commands run on
+    /// the CPU. The driver, NVRTC and cuBLAS (CUDA 13) are loaded at run
     /// time; where one is missing the command says which and stops.
     #[arg(
         long,

@@ -10,7 +10,7 @@
 
 #include "../kernels/common.cuh"
 #include "../kernels/elementwise.cu"
-#include "../kernels/mla.cu"
+#include "../kernels/attention.cu"
 #include "../kernels/moe.cu"
 #include "../kernels/rope.cu"
 #include "../kernels/router.cu"
@@ -38,8 +38,8 @@ static const Entry kernels[] = {
     KERNEL(embed_rows_f32),    KERNEL(embed_rows_bf16),  KERNEL(f32_to_bf16_rows),  KERNEL(copy_rows_f32),
     KERNEL(rope_f32),          KERNEL(route_topk),       KERNEL(moe_gemv_bf16),
     KERNEL(moe_gemv_f32),
-    KERNEL(moe_combine_f32),   KERNEL(argmax_rows),      KERNEL(mla_append_rows),
-    KERNEL(mla_decode_partial), KERNEL(mla_decode_combine),
+    KERNEL(moe_combine_f32),   KERNEL(argmax_rows),      KERNEL(cache_append_rows),
+    KERNEL(attention_partial), KERNEL(attention_combine),
 };
 
 // 0: launched; 1: no kernel of that name.

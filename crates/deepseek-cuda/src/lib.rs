@@ -4,8 +4,8 @@
 //! same kernels on the CPU ([`emulate::Emulator`]) so their logic is tested on machines without a
 //! GPU.
 //!
-//! Where things are: `kernels/mla.cu` (absorbed MLA decode on the paged latent cache),
-//! `kernels/router.cu` (scores, group-limited top-k, V3's bias), `kernels/moe.cu` (expert GEMVs
+//! Where things are: `kernels/attention.cu` (absorbed MLA decode, and Llama attention, on the
+//! paged cache), `kernels/router.cu` (scores, group-limited top-k, V3's bias), `kernels/moe.cu` (expert GEMVs
 //! by routed id), `kernels/elementwise.cu` (RMSNorm, SwiGLU, embeddings, bf16 casts),
 //! `kernels/rope.cu`, `kernels/sample.cu` (argmax).
 

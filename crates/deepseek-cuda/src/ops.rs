@@ -338,7 +338,7 @@ impl PagedCache {
 
 /// Writes `tokens` rows (`row_w` each) into layer `layer` at `slots[t]` (block · block_tokens +
 /// position in block).
-pub fn mla_append(
+pub fn cache_append(
     l: &dyn Launch,
     rows: u64,
     cache: &PagedCache,
@@ -354,25 +354,71 @@ pub fn mla_append(
         .arg(cache.block_tokens as i32)
         .arg(cache.block_stride() as i64)
         .arg((layer * cache.layer_len()) as i64);
-    run(l, "mla_append_rows", (tokens, 1, 1), 128, args)
+    run(l, "cache_append_rows", (tokens, 1, 1), 128, args)
 }
 
-/// One absorbed-MLA decode step's attention, for `tokens` query tokens.
+/// Where a cached row's keys and values lie, and the query heads that read them (the CPU's
+/// `RowLayout`, per KV head): KV head j's key is `row[key_offset + j·kv_stride ..][..key_len]`,
+/// its value `row[value_offset + j·kv_stride ..][..value_len]`; `group` query heads per KV head.
 #[derive(Clone, Copy, Debug)]
-pub struct MlaDecode {
-    pub heads: usize,
-    /// kv_lora_rank: the latent's width, the values' width.
-    pub lora: usize,
+pub struct AttentionShape {
+    pub kv_heads: usize,
+    pub group: usize,
+    pub key_offset: usize,
+    pub key_len: usize,
+    pub value_offset: usize,
+    pub value_len: usize,
+    pub kv_stride: usize,
     pub scale: f32,
-    /// Context rows per split (a multiple of 8); [`MlaDecode::split_len`] picks one.
+    /// Context rows per split (a multiple of 8); [`AttentionShape::split_len`] picks one.
     pub split_len: usize,
 }
 
-impl MlaDecode {
-    /// A split length giving about `target_blocks` blocks over the GPU (2 per multiprocessor
-    /// is enough to fill it) for `tokens` tokens of at most `max_ctx` rows.
-    pub fn split_len(heads: usize, tokens: usize, max_ctx: usize, target_blocks: usize) -> usize {
-        let per_split = tokens.max(1) * heads.div_ceil(8);
+impl AttentionShape {
+    /// Absorbed MLA: one KV head whose key is the whole row `[c_kv | k_pe]` and whose value is
+    /// the latent `c_kv` (`lora` values), read by every query head.
+    pub fn mla(heads: usize, lora: usize, rope: usize, scale: f32) -> AttentionShape {
+        AttentionShape {
+            kv_heads: 1,
+            group: heads,
+            key_offset: 0,
+            key_len: lora + rope,
+            value_offset: 0,
+            value_len: lora,
+            kv_stride: 0,
+            scale,
+            split_len: 64,
+        }
+    }
+
+    /// Llama's rows `[K | V]`: `kv_heads` heads of `head_dim`, `group` query heads each.
+    pub fn llama(kv_heads: usize, group: usize, head_dim: usize, scale: f32) -> AttentionShape {
+        AttentionShape {
+            kv_heads,
+            group,
+            key_offset: 0,
+            key_len: head_dim,
+            value_offset: kv_heads * head_dim,
+            value_len: head_dim,
+            kv_stride: head_dim,
+            scale,
+            split_len: 64,
+        }
+    }
+
+    pub fn heads(&self) -> usize {
+        self.kv_heads * self.group
+    }
+
+    /// Blocks along the heads: a block takes 8 query heads of one KV head.
+    fn head_blocks(&self) -> usize {
+        self.kv_heads * self.group.div_ceil(8)
+    }
+
+    /// A split length giving about `target_blocks` blocks for `tokens` tokens of at most
+    /// `max_ctx` rows (2 per multiprocessor fill a GPU).
+    pub fn split_len(&self, tokens: usize, max_ctx: usize, target_blocks: usize) -> usize {
+        let per_split = tokens.max(1) * self.head_blocks();
         let splits = target_blocks.div_ceil(per_split).max(1);
         max_ctx.div_ceil(splits).max(64).div_ceil(8) * 8
     }
@@ -381,22 +427,21 @@ impl MlaDecode {
         max_ctx.div_ceil(self.split_len).max(1)
     }
 
-    /// f32 values of scratch [`mla_decode`] needs.
+    /// f32 values of scratch [`paged_attention`] needs.
     pub fn workspace_len(&self, tokens: usize, max_ctx: usize) -> usize {
-        let s = self.splits(max_ctx);
-        tokens * self.heads * s * (self.lora + 1)
+        tokens * self.heads() * self.splits(max_ctx) * (self.value_len + 1)
     }
 }
 
-/// The attention part of absorbed MLA decode. `q`: `[tokens][heads][row_w]` (each head's
-/// `[W_UK^T q_nope | q_pe]`); token t belongs to sequence `token_seq[t]`, whose cache blocks are
-/// row `token_seq[t]` of `block_tables` (`max_blocks` wide), and attends to its first
-/// `ctx_lens[t]` rows (at most `max_ctx`). Writes `out`: `[tokens][heads][lora]` latent sums.
-/// `workspace` holds [`MlaDecode::workspace_len`] f32s.
+/// Attention of `tokens` query tokens over their sequences' cached rows. `q`:
+/// `[tokens][heads][key_len]`; token t belongs to sequence `token_seq[t]`, whose cache blocks
+/// are row `token_seq[t]` of `block_tables` (`max_blocks` wide), and attends to its first
+/// `ctx_lens[t]` rows (at most `max_ctx`). Writes `out`: `[tokens][heads][value_len]`.
+/// `workspace` holds [`AttentionShape::workspace_len`] f32s.
 #[allow(clippy::too_many_arguments)]
-pub fn mla_decode(
+pub fn paged_attention(
     l: &dyn Launch,
-    m: &MlaDecode,
+    a: &AttentionShape,
     q: u64,
     cache: &PagedCache,
     layer: usize,
@@ -409,21 +454,35 @@ pub fn mla_decode(
     workspace: u64,
     out: u64,
 ) -> Result<()> {
+    let value_in_key =
+        a.value_offset >= a.key_offset && a.value_offset + a.value_len <= a.key_offset + a.key_len;
+    let tile_w = if value_in_key {
+        a.key_len
+    } else {
+        a.key_len + a.value_len
+    };
     need(
-        cache.row_w <= 640 && m.lora <= 576 && m.lora.is_multiple_of(32) && m.lora < cache.row_w,
+        tile_w <= 640 && a.value_len <= 576 && a.key_len > 0 && a.value_len > 0,
         || {
             format!(
-            "MLA decode: rows of {} values with a {}-wide latent (the kernel takes rows up to 640, latents a multiple of 32 up to 576)",
-            cache.row_w, m.lora
+            "attention: keys of {} and values of {} values (the kernel takes keys up to 640, values up to 576, together up to 640 when apart)",
+            a.key_len, a.value_len
         )
         },
     )?;
-    need(m.split_len.is_multiple_of(8) && m.split_len > 0, || {
-        format!("MLA decode: split length {} (a multiple of 8)", m.split_len)
+    let last = a.kv_heads.saturating_sub(1) * a.kv_stride;
+    need(
+        a.key_offset + last + a.key_len <= cache.row_w
+            && a.value_offset + last + a.value_len <= cache.row_w,
+        || format!("attention: {a:?} reaches past rows of {}", cache.row_w),
+    )?;
+    need(a.split_len.is_multiple_of(8) && a.split_len > 0, || {
+        format!("attention: split length {} (a multiple of 8)", a.split_len)
     })?;
-    let splits = m.splits(max_ctx);
+    let splits = a.splits(max_ctx);
+    let heads = a.heads();
     let part_out = workspace;
-    let part_lse = workspace + (tokens * m.heads * splits * m.lora * 4) as u64;
+    let part_lse = workspace + (tokens * heads * splits * a.value_len * 4) as u64;
     let args = Args::new()
         .ptr(q)
         .ptr(cache.ptr)
@@ -432,20 +491,25 @@ pub fn mla_decode(
         .ptr(ctx_lens)
         .ptr(part_out)
         .ptr(part_lse)
-        .arg(m.heads as i32)
-        .arg(m.lora as i32)
+        .arg(a.group as i32)
+        .arg(a.kv_heads as i32)
         .arg(cache.row_w as i32)
+        .arg(a.key_offset as i32)
+        .arg(a.key_len as i32)
+        .arg(a.value_offset as i32)
+        .arg(a.value_len as i32)
+        .arg(a.kv_stride as i32)
         .arg(max_blocks as i32)
         .arg(cache.block_tokens as i32)
         .arg(cache.block_stride() as i64)
         .arg((layer * cache.layer_len()) as i64)
-        .arg(m.split_len as i32)
+        .arg(a.split_len as i32)
         .arg(splits as i32)
-        .arg(m.scale);
+        .arg(a.scale);
     run(
         l,
-        "mla_decode_partial",
-        (tokens, m.heads.div_ceil(8), splits),
+        "attention_partial",
+        (tokens, a.head_blocks(), splits),
         256,
         args,
     )?;
@@ -453,7 +517,7 @@ pub fn mla_decode(
         .ptr(part_out)
         .ptr(part_lse)
         .ptr(out)
-        .arg(m.lora as i32)
+        .arg(a.value_len as i32)
         .arg(splits as i32);
-    run(l, "mla_decode_combine", (tokens * m.heads, 1, 1), 128, args)
+    run(l, "attention_combine", (tokens * heads, 1, 1), 128, args)
 }

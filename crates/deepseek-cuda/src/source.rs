@@ -12,7 +12,7 @@ pub const FILES: [(&str, &str); 7] = [
     ("rope.cu", include_str!("../kernels/rope.cu")),
     ("router.cu", include_str!("../kernels/router.cu")),
     ("moe.cu", include_str!("../kernels/moe.cu")),
-    ("mla.cu", include_str!("../kernels/mla.cu")),
+    ("attention.cu", include_str!("../kernels/attention.cu")),
     ("sample.cu", include_str!("../kernels/sample.cu")),
 ];
 
@@ -31,9 +31,9 @@ pub const KERNELS: [&str; 16] = [
     "moe_gemv_f32",
     "moe_combine_f32",
     "argmax_rows",
-    "mla_append_rows",
-    "mla_decode_partial",
-    "mla_decode_combine",
+    "cache_append_rows",
+    "attention_partial",
+    "attention_combine",
 ];
 
 /// The whole program: the files, each introduced by a `#line` so compiler messages name it.

@@ -6,7 +6,9 @@
 use deepseek_cuda::emulate::Emulator;
 use deepseek_cuda::gpu::Gpu;
 use deepseek_cuda::launch::{download, upload};
-use deepseek_cuda::ops::{self, Dtype, MlaDecode, PagedCache, RopeSlice, RouterRule, TopkMethod};
+use deepseek_cuda::ops::{
+    self, AttentionShape, Dtype, PagedCache, RopeSlice, RouterRule, TopkMethod,
+};
 use deepseek_cuda::Launch;
 use half::bf16;
 use rand::rngs::StdRng;
@@ -513,15 +515,15 @@ fn argmax_takes_the_first_of_equal_largest_values() {
     }
 }
 
-#[test]
-fn mla_decode_on_a_paged_cache_matches_plain_attention_for_every_split() {
-    let mut rng = StdRng::seed_from_u64(7);
-    // A small MLA: 12 heads (a partly empty second group of 8), latent 64, RoPE key 32.
-    let (heads, lora, rope, block_tokens, layers, layer) = (12, 64, 32, 16, 3, 1);
-    let row_w = lora + rope;
-    let scale = 0.37;
-    // Two sequences whose blocks are scattered through the pool; four query tokens: sequence 0
-    // decoding one token at 70 rows, sequence 1 verifying three at 1, 16 and 17 rows.
+/// Attention over a paged cache whose blocks are scattered through the pool, against plain
+/// softmax attention read off the same rows, for several split lengths; then appended rows land
+/// in exactly their slots.
+fn check_paged_attention(what: &str, shape: AttentionShape, row_w: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (block_tokens, layers, layer) = (16, 3, 1);
+    let heads = shape.heads();
+    // Two sequences; four query tokens: sequence 0 decoding one token at 70 rows, sequence 1
+    // verifying three at 1, 16 and 17 rows.
     let tables: [Vec<i32>; 2] = [vec![5, 0, 3, 7, 8], vec![2, 6]];
     let max_blocks = 5;
     let token_seq = [0i32, 1, 1, 1];
@@ -529,7 +531,7 @@ fn mla_decode_on_a_paged_cache_matches_plain_attention_for_every_split() {
     let max_ctx = 70;
     let n_blocks = 9;
     let cache_host = rand_vec(&mut rng, n_blocks * layers * block_tokens * row_w);
-    let q = rand_vec(&mut rng, token_seq.len() * heads * row_w);
+    let q = rand_vec(&mut rng, token_seq.len() * heads * shape.key_len);
     let mut flat_tables = vec![0i32; 2 * max_blocks];
     for (s, t) in tables.iter().enumerate() {
         flat_tables[s * max_blocks..s * max_blocks + t.len()].copy_from_slice(t);
@@ -539,28 +541,34 @@ fn mla_decode_on_a_paged_cache_matches_plain_attention_for_every_split() {
         let o = ((b * layers + layer) * block_tokens + p % block_tokens) * row_w;
         &cache_host[o..o + row_w]
     };
-    let mut want = vec![0.0f32; token_seq.len() * heads * lora];
+    let (kl, vl) = (shape.key_len, shape.value_len);
+    let mut want = vec![0.0f32; token_seq.len() * heads * vl];
     for (t, (&seq, &n)) in token_seq.iter().zip(&ctx_lens).enumerate() {
         for h in 0..heads {
-            let qh = &q[(t * heads + h) * row_w..(t * heads + h + 1) * row_w];
+            let j = h / shape.group;
+            let (ko, vo) = (
+                shape.key_offset + j * shape.kv_stride,
+                shape.value_offset + j * shape.kv_stride,
+            );
+            let qh = &q[(t * heads + h) * kl..(t * heads + h + 1) * kl];
             let s: Vec<f64> = (0..n as usize)
                 .map(|p| {
-                    row(seq as usize, p)
+                    row(seq as usize, p)[ko..ko + kl]
                         .iter()
                         .zip(qh)
                         .map(|(a, b)| (*a as f64) * (*b as f64))
                         .sum::<f64>()
-                        * scale as f64
+                        * shape.scale as f64
                 })
                 .collect();
             let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
             let z: f64 = e.iter().sum();
-            for c in 0..lora {
+            for c in 0..vl {
                 let v: f64 = (0..n as usize)
-                    .map(|p| e[p] * row(seq as usize, p)[c] as f64)
+                    .map(|p| e[p] * row(seq as usize, p)[vo + c] as f64)
                     .sum();
-                want[(t * heads + h) * lora + c] = (v / z) as f32;
+                want[(t * heads + h) * vl + c] = (v / z) as f32;
             }
         }
     }
@@ -581,19 +589,14 @@ fn mla_decode_on_a_paged_cache_matches_plain_attention_for_every_split() {
             upload(l, &ctx_lens).unwrap(),
         );
         for split_len in [8, 24, 64, 512] {
-            let m = MlaDecode {
-                heads,
-                lora,
-                scale,
-                split_len,
-            };
+            let a = AttentionShape { split_len, ..shape };
             let ws = l
-                .alloc(m.workspace_len(token_seq.len(), max_ctx) * 4)
+                .alloc(a.workspace_len(token_seq.len(), max_ctx) * 4)
                 .unwrap();
             let ob = l.alloc(want.len() * 4).unwrap();
-            ops::mla_decode(
+            ops::paged_attention(
                 l,
-                &m,
+                &a,
                 qb.ptr(),
                 &pc,
                 layer,
@@ -609,7 +612,7 @@ fn mla_decode_on_a_paged_cache_matches_plain_attention_for_every_split() {
             .unwrap();
             let got: Vec<f32> = download(l, &ob, want.len()).unwrap();
             close(
-                &format!("{name} mla_decode split {split_len}"),
+                &format!("{name} {what} split {split_len}"),
                 &got,
                 &want,
                 2e-5,
@@ -619,7 +622,7 @@ fn mla_decode_on_a_paged_cache_matches_plain_attention_for_every_split() {
         let new_rows = rand_vec(&mut rng, 2 * row_w);
         let slots = [7 * block_tokens as i32 + 3, 2 * block_tokens as i32];
         let (rb, slb) = (upload(l, &new_rows).unwrap(), upload(l, &slots).unwrap());
-        ops::mla_append(l, rb.ptr(), &pc, layer, slb.ptr(), 2).unwrap();
+        ops::cache_append(l, rb.ptr(), &pc, layer, slb.ptr(), 2).unwrap();
         let got: Vec<f32> = download(l, &cache, cache_host.len()).unwrap();
         let mut expect = cache_host.clone();
         for (i, &s) in slots.iter().enumerate() {
@@ -627,20 +630,35 @@ fn mla_decode_on_a_paged_cache_matches_plain_attention_for_every_split() {
             let o = ((b * layers + layer) * block_tokens + p) * row_w;
             expect[o..o + row_w].copy_from_slice(&new_rows[i * row_w..(i + 1) * row_w]);
         }
-        assert_eq!(got, expect, "{name} mla_append");
+        assert_eq!(got, expect, "{name} {what}: cache_append");
     }
+}
+
+#[test]
+fn absorbed_mla_on_a_paged_cache_matches_plain_attention_for_every_split() {
+    // 12 heads (a partly empty second group of 8), latent 64, RoPE key 32.
+    check_paged_attention("mla", AttentionShape::mla(12, 64, 32, 0.37), 96, 7);
+}
+
+#[test]
+fn llama_gqa_on_a_paged_cache_matches_plain_attention_for_every_split() {
+    // Rows [K | V] of 2 KV heads of 16 (values narrower than a warp), 3 query heads each.
+    check_paged_attention("llama gqa", AttentionShape::llama(2, 3, 16, 0.25), 64, 9);
+    // Multi-head: 3 KV heads of 40, one query head each.
+    check_paged_attention("llama mha", AttentionShape::llama(3, 1, 40, 0.15), 240, 10);
 }
 
 #[test]
 fn split_length_fills_the_gpu_and_stays_a_multiple_of_eight() {
     // Batch 1, 16 heads (2 groups), 32K context, 264 blocks wanted: 132 splits of 256 rows.
-    assert_eq!(MlaDecode::split_len(16, 1, 32768, 264), 256);
+    let mla = |heads| AttentionShape::mla(heads, 512, 64, 1.0);
+    assert_eq!(mla(16).split_len(1, 32768, 264), 256);
     // A short context is one split of at least 64 rows.
-    assert_eq!(MlaDecode::split_len(16, 1, 10, 264), 64);
+    assert_eq!(mla(16).split_len(1, 10, 264), 64);
     // Many tokens already fill the GPU: one split.
-    assert_eq!(MlaDecode::split_len(128, 64, 1000, 264), 1000);
+    assert_eq!(mla(128).split_len(64, 1000, 264), 1000);
     for ctx in [1, 7, 100, 4097] {
-        assert_eq!(MlaDecode::split_len(16, 2, ctx, 264) % 8, 0);
+        assert_eq!(mla(16).split_len(2, ctx, 264) % 8, 0);
     }
 }
 

@@ -13,13 +13,13 @@ use crate::rope::Rope;
 pub struct LlamaAttention {
     /// The checkpoint's prefix (`model.layers.3.self_attn`).
     prefix: String,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    q_proj: Matrix,
-    k_proj: Matrix,
-    v_proj: Matrix,
-    o_proj: Matrix,
+    pub(crate) heads: usize,
+    pub(crate) kv_heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) q_proj: Matrix,
+    pub(crate) k_proj: Matrix,
+    pub(crate) v_proj: Matrix,
+    pub(crate) o_proj: Matrix,
 }
 
 impl LlamaAttention {
