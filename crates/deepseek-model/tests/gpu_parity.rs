@@ -4,45 +4,16 @@
 //! `DEEPSEEK_REQUIRE_EMULATION=1` makes its absence a failure) and the GPU (where one opens;
 //! `DEEPSEEK_REQUIRE_GPU=1` makes its absence a failure; a visible SKIPPED line elsewhere).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::{argmax, fixture_dirs, max_abs_diff as max_diff, workspace as repo, Reference};
 use deepseek_cuda::emulate::Emulator;
 use deepseek_cuda::gpu::Gpu;
 use deepseek_cuda::Launch;
 use deepseek_model::gpu_model::{GpuModel, GpuPrecision, GpuSequence};
 use deepseek_model::{LogitsFor, Model};
-use safetensors::SafeTensors;
 
 const TOL: f32 = 1e-3;
-
-/// The repository: where this test was built, or `DEEPSEEK_REPO` (a test binary carried to a GPU
-/// machine runs in another checkout).
-fn repo() -> PathBuf {
-    std::env::var_os("DEEPSEEK_REPO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-}
-
-fn fixture_dirs() -> Vec<PathBuf> {
-    let root = repo();
-    let shared = std::env::var_os("DEEPSEEK_SHARED_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("../shared/fixtures"));
-    let mut dirs = vec![];
-    for r in [root.join("tests/fixtures"), shared] {
-        let Ok(rd) = std::fs::read_dir(&r) else {
-            continue;
-        };
-        let mut v: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.join("reference.safetensors").exists())
-            .collect();
-        v.sort();
-        dirs.extend(v);
-    }
-    dirs
-}
 
 /// Makes a fresh launcher.
 type MakeLauncher = fn() -> Box<dyn Launch>;
@@ -67,59 +38,6 @@ fn places() -> Vec<(&'static str, MakeLauncher)> {
     v
 }
 
-struct Reference(HashMap<String, Vec<f32>>);
-
-impl Reference {
-    fn load(path: &Path) -> Reference {
-        let bytes = std::fs::read(path).unwrap();
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        let mut m = HashMap::new();
-        for (name, view) in st.tensors() {
-            let v: Vec<f32> = match view.dtype() {
-                safetensors::Dtype::F32 => view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-                safetensors::Dtype::I32 => view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f32)
-                    .collect(),
-                safetensors::Dtype::I64 => view
-                    .data()
-                    .chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
-                    .collect(),
-                _ => continue,
-            };
-            m.insert(name, v);
-        }
-        Reference(m)
-    }
-    fn ids(&self, k: &str) -> Option<Vec<u32>> {
-        self.0.get(k).map(|v| v.iter().map(|&x| x as u32).collect())
-    }
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// Decode steps checked per prompt (the emulation is slow; the references hold 8).
 const STEPS: usize = 4;
 
@@ -132,31 +50,33 @@ fn gpu_path_matches_the_reference_on_every_fixture() {
         let model = Model::load(&dir, &mut |_, _| {}).unwrap();
         let r = Reference::load(&dir.join("reference.safetensors"));
         let vocab = model.config.vocab_size;
-        let mut prompts: Vec<usize> =
-            r.0.keys()
-                .filter_map(|k| k.strip_prefix("prompt.")?.parse().ok())
-                .collect();
+        let mut prompts: Vec<usize> = r
+            .tensors
+            .keys()
+            .filter_map(|k| k.strip_prefix("prompt.")?.parse().ok())
+            .collect();
         prompts.sort();
         for (place, make) in &places {
             let mut gm = GpuModel::upload(&model, make(), GpuPrecision::Exact, 16).unwrap();
             for &i in &prompts {
-                let prompt = r.ids(&format!("prompt.{i}")).unwrap();
+                let prompt = r.ids(&format!("prompt.{i}"));
                 let what = format!("{place} {name} prompt {i}");
                 // Prefill: every position's logits.
                 let mut s = GpuSequence::default();
                 let got = gm
                     .forward(&mut [(&mut s, &prompt)], LogitsFor::AllTokens)
                     .unwrap();
-                let d = max_diff(&got, &r.0[&format!("logits.{i}")]);
+                let d = max_diff(&got, r.get(&format!("logits.{i}")).unwrap());
                 assert!(d <= TOL, "{what}: prefill max |Δlogit| = {d}");
                 gm.release(&mut s);
                 // Greedy decoding, one token a step after a prefill that returns the last row.
-                let (Some(gen), Some(steps)) = (
-                    r.ids(&format!("generated.{i}")),
-                    r.0.get(&format!("gen_step_logits.{i}")),
+                let (Some(_), Some(steps)) = (
+                    r.get(&format!("generated.{i}")),
+                    r.get(&format!("gen_step_logits.{i}")),
                 ) else {
                     continue;
                 };
+                let gen = r.ids(&format!("generated.{i}"));
                 let mut s = GpuSequence::default();
                 let mut logits = gm
                     .forward(&mut [(&mut s, &prompt)], LogitsFor::LastToken)
@@ -175,7 +95,7 @@ fn gpu_path_matches_the_reference_on_every_fixture() {
             // step of each, each sequence's logits as alone.
             let all: Vec<Vec<u32>> = prompts
                 .iter()
-                .map(|&i| r.ids(&format!("prompt.{i}")).unwrap())
+                .map(|&i| r.ids(&format!("prompt.{i}")))
                 .collect();
             let mut seqs: Vec<GpuSequence> = all.iter().map(|_| GpuSequence::default()).collect();
             let mut steps: Vec<(&mut GpuSequence, &[u32])> = seqs
@@ -185,7 +105,7 @@ fn gpu_path_matches_the_reference_on_every_fixture() {
                 .collect();
             let got = gm.forward(&mut steps, LogitsFor::LastToken).unwrap();
             for (k, &i) in prompts.iter().enumerate() {
-                let want = &r.0[&format!("logits.{i}")];
+                let want = r.get(&format!("logits.{i}")).unwrap();
                 let t = all[k].len();
                 let d = max_diff(
                     &got[k * vocab..(k + 1) * vocab],
@@ -195,7 +115,7 @@ fn gpu_path_matches_the_reference_on_every_fixture() {
             }
             let nexts: Vec<[u32; 1]> = prompts
                 .iter()
-                .map(|&i| [r.ids(&format!("generated.{i}")).map_or(0, |g| g[0])])
+                .map(|&i| [r.get(&format!("generated.{i}")).map_or(0, |g| g[0] as u32)])
                 .collect();
             let mut steps: Vec<(&mut GpuSequence, &[u32])> = seqs
                 .iter_mut()
@@ -204,7 +124,7 @@ fn gpu_path_matches_the_reference_on_every_fixture() {
                 .collect();
             let got = gm.forward(&mut steps, LogitsFor::LastToken).unwrap();
             for (k, &i) in prompts.iter().enumerate() {
-                if let Some(steps) = r.0.get(&format!("gen_step_logits.{i}")) {
+                if let Some(steps) = r.get(&format!("gen_step_logits.{i}")) {
                     let d = max_diff(&got[k * vocab..(k + 1) * vocab], &steps[vocab..2 * vocab]);
                     assert!(d <= TOL, "{place} {name}: batched decode, prompt {i}: {d}");
                 }

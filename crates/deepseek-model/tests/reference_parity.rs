@@ -4,102 +4,15 @@
 //! the independently made `../shared/fixtures/*`. Each holds config.json, model.safetensors,
 //! prompts.json and reference.safetensors (format: tests/fixtures/README.md).
 
-use deepseek_model::CacheDtype;
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+mod common;
 
+use deepseek_model::CacheDtype;
+use std::path::Path;
+
+use common::{argmax, fixture_dirs, max_abs_diff, Reference};
 use deepseek_model::{LogitsFor, Model, ModelError, MtpStep, PrefillPath, SeqStep, Trace};
-use safetensors::SafeTensors;
 
 const TOL: f32 = 1e-3;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn fixture_dirs() -> Vec<PathBuf> {
-    let mut dirs = vec![];
-    let own = workspace().join("tests/fixtures");
-    let shared = std::env::var_os("DEEPSEEK_SHARED_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("../shared/fixtures"));
-    for root in [own, shared] {
-        if let Ok(rd) = std::fs::read_dir(&root) {
-            let mut v: Vec<PathBuf> = rd
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.join("reference.safetensors").exists())
-                .collect();
-            v.sort();
-            dirs.extend(v);
-        }
-    }
-    dirs
-}
-
-struct Reference {
-    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
-}
-
-impl Reference {
-    fn load(path: &Path) -> Self {
-        let bytes = std::fs::read(path).unwrap();
-        let st = SafeTensors::deserialize(&bytes).unwrap();
-        let mut tensors = HashMap::new();
-        for (name, view) in st.tensors() {
-            let data: Vec<f32> = match view.dtype() {
-                safetensors::Dtype::F32 => view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-                safetensors::Dtype::I32 => view
-                    .data()
-                    .chunks_exact(4)
-                    .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f32)
-                    .collect(),
-                safetensors::Dtype::I64 => view
-                    .data()
-                    .chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
-                    .collect(),
-                d => panic!("unexpected dtype {d:?} for {name}"),
-            };
-            tensors.insert(name, (view.shape().to_vec(), data));
-        }
-        Reference { tensors }
-    }
-    fn get(&self, name: &str) -> Option<&[f32]> {
-        self.tensors.get(name).map(|(_, d)| d.as_slice())
-    }
-    fn ids(&self, name: &str) -> Vec<u32> {
-        self.get(name)
-            .unwrap_or_else(|| panic!("{name} missing"))
-            .iter()
-            .map(|&v| v as u32)
-            .collect()
-    }
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
 
 fn prompts(r: &Reference) -> Vec<usize> {
     let mut v: Vec<usize> = r
