@@ -32,8 +32,16 @@ DEEPSEEK_REQUIRE_NVRTC=1 DEEPSEEK_PTXAS="$PWD/target/cuda-tools/bin/ptxas" \
 # cross toolchain cannot be installed).
 scripts/test_aarch64.sh
 
-# The HTTP server, end to end, with the official openai client (in a venv of its own).
 cargo build --release --locked
+# The GPU tests above ran in the CPU emulation; on a GPU only where one opens. Say which, in a
+# line of its own (cargo hides what passing tests print).
+if gpu_err=$(target/release/deepseek --device cuda bench -p 1 -n 1 -r 1 2>&1 >/dev/null); then
+  echo "GPU: the GPU tests above also ran on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo 'a GPU')"
+else
+  echo "SKIPPED: the GPU tests on a GPU (${gpu_err#error: }); they ran in the CPU emulation only"
+fi
+
+# The HTTP server, end to end, with the official openai client (in a venv of its own).
 if [ ! -x target/py-serve/bin/python ]; then
   python3 -m venv target/py-serve
 fi
