@@ -31,7 +31,7 @@ struct uint4 {
 inline dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 // Switching fibers: on x86-64 a few instructions (the callee-saved registers and the stack
-// pointer; ucontext's swapcontext makes a system call each time, 30x slower), else ucontext.
+// pointer; ucontext's swapcontext also makes a system call each time), else ucontext.
 #if defined(__x86_64__)
 extern "C" void emulated_switch(void** save_sp, void* load_sp);
 asm(R"(

@@ -259,7 +259,7 @@ impl Model {
 
     /// Every weight matrix of the main stack except the embeddings, with the share of tokens
     /// that read it (k / n_routed for a routed expert, 1 otherwise).
-    fn for_each_weight(&self, f: &mut dyn FnMut(&Matrix, f64)) {
+    pub(crate) fn for_each_weight(&self, f: &mut dyn FnMut(&Matrix, f64)) {
         if !self.config.tie_word_embeddings {
             f(&self.lm_head, 1.0);
         }

@@ -70,6 +70,17 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// The benches' token stream: xorshift from a fixed seed, the same tokens every run.
+pub(crate) fn random_tokens(vocab: usize) -> impl FnMut() -> u32 {
+    let mut seed = 12345u64;
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % vocab as u64) as u32
+    }
+}
+
 fn median_spread(v: &mut [f64]) -> (f64, f64, f64) {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (v[v.len() / 2], v[0], v[v.len() - 1])
@@ -112,13 +123,7 @@ pub fn run(a: Args, s: Settings) -> Result<()> {
         );
     }
     let threads = deepseek_kernels::threads::current();
-    let mut seed = 12345u64;
-    let mut rand_token = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed % c.vocab_size as u64) as u32
-    };
+    let mut rand_token = random_tokens(c.vocab_size);
 
     // Warm-up: page the weights in (a decode step touches every dense weight, experts vary).
     {

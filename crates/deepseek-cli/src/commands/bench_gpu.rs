@@ -9,7 +9,7 @@ use deepseek_model::gpu_model::{GpuModel, GpuPrecision, GpuSequence};
 use deepseek_model::LogitsFor;
 use serde_json::json;
 
-use crate::commands::bench::Args;
+use crate::commands::bench::{random_tokens, Args};
 use crate::common::{load_model, Settings};
 
 fn median(v: &mut [f64]) -> f64 {
@@ -42,20 +42,14 @@ pub fn run(a: &Args, s: &Settings) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let active_bytes = model.active_weight_bytes();
     let per_seq = (a.depth + a.gen + 1).max(16).div_ceil(64);
     let blocks = a.prompt.div_ceil(64).max(per_seq * a.batch) + 1;
     let t = Instant::now();
     let mut gm = GpuModel::upload(&model, launcher, GpuPrecision::Bf16, blocks)?;
     let upload_s = t.elapsed().as_secs_f64();
+    let active_bytes = gm.active_weight_bytes();
     drop(model);
-    let mut seed = 12345u64;
-    let mut rand_token = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed % c.vocab_size as u64) as u32
-    };
+    let mut rand_token = random_tokens(c.vocab_size);
     // Warm-up: the first launches load kernels and cuBLAS's heuristics.
     let warm: Vec<u32> = (0..8).map(|_| rand_token()).collect();
     let mut s0 = GpuSequence::default();

@@ -71,6 +71,8 @@ pub struct GpuModel {
     cache_layout: PagedCache,
     free_blocks: Vec<i32>,
     scratch: RefCell<Scratch>,
+    /// Bytes of weights one decode token reads, as the device stores them.
+    active_bytes: usize,
 }
 
 impl GpuModel {
@@ -112,6 +114,11 @@ impl GpuModel {
             layers: layers.len(),
         };
         let cache = lx.alloc(cache_blocks * layout.block_stride() * 4)?;
+        let mut active = 0.0;
+        model.for_each_weight(&mut |m, share| {
+            let bytes = weights::device_dtype(m.dtype(), precision).bytes();
+            active += (m.rows * m.cols * bytes) as f64 * share;
+        });
         Ok(GpuModel {
             embed: Weight::new(lx, &model.embed_tokens, precision)?,
             norm: upload(lx, &model.norm)?,
@@ -124,6 +131,7 @@ impl GpuModel {
             _cache: cache,
             free_blocks: (0..cache_blocks as i32).rev().collect(),
             scratch: RefCell::default(),
+            active_bytes: active as usize,
             layers,
             cfg,
             precision,
@@ -137,6 +145,12 @@ impl GpuModel {
 
     pub fn precision(&self) -> GpuPrecision {
         self.precision
+    }
+
+    /// Bytes of weights one decode token reads (embedding row excluded), as stored on the
+    /// device: the yardstick for decode's share of memory bandwidth.
+    pub fn active_weight_bytes(&self) -> usize {
+        self.active_bytes
     }
 
     /// Gives the sequence's blocks back to the pool.
@@ -244,7 +258,9 @@ impl GpuModel {
         let (hidden, eps) = (self.cfg.hidden_size, self.cfg.rms_norm_eps);
         let x = st.tmp(n * hidden * 4)?;
         let e = &self.embed;
+        // Host copies synchronise the stream: all of them before the first launch.
         let ids = st.put(ids)?;
+        let last_rows = st.put(last)?;
         ops::embed_rows(l, e.buf.ptr(), e.dtype, ids, x, n, hidden)?;
         let h = st.tmp(n * hidden * 4)?;
         for (li, layer) in self.layers.iter().enumerate() {
@@ -295,9 +311,8 @@ impl GpuModel {
             )?,
             LogitsFor::LastToken => {
                 // Gather the last rows (an embedding lookup into x), then normalise them.
-                let last_b = st.put(last)?;
                 let gathered = st.tmp(rows * hidden * 4)?;
-                ops::embed_rows(l, x, Dtype::F32, last_b, gathered, rows, hidden)?;
+                ops::embed_rows(l, x, Dtype::F32, last_rows, gathered, rows, hidden)?;
                 ops::rms_norm(
                     l,
                     gathered,
